@@ -1,0 +1,54 @@
+# adc-operator — every entry point a developer or CI needs.
+# The README names exactly two set-up commands: `make demo` and `make test`.
+
+SHELL := /bin/bash
+CARGO ?= cargo
+# Two cores on the reference machine: keep test parallelism sane.
+TEST_THREADS ?= 2
+
+.PHONY: all build envtest lint fmt fmt-check clippy test test-unit demo cluster-up cluster-down clean toolchain
+
+all: build
+
+## toolchain: make sure rustfmt and clippy are installed (no-op when present)
+toolchain:
+	@command -v rustup >/dev/null && { rustup component list --installed | grep -q '^rustfmt' || rustup component add rustfmt; } || true
+	@command -v rustup >/dev/null && { rustup component list --installed | grep -q '^clippy' || rustup component add clippy; } || true
+
+## envtest: build etcd, kube-apiserver, kubectl and helm from Go modules into the version-keyed cache
+envtest:
+	@hack/envtest/build.sh
+
+## build: build every binary of the workspace
+build:
+	$(CARGO) build --workspace --all-targets
+
+## lint: formatting and clippy, warnings are errors
+lint: toolchain fmt-check clippy
+
+fmt:
+	$(CARGO) fmt --all
+
+fmt-check:
+	$(CARGO) fmt --all -- --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## test: every test — unit, emulator, integration against the real control plane
+test: envtest toolchain
+	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
+
+## demo: the main job on a local control plane (DEMO_KEEP=1 keeps it running)
+demo: envtest
+	@hack/demo.sh
+
+## cluster-up / cluster-down: a local control plane for exploring by hand
+cluster-up: envtest
+	@hack/local-cluster.sh up
+
+cluster-down:
+	@hack/local-cluster.sh down
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,359 @@
+//! A real local Kubernetes control plane for tests, the demo and `hack/local-cluster.sh`.
+//!
+//! etcd and kube-apiserver are built from Go modules by `make envtest` (hack/envtest); this crate
+//! starts them on free loopback ports with a throw-away PKI, RBAC authorization on, and writes an
+//! admin kubeconfig. There is no kubelet, controller-manager or scheduler: pods never run, deleted
+//! namespaces stay Terminating, owner references are not garbage-collected.
+//!
+//! Every child process gets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the thread that started it
+//! even when the test binary is killed with SIGKILL; [`shared`] starts the per-binary control plane
+//! from a thread that lives as long as the process, and removes its directory at exit.
+
+mod binaries;
+mod pki;
+mod process;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+pub use binaries::{Binaries, repo_root};
+use process::Supervised;
+
+/// What can go wrong while starting or stopping a control plane.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("generating the PKI: {0}")]
+    Pki(#[from] rcgen::Error),
+    #[error("envtest binaries: {0}")]
+    Binaries(String),
+    #[error("{process} exited during start-up ({status}); last lines of its log {log}:\n{tail}")]
+    ExitedEarly {
+        process: &'static str,
+        status: String,
+        log: PathBuf,
+        tail: String,
+    },
+    #[error("kube-apiserver at {server} was not ready within {timeout:?}: {last}")]
+    NotReady {
+        server: String,
+        timeout: Duration,
+        last: String,
+    },
+    #[error("building the readiness client: {0}")]
+    Http(#[from] reqwest::Error),
+}
+
+/// How long kube-apiserver may take to answer `/readyz` with 200.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A running etcd + kube-apiserver pair. Dropping it kills both and, when it owns its state
+/// directory (a temp dir), removes it.
+pub struct ControlPlane {
+    dir: PathBuf,
+    owned_dir: Option<tempfile::TempDir>,
+    kubeconfig: PathBuf,
+    server: String,
+    binaries: Binaries,
+    // Dropped in order: the API server first, then its etcd.
+    apiserver: Option<Supervised>,
+    etcd: Option<Supervised>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("dir", &self.dir)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+fn free_port() -> Result<u16, Error> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
+        what: "binding a free loopback port".into(),
+        source,
+    })?;
+    listener
+        .local_addr()
+        .map(|addr| addr.port())
+        .map_err(|source| Error::Io {
+            what: "reading the bound port".into(),
+            source,
+        })
+}
+
+fn io_err(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+impl ControlPlane {
+    /// Starts a control plane in a fresh temporary directory, removed when it is dropped.
+    pub fn start() -> Result<Self, Error> {
+        let tmp = tempfile::Builder::new()
+            .prefix("adc-testenv-")
+            .tempdir()
+            .map_err(io_err("creating the state directory"))?;
+        let mut plane = Self::start_in(tmp.path())?;
+        plane.owned_dir = Some(tmp);
+        Ok(plane)
+    }
+
+    /// Starts a control plane whose PKI, etcd data, logs and kubeconfig live in `dir` (created if
+    /// absent; left in place on drop). A port taken between choosing and binding it is retried.
+    pub fn start_in(dir: &Path) -> Result<Self, Error> {
+        let binaries = Binaries::locate()?;
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::try_start(dir, &binaries) {
+                Err(Error::ExitedEarly { ref tail, .. })
+                    if attempt < 3 && tail.contains("address already in use") =>
+                {
+                    continue;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    fn try_start(dir: &Path, binaries: &Binaries) -> Result<Self, Error> {
+        let pki = pki::generate(dir)?;
+        let (etcd_port, peer_port, api_port) = (free_port()?, free_port()?, free_port()?);
+        let etcd_data = dir.join("etcd-data");
+        let _ = std::fs::remove_dir_all(&etcd_data);
+
+        let client_url = format!("http://127.0.0.1:{etcd_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let etcd = Supervised::spawn(
+            "etcd",
+            &binaries.etcd,
+            &[
+                "--name=adc-testenv".to_string(),
+                format!("--data-dir={}", etcd_data.display()),
+                format!("--listen-client-urls={client_url}"),
+                format!("--advertise-client-urls={client_url}"),
+                format!("--listen-peer-urls={peer_url}"),
+                format!("--initial-advertise-peer-urls={peer_url}"),
+                format!("--initial-cluster=adc-testenv={peer_url}"),
+                "--unsafe-no-fsync=true".to_string(),
+                "--log-level=warn".to_string(),
+            ],
+            &dir.join("etcd.log"),
+        )?;
+
+        let server = format!("https://127.0.0.1:{api_port}");
+        let apiserver = Supervised::spawn(
+            "kube-apiserver",
+            &binaries.kube_apiserver,
+            &[
+                format!("--etcd-servers={client_url}"),
+                format!("--secure-port={api_port}"),
+                "--bind-address=127.0.0.1".to_string(),
+                "--advertise-address=127.0.0.1".to_string(),
+                format!("--cert-dir={}", dir.display()),
+                format!("--tls-cert-file={}", pki.serving_cert.display()),
+                format!("--tls-private-key-file={}", pki.serving_key.display()),
+                format!("--client-ca-file={}", pki.ca_cert.display()),
+                "--authorization-mode=RBAC".to_string(),
+                "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+                "--allow-privileged=true".to_string(),
+                "--disable-admission-plugins=ServiceAccount".to_string(),
+                format!("--service-account-issuer={server}/"),
+                format!("--service-account-key-file={}", pki.sa_pub.display()),
+                format!(
+                    "--service-account-signing-key-file={}",
+                    pki.sa_key.display()
+                ),
+            ],
+            &dir.join("kube-apiserver.log"),
+        )?;
+
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(&kubeconfig, kubeconfig_yaml(&server, &pki))
+            .map_err(io_err(format!("writing {}", kubeconfig.display())))?;
+
+        let mut plane = Self {
+            dir: dir.to_path_buf(),
+            owned_dir: None,
+            kubeconfig,
+            server,
+            binaries: binaries.clone(),
+            apiserver: Some(apiserver),
+            etcd: Some(etcd),
+        };
+        plane.wait_ready(&pki)?;
+        Ok(plane)
+    }
+
+    fn wait_ready(&mut self, pki: &pki::Pki) -> Result<(), Error> {
+        let ca = reqwest::Certificate::from_pem(pki.ca_cert_pem.as_bytes())?;
+        let identity = reqwest::Identity::from_pem(
+            format!("{}{}", pki.admin_cert_pem, pki.admin_key_pem).as_bytes(),
+        )?;
+        let client = reqwest::blocking::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(ca)
+            .identity(identity)
+            .timeout(Duration::from_secs(5))
+            .build()?;
+        let url = format!("{}/readyz", self.server);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            for child in [&mut self.etcd, &mut self.apiserver].into_iter().flatten() {
+                child.check_running()?;
+            }
+            let last = match client.get(&url).send() {
+                Ok(response) if response.status().is_success() => return Ok(()),
+                Ok(response) => format!(
+                    "{}: {}",
+                    response.status(),
+                    response.text().unwrap_or_default()
+                ),
+                Err(err) => err.to_string(),
+            };
+            if Instant::now() > deadline {
+                return Err(Error::NotReady {
+                    server: self.server.clone(),
+                    timeout: READY_TIMEOUT,
+                    last,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Path of the admin kubeconfig (cluster-admin through `system:masters`).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// The API server's URL, `https://127.0.0.1:PORT`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// The state directory: PKI, etcd data, process logs, kubeconfig.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The envtest binaries this control plane runs (kubectl and helm among them).
+    pub fn binaries(&self) -> &Binaries {
+        &self.binaries
+    }
+
+    /// Kills kube-apiserver and etcd and waits for both to exit.
+    pub fn stop(&mut self) {
+        self.apiserver.take();
+        self.etcd.take();
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop();
+        if let Some(tmp) = self.owned_dir.take() {
+            let _ = tmp.close();
+        }
+    }
+}
+
+fn kubeconfig_yaml(server: &str, pki: &pki::Pki) -> String {
+    use base64::Engine as _;
+    let b64 = |pem: &str| base64::engine::general_purpose::STANDARD.encode(pem);
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: adc-testenv
+  cluster:
+    server: {server}
+    certificate-authority-data: {ca}
+users:
+- name: adc-testenv-admin
+  user:
+    client-certificate-data: {cert}
+    client-key-data: {key}
+contexts:
+- name: adc-testenv
+  context:
+    cluster: adc-testenv
+    user: adc-testenv-admin
+current-context: adc-testenv
+",
+        ca = b64(&pki.ca_cert_pem),
+        cert = b64(&pki.admin_cert_pem),
+        key = b64(&pki.admin_key_pem),
+    )
+}
+
+/// What a test needs to reach the shared control plane.
+#[derive(Debug, Clone)]
+pub struct SharedControlPlane {
+    pub kubeconfig: PathBuf,
+    pub server: String,
+    pub binaries: Binaries,
+}
+
+static SHARED: OnceLock<Result<SharedControlPlane, String>> = OnceLock::new();
+static SHARED_PLANE: Mutex<Option<ControlPlane>> = Mutex::new(None);
+
+extern "C" fn stop_shared_at_exit() {
+    // A poisoned lock still holds the plane: stop it all the same.
+    let plane = match SHARED_PLANE.lock() {
+        Ok(mut guard) => guard.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    };
+    drop(plane);
+}
+
+/// The control plane of this test binary: started on first use, shared by all its tests, stopped
+/// and its directory removed when the process exits (killed with it even on SIGKILL).
+///
+/// The processes are spawned from a thread that lives as long as the process, because the kernel's
+/// parent-death signal follows the spawning thread, not the process.
+pub fn shared() -> Result<&'static SharedControlPlane, String> {
+    SHARED
+        .get_or_init(|| {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("adc-testenv".into())
+                .spawn(move || {
+                    let started = ControlPlane::start().map(|plane| {
+                        let info = SharedControlPlane {
+                            kubeconfig: plane.kubeconfig().to_path_buf(),
+                            server: plane.server().to_string(),
+                            binaries: plane.binaries().clone(),
+                        };
+                        match SHARED_PLANE.lock() {
+                            Ok(mut guard) => *guard = Some(plane),
+                            Err(poisoned) => *poisoned.into_inner() = Some(plane),
+                        }
+                        // SAFETY: registers a plain extern "C" fn with no captured state.
+                        unsafe { libc::atexit(stop_shared_at_exit) };
+                        info
+                    });
+                    let _ = tx.send(started.map_err(|err| err.to_string()));
+                    loop {
+                        std::thread::park();
+                    }
+                });
+            match spawned {
+                Ok(_) => rx
+                    .recv()
+                    .unwrap_or_else(|_| Err("the control-plane thread died".to_string())),
+                Err(err) => Err(format!("spawning the control-plane thread: {err}")),
+            }
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
