@@ -1,0 +1,156 @@
+//! The resource collections this emulator serves, and where each lives.
+
+use crate::model::Work;
+
+/// Where a collection lives: global, in a region, or in a zone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    Global,
+    Regional,
+    Zonal,
+}
+
+/// A Compute resource collection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Kind {
+    Route,
+    Firewall,
+    GlobalAddress,
+    Address,
+    ForwardingRule,
+    TargetInstance,
+    Instance,
+    Network,
+    Subnetwork,
+}
+
+impl Kind {
+    /// Every kind, for state dumps.
+    pub const ALL: [Kind; 9] = [
+        Kind::Route,
+        Kind::Firewall,
+        Kind::GlobalAddress,
+        Kind::Address,
+        Kind::ForwardingRule,
+        Kind::TargetInstance,
+        Kind::Instance,
+        Kind::Network,
+        Kind::Subnetwork,
+    ];
+
+    /// The collection segment of the URL path.
+    pub fn collection(self) -> &'static str {
+        match self {
+            Kind::Route => "routes",
+            Kind::Firewall => "firewalls",
+            Kind::GlobalAddress | Kind::Address => "addresses",
+            Kind::ForwardingRule => "forwardingRules",
+            Kind::TargetInstance => "targetInstances",
+            Kind::Instance => "instances",
+            Kind::Network => "networks",
+            Kind::Subnetwork => "subnetworks",
+        }
+    }
+
+    /// The `kind` field of one resource.
+    pub fn resource_kind(self) -> &'static str {
+        match self {
+            Kind::Route => "compute#route",
+            Kind::Firewall => "compute#firewall",
+            Kind::GlobalAddress | Kind::Address => "compute#address",
+            Kind::ForwardingRule => "compute#forwardingRule",
+            Kind::TargetInstance => "compute#targetInstance",
+            Kind::Instance => "compute#instance",
+            Kind::Network => "compute#network",
+            Kind::Subnetwork => "compute#subnetwork",
+        }
+    }
+
+    /// The `kind` field of a list response.
+    pub fn list_kind(self) -> &'static str {
+        match self {
+            Kind::Route => "compute#routeList",
+            Kind::Firewall => "compute#firewallList",
+            Kind::GlobalAddress | Kind::Address => "compute#addressList",
+            Kind::ForwardingRule => "compute#forwardingRuleList",
+            Kind::TargetInstance => "compute#targetInstanceList",
+            Kind::Instance => "compute#instanceList",
+            Kind::Network => "compute#networkList",
+            Kind::Subnetwork => "compute#subnetworkList",
+        }
+    }
+
+    /// Global, regional or zonal.
+    pub fn placement(self) -> Placement {
+        match self {
+            Kind::Route | Kind::Firewall | Kind::GlobalAddress | Kind::Network => Placement::Global,
+            Kind::Address | Kind::ForwardingRule | Kind::Subnetwork => Placement::Regional,
+            Kind::TargetInstance | Kind::Instance => Placement::Zonal,
+        }
+    }
+
+    /// Which operation-duration row of the model applies to a mutation of this kind.
+    pub fn work(self) -> Work {
+        match self {
+            Kind::Route | Kind::Network | Kind::Subnetwork => Work::Route,
+            Kind::Firewall => Work::Firewall,
+            Kind::GlobalAddress | Kind::Address => Work::Address,
+            Kind::ForwardingRule => Work::ForwardingRule,
+            Kind::TargetInstance => Work::TargetInstance,
+            Kind::Instance => Work::Instance,
+        }
+    }
+
+    /// Whether insert and delete are served (the world seeds the others).
+    pub fn mutable(self) -> bool {
+        !matches!(self, Kind::Instance | Kind::Network | Kind::Subnetwork)
+    }
+
+    /// Whether mutations of this kind occupy their VPC network (the serialisation knob).
+    pub fn holds_network(self) -> bool {
+        matches!(self, Kind::Route | Kind::Firewall)
+    }
+
+    /// Parses a collection segment for a placement.
+    pub fn from_segment(placement: Placement, segment: &str) -> Option<Kind> {
+        Some(match (placement, segment) {
+            (Placement::Global, "routes") => Kind::Route,
+            (Placement::Global, "firewalls") => Kind::Firewall,
+            (Placement::Global, "addresses") => Kind::GlobalAddress,
+            (Placement::Global, "networks") => Kind::Network,
+            (Placement::Regional, "addresses") => Kind::Address,
+            (Placement::Regional, "forwardingRules") => Kind::ForwardingRule,
+            (Placement::Regional, "subnetworks") => Kind::Subnetwork,
+            (Placement::Zonal, "targetInstances") => Kind::TargetInstance,
+            (Placement::Zonal, "instances") => Kind::Instance,
+            _ => return None,
+        })
+    }
+}
+
+/// A collection in one project: the kind and its region or zone (empty for global).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CollectionKey {
+    pub kind: Kind,
+    pub location: String,
+}
+
+impl CollectionKey {
+    /// The URL path of the collection below the project, e.g. `global/routes`,
+    /// `regions/us-central1/addresses`.
+    pub fn path(&self, project: &str) -> String {
+        match self.kind.placement() {
+            Placement::Global => format!("projects/{project}/global/{}", self.kind.collection()),
+            Placement::Regional => format!(
+                "projects/{project}/regions/{}/{}",
+                self.location,
+                self.kind.collection()
+            ),
+            Placement::Zonal => format!(
+                "projects/{project}/zones/{}/{}",
+                self.location,
+                self.kind.collection()
+            ),
+        }
+    }
+}

@@ -1,0 +1,18 @@
+//! gce-emulator: a local Compute Engine API v1 that follows ../shared/reference/gce-api.md.
+
+pub mod auth;
+pub mod error;
+pub mod faults;
+pub mod filter;
+pub mod http;
+pub mod ipnet;
+pub mod kinds;
+pub mod model;
+pub mod multipart;
+pub mod names;
+pub mod operation;
+pub mod resources;
+pub mod service;
+pub mod state;
+pub mod stats;
+pub mod world;

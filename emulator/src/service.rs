@@ -1,0 +1,661 @@
+//! One Compute call, from path to answer: routing, rate quotas, faults, latency, and the state
+//! change. Direct HTTP calls and the inner calls of a batch both come through [`Emulator::call`].
+
+use std::sync::{Mutex, RwLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::auth::TokenStore;
+use crate::error::ApiError;
+use crate::faults::Faults;
+use crate::filter::Filter;
+use crate::kinds::{CollectionKey, Kind, Placement};
+use crate::model::{BusyBehavior, Timing};
+use crate::state::{ListParams, MutationContext, RateGroup, State};
+use crate::stats::Stats;
+use crate::world::{World, region_of_zone};
+
+/// How callers authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AuthMode {
+    /// A Bearer token this emulator issued and that has not expired.
+    Token,
+    /// Any Bearer token.
+    Any,
+    /// No Authorization header needed.
+    None,
+}
+
+/// How the emulator was started.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub timing: Timing,
+    /// Enforce per-minute rate quotas (`--profile gcp`).
+    pub enforce_rates: bool,
+    pub auth: AuthMode,
+    pub faults: Faults,
+    pub seed: u64,
+    pub network_concurrency: Option<u32>,
+    pub network_busy: BusyBehavior,
+    pub token_lifetime: Duration,
+}
+
+/// One Compute call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    pub method: String,
+    /// The path after `/compute/v1/`, e.g. `projects/p/global/routes/r`.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// Who calls (the service account e-mail, or a stand-in).
+    pub principal: String,
+}
+
+/// Its answer: status, JSON text, and how long to hold it back (latency, slowness).
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub body: String,
+    pub delay: Duration,
+}
+
+impl Reply {
+    fn error(err: &ApiError, delay: Duration) -> Self {
+        Self {
+            status: err.code,
+            body: err.body().to_string(),
+            delay,
+        }
+    }
+}
+
+/// The parsed target of a call.
+#[derive(Debug, Clone)]
+enum Target {
+    Collection(CollectionKey),
+    Item(CollectionKey, String),
+    InstancePower {
+        zone: String,
+        name: String,
+        start: bool,
+    },
+    Operations(String),
+    Operation(String, String),
+    OperationWait(String, String),
+}
+
+/// The emulated Compute API.
+pub struct Emulator {
+    pub settings: Settings,
+    world: World,
+    pub state: Mutex<State>,
+    pub tokens: TokenStore,
+    pub faults: RwLock<Faults>,
+    rng: Mutex<rand::rngs::StdRng>,
+    pub stats: Stats,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Emulator {
+    /// An emulator seeded from `world`.
+    pub fn new(world: World, settings: Settings) -> Self {
+        let state = State::new(
+            &world,
+            settings.seed,
+            settings.network_concurrency,
+            settings.network_busy,
+        );
+        Self {
+            tokens: TokenStore::new(settings.token_lifetime),
+            faults: RwLock::new(settings.faults.clone()),
+            rng: Mutex::new(rand::rngs::StdRng::seed_from_u64(
+                settings.seed ^ 0x9e37_79b9,
+            )),
+            state: Mutex::new(state),
+            stats: Stats::default(),
+            world,
+            settings,
+        }
+    }
+
+    /// The world the emulator was seeded from.
+    pub fn world(&self) -> &World {
+        &self.world
+    }
+
+    /// Back to the seeded world; counters zeroed; faults back to the start-up ones.
+    pub fn reset(&self) {
+        *lock(&self.state) = State::new(
+            &self.world,
+            self.settings.seed,
+            self.settings.network_concurrency,
+            self.settings.network_busy,
+        );
+        self.stats.reset();
+        if let Ok(mut faults) = self.faults.write() {
+            *faults = self.settings.faults.clone();
+        }
+    }
+
+    /// Replaces the fault plan.
+    pub fn set_faults(&self, faults: Faults) {
+        match self.faults.write() {
+            Ok(mut guard) => *guard = faults,
+            Err(poisoned) => *poisoned.into_inner() = faults,
+        }
+    }
+
+    /// The current fault plan.
+    pub fn current_faults(&self) -> Faults {
+        match self.faults.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Whether a whole HTTP request should lose its response (`reset` fault).
+    pub fn draw_reset(&self) -> bool {
+        let p = self.current_faults().reset;
+        p > 0.0 && lock(&self.rng).r#gen::<f64>() < p
+    }
+
+    /// Serves one Compute call.
+    pub async fn call(&self, call: Call) -> Reply {
+        let (project, target) = match route(&call.method, &call.path) {
+            Ok(routed) => routed,
+            Err(err) => {
+                self.stats.error(err.reason);
+                return Reply::error(&err, Duration::ZERO);
+            }
+        };
+        let (method_name, group, region) = describe(&call.method, &target);
+        self.stats.call(&method_name, group_name(group));
+
+        let write = matches!(group, RateGroup::Writes | RateGroup::RegionalWrites);
+        let mut delay = {
+            let mut rng = lock(&self.rng);
+            let spread = if write {
+                self.settings.timing.write_latency
+            } else {
+                self.settings.timing.read_latency
+            };
+            spread.draw(&mut *rng, self.settings.timing.scale)
+        };
+
+        if self.settings.enforce_rates {
+            let window = Duration::from_secs_f64(60.0 * self.settings.timing.scale);
+            let charged = lock(&self.state).charge(&project, group, &region, window);
+            match charged {
+                Ok(true) => {}
+                Ok(false) => {
+                    let err = rate_error(group, &project);
+                    self.stats.error(err.reason);
+                    return Reply::error(&err, delay);
+                }
+                Err(err) => {
+                    self.stats.error(err.reason);
+                    return Reply::error(&err, delay);
+                }
+            }
+        }
+
+        let faults = self.current_faults();
+        let draw = faults.draw(&mut *lock(&self.rng));
+        if draw.slow {
+            delay += faults.slow_by.mul_f64(self.settings.timing.scale);
+        }
+        if let Some(code) = draw.error {
+            let err = if code == 500 {
+                ApiError::backend_error()
+            } else {
+                ApiError::unavailable()
+            };
+            self.stats.error(err.reason);
+            return Reply::error(&err, delay);
+        }
+        if draw.rate_limited {
+            let err = rate_error(group, &project);
+            self.stats.error(err.reason);
+            return Reply::error(&err, delay);
+        }
+
+        let result = self.execute(&call, &project, target, draw.opfail).await;
+        match result {
+            Ok(Some(body)) => Reply {
+                status: 200,
+                body,
+                delay,
+            },
+            Ok(None) => Reply {
+                status: 204,
+                body: String::new(),
+                delay,
+            },
+            Err(err) => {
+                self.stats.error(err.reason);
+                Reply::error(&err, delay)
+            }
+        }
+    }
+
+    async fn execute(
+        &self,
+        call: &Call,
+        project: &str,
+        target: Target,
+        opfail: bool,
+    ) -> Result<Option<String>, ApiError> {
+        let now = Instant::now();
+        let method = call.method.as_str();
+        match (method, target) {
+            ("GET", Target::Collection(key)) => {
+                let params = list_params(&call.query)?;
+                lock(&self.state)
+                    .list(project, &key, &params, now)
+                    .map(Some)
+            }
+            ("POST", Target::Collection(key)) => {
+                let body = json_body(&call.body)?;
+                let ctx = self.mutation_context(call, key.kind, opfail)?;
+                lock(&self.state)
+                    .insert(project, key, &body, &ctx)
+                    .map(|v| Some(v.to_string()))
+            }
+            ("GET", Target::Item(key, name)) => {
+                lock(&self.state).get(project, &key, &name, now).map(Some)
+            }
+            ("DELETE", Target::Item(key, name)) => {
+                let ctx = self.mutation_context(call, key.kind, opfail)?;
+                lock(&self.state)
+                    .delete(project, key, &name, &ctx)
+                    .map(|v| Some(v.to_string()))
+            }
+            ("PATCH", Target::Item(key, name)) => {
+                let body = json_body(&call.body)?;
+                let ctx = self.mutation_context(call, key.kind, opfail)?;
+                lock(&self.state)
+                    .patch(project, key, &name, &body, &ctx)
+                    .map(|v| Some(v.to_string()))
+            }
+            ("POST", Target::InstancePower { zone, name, start }) => {
+                let ctx = self.mutation_context(call, Kind::Instance, opfail)?;
+                lock(&self.state)
+                    .instance_power(project, &zone, &name, start, &ctx)
+                    .map(|v| Some(v.to_string()))
+            }
+            ("GET", Target::Operations(scope)) => {
+                let params = list_params(&call.query)?;
+                lock(&self.state)
+                    .list_operations(project, &scope, &params, now)
+                    .map(Some)
+            }
+            ("GET", Target::Operation(scope, name)) => lock(&self.state)
+                .operation(project, &scope, &name, now)
+                .map(|v| Some(v.to_string())),
+            ("DELETE", Target::Operation(scope, name)) => lock(&self.state)
+                .delete_operation(project, &scope, &name, now)
+                .map(|()| None),
+            ("POST", Target::OperationWait(scope, name)) => {
+                self.wait(project, &scope, &name).await.map(Some)
+            }
+            (method, _) => Err(ApiError::method_not_allowed(method, &call.path)),
+        }
+    }
+
+    async fn wait(&self, project: &str, scope: &str, name: &str) -> Result<String, ApiError> {
+        let start = Instant::now();
+        let deadline = start + self.settings.timing.wait_deadline;
+        let early = {
+            let p = self.settings.timing.wait_early_return;
+            p > 0.0 && lock(&self.rng).r#gen::<f64>() < p
+        };
+        if !early {
+            // Checks existence first: 404 at once for an unknown operation.
+            lock(&self.state).operation(project, scope, name, start)?;
+            loop {
+                let now = Instant::now();
+                let done_at = lock(&self.state).operation_deadline(project, scope, name, now);
+                match done_at {
+                    Some(at) if at <= now => break,
+                    _ if now >= deadline => break,
+                    Some(at) => tokio::time::sleep_until(at.min(deadline)).await,
+                    // Queued behind a busy network: poll.
+                    None => tokio::time::sleep(Duration::from_millis(20).min(deadline - now)).await,
+                }
+            }
+        }
+        let now = Instant::now();
+        lock(&self.state)
+            .operation(project, scope, name, now)
+            .map(|v| v.to_string())
+    }
+
+    fn mutation_context(
+        &self,
+        call: &Call,
+        kind: Kind,
+        opfail: bool,
+    ) -> Result<MutationContext, ApiError> {
+        let request_id = call
+            .query
+            .iter()
+            .find(|(k, _)| k == "requestId")
+            .map(|(_, v)| v.clone());
+        let mut rng = lock(&self.rng);
+        let timing = &self.settings.timing;
+        let pending = if timing.pending_max.is_zero() {
+            Duration::ZERO
+        } else {
+            timing.pending_max.mul_f64(rng.r#gen::<f64>())
+        };
+        let run_for = timing.operation(kind.work()).draw(&mut *rng, timing.scale);
+        Ok(MutationContext {
+            now: Instant::now(),
+            user: call.principal.clone(),
+            request_id,
+            pending,
+            run_for,
+            fail: opfail,
+        })
+    }
+}
+
+fn rate_error(group: RateGroup, project: &str) -> ApiError {
+    match group {
+        RateGroup::Reads => ApiError::rate_limited(
+            "compute.googleapis.com/read_requests",
+            "Read requests per minute",
+            project,
+        ),
+        RateGroup::Writes => ApiError::rate_limited(
+            "compute.googleapis.com/global_writes",
+            "Global writes per minute",
+            project,
+        ),
+        RateGroup::OperationReads => ApiError::rate_limited(
+            "compute.googleapis.com/operation_read_requests",
+            "Operation read requests per minute",
+            project,
+        ),
+        RateGroup::RegionalWrites => ApiError::rate_limited(
+            "compute.googleapis.com/writes_per_region",
+            "Writes per minute per region",
+            project,
+        ),
+    }
+}
+
+fn group_name(group: RateGroup) -> &'static str {
+    match group {
+        RateGroup::Reads => "read",
+        RateGroup::Writes => "write",
+        RateGroup::OperationReads => "operationRead",
+        RateGroup::RegionalWrites => "regionalWrite",
+    }
+}
+
+fn json_body(body: &[u8]) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::required("resource"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|err| ApiError::invalid(format!("Invalid JSON payload received. {err}")))
+}
+
+fn list_params(query: &[(String, String)]) -> Result<ListParams, ApiError> {
+    let mut params = ListParams {
+        max_results: 500,
+        ..Default::default()
+    };
+    for (key, value) in query {
+        match key.as_str() {
+            "maxResults" => {
+                let n: usize = value.parse().map_err(|_| {
+                    ApiError::invalid_field(
+                        "maxResults",
+                        value,
+                        "Must be an integer between 0 and 500.",
+                    )
+                })?;
+                if n > 500 {
+                    return Err(ApiError::invalid_field(
+                        "maxResults",
+                        value,
+                        "Must be less than or equal to 500",
+                    ));
+                }
+                params.max_results = if n == 0 { 500 } else { n };
+            }
+            "pageToken" if !value.is_empty() => params.page_token = Some(value.clone()),
+            "filter" => {
+                let filter = Filter::parse(value)
+                    .map_err(|err| ApiError::invalid_field("filter", value, &format!("{err}")))?;
+                params.filter = Some(filter);
+            }
+            "orderBy" => match value.trim() {
+                "" | "name" => {}
+                "creationTimestamp desc" => params.order_by_creation_desc = true,
+                other => {
+                    return Err(ApiError::invalid_field(
+                        "orderBy",
+                        other,
+                        "Only 'name' and 'creationTimestamp desc' are supported.",
+                    ));
+                }
+            },
+            _ => {}
+        }
+    }
+    Ok(params)
+}
+
+/// Maps a path below `/compute/v1/` to its project and target.
+fn route(method: &str, path: &str) -> Result<(String, Target), ApiError> {
+    let not_found = || ApiError::no_such_method(method, &format!("/compute/v1/{path}"));
+    let segments: Vec<&str> = path.trim_end_matches('/').split('/').collect();
+    let ["projects", project, rest @ ..] = segments.as_slice() else {
+        return Err(not_found());
+    };
+    let key = |kind, location: &str| CollectionKey {
+        kind,
+        location: location.to_string(),
+    };
+    let target = match rest {
+        ["global", "operations"] => Target::Operations("global".into()),
+        ["global", "operations", name] => Target::Operation("global".into(), (*name).into()),
+        ["global", "operations", name, "wait"] => {
+            Target::OperationWait("global".into(), (*name).into())
+        }
+        ["regions", region, "operations"] => Target::Operations(format!("regions/{region}")),
+        ["regions", region, "operations", name] => {
+            Target::Operation(format!("regions/{region}"), (*name).into())
+        }
+        ["regions", region, "operations", name, "wait"] => {
+            Target::OperationWait(format!("regions/{region}"), (*name).into())
+        }
+        ["zones", zone, "operations"] => Target::Operations(format!("zones/{zone}")),
+        ["zones", zone, "operations", name] => {
+            Target::Operation(format!("zones/{zone}"), (*name).into())
+        }
+        ["zones", zone, "operations", name, "wait"] => {
+            Target::OperationWait(format!("zones/{zone}"), (*name).into())
+        }
+        ["zones", zone, "instances", name, verb @ ("start" | "stop")] => Target::InstancePower {
+            zone: (*zone).into(),
+            name: (*name).into(),
+            start: *verb == "start",
+        },
+        ["global", collection] => Target::Collection(key(
+            Kind::from_segment(Placement::Global, collection).ok_or_else(not_found)?,
+            "",
+        )),
+        ["global", collection, name] => Target::Item(
+            key(
+                Kind::from_segment(Placement::Global, collection).ok_or_else(not_found)?,
+                "",
+            ),
+            (*name).into(),
+        ),
+        ["regions", region, collection] => Target::Collection(key(
+            Kind::from_segment(Placement::Regional, collection).ok_or_else(not_found)?,
+            region,
+        )),
+        ["regions", region, collection, name] => Target::Item(
+            key(
+                Kind::from_segment(Placement::Regional, collection).ok_or_else(not_found)?,
+                region,
+            ),
+            (*name).into(),
+        ),
+        ["zones", zone, collection] => Target::Collection(key(
+            Kind::from_segment(Placement::Zonal, collection).ok_or_else(not_found)?,
+            zone,
+        )),
+        ["zones", zone, collection, name] => Target::Item(
+            key(
+                Kind::from_segment(Placement::Zonal, collection).ok_or_else(not_found)?,
+                zone,
+            ),
+            (*name).into(),
+        ),
+        _ => return Err(not_found()),
+    };
+    Ok(((*project).to_string(), target))
+}
+
+/// The method's discovery name (`compute.routes.insert`), its rate group and region.
+fn describe(method: &str, target: &Target) -> (String, RateGroup, String) {
+    let collection_name = |key: &CollectionKey| match key.kind {
+        Kind::GlobalAddress => "globalAddresses".to_string(),
+        other => other.collection().to_string(),
+    };
+    let write_group = |key: &CollectionKey| match key.kind.placement() {
+        Placement::Global => (RateGroup::Writes, String::new()),
+        Placement::Regional => (RateGroup::RegionalWrites, key.location.clone()),
+        Placement::Zonal => (
+            RateGroup::RegionalWrites,
+            region_of_zone(&key.location).to_string(),
+        ),
+    };
+    let ops_collection = |scope: &str| {
+        if scope.starts_with("regions/") {
+            "regionOperations"
+        } else if scope.starts_with("zones/") {
+            "zoneOperations"
+        } else {
+            "globalOperations"
+        }
+    };
+    match target {
+        Target::Collection(key) if method == "GET" => (
+            format!("compute.{}.list", collection_name(key)),
+            RateGroup::Reads,
+            String::new(),
+        ),
+        Target::Collection(key) => {
+            let (group, region) = write_group(key);
+            (
+                format!("compute.{}.insert", collection_name(key)),
+                group,
+                region,
+            )
+        }
+        Target::Item(key, _) if method == "GET" => (
+            format!("compute.{}.get", collection_name(key)),
+            RateGroup::Reads,
+            String::new(),
+        ),
+        Target::Item(key, _) => {
+            let (group, region) = write_group(key);
+            let verb = if method == "PATCH" { "patch" } else { "delete" };
+            (
+                format!("compute.{}.{verb}", collection_name(key)),
+                group,
+                region,
+            )
+        }
+        Target::InstancePower { zone, start, .. } => (
+            format!(
+                "compute.instances.{}",
+                if *start { "start" } else { "stop" }
+            ),
+            RateGroup::RegionalWrites,
+            region_of_zone(zone).to_string(),
+        ),
+        Target::Operations(scope) => (
+            format!("compute.{}.list", ops_collection(scope)),
+            RateGroup::OperationReads,
+            String::new(),
+        ),
+        Target::Operation(scope, _) => {
+            let verb = if method == "DELETE" { "delete" } else { "get" };
+            (
+                format!("compute.{}.{verb}", ops_collection(scope)),
+                RateGroup::OperationReads,
+                String::new(),
+            )
+        }
+        Target::OperationWait(scope, _) => (
+            format!("compute.{}.wait", ops_collection(scope)),
+            RateGroup::OperationReads,
+            String::new(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes_paths() {
+        let (project, target) = route("GET", "projects/p/global/routes/r").unwrap();
+        assert_eq!(project, "p");
+        assert!(matches!(target, Target::Item(ref k, ref n) if k.kind == Kind::Route && n == "r"));
+        let (_, target) = route("POST", "projects/p/regions/us-central1/addresses").unwrap();
+        assert!(
+            matches!(target, Target::Collection(ref k) if k.kind == Kind::Address && k.location == "us-central1")
+        );
+        let (_, target) = route("POST", "projects/p/zones/z-a/operations/op/wait").unwrap();
+        assert!(matches!(target, Target::OperationWait(ref s, _) if s == "zones/z-a"));
+        assert!(route("GET", "projects/p/global/widgets").is_err());
+        assert!(route("GET", "nope").is_err());
+        let (name, group, _) = describe(
+            "POST",
+            &route("POST", "projects/p/global/routes").unwrap().1,
+        );
+        assert_eq!(name, "compute.routes.insert");
+        assert_eq!(group, RateGroup::Writes);
+    }
+
+    #[test]
+    fn list_params_are_checked() {
+        let q = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+        assert_eq!(list_params(&[]).unwrap().max_results, 500);
+        assert!(list_params(&q("maxResults", "501")).is_err());
+        assert!(list_params(&q("maxResults", "x")).is_err());
+        assert!(list_params(&q("orderBy", "zone")).is_err());
+        assert!(
+            list_params(&q("orderBy", "creationTimestamp desc"))
+                .unwrap()
+                .order_by_creation_desc
+        );
+    }
+}
