@@ -1,0 +1,695 @@
+//! The emulator as a separate process over HTTP: lifecycle, limits, idempotence, faults, auth,
+//! batches and concurrency.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod support;
+
+use std::collections::HashSet;
+
+use gce_emulator::multipart::{self, InnerRequest};
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::{Emulator, PROJECT, route, world};
+
+async fn send_batch(
+    emu: &Emulator,
+    parts: Vec<InnerRequest>,
+) -> (u16, Vec<multipart::InnerResponse>) {
+    let boundary = multipart::new_boundary();
+    let response = emu
+        .client
+        .post(format!("{}/batch/compute/v1", emu.base))
+        .header(
+            "content-type",
+            format!("multipart/mixed; boundary={boundary}"),
+        )
+        .body(multipart::encode_requests(&boundary, &parts))
+        .send()
+        .await
+        .expect("batch");
+    let status = response.status().as_u16();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let body = response.bytes().await.unwrap();
+    if status != 200 {
+        return (status, Vec::new());
+    }
+    (
+        status,
+        multipart::parse_responses(&content_type, &body).expect("batch response"),
+    )
+}
+
+fn insert_part(id: usize, body: &Value) -> InnerRequest {
+    InnerRequest {
+        content_id: Some(format!("test+{id}")),
+        method: "POST".into(),
+        path_and_query: format!("/compute/v1/projects/{PROJECT}/global/routes"),
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: body.to_string().into_bytes(),
+    }
+}
+
+#[tokio::test]
+async fn route_lifecycle_and_errors_in_googles_shape() {
+    let emu = Emulator::start(&world(""), &[]);
+    let (status, op) = emu.post("global/routes", route("r1", "10.10.0.5/32")).await;
+    assert_eq!(status, 200, "{op}");
+    assert_eq!(op["kind"], "compute#operation");
+    assert_eq!(op["status"], "DONE", "instant profile");
+    assert_eq!(op["operationType"], "insert");
+    assert!(
+        op["targetLink"]
+            .as_str()
+            .unwrap()
+            .ends_with("/global/routes/r1")
+    );
+
+    let (status, got) = emu.get("global/routes/r1").await;
+    assert_eq!(status, 200);
+    assert_eq!(got["destRange"], "10.10.0.5/32");
+    assert_eq!(got["priority"], 1000);
+    assert_eq!(
+        got["network"],
+        "https://www.googleapis.com/compute/v1/projects/demo-project/global/networks/default"
+    );
+    assert_eq!(got["id"], op["targetId"]);
+
+    let (status, dup) = emu.post("global/routes", route("r1", "10.10.0.5/32")).await;
+    assert_eq!(status, 409);
+    assert_eq!(dup["error"]["errors"][0]["reason"], "alreadyExists");
+
+    let response = emu
+        .client
+        .patch(emu.url("global/routes/r1"))
+        .json(&json!({"priority": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405, "routes are immutable");
+
+    let (status, op) = emu.delete("global/routes/r1").await;
+    assert_eq!((status, op["status"].as_str()), (200, Some("DONE")));
+    let (status, missing) = emu.get("global/routes/r1").await;
+    assert_eq!(status, 404);
+    assert_eq!(missing["error"]["errors"][0]["reason"], "notFound");
+    assert_eq!(
+        missing["error"]["message"],
+        "The resource 'projects/demo-project/global/routes/r1' was not found"
+    );
+    assert_eq!(emu.delete("global/routes/r1").await.0, 404);
+}
+
+#[tokio::test]
+async fn validation_names_the_field() {
+    let emu = Emulator::start(&world(""), &[]);
+    let cases = [
+        (route("Bad_Name", "10.10.0.5/32"), "resource.name"),
+        (route("r", "10.10.0.5/33"), "resource.destRange"),
+        (route("r", "10.10.0.1/24"), "resource.destRange"),
+        (
+            json!({"name": "r", "network": "global/networks/default", "destRange": "10.10.0.0/24", "priority": 70000, "nextHopIp": "10.0.0.1"}),
+            "resource.priority",
+        ),
+        (
+            json!({"name": "r", "network": "global/networks/default", "destRange": "10.10.0.0/24", "nextHopIp": "10.0.0.1", "nextHopGateway": "global/gateways/default-internet-gateway"}),
+            "exactly one of",
+        ),
+        (
+            json!({"name": "r", "network": "global/networks/default", "destRange": "10.10.0.0/24"}),
+            "exactly one of",
+        ),
+        (route("r", "10.128.1.0/24"), "subnetwork 'default'"),
+        (
+            json!({"name": "r", "network": "global/networks/default", "destRange": "10.10.0.0/24", "nextHopInstance": "zones/us-central1-a/instances/nope"}),
+            "instances/nope",
+        ),
+    ];
+    for (body, needle) in cases {
+        let (status, error) = emu.post("global/routes", body.clone()).await;
+        assert!(status == 400 || status == 404, "{body}: {status} {error}");
+        let message = error["error"]["message"].as_str().unwrap();
+        assert!(message.contains(needle), "{body}: {message}");
+    }
+    let (status, error) = emu.get("global/routes?maxResults=501").await;
+    assert_eq!(status, 400, "{error}");
+    let (status, _) = emu.get("regions/mars-north1/addresses").await;
+    assert_eq!(status, 404);
+    let state = emu.admin(Method::GET, "state", None).await;
+    assert!(
+        state["projects"][PROJECT]["resources"]["projects/demo-project/global/routes"].is_null()
+    );
+}
+
+#[tokio::test]
+async fn list_pages_by_name_and_filters() {
+    let emu = Emulator::start(&world(""), &[]);
+    let parts: Vec<InnerRequest> = (0..25)
+        .map(|i| {
+            insert_part(
+                i,
+                &route(&format!("page-{:02}", 24 - i), &format!("10.20.{i}.0/24")),
+            )
+        })
+        .collect();
+    let (status, replies) = send_batch(&emu, parts).await;
+    assert_eq!(status, 200);
+    assert!(replies.iter().all(|r| r.status == 200));
+
+    let mut names = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let mut path = "global/routes?maxResults=10".to_string();
+        if let Some(token) = &token {
+            path.push_str(&format!("&pageToken={token}"));
+        }
+        let (status, page) = emu.get(&path).await;
+        assert_eq!(status, 200, "{page}");
+        let items = page["items"].as_array().unwrap();
+        assert!(items.len() <= 10);
+        names.extend(
+            items
+                .iter()
+                .map(|i| i["name"].as_str().unwrap().to_string()),
+        );
+        match page["nextPageToken"].as_str() {
+            Some(next) => token = Some(next.to_string()),
+            None => break,
+        }
+    }
+    let expected: Vec<String> = (0..25).map(|i| format!("page-{i:02}")).collect();
+    assert_eq!(names, expected, "every route once, sorted by name");
+
+    let (_, filtered) = emu.get("global/routes?filter=name%20eq%20page-1.*").await;
+    assert_eq!(filtered["items"].as_array().unwrap().len(), 10);
+    let (_, exact) = emu
+        .get("global/routes?filter=destRange%20%3D%20%2210.20.3.0%2F24%22")
+        .await;
+    assert_eq!(exact["items"][0]["name"], "page-21");
+    let (status, _) = emu.get("global/routes?filter=name%20eq%20(").await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test]
+async fn gcp_profile_operations_run_then_finish() {
+    let emu = Emulator::start(&world(""), &["--profile", "gcp", "--time-scale", "0.01"]);
+    let (status, op) = emu
+        .post("global/routes", route("slow", "10.30.0.0/24"))
+        .await;
+    assert_eq!(status, 200, "{op}");
+    assert_ne!(
+        op["status"], "DONE",
+        "a route insert takes seconds (scaled)"
+    );
+    assert_eq!(
+        emu.get("global/routes/slow").await.0,
+        404,
+        "invisible until DONE"
+    );
+    let (_, pending) = emu
+        .get("global/operations?filter=status%20!%3D%20DONE")
+        .await;
+    assert_eq!(pending["items"][0]["name"], op["name"]);
+    let done = emu.wait_done(&op).await;
+    assert!(done["endTime"].is_string() && done["startTime"].is_string());
+    assert_eq!(done["progress"], 100);
+    assert_eq!(emu.get("global/routes/slow").await.0, 200);
+}
+
+#[tokio::test]
+async fn serialised_network_queues_mutations_one_at_a_time() {
+    let emu = Emulator::start(
+        &world(""),
+        &[
+            "--profile",
+            "gcp",
+            "--time-scale",
+            "0.01",
+            "--network-concurrency",
+            "1",
+        ],
+    );
+    let parts: Vec<InnerRequest> = (0..3)
+        .map(|i| insert_part(i, &route(&format!("q{i}"), &format!("10.40.{i}.0/24"))))
+        .collect();
+    let (_, replies) = send_batch(&emu, parts).await;
+    let ops: Vec<Value> = replies
+        .iter()
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect();
+    let pending = ops.iter().filter(|op| op["status"] == "PENDING").count();
+    assert!(pending >= 2, "one runs, the others wait: {ops:?}");
+    let mut done = Vec::new();
+    for op in &ops {
+        done.push(emu.wait_done(op).await);
+    }
+    let mut spans: Vec<(String, String)> = done
+        .iter()
+        .map(|op| {
+            (
+                op["startTime"].as_str().unwrap().to_string(),
+                op["endTime"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(
+            pair[1].0 >= pair[0].1,
+            "no overlap on a serialised network: {spans:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn busy_network_can_refuse_with_resource_not_ready() {
+    let emu = Emulator::start(
+        &world(""),
+        &[
+            "--profile",
+            "gcp",
+            "--time-scale",
+            "0.05",
+            "--network-concurrency",
+            "1",
+            "--network-busy",
+            "refuse",
+        ],
+    );
+    let (status, _) = emu.post("global/routes", route("a", "10.50.0.0/24")).await;
+    assert_eq!(status, 200);
+    let (status, error) = emu.post("global/routes", route("b", "10.50.1.0/24")).await;
+    assert_eq!(status, 400, "{error}");
+    assert_eq!(error["error"]["errors"][0]["reason"], "resourceNotReady");
+    let (status, _) = emu.post("global/routes", json!({"name": "c", "network": "global/networks/other", "destRange": "10.50.2.0/24", "nextHopIp": "10.0.0.1"})).await;
+    assert_eq!(status, 200, "another network is not busy");
+}
+
+#[tokio::test]
+async fn write_rate_quota_answers_rate_limit_exceeded() {
+    let emu = Emulator::start(
+        &world("    rateLimits: {writesPerMinute: 5}"),
+        &["--profile", "gcp"],
+    );
+    // Windows are aligned to wall-clock minutes: keep the batch clear of a boundary.
+    let into_minute = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            % 60
+    };
+    while into_minute() > 55 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let parts: Vec<InnerRequest> = (0..8)
+        .map(|i| insert_part(i, &route(&format!("rl{i}"), &format!("10.60.{i}.0/24"))))
+        .collect();
+    let (_, replies) = send_batch(&emu, parts).await;
+    let limited: Vec<&multipart::InnerResponse> =
+        replies.iter().filter(|r| r.status == 403).collect();
+    assert_eq!(limited.len(), 3, "5 writes per minute, 8 sent");
+    let body: Value = serde_json::from_slice(&limited[0].body).unwrap();
+    assert_eq!(body["error"]["errors"][0]["reason"], "rateLimitExceeded");
+    assert_eq!(body["error"]["errors"][0]["domain"], "usageLimits");
+    let stats = emu.admin(Method::GET, "stats", None).await;
+    assert_eq!(stats["rateLimited"], json!(limited.len()));
+    assert_eq!(stats["innerCalls"], 8, "each inner call counts");
+    assert_eq!(stats["batchRequests"], 1);
+}
+
+#[tokio::test]
+async fn resource_quota_fails_the_operation_until_raised() {
+    let emu = Emulator::start(&world("").replace("ROUTES: 5000", "ROUTES: 2"), &[]);
+    for i in 0..2 {
+        let (_, op) = emu
+            .post(
+                "global/routes",
+                route(&format!("qa{i}"), &format!("10.70.{i}.0/24")),
+            )
+            .await;
+        assert!(op["error"].is_null(), "{op}");
+    }
+    let (status, op) = emu
+        .post("global/routes", route("qa2", "10.70.2.0/24"))
+        .await;
+    assert_eq!(status, 200, "accepted, then the operation fails");
+    assert_eq!(op["error"]["errors"][0]["code"], "QUOTA_EXCEEDED");
+    assert_eq!(
+        op["error"]["errors"][0]["message"],
+        "Quota 'ROUTES' exceeded.  Limit: 2.0 globally."
+    );
+    assert_eq!(op["httpErrorStatusCode"], 403);
+    assert_eq!(emu.get("global/routes/qa2").await.0, 404);
+    emu.admin(
+        Method::POST,
+        "quotas",
+        Some(json!({"project": PROJECT, "quotas": {"ROUTES": 3}})),
+    )
+    .await;
+    let (_, op) = emu
+        .post("global/routes", route("qa2", "10.70.2.0/24"))
+        .await;
+    assert!(op["error"].is_null(), "{op}");
+}
+
+#[tokio::test]
+async fn request_id_makes_a_retry_after_a_lost_response_act_once() {
+    let emu = Emulator::start(&world(""), &["--faults", "reset=1.0"]);
+    let url = emu.url("global/routes?requestId=3f0c5a9e-7d1b-4c2e-8f3a-9b8c7d6e5f4a");
+    let lost = emu
+        .client
+        .post(&url)
+        .json(&route("once", "10.80.0.0/24"))
+        .send()
+        .await;
+    let lost_body = match lost {
+        Ok(response) => response.bytes().await.is_err(),
+        Err(_) => true,
+    };
+    assert!(lost_body, "the response was cut");
+    emu.admin(Method::POST, "faults", Some(json!({"spec": ""})))
+        .await;
+    let (status, op) = support::decode(
+        emu.client
+            .post(&url)
+            .json(&route("once", "10.80.0.0/24"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        status, 200,
+        "the retry returns the original operation, not alreadyExists: {op}"
+    );
+    assert_eq!(
+        op["clientOperationId"],
+        "3f0c5a9e-7d1b-4c2e-8f3a-9b8c7d6e5f4a"
+    );
+    let stats = emu.admin(Method::GET, "stats", None).await;
+    assert_eq!(stats["operationsCreated"], 1, "acted once");
+    let (status, error) = emu
+        .post(
+            "global/routes?requestId=00000000-0000-0000-0000-000000000000",
+            route("z", "10.80.1.0/24"),
+        )
+        .await;
+    assert_eq!(status, 400, "{error}");
+}
+
+#[tokio::test]
+async fn injected_faults_are_googles_errors() {
+    let emu = Emulator::start(&world(""), &["--faults", "http503=1.0"]);
+    let (status, error) = emu.get("global/routes").await;
+    assert_eq!(status, 503);
+    assert_eq!(error["error"]["errors"][0]["reason"], "backendError");
+    emu.admin(Method::POST, "faults", Some(json!({"spec": "opfail=1.0"})))
+        .await;
+    let (status, op) = emu.post("global/routes", route("f", "10.90.0.0/24")).await;
+    assert_eq!(status, 200);
+    assert_eq!(op["error"]["errors"][0]["code"], "INTERNAL_ERROR");
+    assert_eq!(
+        emu.get("global/routes/f").await.0,
+        404,
+        "a failed operation changes nothing"
+    );
+    emu.admin(
+        Method::POST,
+        "faults",
+        Some(json!({"spec": "ratelimit=1.0"})),
+    )
+    .await;
+    let (status, error) = emu.get("global/routes").await;
+    assert_eq!(
+        (status, error["error"]["errors"][0]["reason"].as_str()),
+        (403, Some("rateLimitExceeded"))
+    );
+    let response = emu
+        .client
+        .post(format!("{}/_emulator/faults", emu.base))
+        .body("boom=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 400);
+}
+
+#[tokio::test]
+async fn batch_limits_and_mixed_results() {
+    let emu = Emulator::start(&world(""), &[]);
+    let too_many: Vec<InnerRequest> = (0..1001)
+        .map(|i| insert_part(i, &route(&format!("b{i}"), "10.99.0.0/24")))
+        .collect();
+    let (status, _) = send_batch(&emu, too_many).await;
+    assert_eq!(status, 400);
+    let mut parts = vec![
+        insert_part(0, &route("mixed", "10.99.1.0/24")),
+        insert_part(1, &route("BAD", "10.99.2.0/24")),
+        insert_part(2, &route("mixed", "10.99.1.0/24")),
+    ];
+    parts.push(InnerRequest {
+        content_id: Some("test+3".into()),
+        method: "GET".into(),
+        path_and_query: format!("/compute/v1/projects/{PROJECT}/global/routes/absent"),
+        ..Default::default()
+    });
+    let (status, replies) = send_batch(&emu, parts).await;
+    assert_eq!(status, 200);
+    let by_id = |id: &str| {
+        replies
+            .iter()
+            .find(|r| r.content_id.as_deref() == Some(id))
+            .unwrap()
+            .status
+    };
+    assert_eq!(by_id("test+1"), 400);
+    assert_eq!(by_id("test+3"), 404);
+    let mut outcomes = [by_id("test+0"), by_id("test+2")];
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [200, 409],
+        "the same name inserted twice in one batch: one wins"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_batches_lose_and_duplicate_nothing() {
+    let emu = Emulator::start(&world(""), &[]);
+    // Eight batches of 250, every name sent by two batches.
+    let mut batches = Vec::new();
+    for b in 0..8usize {
+        let parts: Vec<InnerRequest> = (0..250)
+            .map(|i| {
+                let n = (b / 2) * 250 + i;
+                insert_part(
+                    i,
+                    &route(
+                        &format!("c-{n:04}"),
+                        &format!("10.{}.{}.0/24", 100 + n / 256, n % 256),
+                    ),
+                )
+            })
+            .collect();
+        batches.push(send_batch(&emu, parts));
+    }
+    let results = futures::future::join_all(batches).await;
+    let ok: usize = results
+        .iter()
+        .map(|(_, r)| r.iter().filter(|r| r.status == 200).count())
+        .sum();
+    let conflicts: usize = results
+        .iter()
+        .map(|(_, r)| r.iter().filter(|r| r.status == 409).count())
+        .sum();
+    assert_eq!((ok, conflicts), (1000, 1000));
+    let mut names = HashSet::new();
+    let mut token = String::new();
+    loop {
+        let (_, page) = emu.get(&format!("global/routes?pageToken={token}")).await;
+        for item in page["items"].as_array().unwrap() {
+            assert!(
+                names.insert(item["name"].as_str().unwrap().to_string()),
+                "duplicate"
+            );
+        }
+        match page["nextPageToken"].as_str() {
+            Some(next) => token = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(names.len(), 1000);
+}
+
+#[tokio::test]
+async fn instance_stop_and_start() {
+    let emu = Emulator::start(&world(""), &[]);
+    let (status, op) = emu
+        .post("zones/us-central1-a/instances/se-1/stop", json!({}))
+        .await;
+    assert_eq!(status, 200, "{op}");
+    assert_eq!(op["operationType"], "stop");
+    assert!(
+        op["zone"]
+            .as_str()
+            .unwrap()
+            .ends_with("/zones/us-central1-a")
+    );
+    assert_eq!(
+        emu.get("zones/us-central1-a/instances/se-1").await.1["status"],
+        "TERMINATED"
+    );
+    let (_, op) = emu
+        .post("zones/us-central1-a/instances/se-1/start", json!({}))
+        .await;
+    let (_, zonal) = emu
+        .get(&format!(
+            "zones/us-central1-a/operations/{}",
+            op["name"].as_str().unwrap()
+        ))
+        .await;
+    assert_eq!(zonal["status"], "DONE");
+    assert_eq!(
+        emu.get("zones/us-central1-a/instances/se-1").await.1["status"],
+        "RUNNING"
+    );
+}
+
+#[tokio::test]
+async fn token_auth_issues_and_checks_bearer_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let key_path = dir.path().join("key.json");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gce-emulator"))
+        .args([
+            "keygen",
+            "--client-email",
+            "op@demo-project.iam.gserviceaccount.com",
+            "--out",
+        ])
+        .arg(&key_path)
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let entry = String::from_utf8(output.stdout).unwrap();
+    let emu = Emulator::start(
+        &format!("{}serviceAccounts:\n{entry}", world("")),
+        &["--auth", "token"],
+    );
+
+    let (status, error) = emu.get("global/routes").await;
+    assert_eq!(status, 401);
+    assert_eq!(error["error"]["errors"][0]["location"], "Authorization");
+
+    let key: Value = serde_json::from_str(&std::fs::read_to_string(&key_path).unwrap()).unwrap();
+    let assertion = sign_assertion(&key, &format!("{}/token", emu.base));
+    let response = emu
+        .client
+        .post(format!("{}/token", emu.base))
+        .form(&[
+            ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"),
+            ("assertion", assertion.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    let (status, token) = support::decode(response).await;
+    assert_eq!(status, 200, "{token}");
+    assert_eq!(token["token_type"], "Bearer");
+    let access = token["access_token"].as_str().unwrap();
+    let response = emu
+        .client
+        .get(emu.url("global/routes"))
+        .bearer_auth(access)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let (_, op) = support::decode(
+        emu.client
+            .post(emu.url("global/routes"))
+            .bearer_auth(access)
+            .json(&route("authed", "10.11.0.0/24"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(op["user"], "op@demo-project.iam.gserviceaccount.com");
+    let response = emu
+        .client
+        .get(emu.url("global/routes"))
+        .bearer_auth("ya29.forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+
+    let response = emu
+        .client
+        .get(format!(
+            "{}/computeMetadata/v1/instance/service-accounts/default/token",
+            emu.base
+        ))
+        .header("Metadata-Flavor", "Google")
+        .send()
+        .await
+        .unwrap();
+    let (status, metadata_token) = support::decode(response).await;
+    assert_eq!(status, 200);
+    let response = emu
+        .client
+        .get(emu.url("global/routes"))
+        .bearer_auth(metadata_token["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        response.status().as_u16(),
+        200,
+        "metadata tokens are valid too"
+    );
+}
+
+fn sign_assertion(key: &Value, audience: &str) -> String {
+    use base64::Engine as _;
+    use rsa::pkcs8::DecodePrivateKey as _;
+    use rsa::signature::{SignatureEncoding as _, Signer as _};
+    let b64 = |bytes: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let header = json!({"alg": "RS256", "typ": "JWT", "kid": key["private_key_id"]});
+    let claims = json!({"iss": key["client_email"], "scope": "https://www.googleapis.com/auth/compute", "aud": audience, "iat": now, "exp": now + 3600});
+    let signing_input = format!(
+        "{}.{}",
+        b64(header.to_string().as_bytes()),
+        b64(claims.to_string().as_bytes())
+    );
+    let private = rsa::RsaPrivateKey::from_pkcs8_pem(key["private_key"].as_str().unwrap()).unwrap();
+    let signer = rsa::pkcs1v15::SigningKey::<sha2::Sha256>::new(private);
+    let signature = signer.sign(signing_input.as_bytes()).to_bytes();
+    format!("{signing_input}.{}", b64(&signature))
+}
+
+#[test]
+fn a_bad_world_is_refused_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("world.yaml");
+    std::fs::write(&path, "projects:\n  - id: p\n    netwerks: []\n").unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gce-emulator"))
+        .args(["--listen", "127.0.0.1:0", "--world"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("netwerks") && stderr.contains("line 3"),
+        "{stderr}"
+    );
+}
