@@ -6,7 +6,7 @@ CARGO ?= cargo
 # Two cores on the reference machine: keep test parallelism sane.
 TEST_THREADS ?= 2
 
-.PHONY: all build envtest lint fmt fmt-check clippy test test-unit demo cluster-up cluster-down clean toolchain
+.PHONY: all build envtest lint fmt fmt-check clippy test test-rust test-fidelity bench bench-emulator demo cluster-up cluster-down clean toolchain
 
 all: build
 
@@ -35,9 +35,24 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
-## test: every test — unit, emulator, integration against the real control plane
-test: envtest toolchain
+## test: every test — unit, emulator, integration against the real control plane, and the
+## emulator's fidelity test with Google's own Python client
+test: test-rust test-fidelity
+
+test-rust: envtest toolchain
 	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
+
+## test-fidelity: google-api-python-client against the emulator (sets up .venv by itself)
+test-fidelity:
+	$(CARGO) build -p gce-emulator
+	emulator/tests/fidelity/run.sh
+
+## bench: every benchmark (measured figures go into the READMEs)
+bench: bench-emulator
+
+## bench-emulator: emulator throughput and memory (release build)
+bench-emulator:
+	$(CARGO) bench -p gce-emulator --bench throughput
 
 ## demo: the main job on a local control plane (DEMO_KEEP=1 keeps it running)
 demo: envtest
