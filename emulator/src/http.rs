@@ -46,6 +46,54 @@ fn json_response(status: u16, body: String) -> Response {
     response
 }
 
+/// A 401 in Google's shape, with the challenge RFC 6750 §3 asks for.
+fn unauthorized(status: u16, body: String) -> Box<Response> {
+    let mut response = json_response(status, body);
+    response.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"https://accounts.google.com/\""),
+    );
+    Box::new(response)
+}
+
+/// Applies `X-HTTP-Method-Override` (Google's clients send a long GET as a POST with the query
+/// as a form body): returns the effective method and the extra query pairs.
+fn method_override(
+    method: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Option<(String, Vec<(String, String)>)> {
+    if !method.eq_ignore_ascii_case("POST") {
+        return None;
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    };
+    let overridden = header("x-http-method-override")?.to_ascii_uppercase();
+    let form = header("content-type")
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    let extra = if form {
+        parse_form(&String::from_utf8_lossy(body))
+    } else {
+        Vec::new()
+    };
+    Some((overridden, extra))
+}
+
+fn header_pairs(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter_map(|(k, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (k.as_str().to_string(), v.to_string()))
+        })
+        .collect()
+}
+
 fn api_error(err: &ApiError) -> Response {
     json_response(err.code, err.body().to_string())
 }
@@ -154,12 +202,21 @@ async fn handle(
         }
         batch(emulator, &headers, &body, &principal).await
     } else if let Some(rest) = path.strip_prefix("/compute/v1/") {
+        let (method, query, body) =
+            match method_override(method.as_str(), &header_pairs(&headers), &body) {
+                Some((overridden, extra)) => (
+                    overridden,
+                    query.into_iter().chain(extra).collect(),
+                    Vec::new(),
+                ),
+                None => (method.as_str().to_string(), query, body.to_vec()),
+            };
         let reply = emulator
             .call(Call {
-                method: method.as_str().to_string(),
+                method,
                 path: rest.to_string(),
                 query,
-                body: body.to_vec(),
+                body,
                 principal,
             })
             .await;
@@ -207,10 +264,10 @@ fn authenticate(
             } else {
                 let err = auth::TokenError::Missing;
                 emulator.stats.error("required");
-                Err(Box::new(json_response(
+                Err(unauthorized(
                     err.http_status(),
                     err.google_error_body().to_string(),
-                )))
+                ))
             }
         }
         AuthMode::Token => {
@@ -221,10 +278,7 @@ fn authenticate(
             };
             result.map_err(|err| {
                 emulator.stats.error("authError");
-                Box::new(json_response(
-                    err.http_status(),
-                    err.google_error_body().to_string(),
-                ))
+                unauthorized(err.http_status(), err.google_error_body().to_string())
             })
         }
     }

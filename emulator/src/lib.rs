@@ -3,12 +3,16 @@
 pub mod auth;
 pub mod error;
 pub mod faults;
+pub mod fields;
 pub mod filter;
 pub mod http;
 pub mod ipnet;
 pub mod kinds;
 pub mod model;
-pub mod multipart;
+
+/// The batch codec, shared with the operator's client.
+pub use gce_batch as multipart;
+
 pub mod names;
 pub mod operation;
 pub mod resources;

@@ -236,13 +236,32 @@ impl Emulator {
             return Reply::error(&err, delay);
         }
 
+        let selection = match call.query.iter().find(|(k, _)| k == "fields") {
+            Some((_, text)) => match crate::fields::Selection::parse(text) {
+                Ok(selection) => Some(selection),
+                Err(err) => {
+                    let err = ApiError::invalid_field("fields", text, &err.to_string());
+                    self.stats.error(err.reason);
+                    return Reply::error(&err, delay);
+                }
+            },
+            None => None,
+        };
         let result = self.execute(&call, &project, target, draw.opfail).await;
         match result {
-            Ok(Some(body)) => Reply {
-                status: 200,
-                body,
-                delay,
-            },
+            Ok(Some(body)) => {
+                let body = match &selection {
+                    Some(selection) => serde_json::from_str::<Value>(&body)
+                        .map(|value| selection.apply(&value).to_string())
+                        .unwrap_or(body),
+                    None => body,
+                };
+                Reply {
+                    status: 200,
+                    body,
+                    delay,
+                }
+            }
             Ok(None) => Reply {
                 status: 204,
                 body: String::new(),

@@ -10,6 +10,7 @@
 //! from a thread that lives as long as the process, and removes its directory at exit.
 
 mod binaries;
+mod emulator;
 mod pki;
 mod process;
 
@@ -18,6 +19,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use binaries::{Binaries, repo_root};
+pub use emulator::{EmulatorProcess, emulator_binary};
 use process::Supervised;
 
 /// What can go wrong while starting or stopping a control plane.

@@ -1,4 +1,5 @@
-//! Codec for Google's HTTP batch format (`POST /batch/compute/v1`).
+//! Codec for Google's HTTP batch format (`POST /batch/compute/v1`), shared by gce-emulator and
+//! the operator's Compute client.
 //!
 //! A batch body is `multipart/mixed`; every part has `Content-Type: application/http` and holds one
 //! whole HTTP/1.1 message. The module serves both directions: the emulator parses batch requests

@@ -1,0 +1,138 @@
+//! The `fields` system parameter (partial responses): `name,status`, `items(name,status)`,
+//! `items/name,nextPageToken`.
+
+use serde_json::{Map, Value};
+
+/// A parsed field selection: each entry selects a key and, optionally, what to keep below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selection(Vec<(String, Option<Selection>)>);
+
+/// Why a `fields` value was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("Invalid field selection {0}")]
+pub struct FieldsError(pub String);
+
+impl Selection {
+    /// Parses a `fields` value.
+    pub fn parse(text: &str) -> Result<Selection, FieldsError> {
+        let chars: Vec<char> = text.chars().filter(|c| !c.is_whitespace()).collect();
+        let mut pos = 0;
+        let selection =
+            parse_list(&chars, &mut pos, 0).map_err(|_| FieldsError(text.to_string()))?;
+        if pos != chars.len() {
+            return Err(FieldsError(text.to_string()));
+        }
+        Ok(selection)
+    }
+
+    /// Keeps only the selected parts of `value` (arrays are filtered element by element).
+    pub fn apply(&self, value: &Value) -> Value {
+        match value {
+            Value::Array(items) => {
+                Value::Array(items.iter().map(|item| self.apply(item)).collect())
+            }
+            Value::Object(map) => {
+                let mut out = Map::new();
+                for (key, sub) in &self.0 {
+                    if let Some(found) = map.get(key) {
+                        let kept = match sub {
+                            Some(sub) => sub.apply(found),
+                            None => found.clone(),
+                        };
+                        merge(&mut out, key, kept);
+                    }
+                }
+                Value::Object(out)
+            }
+            other => other.clone(),
+        }
+    }
+}
+
+fn merge(out: &mut Map<String, Value>, key: &str, value: Value) {
+    match (out.get_mut(key), value) {
+        (Some(Value::Object(existing)), Value::Object(more)) => {
+            for (k, v) in more {
+                merge(existing, &k, v);
+            }
+        }
+        (_, value) => {
+            out.insert(key.to_string(), value);
+        }
+    }
+}
+
+fn parse_list(chars: &[char], pos: &mut usize, depth: usize) -> Result<Selection, ()> {
+    if depth > 16 {
+        return Err(());
+    }
+    let mut entries = Vec::new();
+    loop {
+        let start = *pos;
+        while *pos < chars.len()
+            && (chars[*pos].is_ascii_alphanumeric() || matches!(chars[*pos], '_' | '/' | '*'))
+        {
+            *pos += 1;
+        }
+        let path: String = chars[start..*pos].iter().collect();
+        if path.is_empty() || path.starts_with('/') || path.ends_with('/') {
+            return Err(());
+        }
+        let mut sub = None;
+        if *pos < chars.len() && chars[*pos] == '(' {
+            *pos += 1;
+            sub = Some(parse_list(chars, pos, depth + 1)?);
+            if *pos >= chars.len() || chars[*pos] != ')' {
+                return Err(());
+            }
+            *pos += 1;
+        }
+        // `a/b/c(sub)` is `a(b(c(sub)))`.
+        let mut segments: Vec<&str> = path.split('/').collect();
+        let last = segments.pop().ok_or(())?;
+        let mut entry = (last.to_string(), sub);
+        while let Some(parent) = segments.pop() {
+            entry = (parent.to_string(), Some(Selection(vec![entry])));
+        }
+        entries.push(entry);
+        if *pos < chars.len() && chars[*pos] == ',' {
+            *pos += 1;
+            continue;
+        }
+        return Ok(Selection(entries));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn selects_partial_responses() {
+        let instance = json!({"kind": "compute#instance", "name": "se-1", "status": "RUNNING", "networkInterfaces": [{"networkIP": "10.0.0.1", "name": "nic0"}]});
+        let selection = Selection::parse("name,status").unwrap();
+        assert_eq!(
+            selection.apply(&instance),
+            json!({"name": "se-1", "status": "RUNNING"})
+        );
+        let nested = Selection::parse("networkInterfaces/networkIP").unwrap();
+        assert_eq!(
+            nested.apply(&instance),
+            json!({"networkInterfaces": [{"networkIP": "10.0.0.1"}]})
+        );
+        let list = json!({"kind": "k", "items": [{"name": "a", "x": 1}, {"name": "b", "x": 2}], "nextPageToken": "t"});
+        let selection = Selection::parse("items(name),nextPageToken").unwrap();
+        assert_eq!(
+            selection.apply(&list),
+            json!({"items": [{"name": "a"}, {"name": "b"}], "nextPageToken": "t"})
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_selections() {
+        for bad in ["", "a,", "a(b", "a)", "/a", "a//b", "a(b))"] {
+            assert!(Selection::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
