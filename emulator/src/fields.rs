@@ -75,7 +75,7 @@ fn parse_list(chars: &[char], pos: &mut usize, depth: usize) -> Result<Selection
             *pos += 1;
         }
         let path: String = chars[start..*pos].iter().collect();
-        if path.is_empty() || path.starts_with('/') || path.ends_with('/') {
+        if path.split('/').any(str::is_empty) {
             return Err(());
         }
         let mut sub = None;
