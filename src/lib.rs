@@ -5,5 +5,7 @@
 //! The crate is laid out as in `ARCHITECTURE.md`: `api` (CRD types), `plan` (pure planning and
 //! diffing), `gcp` (all Compute I/O), `controller` (kube-runtime glue and status).
 
+pub mod gcp;
+
 /// The operator's version, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

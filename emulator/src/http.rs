@@ -344,7 +344,8 @@ async fn batch(
             (part.content_id, reply)
         }
     });
-    let replies = futures::future::join_all(calls).await;
+    let mut replies = futures::future::join_all(calls).await;
+    emulator.shuffle(&mut replies);
     let slowest = replies
         .iter()
         .map(|(_, r)| r.delay)

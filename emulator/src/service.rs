@@ -170,6 +170,12 @@ impl Emulator {
         }
     }
 
+    /// Shuffles the parts of a batch answer: Compute answers them in any order (§6).
+    pub fn shuffle<T>(&self, items: &mut [T]) {
+        use rand::seq::SliceRandom;
+        items.shuffle(&mut *lock(&self.rng));
+    }
+
     /// Whether a whole HTTP request should lose its response (`reset` fault).
     pub fn draw_reset(&self) -> bool {
         let p = self.current_faults().reset;

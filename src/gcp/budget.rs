@@ -1,0 +1,280 @@
+//! The project's per-minute rate quotas, spent on the client side before GCP refuses anything.
+//!
+//! Compute counts every call (each inner call of a batch too) against a per-minute group, in
+//! fixed windows aligned to wall-clock minutes (§5). The budget mirrors that: each group has the
+//! configured number of calls per window. Bulk work is also paced evenly across the window, so
+//! urgent work (failover, deletes) arriving mid-window still finds budget. A `rateLimitExceeded`
+//! answer closes the group until the next window (or the server's Retry-After).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::time::Instant;
+
+/// The quota group a call is charged to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RateGroup {
+    /// get and list.
+    Read,
+    /// Global insert, delete, patch.
+    Write,
+    /// Operations get, list, wait.
+    OperationRead,
+    /// Regional and zonal writes (per region).
+    RegionalWrite,
+}
+
+impl RateGroup {
+    /// Metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            RateGroup::Read => "read",
+            RateGroup::Write => "write",
+            RateGroup::OperationRead => "operation_read",
+            RateGroup::RegionalWrite => "regional_write",
+        }
+    }
+}
+
+/// Per-minute quotas of one project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimits {
+    pub reads_per_minute: u64,
+    pub writes_per_minute: u64,
+    pub operation_reads_per_minute: u64,
+    pub regional_writes_per_minute: u64,
+}
+
+impl Default for RateLimits {
+    /// The long-documented default of 1,500 calls per minute per group (§5).
+    fn default() -> Self {
+        Self {
+            reads_per_minute: 1500,
+            writes_per_minute: 1500,
+            operation_reads_per_minute: 1500,
+            regional_writes_per_minute: 1500,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Group {
+    limit: u64,
+    window_index: u64,
+    used: u64,
+    blocked_until: Option<Instant>,
+    pace_tokens: f64,
+    pace_at: Instant,
+}
+
+/// The budget of one project.
+#[derive(Debug)]
+pub struct Budget {
+    limits: RateLimits,
+    window: Duration,
+    groups: Mutex<HashMap<(RateGroup, String), Group>>,
+}
+
+fn unix_millis() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+impl Budget {
+    /// A budget with the quotas per `window` (60 s, times the engine's time scale).
+    pub fn new(limits: RateLimits, window: Duration) -> Self {
+        Self {
+            limits,
+            window: window.max(Duration::from_millis(10)),
+            groups: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn limit(&self, group: RateGroup) -> u64 {
+        match group {
+            RateGroup::Read => self.limits.reads_per_minute,
+            RateGroup::Write => self.limits.writes_per_minute,
+            RateGroup::OperationRead => self.limits.operation_reads_per_minute,
+            RateGroup::RegionalWrite => self.limits.regional_writes_per_minute,
+        }
+        .max(1)
+    }
+
+    fn window_index(&self) -> u64 {
+        (unix_millis() / self.window.as_millis().max(1)) as u64
+    }
+
+    /// When the current window ends.
+    fn window_end(&self) -> Instant {
+        let window_ms = self.window.as_millis().max(1);
+        let into = unix_millis() % window_ms;
+        Instant::now() + Duration::from_millis((window_ms - into) as u64)
+    }
+
+    fn with_group<R>(
+        &self,
+        group: RateGroup,
+        region: &str,
+        f: impl FnOnce(&mut Group, u64) -> R,
+    ) -> R {
+        let index = self.window_index();
+        let limit = self.limit(group);
+        let mut groups = match self.groups.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let state = groups
+            .entry((group, region.to_string()))
+            .or_insert_with(|| Group {
+                limit,
+                window_index: index,
+                used: 0,
+                blocked_until: None,
+                pace_tokens: (limit as f64 / 20.0).max(1.0),
+                pace_at: Instant::now(),
+            });
+        if state.window_index != index {
+            state.window_index = index;
+            state.used = 0;
+        }
+        f(state, index)
+    }
+
+    /// Takes up to `wanted` calls' worth of budget now and returns how many were granted.
+    /// `paced` work (bulk) is also held to an even rate across the window.
+    pub fn take(&self, group: RateGroup, region: &str, wanted: usize, paced: bool) -> usize {
+        let now = Instant::now();
+        let window = self.window;
+        self.with_group(group, region, |state, _| {
+            if state.blocked_until.is_some_and(|until| until > now) {
+                return 0;
+            }
+            state.blocked_until = None;
+            let mut granted = (state.limit.saturating_sub(state.used)).min(wanted as u64);
+            if paced {
+                let rate = state.limit as f64 / window.as_secs_f64();
+                let cap = (state.limit as f64 / 20.0).max(1.0);
+                let elapsed = now.saturating_duration_since(state.pace_at).as_secs_f64();
+                state.pace_tokens = (state.pace_tokens + elapsed * rate).min(cap);
+                state.pace_at = now;
+                granted = granted.min(state.pace_tokens.floor() as u64);
+                state.pace_tokens -= granted as f64;
+            }
+            state.used += granted;
+            granted as usize
+        })
+    }
+
+    /// Returns budget taken for calls that were not sent after all.
+    pub fn give_back(&self, group: RateGroup, region: &str, count: usize, paced: bool) {
+        self.with_group(group, region, |state, _| {
+            state.used = state.used.saturating_sub(count as u64);
+            if paced {
+                state.pace_tokens += count as f64;
+            }
+        });
+    }
+
+    /// When taking budget of this group may succeed again.
+    pub fn next_chance(&self, group: RateGroup, region: &str, paced: bool) -> Instant {
+        let now = Instant::now();
+        let window_end = self.window_end();
+        let window = self.window;
+        self.with_group(group, region, |state, _| {
+            if let Some(until) = state.blocked_until.filter(|u| *u > now) {
+                return until;
+            }
+            if state.used >= state.limit {
+                return window_end;
+            }
+            if paced && state.pace_tokens < 1.0 {
+                let rate = state.limit as f64 / window.as_secs_f64();
+                let missing = 1.0 - state.pace_tokens;
+                return now + Duration::from_secs_f64(missing / rate);
+            }
+            now
+        })
+    }
+
+    /// GCP refused a call of this group as rate-limited: nothing more until the next window
+    /// (plus a little jitter), or until the server's Retry-After.
+    pub fn penalize(&self, group: RateGroup, region: &str, retry_after: Option<Duration>) {
+        let jitter = self.window.mul_f64(rand::random::<f64>() * 0.02);
+        let until = match retry_after {
+            Some(wait) => Instant::now() + wait,
+            None => self.window_end() + jitter,
+        };
+        self.with_group(group, region, |state, _| {
+            state.used = state.limit;
+            state.blocked_until = Some(
+                state
+                    .blocked_until
+                    .map_or(until, |current| current.max(until)),
+            );
+        });
+    }
+
+    /// Waits until `wanted` calls' worth (at least one) can be taken; returns how many were.
+    pub async fn acquire(&self, group: RateGroup, region: &str, wanted: usize) -> usize {
+        loop {
+            let granted = self.take(group, region, wanted, false);
+            if granted > 0 {
+                return granted;
+            }
+            tokio::time::sleep_until(self.next_chance(group, region, false)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(writes: u64) -> RateLimits {
+        RateLimits {
+            writes_per_minute: writes,
+            ..RateLimits::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_window_grants_its_quota_and_no_more() {
+        let budget = Budget::new(limits(100), Duration::from_secs(3600));
+        assert_eq!(budget.take(RateGroup::Write, "", 60, false), 60);
+        assert_eq!(budget.take(RateGroup::Write, "", 60, false), 40);
+        assert_eq!(budget.take(RateGroup::Write, "", 1, false), 0);
+        assert!(budget.next_chance(RateGroup::Write, "", false) > Instant::now());
+        budget.give_back(RateGroup::Write, "", 10, false);
+        assert_eq!(budget.take(RateGroup::Write, "", 50, false), 10);
+        assert_eq!(
+            budget.take(RateGroup::Read, "", 5, false),
+            5,
+            "groups are separate"
+        );
+    }
+
+    #[tokio::test]
+    async fn paced_work_is_held_to_an_even_rate() {
+        let budget = Budget::new(limits(1200), Duration::from_secs(3600));
+        // Pacing allows a burst of 5 % of the window's quota, not the whole quota.
+        assert_eq!(budget.take(RateGroup::Write, "", 1000, true), 60);
+        assert_eq!(budget.take(RateGroup::Write, "", 1000, true), 0);
+        // Urgent work is not paced: it still finds the rest of the window.
+        assert_eq!(budget.take(RateGroup::Write, "", 2000, false), 1140);
+    }
+
+    #[tokio::test]
+    async fn rate_limited_answers_close_the_group() {
+        let budget = Budget::new(limits(100), Duration::from_secs(3600));
+        budget.penalize(RateGroup::Write, "", Some(Duration::from_secs(30)));
+        assert_eq!(budget.take(RateGroup::Write, "", 1, false), 0);
+        let next = budget.next_chance(RateGroup::Write, "", false);
+        assert!(next >= Instant::now() + Duration::from_secs(29));
+        assert_eq!(
+            budget.take(RateGroup::RegionalWrite, "us-central1", 1, false),
+            1
+        );
+    }
+}

@@ -1,0 +1,313 @@
+//! What a mutation is about: a resource address, and the mutation itself.
+
+use reqwest::Method;
+use serde_json::Value;
+
+use super::budget::RateGroup;
+use super::client::Call;
+
+/// The collections the operator writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Collection {
+    Routes,
+    Firewalls,
+    GlobalAddresses,
+    Addresses,
+    ForwardingRules,
+    TargetInstances,
+}
+
+impl Collection {
+    /// The path of the collection below the project: `global/routes`, `regions/R/addresses`…
+    pub fn path(self, location: &str) -> String {
+        match self {
+            Collection::Routes => "global/routes".into(),
+            Collection::Firewalls => "global/firewalls".into(),
+            Collection::GlobalAddresses => "global/addresses".into(),
+            Collection::Addresses => format!("regions/{location}/addresses"),
+            Collection::ForwardingRules => format!("regions/{location}/forwardingRules"),
+            Collection::TargetInstances => format!("zones/{location}/targetInstances"),
+        }
+    }
+
+    /// The quota group of a write, and the region it is charged in.
+    pub fn write_group(self, location: &str) -> (RateGroup, String) {
+        match self {
+            Collection::Routes | Collection::Firewalls | Collection::GlobalAddresses => {
+                (RateGroup::Write, String::new())
+            }
+            Collection::Addresses | Collection::ForwardingRules => {
+                (RateGroup::RegionalWrite, location.to_string())
+            }
+            Collection::TargetInstances => (
+                RateGroup::RegionalWrite,
+                location
+                    .rsplit_once('-')
+                    .map_or(location, |(region, _)| region)
+                    .to_string(),
+            ),
+        }
+    }
+
+    /// Discovery method names: (insert, delete, get).
+    pub fn method_names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Collection::Routes => (
+                "compute.routes.insert",
+                "compute.routes.delete",
+                "compute.routes.get",
+            ),
+            Collection::Firewalls => (
+                "compute.firewalls.insert",
+                "compute.firewalls.delete",
+                "compute.firewalls.get",
+            ),
+            Collection::GlobalAddresses => (
+                "compute.globalAddresses.insert",
+                "compute.globalAddresses.delete",
+                "compute.globalAddresses.get",
+            ),
+            Collection::Addresses => (
+                "compute.addresses.insert",
+                "compute.addresses.delete",
+                "compute.addresses.get",
+            ),
+            Collection::ForwardingRules => (
+                "compute.forwardingRules.insert",
+                "compute.forwardingRules.delete",
+                "compute.forwardingRules.get",
+            ),
+            Collection::TargetInstances => (
+                "compute.targetInstances.insert",
+                "compute.targetInstances.delete",
+                "compute.targetInstances.get",
+            ),
+        }
+    }
+
+    /// Whether mutations of this collection occupy their VPC network (§11 serialisation).
+    pub fn holds_network(self) -> bool {
+        matches!(self, Collection::Routes | Collection::Firewalls)
+    }
+}
+
+/// One resource: collection, location (region or zone; empty for global) and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Target {
+    pub collection: Collection,
+    pub location: String,
+    pub name: String,
+}
+
+impl Target {
+    /// A global route.
+    pub fn route(name: impl Into<String>) -> Self {
+        Self {
+            collection: Collection::Routes,
+            location: String::new(),
+            name: name.into(),
+        }
+    }
+
+    /// A firewall rule.
+    pub fn firewall(name: impl Into<String>) -> Self {
+        Self {
+            collection: Collection::Firewalls,
+            location: String::new(),
+            name: name.into(),
+        }
+    }
+
+    /// `projects/P/global/routes/NAME` style path.
+    pub fn path(&self, project: &str) -> String {
+        format!(
+            "projects/{project}/{}/{}",
+            self.collection.path(&self.location),
+            self.name
+        )
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.collection.path(&self.location), self.name)
+    }
+}
+
+/// What to do to a resource.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Change {
+    /// Create it with this body (a Route, Firewall… as JSON).
+    Insert(Value),
+    /// Delete it.
+    Delete,
+}
+
+/// A change of one resource, and the VPC network it touches (for the serialisation limit).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mutation {
+    pub target: Target,
+    pub change: Change,
+    pub network: Option<String>,
+}
+
+impl Mutation {
+    /// An insert; the network is read from the body's `network` field.
+    pub fn insert(target: Target, body: Value) -> Self {
+        let network = body
+            .get("network")
+            .and_then(Value::as_str)
+            .map(|n| super::types::last_segment(n).to_string())
+            .filter(|_| target.collection.holds_network());
+        Self {
+            target,
+            change: Change::Insert(body),
+            network,
+        }
+    }
+
+    /// A delete of a resource on `network` (known from the inventory).
+    pub fn delete(target: Target, network: Option<String>) -> Self {
+        let network = network.filter(|_| target.collection.holds_network());
+        Self {
+            target,
+            change: Change::Delete,
+            network,
+        }
+    }
+
+    /// Whether it is an insert.
+    pub fn is_insert(&self) -> bool {
+        matches!(self.change, Change::Insert(_))
+    }
+
+    /// The Compute call for it, with `requestId` so a retry never acts twice.
+    pub fn call(&self, project: &str, request_id: &str) -> Call {
+        let (group, _) = self.target.collection.write_group(&self.target.location);
+        let (insert, delete, _) = self.target.collection.method_names();
+        let query = vec![("requestId".to_string(), request_id.to_string())];
+        match &self.change {
+            Change::Insert(body) => Call {
+                method: Method::POST,
+                path: format!(
+                    "projects/{project}/{}",
+                    self.target.collection.path(&self.target.location)
+                ),
+                query,
+                body: Some(body.clone()),
+                group,
+                method_name: insert,
+            },
+            Change::Delete => Call {
+                method: Method::DELETE,
+                path: self.target.path(project),
+                query,
+                body: None,
+                group,
+                method_name: delete,
+            },
+        }
+    }
+
+    /// The GET that reads the resource back.
+    pub fn get_call(&self, project: &str) -> Call {
+        Call {
+            method: Method::GET,
+            path: self.target.path(project),
+            query: Vec::new(),
+            body: None,
+            group: RateGroup::Read,
+            method_name: self.target.collection.method_names().2,
+        }
+    }
+}
+
+/// A reference (full URL or partial path) reduced to the part after `projects/P/`, so that
+/// `global/networks/default` and `https://www.googleapis.com/compute/v1/projects/p/global/networks/default`
+/// compare equal.
+pub fn normalize_reference(reference: &str) -> &str {
+    let path = reference
+        .split_once("/compute/v1/")
+        .map_or(reference, |(_, rest)| rest);
+    match path.strip_prefix("projects/") {
+        Some(rest) => rest.split_once('/').map_or(rest, |(_, below)| below),
+        None => path,
+    }
+}
+
+/// Whether `actual` (as GCP holds it) has every field of `desired` (as the operator sent it),
+/// comparing references by their path below the project.
+pub fn same_content(desired: &Value, actual: &Value) -> bool {
+    match (desired, actual) {
+        (Value::Object(want), Value::Object(have)) => {
+            want.iter().all(|(key, value)| match have.get(key) {
+                Some(found) => same_content(value, found),
+                None => {
+                    value.is_null()
+                        || value.as_array().is_some_and(Vec::is_empty)
+                        || value == &Value::Bool(false)
+                }
+            })
+        }
+        (Value::Array(want), Value::Array(have)) => {
+            want.len() == have.len() && want.iter().zip(have).all(|(w, h)| same_content(w, h))
+        }
+        (Value::String(want), Value::String(have)) => {
+            want == have
+                || (want.contains('/') && normalize_reference(want) == normalize_reference(have))
+        }
+        (want, have) => want == have,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn references_compare_by_their_path_below_the_project() {
+        assert_eq!(
+            normalize_reference("global/networks/default"),
+            "global/networks/default"
+        );
+        assert_eq!(
+            normalize_reference(
+                "https://www.googleapis.com/compute/v1/projects/p/global/networks/default"
+            ),
+            "global/networks/default"
+        );
+        assert_eq!(
+            normalize_reference("projects/p/zones/z/instances/i"),
+            "zones/z/instances/i"
+        );
+    }
+
+    #[test]
+    fn content_comparison_ignores_output_fields() {
+        let desired = json!({"name": "r", "network": "global/networks/default", "priority": 2000, "tags": []});
+        let actual = json!({"kind": "compute#route", "id": "1", "name": "r", "priority": 2000,
+            "network": "https://www.googleapis.com/compute/v1/projects/p/global/networks/default"});
+        assert!(same_content(&desired, &actual));
+        let other = json!({"name": "r", "network": "global/networks/default", "priority": 1000});
+        assert!(!same_content(&other, &actual));
+    }
+
+    #[test]
+    fn calls_carry_the_request_id() {
+        let mutation = Mutation::insert(
+            Target::route("r"),
+            json!({"name": "r", "network": "global/networks/vpc"}),
+        );
+        assert_eq!(mutation.network.as_deref(), Some("vpc"));
+        let call = mutation.call("p", "id-1");
+        assert_eq!(call.path, "projects/p/global/routes");
+        assert_eq!(
+            call.query,
+            vec![("requestId".to_string(), "id-1".to_string())]
+        );
+        let delete = Mutation::delete(Target::route("r"), Some("vpc".into())).call("p", "id-2");
+        assert_eq!(delete.path, "projects/p/global/routes/r");
+        assert_eq!(delete.method, Method::DELETE);
+    }
+}

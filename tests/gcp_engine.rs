@@ -1,0 +1,381 @@
+//! The GCP engine against the emulator process: every dispatch mode reaches the same end state,
+//! batching keeps HTTP requests few, the rate budget keeps a binding write quota unspent by
+//! refusals, faults lose and duplicate nothing, resource quotas are reported.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use adc_operator::gcp::{
+    Credentials, DispatchMode, Engine, EngineSettings, GcpMetrics, Lane, Mutation, RateLimits,
+    Target,
+};
+use adc_testenv::{EmulatorProcess, emulator_binary};
+use serde_json::{Value, json};
+
+const PROJECT: &str = "engine-project";
+
+fn world(routes_quota: u64, rate_limits: &str) -> String {
+    format!(
+        "projects:
+  - id: {PROJECT}
+    quotas: {{ROUTES: {routes_quota}, STATIC_ROUTES_PER_NETWORK: {routes_quota}, FIREWALLS: 1000}}
+    {rate_limits}
+    networks:
+      - name: default
+        subnetworks:
+          - {{name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}}
+    instances:
+      - {{name: se-1, zone: us-central1-a, networkIP: 10.128.0.10, canIpForward: true}}
+"
+    )
+}
+
+fn start(world_yaml: &str, args: &[&str]) -> EmulatorProcess {
+    let binary = emulator_binary().expect("gce-emulator binary");
+    let mut all = vec!["--auth", "none"];
+    all.extend_from_slice(args);
+    EmulatorProcess::start(&binary, world_yaml, &all).expect("starting gce-emulator")
+}
+
+fn engine(
+    emulator: &EmulatorProcess,
+    dispatch: DispatchMode,
+    tune: impl FnOnce(&mut EngineSettings),
+) -> (Engine, Arc<GcpMetrics>) {
+    let mut settings = EngineSettings::new(PROJECT, &emulator.base_url);
+    settings.dispatch = dispatch;
+    settings.linger = Duration::from_millis(5);
+    settings.rate_limits = RateLimits {
+        reads_per_minute: 1_000_000,
+        writes_per_minute: 1_000_000,
+        operation_reads_per_minute: 1_000_000,
+        regional_writes_per_minute: 1_000_000,
+    };
+    tune(&mut settings);
+    let metrics = Arc::new(GcpMetrics::default());
+    let engine =
+        Engine::start(settings, Credentials::anonymous(), Arc::clone(&metrics)).expect("engine");
+    (engine, metrics)
+}
+
+fn route(i: usize) -> Mutation {
+    let name = format!("adc-r-{i:05}");
+    Mutation::insert(
+        Target::route(name.clone()),
+        json!({
+            "name": name,
+            "description": "adc.dev/owner=test",
+            "network": "global/networks/default",
+            "destRange": format!("172.{}.{}.{}/32", 16 + (i >> 16), (i >> 8) & 255, i & 255),
+            "priority": 2000,
+            "nextHopInstance": "zones/us-central1-a/instances/se-1",
+        }),
+    )
+}
+
+async fn admin(emulator: &EmulatorProcess, path: &str) -> Value {
+    reqwest::get(format!("{}/_emulator/{path}", emulator.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+/// The emulator's route table as sorted (name, destRange, nextHopInstance, priority).
+async fn route_table(emulator: &EmulatorProcess) -> Vec<(String, String, String, u64)> {
+    let state = admin(emulator, "state").await;
+    let routes = state["projects"][PROJECT]["resources"]
+        [format!("projects/{PROJECT}/global/routes")]
+    .as_array()
+    .cloned()
+    .unwrap_or_default();
+    let mut table: Vec<_> = routes
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["destRange"].as_str().unwrap().to_string(),
+                r["nextHopInstance"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+                r["priority"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    table.sort();
+    table
+}
+
+async fn insert_all(engine: &Engine, count: usize) -> Vec<Result<(), adc_operator::gcp::GcpError>> {
+    let receivers: Vec<_> = (0..count)
+        .map(|i| engine.submit(route(i), Lane::Bulk))
+        .collect();
+    let mut outcomes = Vec::with_capacity(count);
+    for receiver in receivers {
+        outcomes.push(
+            tokio::time::timeout(Duration::from_secs(300), receiver)
+                .await
+                .expect("in time")
+                .expect("answered"),
+        );
+    }
+    outcomes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_dispatch_mode_reaches_the_same_route_table() {
+    const N: usize = 5000;
+    let mut tables = Vec::new();
+    for (mode, label) in [
+        (DispatchMode::Batched, "batched"),
+        (DispatchMode::Concurrent, "concurrent"),
+        (DispatchMode::PerObject { workers: 10 }, "per-object"),
+    ] {
+        let emulator = start(&world(100_000, ""), &[]);
+        let (engine, _) = engine(&emulator, mode, |s| s.max_calls_per_batch = 500);
+        let outcomes = insert_all(&engine, N).await;
+        let failed: Vec<_> = outcomes.iter().filter(|o| o.is_err()).collect();
+        assert!(
+            failed.is_empty(),
+            "{label}: {} failed, first {:?}",
+            failed.len(),
+            failed.first()
+        );
+        let stats = admin(&emulator, "stats").await;
+        assert_eq!(
+            stats["callsByMethod"]["compute.routes.insert"], N,
+            "{label}: one insert per route"
+        );
+        if mode == DispatchMode::Batched {
+            let requests = stats["httpRequests"].as_u64().unwrap();
+            // ceil(5000/500) batches of inserts; the operations were DONE in their answers.
+            assert!(requests <= 10 + 5, "{label}: {requests} HTTP requests");
+        }
+        tables.push((label, route_table(&emulator).await));
+        engine.shutdown();
+    }
+    assert_eq!(tables[0].1.len(), N);
+    for (label, table) in &tables[1..] {
+        assert!(table == &tables[0].1, "{label} differs from batched");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_write_quota_is_spent_on_needed_writes_only() {
+    // 300 writes per (scaled) minute of 0.6 s; 1,500 inserts need five windows.
+    const N: usize = 1500;
+    let emulator = start(
+        &world(
+            100_000,
+            "rateLimits: {writesPerMinute: 300, readsPerMinute: 100000, operationReadsPerMinute: 100000}",
+        ),
+        &["--profile", "gcp", "--time-scale", "0.01"],
+    );
+    let (engine, _) = engine(&emulator, DispatchMode::Batched, |s| {
+        s.time_scale = 0.01;
+        s.rate_limits.writes_per_minute = 300;
+    });
+    let outcomes = insert_all(&engine, N).await;
+    assert!(
+        outcomes.iter().all(Result::is_ok),
+        "{:?}",
+        outcomes.iter().find(|o| o.is_err())
+    );
+    let stats = admin(&emulator, "stats").await;
+    let attempted = stats["callsByMethod"]["compute.routes.insert"]
+        .as_u64()
+        .unwrap();
+    let limited = stats["rateLimited"].as_u64().unwrap();
+    assert!(
+        attempted as f64 <= 1.02 * N as f64,
+        "attempted {attempted} writes for {N} needed ({limited} rate-limited)"
+    );
+    assert!(
+        limited as f64 <= 0.02 * N as f64,
+        "{limited} rateLimitExceeded"
+    );
+    assert_eq!(route_table(&emulator).await.len(), N);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_lose_and_duplicate_nothing() {
+    const N: usize = 1000;
+    let emulator = start(
+        &world(100_000, ""),
+        &[
+            "--faults",
+            "http500=0.05,http503=0.05,ratelimit=0.05,reset=0.02,opfail=0.02",
+            "--rng-seed",
+            "7",
+        ],
+    );
+    let (engine, metrics) = engine(&emulator, DispatchMode::Batched, |s| {
+        s.max_calls_per_batch = 100;
+        s.time_scale = 0.01;
+    });
+    let outcomes = insert_all(&engine, N).await;
+    let failed: Vec<_> = outcomes
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.is_err())
+        .collect();
+    assert!(failed.is_empty(), "every insert converges: {failed:?}");
+    // Delete every other route under the same faults.
+    let receivers: Vec<_> = (0..N)
+        .step_by(2)
+        .map(|i| {
+            engine.submit(
+                Mutation::delete(
+                    Target::route(format!("adc-r-{i:05}")),
+                    Some("default".into()),
+                ),
+                Lane::Urgent,
+            )
+        })
+        .collect();
+    for receiver in receivers {
+        receiver.await.unwrap().expect("delete converges");
+    }
+    let table = route_table(&emulator).await;
+    let expected: Vec<String> = (1..N).step_by(2).map(|i| format!("adc-r-{i:05}")).collect();
+    let names: Vec<String> = table.iter().map(|r| r.0.clone()).collect();
+    assert_eq!(
+        names, expected,
+        "exactly the desired routes, no duplicate, none missing"
+    );
+    assert!(
+        metrics
+            .retries
+            .get_or_create(&adc_operator::gcp::metrics::KindLabel {
+                kind: "backendError".into()
+            })
+            .get()
+            > 0
+    );
+    // The inventory the engine keeps agrees with GCP.
+    let snapshot = engine.inventory().snapshot();
+    assert_eq!(
+        snapshot.routes.keys().cloned().collect::<Vec<_>>(),
+        expected
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resource_quota_failures_are_final_and_reported() {
+    let emulator = start(&world(100, ""), &[]);
+    let (engine, _) = engine(&emulator, DispatchMode::Batched, |_| {});
+    let outcomes = insert_all(&engine, 150).await;
+    let ok = outcomes.iter().filter(|o| o.is_ok()).count();
+    let quota: Vec<_> = outcomes.iter().filter_map(|o| o.as_ref().err()).collect();
+    assert_eq!(ok, 100);
+    assert_eq!(quota.len(), 50);
+    assert!(
+        quota.iter().all(|e| e.is_quota_exceeded()),
+        "{:?}",
+        quota[0]
+    );
+    assert!(
+        quota[0].to_string().contains("Quota 'ROUTES' exceeded"),
+        "{}",
+        quota[0]
+    );
+    let stats = admin(&emulator, "stats").await;
+    assert_eq!(
+        stats["callsByMethod"]["compute.routes.insert"], 150,
+        "a quota error is not retried"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insert_then_delete_before_sending_cancels_both_and_inventory_pages() {
+    let emulator = start(&world(100_000, ""), &[]);
+    let (engine, _) = engine(&emulator, DispatchMode::Batched, |s| {
+        s.linger = Duration::from_millis(200)
+    });
+    let insert = engine.submit(route(1), Lane::Bulk);
+    let delete = engine.submit(
+        Mutation::delete(Target::route("adc-r-00001"), Some("default".into())),
+        Lane::Urgent,
+    );
+    let same = engine.submit(route(2), Lane::Bulk);
+    let joined = engine.submit(route(2), Lane::Bulk);
+    assert!(matches!(
+        insert.await.unwrap(),
+        Err(adc_operator::gcp::GcpError::Superseded)
+    ));
+    delete.await.unwrap().unwrap();
+    same.await.unwrap().unwrap();
+    joined.await.unwrap().unwrap();
+    let stats = admin(&emulator, "stats").await;
+    assert_eq!(
+        stats["callsByMethod"]["compute.routes.insert"], 1,
+        "the identical insert was sent once"
+    );
+    assert!(
+        stats["callsByMethod"]["compute.routes.delete"].is_null(),
+        "the moot delete was never sent"
+    );
+
+    // The inventory pages through 1,200 routes in three pages and sees the instance.
+    let outcomes = insert_all(&engine, 1200).await;
+    assert!(outcomes.iter().all(Result::is_ok));
+    let before = admin(&emulator, "stats").await["callsByMethod"]["compute.routes.list"]
+        .as_u64()
+        .unwrap_or(0);
+    engine
+        .refresh_inventory(&["us-central1-a".to_string()])
+        .await
+        .unwrap();
+    let snapshot = engine.inventory().snapshot();
+    assert_eq!(snapshot.routes.len(), 1200);
+    assert!(
+        snapshot
+            .instance("us-central1-a", "se-1")
+            .unwrap()
+            .is_running()
+    );
+    let after = admin(&emulator, "stats").await["callsByMethod"]["compute.routes.list"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after - before, 3, "1,200 routes in pages of 500");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_after_a_lost_answer_acts_once() {
+    const N: usize = 60;
+    let emulator = start(
+        &world(100_000, ""),
+        &["--faults", "reset=0.5", "--rng-seed", "3"],
+    );
+    let (engine, _) = engine(&emulator, DispatchMode::Batched, |s| {
+        s.max_calls_per_batch = 5;
+        s.time_scale = 0.01;
+    });
+    let outcomes = insert_all(&engine, N).await;
+    assert!(
+        outcomes.iter().all(Result::is_ok),
+        "{:?}",
+        outcomes.iter().find(|o| o.is_err())
+    );
+    let stats = admin(&emulator, "stats").await;
+    assert!(
+        stats["connectionResets"].as_u64().unwrap() >= 3,
+        "answers were lost: {stats}"
+    );
+    assert!(
+        stats["callsByMethod"]["compute.routes.insert"]
+            .as_u64()
+            .unwrap()
+            > N as u64,
+        "and the calls were sent again"
+    );
+    assert_eq!(
+        stats["operationsCreated"], N,
+        "yet each route was acted on once: the requestId held"
+    );
+    assert_eq!(route_table(&emulator).await.len(), N);
+}
