@@ -6,7 +6,7 @@ CARGO ?= cargo
 # Two cores on the reference machine: keep test parallelism sane.
 TEST_THREADS ?= 2
 
-.PHONY: all build envtest lint fmt fmt-check clippy test test-rust test-fidelity bench bench-emulator demo cluster-up cluster-down clean toolchain
+.PHONY: all build envtest lint fmt fmt-check clippy test test-rust test-fidelity bench bench-emulator bench-engine demo cluster-up cluster-down clean toolchain
 
 all: build
 
@@ -48,7 +48,12 @@ test-fidelity:
 	emulator/tests/fidelity/run.sh
 
 ## bench: every benchmark (measured figures go into the READMEs)
-bench: bench-emulator
+bench: bench-emulator bench-engine
+
+## bench-engine: the GCP engine's dispatch modes against the emulator's gcp profile
+bench-engine:
+	$(CARGO) build --release -p gce-emulator
+	$(CARGO) bench --bench engine_modes
 
 ## bench-emulator: emulator throughput and memory (release build)
 bench-emulator:

@@ -235,6 +235,28 @@ impl Filter {
     pub fn is_match_all(&self) -> bool {
         self.root.is_none()
     }
+
+    /// The top-level fields the filter reads (so a caller can build only those).
+    pub fn top_level_fields(&self) -> Vec<String> {
+        fn walk(node: &Node, out: &mut Vec<String>) {
+            match node {
+                Node::And(items) | Node::Or(items) => items.iter().for_each(|n| walk(n, out)),
+                Node::Not(inner) => walk(inner, out),
+                Node::Cmp(cmp) => {
+                    if let Some(first) = cmp.path.first()
+                        && !out.iter().any(|f| f.as_str() == &**first)
+                    {
+                        out.push(first.to_string());
+                    }
+                }
+            }
+        }
+        let mut out = Vec::new();
+        if let Some(root) = &self.root {
+            walk(root, &mut out);
+        }
+        out
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -189,9 +189,13 @@ impl Budget {
             if state.used >= state.limit {
                 return window_end;
             }
-            if paced && state.pace_tokens < 1.0 {
+            // Paced work waits for a few calls' worth, so a saturated pipe carries batches
+            // rather than single calls.
+            let cap = (state.limit as f64 / 20.0).max(1.0);
+            let enough = cap.min(10.0);
+            if paced && state.pace_tokens < enough {
                 let rate = state.limit as f64 / window.as_secs_f64();
-                let missing = 1.0 - state.pace_tokens;
+                let missing = enough - state.pace_tokens;
                 return now + Duration::from_secs_f64(missing / rate);
             }
             now
@@ -216,14 +220,15 @@ impl Budget {
         });
     }
 
-    /// Waits until `wanted` calls' worth (at least one) can be taken; returns how many were.
+    /// Waits until `wanted` calls' worth (at least one) can be taken, paced like bulk work;
+    /// returns how many were.
     pub async fn acquire(&self, group: RateGroup, region: &str, wanted: usize) -> usize {
         loop {
-            let granted = self.take(group, region, wanted, false);
+            let granted = self.take(group, region, wanted, true);
             if granted > 0 {
                 return granted;
             }
-            tokio::time::sleep_until(self.next_chance(group, region, false)).await;
+            tokio::time::sleep_until(self.next_chance(group, region, true)).await;
         }
     }
 }

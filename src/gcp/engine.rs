@@ -61,7 +61,7 @@ pub struct EngineSettings {
     pub dispatch: DispatchMode,
     /// Inner calls per batch, at most 1000.
     pub max_calls_per_batch: usize,
-    /// How long the dispatcher waits for more work to coalesce.
+    /// How long the dispatcher waits for more work to coalesce (scaled like every engine duration).
     pub linger: Duration,
     /// Batches (or, in concurrent mode, requests) in flight at once.
     pub max_in_flight: usize,
@@ -425,6 +425,10 @@ impl Shared {
                     .write_group(&work.mutation.target.location);
                 if blocked_groups.contains(&(group, region.clone())) {
                     skipped.push_back(target);
+                    // Behind a spent group, look only a little further for other groups' work.
+                    if skipped.len() >= 64 {
+                        break;
+                    }
                     continue;
                 }
                 if let Some(network) = &work.mutation.network {
@@ -644,11 +648,19 @@ async fn dispatcher(shared: Arc<Shared>) {
         Transport::Single => shared.settings.max_calls_per_batch.max(1),
     };
     loop {
-        if shared.stopped.load(Ordering::Relaxed) {
+        // A free slot first: while every slot is busy, work and budget accumulate, so the next
+        // batch is fuller instead of the pipe filling with tiny ones.
+        let Ok(permit) = Arc::clone(&shared.slots).acquire_owned().await else {
             return;
-        }
-        let (ready, next) = shared.take_ready(max);
-        if ready.is_empty() {
+        };
+        let ready = loop {
+            if shared.stopped.load(Ordering::Relaxed) {
+                return;
+            }
+            let (ready, next) = shared.take_ready(max);
+            if !ready.is_empty() {
+                break ready;
+            }
             let notified = shared.wake.notified();
             match next {
                 Some(at) => {
@@ -660,11 +672,7 @@ async fn dispatcher(shared: Arc<Shared>) {
                 None => notified.await,
             }
             // Let more work arrive so that it travels together.
-            tokio::time::sleep(shared.settings.linger).await;
-            continue;
-        }
-        let Ok(permit) = Arc::clone(&shared.slots).acquire_owned().await else {
-            return;
+            tokio::time::sleep(shared.settings.scaled(shared.settings.linger)).await;
         };
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {

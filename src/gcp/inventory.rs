@@ -59,10 +59,11 @@ pub enum InventoryEvent {
     },
 }
 
-/// The inventory of one project.
+/// The inventory of one project. Updated in place (a completed operation costs one map
+/// insert, not a copy of the whole view); readers look through [`Inventory::read`].
 #[derive(Debug)]
 pub struct Inventory {
-    current: RwLock<Arc<Snapshot>>,
+    current: RwLock<Snapshot>,
     events: broadcast::Sender<InventoryEvent>,
 }
 
@@ -76,17 +77,22 @@ impl Inventory {
     /// An empty inventory.
     pub fn new() -> Self {
         Self {
-            current: RwLock::new(Arc::new(Snapshot::default())),
+            current: RwLock::new(Snapshot::default()),
             events: broadcast::channel(4096).0,
         }
     }
 
-    /// The current view (cheap: shared).
-    pub fn snapshot(&self) -> Arc<Snapshot> {
+    /// Looks at the current view without copying it.
+    pub fn read<R>(&self, look: impl FnOnce(&Snapshot) -> R) -> R {
         match self.current.read() {
-            Ok(guard) => Arc::clone(&guard),
-            Err(poisoned) => Arc::clone(&poisoned.into_inner()),
+            Ok(guard) => look(&guard),
+            Err(poisoned) => look(&poisoned.into_inner()),
         }
+    }
+
+    /// A copy of the current view (costs a copy of every resource: for tests and tools).
+    pub fn snapshot(&self) -> Snapshot {
+        self.read(Snapshot::clone)
     }
 
     /// Changes as they are seen.
@@ -95,13 +101,10 @@ impl Inventory {
     }
 
     fn update(&self, change: impl FnOnce(&mut Snapshot)) {
-        let mut guard = match self.current.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let mut next = (**guard).clone();
-        change(&mut next);
-        *guard = Arc::new(next);
+        match self.current.write() {
+            Ok(mut guard) => change(&mut guard),
+            Err(poisoned) => change(&mut poisoned.into_inner()),
+        }
     }
 
     /// Records a mutation whose operation completed successfully.
@@ -141,7 +144,11 @@ impl Inventory {
 
     /// Replaces the view with a fresh full load and announces what changed.
     fn replace(&self, fresh: Snapshot) {
-        let previous = self.snapshot();
+        let mut guard = match self.current.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let previous = &*guard;
         let mut events = Vec::new();
         for ((zone, name), instance) in &fresh.instances {
             let before = previous
@@ -193,10 +200,8 @@ impl Inventory {
             located(Collection::Addresses),
             &mut events,
         );
-        match self.current.write() {
-            Ok(mut guard) => *guard = Arc::new(fresh),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(fresh),
-        }
+        *guard = fresh;
+        drop(guard);
         for event in events {
             let _ = self.events.send(event);
         }

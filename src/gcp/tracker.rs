@@ -1,7 +1,9 @@
-//! Operations in flight, polled together. Each round costs operation-read quota, so the tracker
-//! picks the cheaper of: one batched `operations.get` per pending operation, or the pages of one
-//! filtered `operations.list` (`status != DONE`) plus a get for each operation that left it. The
-//! poll interval follows how long operations have been taking.
+//! Operations in flight, polled together. Every poll costs operation-read quota, and at fleet
+//! scale the work needs as many operations as writes, so the tracker reads them in bulk: while
+//! several are pending in a scope it lists that scope's operations that are DONE since the oldest
+//! pending one was inserted (one read per 500 operations, results and errors included), and falls
+//! back to batched `operations.get` for a few pending ones or one the list did not show. The poll
+//! interval follows how long operations have been taking.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,10 +20,15 @@ use super::engine::{Dispatch, Shared};
 use super::error::GcpError;
 use super::types::{ListPage, Operation};
 
+/// Below this many pending operations in a scope, individual gets cost no more than a list.
+const LIST_FROM: usize = 4;
+
 #[derive(Debug)]
 struct Tracked {
     dispatch: Dispatch,
     since: Instant,
+    /// The operation's insertTime as the server wrote it (the list filter compares on it).
+    insert_time: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -52,11 +59,13 @@ impl Tracker {
     }
 
     pub(crate) fn track(&self, op: Operation, dispatch: Dispatch) {
+        let insert_time = op.insert_time.clone();
         self.lock().ops.insert(
             (op.scope(), op.name),
             Tracked {
                 dispatch,
                 since: Instant::now(),
+                insert_time,
             },
         );
         self.wake.notify_one();
@@ -90,9 +99,19 @@ fn get_call(project: &str, scope: &str, name: &str) -> Call {
     }
 }
 
-fn list_call(project: &str, scope: &str, page_token: Option<&str>) -> Call {
+fn list_done_call(project: &str, scope: &str, since: &str, page_token: Option<&str>) -> Call {
+    let method_name = if scope.starts_with("zones/") {
+        "compute.zoneOperations.list"
+    } else if scope.starts_with("regions/") {
+        "compute.regionOperations.list"
+    } else {
+        "compute.globalOperations.list"
+    };
     let mut query = vec![
-        ("filter".to_string(), "status != DONE".to_string()),
+        (
+            "filter".to_string(),
+            format!("(status = DONE) AND (insertTime >= \"{since}\")"),
+        ),
         ("maxResults".to_string(), "500".to_string()),
     ];
     if let Some(token) = page_token {
@@ -104,7 +123,7 @@ fn list_call(project: &str, scope: &str, page_token: Option<&str>) -> Call {
         query,
         body: None,
         group: RateGroup::OperationRead,
-        method_name: "compute.operations.list",
+        method_name,
     }
 }
 
@@ -134,54 +153,92 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 floor,
                 shared.settings.scaled(Duration::from_secs(5)).max(floor),
             );
-        let oldest = shared.tracker.lock().ops.values().map(|t| t.since).min();
-        // Never poll an operation younger than a quarter of the typical duration.
-        let due = oldest.map_or(Instant::now(), |since| since + interval);
-        tokio::time::sleep_until(due.max(Instant::now() + floor)).await;
+        tokio::time::sleep(interval).await;
         poll_once(&shared).await;
+    }
+}
+
+/// Hands a DONE operation's outcome to its caller.
+fn deliver(shared: &Arc<Shared>, scope: String, op: &Operation) {
+    let tracked = {
+        let mut state = shared.tracker.lock();
+        let tracked = state.ops.remove(&(scope, op.name.clone()));
+        if let Some(tracked) = &tracked {
+            let took = tracked.since.elapsed().as_secs_f64();
+            state.typical = Some(state.typical.map_or(took, |t| 0.8 * t + 0.2 * took));
+        }
+        tracked
+    };
+    if let Some(tracked) = tracked {
+        shared.finish(&tracked.dispatch, op.failure().map_or(Ok(()), Err));
     }
 }
 
 async fn poll_once(shared: &Arc<Shared>) {
     let project = shared.settings.project.clone();
-    let mut by_scope: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for (scope, name) in shared.tracker.lock().ops.keys() {
-        by_scope
-            .entry(scope.clone())
-            .or_default()
-            .push(name.clone());
-    }
+    let (by_scope, typical) = {
+        let state = shared.tracker.lock();
+        let mut by_scope: BTreeMap<String, Vec<(String, Option<String>, Instant)>> =
+            BTreeMap::new();
+        for ((scope, name), tracked) in &state.ops {
+            by_scope.entry(scope.clone()).or_default().push((
+                name.clone(),
+                tracked.insert_time.clone(),
+                tracked.since,
+            ));
+        }
+        (by_scope, state.typical)
+    };
+    // An operation the lists have not shown for this long is read on its own.
+    let overdue =
+        Duration::from_secs_f64(typical.map_or(30.0 * shared.settings.time_scale, |t| 3.0 * t));
     let mut to_get: Vec<(String, String)> = Vec::new();
-    for (scope, names) in by_scope {
-        let pages = names.len().div_ceil(500);
-        // A list pays for its pages and then a get per finished operation; gets pay one per
-        // pending operation. The list wins when many are pending.
-        if names.len() > 2 * pages + 8 {
-            match still_running(shared, &project, &scope).await {
-                Ok(running) => to_get.extend(
-                    names
+    for (scope, pending) in by_scope {
+        let since = pending.iter().filter_map(|(_, t, _)| t.clone()).min();
+        match since.filter(|_| pending.len() >= LIST_FROM) {
+            Some(since) => match done_since(shared, &project, &scope, &since).await {
+                Ok(done) => {
+                    for op in &done {
+                        deliver(shared, scope.clone(), op);
+                    }
+                    let still = shared.tracker.lock();
+                    to_get.extend(
+                        pending
+                            .into_iter()
+                            .filter(|(name, _, at)| {
+                                at.elapsed() > overdue
+                                    && still.ops.contains_key(&(scope.clone(), name.clone()))
+                            })
+                            .map(|(name, _, _)| (scope.clone(), name)),
+                    );
+                }
+                Err(_) => to_get.extend(
+                    pending
                         .into_iter()
-                        .filter(|n| !running.contains(n))
-                        .map(|n| (scope.clone(), n)),
+                        .map(|(name, _, _)| (scope.clone(), name)),
                 ),
-                Err(_) => to_get.extend(names.into_iter().map(|n| (scope.clone(), n))),
-            }
-        } else {
-            to_get.extend(names.into_iter().map(|n| (scope.clone(), n)));
+            },
+            None => to_get.extend(
+                pending
+                    .into_iter()
+                    .map(|(name, _, _)| (scope.clone(), name)),
+            ),
         }
     }
     if to_get.is_empty() {
         return;
     }
+    // Paced: a round never takes a whole window's budget at once, so no window of GCP's
+    // receives more than its quota even when the round straddles a boundary.
     let granted = shared
         .budget
-        .take(RateGroup::OperationRead, "", to_get.len(), false);
+        .take(RateGroup::OperationRead, "", to_get.len(), true);
     if granted == 0 {
         let wait_from = Instant::now();
         tokio::time::sleep_until(
             shared
                 .budget
-                .next_chance(RateGroup::OperationRead, "", false),
+                .next_chance(RateGroup::OperationRead, "", true),
         )
         .await;
         shared
@@ -196,71 +253,53 @@ async fn poll_once(shared: &Arc<Shared>) {
         .collect();
     let answers = shared.client.exchange(shared.transport, calls).await;
     for ((scope, name), answer) in to_get.into_iter().zip(answers) {
-        let op = match answer {
-            Ok(answer) => match serde_json::from_slice::<Operation>(&answer.body) {
-                Ok(op) => op,
-                Err(_) => continue,
-            },
+        match answer {
+            Ok(answer) => {
+                if let Ok(op) = serde_json::from_slice::<Operation>(&answer.body)
+                    && op.is_done()
+                {
+                    deliver(shared, scope, &op);
+                }
+            }
             Err(err) if err.is_rate_limited() => {
                 shared
                     .budget
                     .penalize(RateGroup::OperationRead, "", err.retry_after());
-                continue;
             }
             Err(err) if err.is_not_found() => {
-                // The operation record is gone (deleted or past retention): the inventory's next
-                // refresh settles it; the caller sees the error and its reconcile retries.
-                if let Some(tracked) = shared.tracker.lock().ops.remove(&(scope, name)) {
+                // The operation record is gone (deleted or past retention): the caller sees the
+                // error and its reconcile retries against a fresh inventory.
+                let tracked = shared.tracker.lock().ops.remove(&(scope, name));
+                if let Some(tracked) = tracked {
                     shared.finish(&tracked.dispatch, Err(err));
                 }
-                continue;
             }
-            Err(_) => continue,
-        };
-        if !op.is_done() {
-            continue;
-        }
-        let tracked = {
-            let mut state = shared.tracker.lock();
-            let tracked = state.ops.remove(&(scope, name));
-            if let Some(tracked) = &tracked {
-                let took = tracked.since.elapsed().as_secs_f64();
-                state.typical = Some(state.typical.map_or(took, |t| 0.8 * t + 0.2 * took));
-            }
-            tracked
-        };
-        if let Some(tracked) = tracked {
-            let outcome = op.failure().map_or(Ok(()), Err);
-            shared.finish(&tracked.dispatch, outcome);
+            Err(_) => {}
         }
     }
 }
 
-/// Names of the scope's operations that are not DONE, by the pages of one filtered list.
-async fn still_running(
+/// The scope's operations that are DONE and were inserted at or after `since`, by pages.
+async fn done_since(
     shared: &Arc<Shared>,
     project: &str,
     scope: &str,
-) -> Result<std::collections::HashSet<String>, GcpError> {
-    let mut running = std::collections::HashSet::new();
+    since: &str,
+) -> Result<Vec<Operation>, GcpError> {
+    let mut done = Vec::new();
     let mut token: Option<String> = None;
     loop {
         shared.budget.acquire(RateGroup::OperationRead, "", 1).await;
         let answer = shared
             .client
-            .send(&list_call(project, scope, token.as_deref()))
+            .send(&list_done_call(project, scope, since, token.as_deref()))
             .await?;
         let page: ListPage<Operation> = serde_json::from_slice(&answer.body)
             .map_err(|err| GcpError::Decode(format!("operations list: {err}")))?;
-        running.extend(
-            page.items
-                .into_iter()
-                .filter(|op| !op.is_done())
-                .map(|op| op.name),
-        );
+        done.extend(page.items.into_iter().filter(Operation::is_done));
         match page.next_page_token {
             Some(next) if !next.is_empty() => token = Some(next),
-            _ => return Ok(running),
+            _ => return Ok(done),
         }
     }
 }

@@ -208,6 +208,8 @@ pub struct Operation {
     #[serde(default)]
     pub client_operation_id: Option<String>,
     #[serde(default)]
+    pub insert_time: Option<String>,
+    #[serde(default)]
     pub error: Option<OperationError>,
     #[serde(default)]
     pub http_error_status_code: Option<u16>,

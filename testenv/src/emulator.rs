@@ -22,8 +22,8 @@ impl std::fmt::Debug for EmulatorProcess {
     }
 }
 
-/// The gce-emulator binary of this workspace's target directory, built on first use when absent
-/// (`cargo build -p gce-emulator`).
+/// The gce-emulator binary of this workspace's target directory (the profile of the running test
+/// or benchmark), built on first use when absent (`cargo build [--release] -p gce-emulator`).
 pub fn emulator_binary() -> Result<PathBuf, Error> {
     if let Some(path) = std::env::var_os("GCE_EMULATOR_BIN") {
         return Ok(PathBuf::from(path));
@@ -48,8 +48,12 @@ pub fn emulator_binary() -> Result<PathBuf, Error> {
     if candidate.is_file() {
         return Ok(candidate);
     }
+    let mut args = vec!["build", "-p", "gce-emulator", "--bin", "gce-emulator"];
+    if profile_dir.ends_with("release") {
+        args.push("--release");
+    }
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "-p", "gce-emulator", "--bin", "gce-emulator"])
+        .args(&args)
         .current_dir(crate::repo_root())
         .status()
         .map_err(|source| Error::Io {
