@@ -379,3 +379,51 @@ async fn a_retry_after_a_lost_answer_acts_once() {
     );
     assert_eq!(route_table(&emulator).await.len(), N);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_serialised_network_is_learned_and_kept_busy_without_flooding() {
+    let emulator = start(
+        &world(100_000, ""),
+        &[
+            "--profile",
+            "gcp",
+            "--time-scale",
+            "0.002",
+            "--network-concurrency",
+            "1",
+            "--network-busy",
+            "refuse",
+        ],
+    );
+    let (engine, _) = engine(&emulator, DispatchMode::Batched, |s| s.time_scale = 0.002);
+    let refused = || async {
+        admin(&emulator, "stats").await["errorsByReason"]["resourceNotReady"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    // The first wave finds the limit: one runs, the rest of that batch is refused.
+    let first: Vec<_> = (0..20)
+        .map(|i| engine.submit(route(i), Lane::Bulk))
+        .collect();
+    for receiver in first {
+        receiver.await.unwrap().unwrap();
+    }
+    let learning = refused().await;
+    assert!(learning >= 1, "the network refused at least once");
+    // The second wave runs one at a time: only the occasional upward probe is refused.
+    let second: Vec<_> = (20..100)
+        .map(|i| engine.submit(route(i), Lane::Bulk))
+        .collect();
+    for receiver in second {
+        receiver.await.unwrap().unwrap();
+    }
+    let later = refused().await - learning;
+    eprintln!(
+        "serialised network: {learning} refusals while learning, {later} for the next 80 inserts"
+    );
+    assert!(
+        later <= 10,
+        "{later} resourceNotReady after the limit was learned"
+    );
+    assert_eq!(route_table(&emulator).await.len(), 100);
+}
