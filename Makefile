@@ -6,7 +6,7 @@ CARGO ?= cargo
 # Two cores on the reference machine: keep test parallelism sane.
 TEST_THREADS ?= 2
 
-.PHONY: all build envtest lint fmt fmt-check clippy test test-rust test-fidelity bench bench-emulator bench-engine demo cluster-up cluster-down clean toolchain
+.PHONY: all build envtest crds crds-check lint fmt fmt-check clippy test test-rust test-fidelity bench bench-emulator bench-engine demo cluster-up cluster-down clean toolchain
 
 all: build
 
@@ -23,8 +23,20 @@ envtest:
 build:
 	$(CARGO) build --workspace --all-targets
 
-## lint: formatting and clippy, warnings are errors
-lint: toolchain fmt-check clippy
+## crds: regenerate the CustomResourceDefinitions in crds/ from the Rust types in src/api
+crds:
+	$(CARGO) build --quiet --bin adc-operator
+	rm -f crds/*.yaml
+	$(CARGO) run --quiet --bin adc-operator -- crdgen --out crds
+
+## crds-check: fail when crds/ differs from what the Rust types generate
+crds-check:
+	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
+	$(CARGO) run --quiet --bin adc-operator -- crdgen --out "$$tmp" && \
+	if ! diff -ru crds "$$tmp"; then echo "crds/ is out of date: run make crds" >&2; exit 1; fi
+
+## lint: generated files up to date, formatting and clippy, warnings are errors
+lint: toolchain crds-check fmt-check clippy
 
 fmt:
 	$(CARGO) fmt --all

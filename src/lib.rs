@@ -5,7 +5,11 @@
 //! The crate is laid out as in `ARCHITECTURE.md`: `api` (CRD types), `plan` (pure planning and
 //! diffing), `gcp` (all Compute I/O), `controller` (kube-runtime glue and status).
 
+pub mod api;
+pub mod controller;
 pub mod gcp;
+pub mod plan;
+pub mod telemetry;
 
 /// The operator's version, as built.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,6 +1,9 @@
 //! The `adc-operator` command line.
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
 
 #[derive(Parser)]
 #[command(
@@ -16,10 +19,128 @@ struct Cli {
 enum Command {
     /// Print the operator's version.
     Version,
+    /// Print the CustomResourceDefinitions (or write one file per CRD with --out).
+    Crdgen(CrdgenArgs),
+    /// Run the controllers.
+    Run(RunArgs),
 }
 
-fn main() {
+#[derive(Args)]
+struct RunArgs {
+    /// Kubeconfig to use; default: in-cluster configuration, then KUBECONFIG / ~/.kube/config.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Written into every GCP resource's ownership marker: clusters sharing a project never
+    /// touch each other's resources. Never change it for a running fleet.
+    #[arg(long, env = "ADC_CLUSTER_ID", default_value = "default")]
+    cluster_id: String,
+    /// Address of /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    metrics_addr: std::net::SocketAddr,
+    /// How calls reach Compute: batched (default), concurrent (one request per call, same
+    /// engine) or per-object (K workers, one call and one operations.wait at a time).
+    #[arg(long, value_enum, default_value_t = Dispatch::Batched)]
+    gcp_dispatch: Dispatch,
+    /// Workers of the per-object dispatch mode.
+    #[arg(long, default_value_t = 10)]
+    gcp_workers: usize,
+    /// Multiplies the GCP engine's notion of time; only for benchmarks against an emulator run
+    /// with the same --time-scale.
+    #[arg(long, default_value_t = 1.0, hide = true)]
+    gcp_time_scale: f64,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = adc_operator::telemetry::LogFormat::Text)]
+    log_format: adc_operator::telemetry::LogFormat,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Dispatch {
+    Batched,
+    Concurrent,
+    PerObject,
+}
+
+#[derive(Args)]
+struct CrdgenArgs {
+    /// Write DIR/<plural>.adc.dev.yaml for each CRD instead of one multi-document YAML on stdout.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Version => println!("adc-operator {}", adc_operator::VERSION),
+        Command::Crdgen(args) => crdgen(args)?,
+        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .context("starting the tokio runtime")?
+            .block_on(run(args))?,
     }
+    Ok(())
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    use adc_operator::controller::{self, OperatorSettings};
+    use adc_operator::gcp::{DispatchMode, GcpMetrics};
+
+    adc_operator::telemetry::init_logging(args.log_format);
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster configuration and no kubeconfig")?,
+    };
+    let client = kube::Client::try_from(config)?;
+    let metrics = std::sync::Arc::new(GcpMetrics::default());
+    let mut registry = prometheus_client::registry::Registry::with_prefix("adc_operator");
+    metrics.register(&mut registry);
+    let registry = std::sync::Arc::new(std::sync::Mutex::new(registry));
+    let addr = args.metrics_addr;
+    tokio::spawn(async move {
+        if let Err(err) = adc_operator::telemetry::serve(addr, registry).await {
+            tracing::error!(error = %err, %addr, "the metrics endpoint failed");
+        }
+    });
+    let dispatch = match args.gcp_dispatch {
+        Dispatch::Batched => DispatchMode::Batched,
+        Dispatch::Concurrent => DispatchMode::Concurrent,
+        Dispatch::PerObject => DispatchMode::PerObject {
+            workers: args.gcp_workers.max(1),
+        },
+    };
+    tracing::info!(version = adc_operator::VERSION, cluster_id = %args.cluster_id, "adc-operator starting");
+    controller::run(
+        client,
+        OperatorSettings {
+            cluster_id: args.cluster_id,
+            dispatch,
+            gcp_time_scale: args.gcp_time_scale,
+        },
+        metrics,
+    )
+    .await?;
+    Ok(())
+}
+
+fn crdgen(args: CrdgenArgs) -> anyhow::Result<()> {
+    use adc_operator::api;
+    let Some(dir) = args.out else {
+        print!("{}", api::crds_yaml().context("serialising the CRDs")?);
+        return Ok(());
+    };
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for (name, yaml) in api::crd_files().context("serialising the CRDs")? {
+        let path = dir.join(name);
+        std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }

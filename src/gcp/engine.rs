@@ -287,6 +287,53 @@ impl Engine {
         self.shared.tracker.wake();
     }
 
+    /// GETs one resource and records what GCP holds in the inventory (e.g. the IP GCP chose for
+    /// a reserved address). Returns its JSON; `Ok(None)` when it does not exist.
+    pub async fn read_back(&self, target: &Target) -> Result<Option<serde_json::Value>, GcpError> {
+        let shared = &self.shared;
+        shared
+            .budget
+            .acquire(super::budget::RateGroup::Read, "", 1)
+            .await;
+        match shared
+            .client
+            .send(&target.get_call(&shared.settings.project))
+            .await
+        {
+            Ok(answer) => {
+                let body: serde_json::Value = serde_json::from_slice(&answer.body)
+                    .map_err(|err| GcpError::Decode(format!("{target}: {err}")))?;
+                shared
+                    .inventory
+                    .apply(&Mutation::insert(target.clone(), body.clone()));
+                Ok(Some(body))
+            }
+            Err(err) if err.is_not_found() => Ok(None),
+            Err(err) => Err(err),
+        }
+    }
+
+    /// Checks that the credentials work and the VPC network exists (one GET).
+    pub async fn check_network(&self, network: &str) -> Result<(), GcpError> {
+        let shared = &self.shared;
+        shared
+            .budget
+            .acquire(super::budget::RateGroup::Read, "", 1)
+            .await;
+        let call = Call {
+            method: reqwest::Method::GET,
+            path: format!(
+                "projects/{}/global/networks/{network}",
+                shared.settings.project
+            ),
+            query: Vec::new(),
+            body: None,
+            group: super::budget::RateGroup::Read,
+            method_name: "compute.networks.get",
+        };
+        shared.client.send(&call).await.map(|_| ())
+    }
+
     /// Mutations queued or in flight.
     pub fn pending(&self) -> usize {
         self.shared

@@ -128,6 +128,20 @@ impl Target {
     }
 }
 
+impl Target {
+    /// The GET of this resource.
+    pub fn get_call(&self, project: &str) -> Call {
+        Call {
+            method: Method::GET,
+            path: self.path(project),
+            query: Vec::new(),
+            body: None,
+            group: RateGroup::Read,
+            method_name: self.collection.method_names().2,
+        }
+    }
+}
+
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.collection.path(&self.location), self.name)
@@ -211,14 +225,7 @@ impl Mutation {
 
     /// The GET that reads the resource back.
     pub fn get_call(&self, project: &str) -> Call {
-        Call {
-            method: Method::GET,
-            path: self.target.path(project),
-            query: Vec::new(),
-            body: None,
-            group: RateGroup::Read,
-            method_name: self.target.collection.method_names().2,
-        }
+        self.target.get_call(project)
     }
 }
 

@@ -84,18 +84,18 @@ impl EmulatorProcess {
             what: "writing world.yaml".into(),
             source,
         })?;
-        let mut child = Command::new(binary)
+        let mut command = Command::new(binary);
+        command
             .args(["--listen", "127.0.0.1:0", "--world"])
             .arg(&world)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|source| Error::Io {
-                what: format!("starting {}", binary.display()),
-                source,
-            })?;
+            .stderr(Stdio::inherit());
+        let mut child = crate::spawn_for_process_lifetime(command).map_err(|source| Error::Io {
+            what: format!("starting {}", binary.display()),
+            source,
+        })?;
         let mut line = String::new();
         if let Some(stdout) = child.stdout.take() {
             let _ = BufReader::new(stdout).read_line(&mut line);

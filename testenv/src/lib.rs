@@ -298,6 +298,51 @@ current-context: adc-testenv
     )
 }
 
+type SpawnRequest = (
+    std::process::Command,
+    std::sync::mpsc::Sender<std::io::Result<std::process::Child>>,
+);
+
+/// Spawns `command` so that it dies with this process, whichever thread asks: the child is
+/// started (with `PR_SET_PDEATHSIG(SIGKILL)`) by a thread that lives as long as the process, so
+/// a fixture kept in a static — never dropped — still leaves no process behind.
+pub fn spawn_for_process_lifetime(
+    mut command: std::process::Command,
+) -> std::io::Result<std::process::Child> {
+    static SPAWNER: OnceLock<Mutex<std::sync::mpsc::Sender<SpawnRequest>>> = OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<SpawnRequest>();
+        let _ = std::thread::Builder::new()
+            .name("adc-testenv-spawner".into())
+            .spawn(move || {
+                for (mut command, reply) in rx {
+                    process::die_with_parent(&mut command);
+                    let _ = reply.send(command.spawn());
+                }
+                // Every sender is gone only at process exit; stay alive until then.
+                loop {
+                    std::thread::park();
+                }
+            });
+        Mutex::new(tx)
+    });
+    let (reply_tx, reply_rx) = std::sync::mpsc::channel();
+    let sent = match spawner.lock() {
+        Ok(guard) => guard.send((
+            std::mem::replace(&mut command, std::process::Command::new("true")),
+            reply_tx,
+        )),
+        Err(poisoned) => poisoned.into_inner().send((
+            std::mem::replace(&mut command, std::process::Command::new("true")),
+            reply_tx,
+        )),
+    };
+    sent.map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+}
+
 /// What a test needs to reach the shared control plane.
 #[derive(Debug, Clone)]
 pub struct SharedControlPlane {

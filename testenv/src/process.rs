@@ -7,6 +7,24 @@ use std::process::{Child, Command, Stdio};
 
 use crate::Error;
 
+/// Makes the child get SIGKILL when the thread that spawns it ends.
+pub(crate) fn die_with_parent(command: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then no signal would come.
+            if libc::getppid() as u32 != parent {
+                libc::_exit(1);
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A supervised child: stdout and stderr go to a log file; SIGKILL on drop.
 pub(crate) struct Supervised {
     name: &'static str,
@@ -35,20 +53,7 @@ impl Supervised {
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err);
-        let parent = std::process::id();
-        // SAFETY: prctl and getppid are async-signal-safe; nothing else runs between fork and exec.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died between fork and prctl: then no signal would come.
-                if libc::getppid() as u32 != parent {
-                    libc::_exit(1);
-                }
-                Ok(())
-            });
-        }
+        die_with_parent(&mut command);
         let child = command.spawn().map_err(|source| Error::Io {
             what: format!("starting {}", binary.display()),
             source,

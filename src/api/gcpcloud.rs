@@ -1,0 +1,301 @@
+//! `GcpCloud`: one GCP project and VPC network the operator may program, and how.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use super::conditions::Condition;
+
+/// One GCP project and VPC network that the operator may program, with the credentials, limits
+/// and batching it uses there. Virtual services and VPC routes name it in `cloudRef`.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+// Every `printcolumn(...)` repeats `type_ = "string"`, which clippy takes for a duplicate.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "adc.dev",
+    version = "v1alpha1",
+    kind = "GcpCloud",
+    plural = "gcpclouds",
+    shortname = "gcpcloud",
+    category = "adc",
+    status = "GcpCloudStatus",
+    derive = "PartialEq",
+    doc = "A GCP project and VPC network that the operator may program, and how.",
+    printcolumn(
+        name = "PROJECT",
+        type_ = "string",
+        json_path = ".spec.project",
+        description = "GCP project id"
+    ),
+    printcolumn(
+        name = "NETWORK",
+        type_ = "string",
+        json_path = ".spec.network",
+        description = "VPC network name"
+    ),
+    printcolumn(
+        name = "READY",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether the operator can reach the network"
+    ),
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new(
+    "!has(self.allowedDestinationRanges) || self.allowDefaultRoute || !self.allowedDestinationRanges.exists(r, r.endsWith('/0'))"
+).message("0.0.0.0/0 (or ::/0) needs allowDefaultRoute: true").field_path(".allowedDestinationRanges"))]
+#[serde(rename_all = "camelCase")]
+pub struct GcpCloudSpec {
+    /// GCP project id, e.g. `acme-prod`: 6 to 30 lowercase letters, digits or hyphens, starting
+    /// with a letter and not ending with a hyphen.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z][-a-z0-9]{4,28}[a-z0-9]$')").message(
+        "project must be a GCP project id: 6 to 30 lowercase letters, digits or hyphens, starting with a letter, not ending with a hyphen"
+    ))]
+    #[schemars(length(max = 30))]
+    pub project: String,
+
+    /// Name of the VPC network in the project, e.g. `prod-vpc` (a GCP resource name: 1 to 63
+    /// lowercase letters, digits or hyphens, starting with a letter).
+    #[x_kube(validation = Rule::new("self.matches('^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$')").message(
+        "network must be a GCP network name: 1 to 63 lowercase letters, digits or hyphens, starting with a letter, not ending with a hyphen"
+    ))]
+    #[schemars(length(max = 63))]
+    pub network: String,
+
+    /// Region for regional resources (addresses, forwarding rules), e.g. `us-central1`.
+    #[schemars(length(min = 1, max = 63))]
+    pub region: String,
+
+    /// How the operator authenticates to GCP: exactly one of `workloadIdentity` or `secretRef`.
+    pub credentials: CloudCredentials,
+
+    /// Compute API base URL. Absent means `https://compute.googleapis.com`; set it for a local
+    /// emulator or a private endpoint.
+    #[x_kube(validation = Rule::new("self.startsWith('http://') || self.startsWith('https://')")
+        .message("endpoint must be an http:// or https:// URL"))]
+    #[schemars(length(max = 2048))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+
+    /// Prefix of every GCP resource name the operator creates in this network (default `adc-`):
+    /// a lowercase letter, then up to 19 lowercase letters, digits or hyphens.
+    #[x_kube(validation = Rule::new("self.matches('^[a-z][-a-z0-9]{0,19}$')").message(
+        "resourcePrefix must be a lowercase letter followed by at most 19 lowercase letters, digits or hyphens"
+    ))]
+    #[schemars(length(max = 20))]
+    #[serde(default = "default_resource_prefix")]
+    pub resource_prefix: String,
+
+    /// Namespaces whose objects may reference this cloud, by label. Absent means every
+    /// namespace; an empty selector (`{}`) also matches every namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_namespaces: Option<LabelSelector>,
+
+    /// CIDR ranges that VIPs and route destinations must fall inside, e.g. `10.0.0.0/8`. Empty
+    /// means no restriction other than the default route: a range with prefix length 0
+    /// (`0.0.0.0/0`, `::/0`) is only accepted with `allowDefaultRoute: true`.
+    #[x_kube(validation = Rule::new("self.all(r, isCIDR(r))")
+        .message("allowedDestinationRanges must be CIDR ranges such as 10.0.0.0/8"))]
+    #[schemars(length(max = 256), inner(length(max = 43)))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_destination_ranges: Vec<String>,
+
+    /// Allows a default route (`0.0.0.0/0` or `::/0`) in `allowedDestinationRanges`.
+    #[serde(default)]
+    pub allow_default_route: bool,
+
+    /// Compute API request budgets for this project, per minute.
+    #[serde(default)]
+    pub rate_limit: RateLimitSpec,
+
+    /// How Compute API calls are grouped into batch requests.
+    #[serde(default)]
+    pub batching: BatchingSpec,
+
+    /// How often the operator re-reads the network's inventory to detect drift, as a duration
+    /// such as `30s`, `5m` or `1h` (default `5m`).
+    #[schemars(regex(pattern = crate::api::DURATION_PATTERN), length(max = 32))]
+    #[serde(default = "default_resync_interval")]
+    pub resync_interval: String,
+}
+
+/// How the operator authenticates to GCP: exactly one of `workloadIdentity` or `secretRef`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[x_kube(validation = Rule::new(
+    "(has(self.workloadIdentity) ? 1 : 0) + (has(self.secretRef) ? 1 : 0) == 1"
+).message("credentials needs exactly one of workloadIdentity or secretRef"))]
+#[serde(rename_all = "camelCase")]
+pub struct CloudCredentials {
+    /// Use the workload's own identity (the GKE metadata server, or Application Default
+    /// Credentials): write `workloadIdentity: {}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_identity: Option<WorkloadIdentity>,
+
+    /// Use a service-account JSON key stored in a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeySelector>,
+}
+
+/// Marker for workload-identity credentials; it has no fields (`{}`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+pub struct WorkloadIdentity {}
+
+/// A key of a Secret holding a service-account JSON key.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeySelector {
+    /// Namespace of the Secret.
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: String,
+
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+
+    /// Key in the Secret's data whose value is the JSON key (default `key.json`).
+    #[schemars(length(min = 1, max = 253))]
+    #[serde(default = "default_secret_key")]
+    pub key: String,
+}
+
+/// Compute API request budgets for one project, per minute. GCP's default quotas are 1500 per
+/// minute for each of these.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RateLimitSpec {
+    /// Read requests (get, list) per minute (default 1500).
+    #[schemars(range(min = 1))]
+    #[serde(default = "default_per_minute")]
+    pub reads_per_minute: u32,
+
+    /// Write requests (insert, delete, patch) per minute (default 1500).
+    #[schemars(range(min = 1))]
+    #[serde(default = "default_per_minute")]
+    pub writes_per_minute: u32,
+
+    /// Operation polls (operations.get, operations.wait) per minute (default 1500).
+    #[schemars(range(min = 1))]
+    #[serde(default = "default_per_minute")]
+    pub operation_reads_per_minute: u32,
+}
+
+impl Default for RateLimitSpec {
+    fn default() -> Self {
+        Self {
+            reads_per_minute: default_per_minute(),
+            writes_per_minute: default_per_minute(),
+            operation_reads_per_minute: default_per_minute(),
+        }
+    }
+}
+
+/// How Compute API calls are grouped into batch requests.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchingSpec {
+    /// Most calls in one batch request, 1 to 1000 (default 500).
+    #[schemars(range(min = 1, max = 1000))]
+    #[serde(default = "default_max_calls_per_batch")]
+    pub max_calls_per_batch: u32,
+
+    /// How long a call may wait for others to share its batch, as a duration such as `50ms`
+    /// (default `50ms`).
+    #[schemars(regex(pattern = crate::api::DURATION_PATTERN), length(max = 32))]
+    #[serde(default = "default_linger")]
+    pub linger: String,
+
+    /// Most batch requests in flight at once, 1 to 64 (default 4).
+    #[schemars(range(min = 1, max = 64))]
+    #[serde(default = "default_max_batches_in_flight")]
+    pub max_batches_in_flight: u32,
+}
+
+impl Default for BatchingSpec {
+    fn default() -> Self {
+        Self {
+            max_calls_per_batch: default_max_calls_per_batch(),
+            linger: default_linger(),
+            max_batches_in_flight: default_max_batches_in_flight(),
+        }
+    }
+}
+
+/// What the operator observed of a `GcpCloud`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GcpCloudStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready`, `Reconciling` and `Stalled`, with kstatus semantics.
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+
+    /// How many resources of each kind the network holds, from the last inventory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inventory: Option<InventoryCounts>,
+
+    /// Objects deleted with `adc.dev/deletion-policy: abandon` (`Kind/namespace/name`): their
+    /// GCP resources were left in place on purpose and garbage collection never deletes them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub abandoned: Vec<String>,
+}
+
+/// Resource counts in the network, from the last inventory.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct InventoryCounts {
+    /// Routes in the network.
+    #[serde(default)]
+    pub routes: u32,
+
+    /// Firewall rules in the network.
+    #[serde(default)]
+    pub firewalls: u32,
+
+    /// Addresses in the region.
+    #[serde(default)]
+    pub addresses: u32,
+
+    /// Forwarding rules in the region.
+    #[serde(default)]
+    pub forwarding_rules: u32,
+
+    /// VM instances attached to the network.
+    #[serde(default)]
+    pub instances: u32,
+}
+
+fn default_resource_prefix() -> String {
+    "adc-".to_string()
+}
+
+fn default_resync_interval() -> String {
+    "5m".to_string()
+}
+
+fn default_secret_key() -> String {
+    "key.json".to_string()
+}
+
+fn default_per_minute() -> u32 {
+    1500
+}
+
+fn default_max_calls_per_batch() -> u32 {
+    500
+}
+
+fn default_linger() -> String {
+    "50ms".to_string()
+}
+
+fn default_max_batches_in_flight() -> u32 {
+    4
+}

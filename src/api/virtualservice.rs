@@ -1,0 +1,229 @@
+//! `VirtualService`: an ADC virtual service — a VIP, its ports, and the service engines that
+//! carry its traffic.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::conditions::Condition;
+
+/// An ADC virtual service: a VIP, its ports, who may reach it, and the service-engine VM
+/// instances that carry its traffic. It becomes one VPC route per serving engine, one firewall
+/// rule and, with `vip.allocate`, one reserved address.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+// Every `printcolumn(...)` repeats `type_ = "string"`, which clippy takes for a duplicate.
+#[allow(clippy::duplicated_attributes)]
+#[kube(
+    group = "adc.dev",
+    version = "v1alpha1",
+    kind = "VirtualService",
+    plural = "virtualservices",
+    namespaced,
+    shortname = "adcvs",
+    category = "adc",
+    status = "VirtualServiceStatus",
+    derive = "PartialEq",
+    doc = "An ADC virtual service: a VIP, its ports, and the service engines that carry its traffic.",
+    printcolumn(
+        name = "VIP",
+        type_ = "string",
+        json_path = ".status.vip",
+        description = "The virtual IP address"
+    ),
+    printcolumn(
+        name = "READY",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status",
+        description = "Whether GCP carries the VIP's traffic as asked"
+    ),
+    printcolumn(
+        name = "ENGINES",
+        type_ = "string",
+        json_path = ".status.activeServiceEngines",
+        description = "Service engines that currently serve the VIP"
+    ),
+    printcolumn(
+        name = "AGE",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualServiceSpec {
+    /// Name of the `GcpCloud` whose network carries this virtual service.
+    #[schemars(length(min = 1, max = 253))]
+    pub cloud_ref: String,
+
+    /// The virtual IP address: exactly one of a fixed `address` or `allocate`.
+    pub vip: Vip,
+
+    /// Ports the VIP serves (1 to 16, each port and protocol at most once).
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.port == p.port && q.protocol == p.protocol))")
+        .message("ports must not repeat"))]
+    #[schemars(length(min = 1, max = 16))]
+    pub ports: Vec<ServicePort>,
+
+    /// CIDR ranges allowed to reach the VIP's ports (the firewall rule's sources), e.g.
+    /// `10.0.0.0/8`.
+    #[x_kube(validation = Rule::new("self.all(r, isCIDR(r))")
+        .message("sourceRanges must be CIDR ranges such as 10.0.0.0/8"))]
+    #[schemars(length(min = 1, max = 256), inner(length(max = 43)))]
+    pub source_ranges: Vec<String>,
+
+    /// The VM instances that carry the VIP's traffic (1 to 16, names unique), in order of
+    /// preference for `ActiveStandby`.
+    #[x_kube(validation = Rule::new("self.all(e, self.exists_one(f, f.name == e.name))")
+        .message("serviceEngines names must not repeat"))]
+    #[schemars(length(min = 1, max = 16))]
+    pub service_engines: Vec<ServiceEngineRef>,
+
+    /// How traffic is spread over the engines: `ActiveActive` (default; equal-priority routes to
+    /// every healthy engine, ECMP) or `ActiveStandby` (the first healthy engine is primary, the
+    /// others get routes at lower priority).
+    #[serde(default)]
+    pub mode: HaMode,
+
+    /// Priority of the VIP's routes, 0 (highest) to 65535 (default 2000). `ActiveStandby` gives
+    /// standby engines larger numbers than this.
+    #[schemars(range(max = 65535))]
+    #[serde(default = "default_route_priority")]
+    pub route_priority: u32,
+}
+
+/// The virtual IP address: exactly one of `address` or `allocate`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[x_kube(validation = Rule::new("has(self.address) != has(self.allocate)")
+    .message("vip needs exactly one of address or allocate"))]
+#[serde(rename_all = "camelCase")]
+pub struct Vip {
+    /// A fixed IPv4 address, e.g. `10.10.0.5`.
+    #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 4")
+        .message("vip.address must be an IPv4 address such as 10.10.0.5"))]
+    #[schemars(length(max = 15))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+
+    /// Reserve a static address in GCP and use it as the VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocate: Option<VipAllocation>,
+}
+
+/// A static address the operator reserves in GCP for the VIP.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("self.type == 'Internal' || !has(self.subnetwork)")
+    .message("subnetwork applies only to Internal addresses"))]
+#[serde(rename_all = "camelCase")]
+pub struct VipAllocation {
+    /// `Internal` (from a subnetwork of the VPC network) or `External`.
+    pub r#type: AllocationType,
+
+    /// Subnetwork an `Internal` address comes from (name in the cloud's region). Absent means
+    /// GCP's choice.
+    #[schemars(length(min = 1, max = 63))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnetwork: Option<String>,
+}
+
+/// Where a reserved VIP address comes from.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum AllocationType {
+    /// An internal address of the VPC network.
+    Internal,
+    /// An external (internet) address.
+    External,
+}
+
+/// A port the VIP serves.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServicePort {
+    /// Port number, 1 to 65535.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+
+    /// `TCP` (default) or `UDP`.
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+/// An IP protocol.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Protocol {
+    /// TCP.
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// UDP.
+    #[serde(rename = "UDP")]
+    Udp,
+}
+
+/// A service-engine VM instance.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceEngineRef {
+    /// Instance name, e.g. `se-1`.
+    #[schemars(regex(pattern = crate::api::GCP_NAME_PATTERN), length(max = 63))]
+    pub name: String,
+
+    /// Zone of the instance, e.g. `us-central1-a`.
+    #[schemars(length(min = 1, max = 63))]
+    pub zone: String,
+}
+
+/// How a virtual service's traffic is spread over its engines.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum HaMode {
+    /// Equal-priority routes to every healthy engine (ECMP).
+    #[default]
+    ActiveActive,
+    /// The first healthy engine is primary; the others get routes at lower priority.
+    ActiveStandby,
+}
+
+/// What the operator observed and did for a `VirtualService`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualServiceStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// The VIP in use (the fixed address, or the one reserved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip: Option<String>,
+
+    /// Names of the service engines that routes currently point at.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub active_service_engines: Vec<String>,
+
+    /// The GCP resources that exist for this object, by GCP name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<GcpResources>,
+
+    /// `Ready`, `Reconciling` and `Stalled`, with kstatus semantics.
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// GCP resources that exist for one object, by GCP name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct GcpResources {
+    /// Routes, one per serving engine.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
+
+    /// The firewall rule admitting `sourceRanges` to the VIP's ports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub firewall: Option<String>,
+
+    /// The reserved address, with `vip.allocate`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
+fn default_route_priority() -> u32 {
+    2000
+}

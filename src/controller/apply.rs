@@ -1,0 +1,95 @@
+//! Applying a plan through the engine: make before break. New resources are inserted and
+//! awaited before anything the object no longer wants is deleted, so traffic always has a route.
+
+use crate::gcp::{Engine, GcpError, Lane, Mutation, Target};
+use crate::plan::diff::Diff;
+
+/// What applying a diff did.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub inserted: Vec<Target>,
+    pub deleted: Vec<Target>,
+    /// The first error, if any change failed.
+    pub error: Option<GcpError>,
+}
+
+fn network_of(engine: &Engine, target: &Target) -> Option<String> {
+    engine
+        .inventory()
+        .read(|s| {
+            s.routes
+                .get(&target.name)
+                .map(|r| r.network.clone())
+                .or_else(|| s.firewalls.get(&target.name).map(|f| f.network.clone()))
+        })
+        .map(|n| crate::gcp::types::last_segment(&n).to_string())
+}
+
+/// Inserts, replaces (delete then insert the same name), then deletes; `urgent` sends it all in
+/// the failover lane.
+pub async fn apply(engine: &Engine, diff: &Diff, urgent: bool) -> Applied {
+    let lane = if urgent { Lane::Urgent } else { Lane::Bulk };
+    let mut applied = Applied::default();
+    let mut waiting = Vec::new();
+    for resource in &diff.replaces {
+        let network = network_of(engine, &resource.target);
+        // The engine keeps one queue per resource: the insert follows the delete.
+        waiting.push((
+            None,
+            engine.submit(
+                Mutation::delete(resource.target.clone(), network),
+                Lane::Urgent,
+            ),
+        ));
+        waiting.push((
+            Some(resource.target.clone()),
+            engine.submit(
+                Mutation::insert(resource.target.clone(), resource.body.clone()),
+                Lane::Urgent,
+            ),
+        ));
+    }
+    for resource in &diff.inserts {
+        waiting.push((
+            Some(resource.target.clone()),
+            engine.submit(
+                Mutation::insert(resource.target.clone(), resource.body.clone()),
+                lane,
+            ),
+        ));
+    }
+    for (target, receiver) in waiting {
+        match receiver.await.unwrap_or(Err(GcpError::Shutdown)) {
+            Ok(()) => applied.inserted.extend(target),
+            Err(err) => {
+                applied.error.get_or_insert(err);
+            }
+        }
+    }
+    if applied.error.is_some() {
+        // Break nothing while the make failed.
+        return applied;
+    }
+    let deletes: Vec<_> = diff
+        .deletes
+        .iter()
+        .map(|target| {
+            (
+                target.clone(),
+                engine.submit(
+                    Mutation::delete(target.clone(), network_of(engine, target)),
+                    Lane::Urgent,
+                ),
+            )
+        })
+        .collect();
+    for (target, receiver) in deletes {
+        match receiver.await.unwrap_or(Err(GcpError::Shutdown)) {
+            Ok(()) => applied.deleted.push(target),
+            Err(err) => {
+                applied.error.get_or_insert(err);
+            }
+        }
+    }
+    applied
+}

@@ -1,0 +1,439 @@
+//! GcpCloud: builds and keeps the GCP engine of each cloud, refreshes its inventory every resync
+//! interval, garbage-collects resources of this cluster that no object desires, and reports
+//! whether the cloud is reachable.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::reflector::ObjectRef;
+
+use super::context::{CloudRuntime, Context, owners_in};
+use super::error::Error;
+use super::status::{Phase, apply_phase, write_status};
+use crate::api::{GcpCloud, GcpCloudStatus, InventoryCounts, parse_duration};
+use crate::gcp::{Credentials, EngineSettings, InventoryEvent, Lane, Mutation, RateLimits};
+use crate::plan::CloudView;
+use crate::plan::owner::Owner;
+
+/// The default Compute endpoint.
+pub const COMPUTE_ENDPOINT: &str = "https://compute.googleapis.com";
+
+async fn credentials(ctx: &Context, cloud: &GcpCloud) -> Result<Credentials, Error> {
+    let spec = &cloud.spec.credentials;
+    if let Some(secret_ref) = &spec.secret_ref {
+        let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &secret_ref.namespace);
+        let secret = secrets.get(&secret_ref.name).await.map_err(|err| {
+            Error::Config(format!(
+                "spec.credentials.secretRef: cannot read Secret {}/{}: {err}",
+                secret_ref.namespace, secret_ref.name
+            ))
+        })?;
+        let data = secret
+            .data
+            .as_ref()
+            .and_then(|d| d.get(&secret_ref.key))
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "spec.credentials.secretRef: Secret {}/{} has no key '{}'",
+                    secret_ref.namespace, secret_ref.name, secret_ref.key
+                ))
+            })?;
+        let json = String::from_utf8(data.0.clone()).map_err(|_| {
+            Error::Config(format!(
+                "spec.credentials.secretRef: key '{}' is not UTF-8 JSON",
+                secret_ref.key
+            ))
+        })?;
+        return Credentials::from_service_account_json(&json)
+            .map_err(|err| Error::Config(format!("spec.credentials.secretRef: {err}")));
+    }
+    Ok(Credentials::metadata_server())
+}
+
+fn fingerprint(cloud: &GcpCloud) -> String {
+    serde_json::to_string(&cloud.spec).unwrap_or_default()
+}
+
+async fn build_runtime(ctx: &Context, cloud: &GcpCloud) -> Result<Arc<CloudRuntime>, Error> {
+    let spec = &cloud.spec;
+    let credentials = credentials(ctx, cloud).await?;
+    let endpoint = spec
+        .endpoint
+        .clone()
+        .unwrap_or_else(|| COMPUTE_ENDPOINT.to_string());
+    let mut settings = EngineSettings::new(&spec.project, &endpoint);
+    settings.dispatch = ctx.settings.dispatch;
+    settings.time_scale = ctx.settings.gcp_time_scale;
+    settings.max_calls_per_batch = spec.batching.max_calls_per_batch as usize;
+    settings.max_in_flight = spec.batching.max_batches_in_flight as usize;
+    settings.linger = parse_duration(&spec.batching.linger).unwrap_or(Duration::from_millis(50));
+    settings.rate_limits = RateLimits {
+        reads_per_minute: u64::from(spec.rate_limit.reads_per_minute),
+        writes_per_minute: u64::from(spec.rate_limit.writes_per_minute),
+        operation_reads_per_minute: u64::from(spec.rate_limit.operation_reads_per_minute),
+        regional_writes_per_minute: u64::from(spec.rate_limit.writes_per_minute),
+    };
+    settings.resource_prefix = spec.resource_prefix.clone();
+    settings.regions = vec![spec.region.clone()];
+    let engine = crate::gcp::Engine::start(settings, credentials, Arc::clone(&ctx.metrics))?;
+    let runtime = Arc::new(CloudRuntime {
+        view: CloudView {
+            cluster_id: ctx.settings.cluster_id.clone(),
+            project: spec.project.clone(),
+            network: spec.network.clone(),
+            region: spec.region.clone(),
+            resource_prefix: spec.resource_prefix.clone(),
+        },
+        spec: spec.clone(),
+        fingerprint: fingerprint(cloud),
+        zones: Default::default(),
+        ready: Default::default(),
+        engine,
+    });
+    forward_inventory_events(ctx, &runtime);
+    Ok(runtime)
+}
+
+/// Turns the inventory's changes into reconciles of the objects they concern.
+fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime>) {
+    let mut events = runtime.engine.inventory().subscribe();
+    let weak = Arc::downgrade(runtime);
+    let vs = ctx.vs_trigger.clone();
+    let vr = ctx.vr_trigger.clone();
+    let cluster = ctx.settings.cluster_id.clone();
+    let vs_store = ctx.virtual_services.clone();
+    let vr_store = ctx.vpc_routes.clone();
+    tokio::spawn(async move {
+        loop {
+            let event = match events.recv().await {
+                Ok(event) => event,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let Some(runtime) = weak.upgrade() else {
+                return;
+            };
+            match event {
+                InventoryEvent::Instance { zone, name, .. } => {
+                    for object in vs_store.state() {
+                        if object
+                            .spec
+                            .service_engines
+                            .iter()
+                            .any(|e| e.zone == zone && e.name == name)
+                        {
+                            let _ = vs.send(ObjectRef::from_obj(&*object));
+                        }
+                    }
+                    for object in vr_store.state() {
+                        if object
+                            .spec
+                            .next_hop
+                            .instance
+                            .as_ref()
+                            .is_some_and(|i| i.zone == zone && i.name == name)
+                        {
+                            let _ = vr.send(ObjectRef::from_obj(&*object));
+                        }
+                    }
+                }
+                InventoryEvent::Resource(target) => {
+                    // The owner of a resource that exists says itself; one that vanished is
+                    // found among the objects that reference this cloud by their planned names.
+                    let description =
+                        runtime
+                            .engine
+                            .inventory()
+                            .read(|s| match target.collection {
+                                crate::gcp::Collection::Routes => {
+                                    s.routes.get(&target.name).map(|r| r.description.clone())
+                                }
+                                crate::gcp::Collection::Firewalls => {
+                                    s.firewalls.get(&target.name).map(|f| f.description.clone())
+                                }
+                                _ => s
+                                    .addresses
+                                    .get(&(target.location.clone(), target.name.clone()))
+                                    .map(|a| a.description.clone()),
+                            });
+                    match description.as_deref().and_then(Owner::parse) {
+                        Some(owner) if owner.cluster_id == cluster => match owner.kind.as_str() {
+                            crate::plan::virtualservice::KIND => {
+                                let _ =
+                                    vs.send(ObjectRef::new(&owner.name).within(&owner.namespace));
+                            }
+                            crate::plan::vpcroute::KIND => {
+                                let _ =
+                                    vr.send(ObjectRef::new(&owner.name).within(&owner.namespace));
+                            }
+                            _ => {}
+                        },
+                        Some(_) => {}
+                        None if description.is_none() => {
+                            let prefix = &target.name;
+                            for object in vs_store.state() {
+                                let hash = crate::plan::names::object_hash(
+                                    &cluster,
+                                    crate::plan::virtualservice::KIND,
+                                    &object.namespace().unwrap_or_default(),
+                                    &object.name_any(),
+                                );
+                                if prefix.contains(&hash) {
+                                    let _ = vs.send(ObjectRef::from_obj(&*object));
+                                }
+                            }
+                            for object in vr_store.state() {
+                                let hash = crate::plan::names::object_hash(
+                                    &cluster,
+                                    crate::plan::vpcroute::KIND,
+                                    &object.namespace().unwrap_or_default(),
+                                    &object.name_any(),
+                                );
+                                if prefix.contains(&hash) {
+                                    let _ = vr.send(ObjectRef::from_obj(&*object));
+                                }
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                InventoryEvent::Refreshed => {}
+            }
+        }
+    });
+}
+
+/// Zones whose instances the objects of `cloud` use.
+fn zones_in_use(ctx: &Context, cloud: &str, region: &str) -> BTreeSet<String> {
+    let mut zones = BTreeSet::new();
+    for vs in ctx.virtual_services.state() {
+        if vs.spec.cloud_ref == cloud {
+            zones.extend(vs.spec.service_engines.iter().map(|e| e.zone.clone()));
+        }
+    }
+    for vr in ctx.vpc_routes.state() {
+        if vr.spec.cloud_ref == cloud
+            && let Some(instance) = &vr.spec.next_hop.instance
+        {
+            zones.insert(instance.zone.clone());
+        }
+    }
+    if zones.is_empty() {
+        zones.insert(format!("{region}-a"));
+    }
+    zones
+}
+
+/// Loads the inventory for every zone in use (and remembers them).
+pub async fn refresh_inventory(
+    ctx: &Context,
+    name: &str,
+    runtime: &CloudRuntime,
+) -> Result<(), Error> {
+    let zones = zones_in_use(ctx, name, &runtime.spec.region);
+    runtime
+        .engine
+        .refresh_inventory(&zones.iter().cloned().collect::<Vec<_>>())
+        .await?;
+    match runtime.zones.write() {
+        Ok(mut guard) => *guard = zones,
+        Err(poisoned) => *poisoned.into_inner() = zones,
+    }
+    Ok(())
+}
+
+/// Deletes resources carrying this cluster's marker whose owner object no longer exists.
+async fn collect_garbage(
+    ctx: &Context,
+    cloud_name: &str,
+    abandoned: &[String],
+    runtime: &CloudRuntime,
+) -> usize {
+    // Never decide on an incomplete picture of the objects.
+    if ctx.virtual_services.wait_until_ready().await.is_err()
+        || ctx.vpc_routes.wait_until_ready().await.is_err()
+    {
+        return 0;
+    }
+    let owners = runtime
+        .engine
+        .inventory()
+        .read(|s| owners_in(s, &ctx.settings.cluster_id));
+    let mut receivers = Vec::new();
+    for (owner, target) in owners {
+        if abandoned.contains(&super::context::owner_key(&owner)) {
+            continue;
+        }
+        // An owner that exists keeps its resources, unless it now points at a cloud of another
+        // project (then these were left behind in this one).
+        let cloud_of = |cloud_ref: &str| ctx.cloud(cloud_ref).map(|c| c.spec.project.clone());
+        let keeps = |cloud_ref: &str| {
+            cloud_ref == cloud_name || cloud_of(cloud_ref).is_none_or(|p| p == runtime.spec.project)
+        };
+        let exists = match owner.kind.as_str() {
+            crate::plan::virtualservice::KIND => ctx
+                .virtual_services
+                .get(&ObjectRef::new(&owner.name).within(&owner.namespace))
+                .is_some_and(|o| keeps(&o.spec.cloud_ref)),
+            crate::plan::vpcroute::KIND => ctx
+                .vpc_routes
+                .get(&ObjectRef::new(&owner.name).within(&owner.namespace))
+                .is_some_and(|o| keeps(&o.spec.cloud_ref)),
+            _ => true,
+        };
+        if !exists {
+            let network = runtime.engine.inventory().read(|s| {
+                s.routes
+                    .get(&target.name)
+                    .map(|r| crate::gcp::types::last_segment(&r.network).to_string())
+            });
+            tracing::info!(resource = %target, owner = %format!("{}/{}/{}", owner.kind, owner.namespace, owner.name), "collecting an orphan");
+            receivers.push(
+                runtime
+                    .engine
+                    .submit(Mutation::delete(target, network), Lane::Urgent),
+            );
+        }
+    }
+    let collected = receivers.len();
+    for receiver in receivers {
+        let _ = receiver.await;
+    }
+    collected
+}
+
+/// Reconciles one GcpCloud.
+pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = cloud.name_any();
+    let api: Api<GcpCloud> = Api::all(ctx.client.clone());
+    if cloud.metadata.deletion_timestamp.is_some() {
+        if let Some(runtime) = match ctx.clouds.write() {
+            Ok(mut guard) => guard.remove(&name),
+            Err(poisoned) => poisoned.into_inner().remove(&name),
+        } {
+            runtime.engine.shutdown();
+        }
+        return Ok(Action::await_change());
+    }
+    let resync = parse_duration(&cloud.spec.resync_interval).unwrap_or(Duration::from_secs(300));
+    let existing = ctx
+        .cloud(&name)
+        .filter(|r| r.fingerprint == fingerprint(&cloud));
+    let runtime = match existing {
+        Some(runtime) => runtime,
+        None => match build_runtime(&ctx, &cloud).await {
+            Ok(runtime) => {
+                let previous = match ctx.clouds.write() {
+                    Ok(mut guard) => guard.insert(name.clone(), Arc::clone(&runtime)),
+                    Err(poisoned) => poisoned
+                        .into_inner()
+                        .insert(name.clone(), Arc::clone(&runtime)),
+                };
+                if let Some(previous) = previous {
+                    previous.engine.shutdown();
+                }
+                runtime
+            }
+            Err(err) => {
+                let phase = Phase::stalled("InvalidCredentials", err.to_string());
+                report(&api, &cloud, phase, None).await?;
+                return Ok(Action::requeue(Duration::from_secs(60)));
+            }
+        },
+    };
+    let checked = match runtime.engine.check_network(&cloud.spec.network).await {
+        Ok(()) => refresh_inventory(&ctx, &name, &runtime).await,
+        Err(err) if err.is_not_found() => {
+            let phase = Phase::stalled(
+                "NetworkNotFound",
+                format!(
+                    "network '{}' does not exist in project '{}': fix spec.network or spec.project",
+                    cloud.spec.network, cloud.spec.project
+                ),
+            );
+            runtime.ready.store(false, Ordering::Relaxed);
+            report(&api, &cloud, phase, None).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+        Err(err) => Err(err.into()),
+    };
+    if let Err(err) = checked {
+        runtime.ready.store(false, Ordering::Relaxed);
+        let phase = Phase::progressing(
+            "GcpUnreachable",
+            format!(
+                "cannot reach Compute for project '{}': {err}",
+                cloud.spec.project
+            ),
+        );
+        report(&api, &cloud, phase, None).await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    let was_ready = runtime.ready.swap(true, Ordering::Relaxed);
+    if !was_ready {
+        // Objects waiting for this cloud can go now.
+        ctx.requeue_users_of(&name);
+    }
+    // Read fresh: an abandon recorded a moment ago must already count.
+    let abandoned = api
+        .get(&name)
+        .await?
+        .status
+        .map(|s| s.abandoned)
+        .unwrap_or_default();
+    let collected = collect_garbage(&ctx, &name, &abandoned, &runtime).await;
+    if collected > 0 {
+        ctx.event(
+            &*cloud,
+            false,
+            "OrphansCollected",
+            "Delete",
+            format!("deleted {collected} GCP resource(s) of this cluster that no object desires"),
+        )
+        .await;
+    }
+    let counts = runtime.engine.inventory().read(|s| InventoryCounts {
+        routes: s.routes.len() as u32,
+        firewalls: s.firewalls.len() as u32,
+        addresses: s.addresses.len() as u32,
+        forwarding_rules: s.forwarding_rules.len() as u32,
+        instances: s.instances.len() as u32,
+    });
+    let phase = Phase::ready(
+        "Connected",
+        format!(
+            "project '{}', network '{}' reachable; inventory refreshed",
+            cloud.spec.project, cloud.spec.network
+        ),
+    );
+    report(&api, &cloud, phase, Some(counts)).await?;
+    Ok(Action::requeue(resync))
+}
+
+async fn report(
+    api: &Api<GcpCloud>,
+    cloud: &GcpCloud,
+    phase: Phase,
+    inventory: Option<InventoryCounts>,
+) -> Result<(), Error> {
+    let mut status = cloud.status.clone().unwrap_or_default();
+    // Written by mark_abandoned, never by this apply: leaving it out keeps it.
+    status.abandoned.clear();
+    let mut current = cloud.status.clone();
+    if let Some(current) = current.as_mut() {
+        current.abandoned.clear();
+    }
+    status.observed_generation = cloud.metadata.generation;
+    apply_phase(&mut status.conditions, &phase, cloud.metadata.generation);
+    if inventory.is_some() {
+        status.inventory = inventory;
+    }
+    write_status::<GcpCloud, GcpCloudStatus>(api, cloud, current.as_ref(), &status).await?;
+    Ok(())
+}

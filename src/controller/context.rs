@@ -1,0 +1,322 @@
+//! What every reconcile shares: the Kubernetes client, one GCP engine per GcpCloud, the stores of
+//! every kind, the event recorder, and the triggers that turn inventory changes into reconciles.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::{ObjectRef, Store};
+use kube::{Resource, ResourceExt};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::api::{GcpCloud, VirtualService, VpcRoute};
+use crate::gcp::{DispatchMode, Engine, GcpMetrics, Snapshot, Target};
+use crate::plan::CloudView;
+use crate::plan::owner::Owner;
+
+/// How the operator runs.
+#[derive(Debug, Clone)]
+pub struct OperatorSettings {
+    /// Written into every ownership marker: two clusters sharing a project never touch each
+    /// other's resources.
+    pub cluster_id: String,
+    pub dispatch: DispatchMode,
+    /// 1.0 against GCP; the emulator's `--time-scale` in benchmarks.
+    pub gcp_time_scale: f64,
+}
+
+/// The GCP side of one GcpCloud.
+pub struct CloudRuntime {
+    pub engine: Engine,
+    pub view: CloudView,
+    pub spec: crate::api::GcpCloudSpec,
+    /// Serialized spec the engine was built from: a change rebuilds it.
+    pub fingerprint: String,
+    /// Zones whose instances the inventory lists.
+    pub zones: RwLock<BTreeSet<String>>,
+    /// Whether the network check and the first inventory load succeeded.
+    pub ready: std::sync::atomic::AtomicBool,
+}
+
+/// Shared by every reconcile.
+pub struct Context {
+    pub client: Client,
+    pub settings: OperatorSettings,
+    pub metrics: Arc<GcpMetrics>,
+    pub clouds: RwLock<HashMap<String, Arc<CloudRuntime>>>,
+    pub recorder: Recorder,
+    pub virtual_services: Store<VirtualService>,
+    pub vpc_routes: Store<VpcRoute>,
+    pub namespaces: Store<Namespace>,
+    pub vs_trigger: mpsc::UnboundedSender<ObjectRef<VirtualService>>,
+    pub vr_trigger: mpsc::UnboundedSender<ObjectRef<VpcRoute>>,
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    match lock.read() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+impl Context {
+    /// The runtime of a GcpCloud, once its engine is built.
+    pub fn cloud(&self, name: &str) -> Option<Arc<CloudRuntime>> {
+        read(&self.clouds).get(name).cloned()
+    }
+
+    /// Publishes a Kubernetes Event on `object` (best effort: a failed event is only logged).
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        action: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: action.to_string(),
+            secondary: None,
+        };
+        if let Err(err) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %err, reason, "publishing an event failed");
+        }
+    }
+
+    /// Whether `cloud`'s allowedNamespaces selects `namespace`.
+    pub fn namespace_allowed(&self, cloud: &GcpCloud, namespace: &str) -> bool {
+        let Some(selector) = &cloud.spec.allowed_namespaces else {
+            return true;
+        };
+        let Some(ns) = self.namespaces.get(&ObjectRef::new(namespace)) else {
+            return false;
+        };
+        selector_matches(selector, ns.labels())
+    }
+
+    /// Reconciles every object that references `cloud`.
+    pub fn requeue_users_of(&self, cloud: &str) {
+        for vs in self.virtual_services.state() {
+            if vs.spec.cloud_ref == cloud {
+                let _ = self.vs_trigger.send(ObjectRef::from_obj(&*vs));
+            }
+        }
+        for vr in self.vpc_routes.state() {
+            if vr.spec.cloud_ref == cloud {
+                let _ = self.vr_trigger.send(ObjectRef::from_obj(&*vr));
+            }
+        }
+    }
+
+    /// Requeues the owner of a GCP resource (from its ownership marker).
+    pub fn requeue_owner(&self, owner: &Owner) {
+        if owner.cluster_id != self.settings.cluster_id {
+            return;
+        }
+        match owner.kind.as_str() {
+            crate::plan::virtualservice::KIND => {
+                let _ = self
+                    .vs_trigger
+                    .send(ObjectRef::new(&owner.name).within(&owner.namespace));
+            }
+            crate::plan::vpcroute::KIND => {
+                let _ = self
+                    .vr_trigger
+                    .send(ObjectRef::new(&owner.name).within(&owner.namespace));
+            }
+            _ => {}
+        }
+    }
+
+    /// Requeues every object that uses instance `zone/name` as an engine or next hop.
+    pub fn requeue_instance_users(&self, zone: &str, name: &str) {
+        for vs in self.virtual_services.state() {
+            if vs
+                .spec
+                .service_engines
+                .iter()
+                .any(|e| e.zone == zone && e.name == name)
+            {
+                let _ = self.vs_trigger.send(ObjectRef::from_obj(&*vs));
+            }
+        }
+        for vr in self.vpc_routes.state() {
+            if vr
+                .spec
+                .next_hop
+                .instance
+                .as_ref()
+                .is_some_and(|i| i.zone == zone && i.name == name)
+            {
+                let _ = self.vr_trigger.send(ObjectRef::from_obj(&*vr));
+            }
+        }
+    }
+}
+
+/// Whether a label selector selects `labels`.
+pub fn selector_matches(
+    selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
+    labels: &std::collections::BTreeMap<String, String>,
+) -> bool {
+    let by_labels = selector
+        .match_labels
+        .as_ref()
+        .is_none_or(|wanted| wanted.iter().all(|(k, v)| labels.get(k) == Some(v)));
+    let by_expressions = selector
+        .match_expressions
+        .as_ref()
+        .is_none_or(|expressions| {
+            expressions.iter().all(|e| {
+                let values = e.values.clone().unwrap_or_default();
+                match e.operator.as_str() {
+                    "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+                    "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+                    "Exists" => labels.contains_key(&e.key),
+                    "DoesNotExist" => !labels.contains_key(&e.key),
+                    _ => false,
+                }
+            })
+        });
+    by_labels && by_expressions
+}
+
+/// Every GCP resource in the inventory whose ownership marker names `owner`, as (target, JSON).
+pub fn owned_resources(snapshot: &Snapshot, owner: &Owner) -> Vec<(Target, Value)> {
+    let mine = |description: &str| Owner::parse(description).as_ref() == Some(owner);
+    let mut owned = Vec::new();
+    for (name, route) in &snapshot.routes {
+        if mine(&route.description) {
+            owned.push((
+                Target::route(name.clone()),
+                serde_json::to_value(route).unwrap_or(Value::Null),
+            ));
+        }
+    }
+    for (name, firewall) in &snapshot.firewalls {
+        if mine(&firewall.description) {
+            owned.push((
+                Target::firewall(name.clone()),
+                serde_json::to_value(firewall).unwrap_or(Value::Null),
+            ));
+        }
+    }
+    for ((location, name), address) in &snapshot.addresses {
+        if mine(&address.description) {
+            let collection = if location.is_empty() {
+                crate::gcp::Collection::GlobalAddresses
+            } else {
+                crate::gcp::Collection::Addresses
+            };
+            owned.push((
+                Target {
+                    collection,
+                    location: location.clone(),
+                    name: name.clone(),
+                },
+                serde_json::to_value(address).unwrap_or(Value::Null),
+            ));
+        }
+    }
+    owned
+}
+
+/// Every owner named in the inventory's markers of this cluster.
+pub fn owners_in(snapshot: &Snapshot, cluster_id: &str) -> Vec<(Owner, Target)> {
+    let mut found = Vec::new();
+    let mut push = |description: &str, target: Target| {
+        if let Some(owner) = Owner::parse(description).filter(|o| o.cluster_id == cluster_id) {
+            found.push((owner, target));
+        }
+    };
+    for (name, route) in &snapshot.routes {
+        push(&route.description, Target::route(name.clone()));
+    }
+    for (name, firewall) in &snapshot.firewalls {
+        push(&firewall.description, Target::firewall(name.clone()));
+    }
+    for ((location, name), address) in &snapshot.addresses {
+        let collection = if location.is_empty() {
+            crate::gcp::Collection::GlobalAddresses
+        } else {
+            crate::gcp::Collection::Addresses
+        };
+        push(
+            &address.description,
+            Target {
+                collection,
+                location: location.clone(),
+                name: name.clone(),
+            },
+        );
+    }
+    found
+}
+
+/// The reporter of the operator's events.
+pub fn reporter() -> Reporter {
+    Reporter {
+        controller: "adc-operator".into(),
+        instance: std::env::var("POD_NAME").ok(),
+    }
+}
+
+/// Whether `object` asks to leave its GCP resources behind when deleted.
+pub fn abandons<K: ResourceExt>(object: &K) -> bool {
+    object
+        .annotations()
+        .get("adc.dev/deletion-policy")
+        .is_some_and(|p| p == "abandon")
+}
+
+/// `Kind/namespace/name`, as GcpCloud `status.abandoned` lists owners.
+pub fn owner_key(owner: &Owner) -> String {
+    format!("{}/{}/{}", owner.kind, owner.namespace, owner.name)
+}
+
+/// Records in the GcpCloud's status that `owner`'s resources were abandoned, so garbage
+/// collection leaves them alone for good (the status lives in etcd, across restarts). A JSON
+/// merge patch guarded by the resourceVersion, retried on conflict; the status applies of the
+/// cloud's reconcile never own this list, so they never drop it.
+pub async fn mark_abandoned(ctx: &Context, cloud: &str, owner: &Owner) -> Result<(), kube::Error> {
+    use kube::api::{Api, Patch, PatchParams};
+    let api: Api<crate::api::GcpCloud> = Api::all(ctx.client.clone());
+    let key = owner_key(owner);
+    for _ in 0..10 {
+        let Some(current) = api.get_opt(cloud).await? else {
+            return Ok(());
+        };
+        let mut list = current
+            .status
+            .as_ref()
+            .map(|s| s.abandoned.clone())
+            .unwrap_or_default();
+        if list.contains(&key) {
+            return Ok(());
+        }
+        list.push(key.clone());
+        let patch = serde_json::json!({
+            "metadata": {"resourceVersion": current.resource_version()},
+            "status": {"abandoned": list},
+        });
+        match api
+            .patch_status(cloud, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 409 => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! The controllers: one per kind, glued to the pure planner and the GCP engine. Every trigger of
+//! a reconcile is declared here, in one place.
+
+pub mod apply;
+pub mod cloud;
+pub mod context;
+pub mod error;
+pub mod status;
+pub mod virtualservice;
+pub mod vpcroute;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::Api;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::Recorder;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, ResourceExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+pub use context::{Context, OperatorSettings};
+pub use error::Error;
+
+use crate::api::{GcpCloud, VirtualService, VpcRoute};
+use crate::gcp::GcpMetrics;
+
+fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+    tracing::warn!(error = %error, kind = error.label(), "reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
+/// Runs every controller until the process is told to stop.
+pub async fn run(
+    client: Client,
+    settings: OperatorSettings,
+    metrics: Arc<GcpMetrics>,
+) -> Result<(), Error> {
+    let (ns_store, ns_writer) = reflector::store::<Namespace>();
+    let namespaces = reflector::reflector(
+        ns_writer,
+        watcher(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        ),
+    )
+    // Without a backoff a lost API server turns the watch into a hot retry loop.
+    .default_backoff()
+    .applied_objects()
+    .for_each(|_| futures::future::ready(()));
+    tokio::spawn(namespaces);
+
+    let vs_controller = Controller::new(
+        Api::<VirtualService>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let vr_controller = Controller::new(
+        Api::<VpcRoute>::all(client.clone()),
+        watcher::Config::default(),
+    );
+    let (vs_tx, vs_rx) = mpsc::unbounded_channel::<ObjectRef<VirtualService>>();
+    let (vr_tx, vr_rx) = mpsc::unbounded_channel::<ObjectRef<VpcRoute>>();
+    let ctx = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), context::reporter()),
+        virtual_services: vs_controller.store(),
+        vpc_routes: vr_controller.store(),
+        namespaces: ns_store,
+        clouds: Default::default(),
+        vs_trigger: vs_tx,
+        vr_trigger: vr_tx,
+        client: client.clone(),
+        settings,
+        metrics,
+    });
+
+    let vs_store = ctx.virtual_services.clone();
+    let vs = vs_controller
+        // A GcpCloud change concerns every object that references it.
+        .watches(
+            Api::<GcpCloud>::all(client.clone()),
+            watcher::Config::default(),
+            move |cloud| {
+                let name = cloud.name_any();
+                vs_store
+                    .state()
+                    .into_iter()
+                    .filter(|o| o.spec.cloud_ref == name)
+                    .map(|o| ObjectRef::from_obj(&*o))
+                    .collect::<Vec<_>>()
+            },
+        )
+        // Inventory changes (drift, engines stopping or coming back) and cloud readiness.
+        .reconcile_on(UnboundedReceiverStream::new(vs_rx))
+        .shutdown_on_signal()
+        .run(virtualservice::reconcile, error_policy, Arc::clone(&ctx))
+        .for_each(|_| futures::future::ready(()));
+
+    let vr_store = ctx.vpc_routes.clone();
+    let vr = vr_controller
+        .watches(
+            Api::<GcpCloud>::all(client.clone()),
+            watcher::Config::default(),
+            move |cloud| {
+                let name = cloud.name_any();
+                vr_store
+                    .state()
+                    .into_iter()
+                    .filter(|o| o.spec.cloud_ref == name)
+                    .map(|o| ObjectRef::from_obj(&*o))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .reconcile_on(UnboundedReceiverStream::new(vr_rx))
+        .shutdown_on_signal()
+        .run(vpcroute::reconcile, error_policy, Arc::clone(&ctx))
+        .for_each(|_| futures::future::ready(()));
+
+    let clouds = Controller::new(
+        Api::<GcpCloud>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .shutdown_on_signal()
+    .run(cloud::reconcile, error_policy, Arc::clone(&ctx))
+    .for_each(|_| futures::future::ready(()));
+
+    tokio::join!(vs, vr, clouds);
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! kstatus conditions from one reconcile's outcome, and status writes that happen only when the
+//! status changed (a converged fleet costs the API server nothing).
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::api::conditions::{Condition, READY, RECONCILING, STALLED, set_condition};
+
+/// The field manager of every status write.
+pub const FIELD_MANAGER: &str = "adc-operator";
+
+/// Where an object stands after a reconcile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    /// Everything its spec asks for exists in GCP.
+    Ready { reason: String, message: String },
+    /// Work is underway or will be retried (a transient GCP error, a pending VIP).
+    Progressing { reason: String, message: String },
+    /// No progress without a change to the spec or the cloud; the message says what to change.
+    Stalled { reason: String, message: String },
+}
+
+impl Phase {
+    /// Ready.
+    pub fn ready(reason: &str, message: impl Into<String>) -> Self {
+        Phase::Ready {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+    /// Progressing.
+    pub fn progressing(reason: &str, message: impl Into<String>) -> Self {
+        Phase::Progressing {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+    /// Stalled.
+    pub fn stalled(reason: &str, message: impl Into<String>) -> Self {
+        Phase::Stalled {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+}
+
+fn now() -> String {
+    k8s_openapi::jiff::Timestamp::now().to_string()
+}
+
+/// Sets Ready, Reconciling and Stalled for `phase`, keeping transition times of unchanged ones.
+pub fn apply_phase(conditions: &mut Vec<Condition>, phase: &Phase, generation: Option<i64>) {
+    let now = now();
+    match phase {
+        Phase::Ready { reason, message } => {
+            set_condition(conditions, READY, true, reason, message, generation, &now);
+            set_condition(conditions, RECONCILING, false, reason, "", generation, &now);
+            set_condition(conditions, STALLED, false, reason, "", generation, &now);
+        }
+        Phase::Progressing { reason, message } => {
+            set_condition(conditions, READY, false, reason, message, generation, &now);
+            set_condition(
+                conditions,
+                RECONCILING,
+                true,
+                reason,
+                message,
+                generation,
+                &now,
+            );
+            set_condition(conditions, STALLED, false, reason, "", generation, &now);
+        }
+        Phase::Stalled { reason, message } => {
+            set_condition(conditions, READY, false, reason, message, generation, &now);
+            set_condition(conditions, RECONCILING, false, reason, "", generation, &now);
+            set_condition(conditions, STALLED, true, reason, message, generation, &now);
+        }
+    }
+}
+
+/// Writes `status` with server-side apply unless it equals the object's current status.
+pub async fn write_status<K, S>(
+    api: &Api<K>,
+    object: &K,
+    current: Option<&S>,
+    status: &S,
+) -> Result<bool, kube::Error>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "status": status,
+    });
+    api.patch_status(
+        &object.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(true)
+}

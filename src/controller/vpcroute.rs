@@ -1,0 +1,226 @@
+//! VpcRoute: one static route, with the same guard rails, make-before-break and cleanup as a
+//! VirtualService.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+
+use super::apply::apply;
+use super::context::{Context, abandons, owned_resources};
+use super::error::Error;
+use super::status::{Phase, apply_phase, write_status};
+use super::virtualservice::FINALIZER;
+use crate::api::{GcpCloud, VpcRoute, VpcRouteStatus};
+use crate::gcp::{Lane, Mutation};
+use crate::plan::guard::{Surroundings, check_vpc_route};
+use crate::plan::owner::Owner;
+use crate::plan::{diff::diff, vpcroute};
+
+/// Reconciles one VpcRoute.
+pub async fn reconcile(object: Arc<VpcRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = object.namespace().unwrap_or_default();
+    let api: Api<VpcRoute> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, object, |event| async {
+        match event {
+            Finalizer::Apply(object) => apply_object(&api, &object, &ctx).await,
+            Finalizer::Cleanup(object) => cleanup(&object, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|err| Error::Finalizer(err.to_string()))
+}
+
+fn owner(ctx: &Context, object: &VpcRoute) -> Owner {
+    Owner::new(
+        &ctx.settings.cluster_id,
+        vpcroute::KIND,
+        &object.namespace().unwrap_or_default(),
+        &object.name_any(),
+    )
+}
+
+async fn apply_object(
+    api: &Api<VpcRoute>,
+    object: &VpcRoute,
+    ctx: &Context,
+) -> Result<Action, Error> {
+    let cloud_name = &object.spec.cloud_ref;
+    let clouds: Api<GcpCloud> = Api::all(ctx.client.clone());
+    let Some(cloud) = clouds.get_opt(cloud_name).await? else {
+        let phase = Phase::stalled(
+            "CloudNotFound",
+            format!("GcpCloud '{cloud_name}' does not exist: create it or fix spec.cloudRef"),
+        );
+        report(api, object, phase, None).await?;
+        return Ok(Action::requeue(Duration::from_secs(60)));
+    };
+    let Some(runtime) = ctx
+        .cloud(cloud_name)
+        .filter(|r| r.ready.load(std::sync::atomic::Ordering::Relaxed))
+    else {
+        report(
+            api,
+            object,
+            Phase::progressing(
+                "WaitingForCloud",
+                format!("GcpCloud '{cloud_name}' is not Ready yet"),
+            ),
+            None,
+        )
+        .await?;
+        return Ok(Action::requeue(Duration::from_secs(10)));
+    };
+    let engine = &runtime.engine;
+    if let Some(instance) = &object.spec.next_hop.instance {
+        let known = match runtime.zones.read() {
+            Ok(guard) => guard.contains(&instance.zone),
+            Err(poisoned) => poisoned.into_inner().contains(&instance.zone),
+        };
+        if !known {
+            super::cloud::refresh_inventory(ctx, cloud_name, &runtime).await?;
+        }
+    }
+    let owner = owner(ctx, object);
+    let (missing, owned) = engine.inventory().read(|snapshot| {
+        let missing: Vec<String> = object
+            .spec
+            .next_hop
+            .instance
+            .iter()
+            .filter(|i| snapshot.instance(&i.zone, &i.name).is_none())
+            .map(|i| format!("{}/{}", i.zone, i.name))
+            .collect();
+        (missing, owned_resources(snapshot, &owner))
+    });
+    let around = Surroundings {
+        namespace_allowed: ctx.namespace_allowed(&cloud, &object.namespace().unwrap_or_default()),
+        allowed_ranges: cloud.spec.allowed_destination_ranges.clone(),
+        allow_default_route: cloud.spec.allow_default_route,
+        vip_claimed_by: None,
+        missing_engines: missing,
+    };
+    let problems = check_vpc_route(&object.spec.dest_range, &around);
+    if !problems.is_empty() {
+        let message = problems.join("; ");
+        if !matches!(object.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled")), Some(c) if c.status == "True" && c.message == message)
+        {
+            ctx.event(object, true, "GuardRail", "Plan", message.clone())
+                .await;
+        }
+        report(api, object, Phase::stalled("GuardRail", message), None).await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+    let desired = vpcroute::plan(
+        &runtime.view,
+        &object.namespace().unwrap_or_default(),
+        &object.name_any(),
+        &object.spec,
+    );
+    let route_name = desired.target.name.clone();
+    let changes = diff(std::slice::from_ref(&desired), &owned);
+    let applied = apply(engine, &changes, false).await;
+    if !applied.inserted.is_empty() || !applied.deleted.is_empty() {
+        ctx.event(
+            object,
+            false,
+            "Synced",
+            "Apply",
+            format!(
+                "created {} and deleted {} route(s)",
+                applied.inserted.len(),
+                applied.deleted.len()
+            ),
+        )
+        .await;
+    }
+    if let Some(err) = applied.error {
+        let phase = if err.is_quota_exceeded()
+            || !err.is_retryable() && !matches!(err, crate::gcp::GcpError::Exhausted { .. })
+        {
+            Phase::stalled(
+                if err.is_quota_exceeded() {
+                    "QuotaExceeded"
+                } else {
+                    "GcpRejected"
+                },
+                err.to_string(),
+            )
+        } else {
+            Phase::progressing("GcpError", err.to_string())
+        };
+        ctx.event(object, true, "GcpError", "Apply", err.to_string())
+            .await;
+        report(api, object, phase, Some(route_name)).await?;
+        return Ok(Action::requeue(Duration::from_secs(
+            if err.is_quota_exceeded() { 120 } else { 15 },
+        )));
+    }
+    report(
+        api,
+        object,
+        Phase::ready("Synced", format!("route {route_name} in place")),
+        Some(route_name),
+    )
+    .await?;
+    Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+async fn report(
+    api: &Api<VpcRoute>,
+    object: &VpcRoute,
+    phase: Phase,
+    route_name: Option<String>,
+) -> Result<(), Error> {
+    let mut status: VpcRouteStatus = object.status.clone().unwrap_or_default();
+    status.observed_generation = object.metadata.generation;
+    if route_name.is_some() {
+        status.route_name = route_name;
+    }
+    apply_phase(&mut status.conditions, &phase, object.metadata.generation);
+    write_status(api, object, object.status.as_ref(), &status).await?;
+    Ok(())
+}
+
+async fn cleanup(object: &VpcRoute, ctx: &Context) -> Result<Action, Error> {
+    if abandons(object) {
+        super::context::mark_abandoned(ctx, &object.spec.cloud_ref, &owner(ctx, object)).await?;
+        ctx.event(
+            object,
+            false,
+            "Abandoned",
+            "Delete",
+            "deletion-policy abandon: the route is left in place".into(),
+        )
+        .await;
+        return Ok(Action::await_change());
+    }
+    let Some(runtime) = ctx.cloud(&object.spec.cloud_ref) else {
+        return Ok(Action::await_change());
+    };
+    let owned = runtime
+        .engine
+        .inventory()
+        .read(|s| owned_resources(s, &owner(ctx, object)));
+    let receivers: Vec<_> = owned
+        .into_iter()
+        .map(|(target, body)| {
+            let network = body
+                .get("network")
+                .and_then(|n| n.as_str())
+                .map(|n| crate::gcp::types::last_segment(n).to_string());
+            runtime
+                .engine
+                .submit(Mutation::delete(target, network), Lane::Urgent)
+        })
+        .collect();
+    for receiver in receivers {
+        receiver
+            .await
+            .unwrap_or(Err(crate::gcp::GcpError::Shutdown))?;
+    }
+    Ok(Action::await_change())
+}

@@ -1,0 +1,152 @@
+//! Guard rails: what an object may not do, whatever its schema allowed. A violation stalls the
+//! object with a message that says what to change, and nothing of it is touched in GCP.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+
+/// Parses a CIDR, or a bare address as a host route.
+pub fn parse_range(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<IpAddr>().ok().map(IpNet::from))
+}
+
+/// Whether `range` lies inside one of `allowed` (an empty list allows nothing).
+pub fn range_allowed(range: &str, allowed: &[String]) -> bool {
+    let Some(range) = parse_range(range) else {
+        return false;
+    };
+    allowed
+        .iter()
+        .filter_map(|a| parse_range(a))
+        .any(|a| a.contains(&range))
+}
+
+/// What the controller found out about an object's surroundings.
+#[derive(Debug, Clone, Default)]
+pub struct Surroundings {
+    /// The cloud's allowedNamespaces selects the object's namespace.
+    pub namespace_allowed: bool,
+    pub allowed_ranges: Vec<String>,
+    /// Empty: every range but a default route is allowed (the GcpCloud's documented default).
+    pub allow_default_route: bool,
+    /// Another object holding the same VIP on the same cloud (`namespace/name`).
+    pub vip_claimed_by: Option<String>,
+    /// Engines with no instance in the inventory (`zone/name`).
+    pub missing_engines: Vec<String>,
+}
+
+fn common(range: &str, what: &str, around: &Surroundings, problems: &mut Vec<String>) {
+    if !around.namespace_allowed {
+        problems.push("the GcpCloud's allowedNamespaces does not select this namespace; ask its owner to allow it, or use another GcpCloud".into());
+    }
+    if let Some(net) = parse_range(range) {
+        if net.prefix_len() == 0 && !around.allow_default_route {
+            problems.push(format!("{what} {range} is a default route; the GcpCloud must set allowDefaultRoute: true to permit it"));
+        } else if !around.allowed_ranges.is_empty() && !range_allowed(range, &around.allowed_ranges)
+        {
+            problems.push(format!(
+                "{what} {range} is outside the GcpCloud's allowedDestinationRanges [{}]",
+                around.allowed_ranges.join(", ")
+            ));
+        }
+    }
+}
+
+/// The guard rails of a VirtualService with VIP `vip` (None while an allocated VIP is pending).
+pub fn check_virtual_service(vip: Option<&str>, around: &Surroundings) -> Vec<String> {
+    let mut problems = Vec::new();
+    match vip {
+        Some(vip) => common(vip, "VIP", around, &mut problems),
+        None if !around.namespace_allowed => common("", "VIP", around, &mut problems),
+        None => {}
+    }
+    if let Some(other) = &around.vip_claimed_by {
+        problems.push(format!(
+            "VIP {} is already claimed by VirtualService {other}; choose another VIP",
+            vip.unwrap_or_default()
+        ));
+    }
+    if !around.missing_engines.is_empty() {
+        problems.push(format!(
+            "service engine instance(s) {} do not exist in the project; fix spec.serviceEngines",
+            around.missing_engines.join(", ")
+        ));
+    }
+    problems
+}
+
+/// The guard rails of a VpcRoute.
+pub fn check_vpc_route(dest_range: &str, around: &Surroundings) -> Vec<String> {
+    let mut problems = Vec::new();
+    common(dest_range, "destRange", around, &mut problems);
+    if !around.missing_engines.is_empty() {
+        problems.push(format!(
+            "next-hop instance {} does not exist in the project; fix spec.nextHop.instance",
+            around.missing_engines.join(", ")
+        ));
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn allowed() -> Surroundings {
+        Surroundings {
+            namespace_allowed: true,
+            allowed_ranges: vec!["10.0.0.0/8".into()],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ranges_must_fall_inside_the_allowed_ones() {
+        assert!(range_allowed("10.10.0.5", &["10.0.0.0/8".into()]));
+        assert!(range_allowed("10.10.0.0/16", &["10.0.0.0/8".into()]));
+        assert!(!range_allowed("10.0.0.0/7", &["10.0.0.0/8".into()]));
+        assert!(!range_allowed("192.168.0.1", &["10.0.0.0/8".into()]));
+        assert!(!range_allowed("10.0.0.1", &[]));
+        let open = Surroundings {
+            namespace_allowed: true,
+            ..Default::default()
+        };
+        assert!(
+            check_virtual_service(Some("172.16.0.1"), &open).is_empty(),
+            "no list: no restriction"
+        );
+        assert!(
+            !check_vpc_route("0.0.0.0/0", &open).is_empty(),
+            "but never a default route"
+        );
+        assert!(check_virtual_service(Some("10.1.2.3"), &allowed()).is_empty());
+        let outside = check_virtual_service(Some("192.168.1.1"), &allowed());
+        assert!(
+            outside[0].contains("outside the GcpCloud's allowedDestinationRanges"),
+            "{outside:?}"
+        );
+    }
+
+    #[test]
+    fn default_routes_need_explicit_permission() {
+        let mut around = allowed();
+        around.allowed_ranges = vec!["0.0.0.0/0".into()];
+        assert!(check_vpc_route("0.0.0.0/0", &around)[0].contains("allowDefaultRoute"));
+        around.allow_default_route = true;
+        assert!(check_vpc_route("0.0.0.0/0", &around).is_empty());
+    }
+
+    #[test]
+    fn namespace_claims_and_engines() {
+        let mut around = allowed();
+        around.namespace_allowed = false;
+        around.vip_claimed_by = Some("team-b/api".into());
+        around.missing_engines = vec!["us-central1-a/se-9".into()];
+        let problems = check_virtual_service(Some("10.1.2.3"), &around);
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[1].contains("team-b/api"));
+        assert!(problems[2].contains("se-9"));
+    }
+}

@@ -1,0 +1,42 @@
+//! The pure core: what each object wants in GCP, and what must change to get there. Functions of
+//! (spec, inventory view) only: no I/O, no clocks, no randomness. Unit and property tests live
+//! here.
+
+pub mod diff;
+pub mod guard;
+pub mod names;
+pub mod owner;
+pub mod virtualservice;
+pub mod vpcroute;
+
+use serde_json::Value;
+
+use crate::gcp::Target;
+
+/// One GCP resource an object wants: where it lives and its insert body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DesiredResource {
+    pub target: Target,
+    pub body: Value,
+}
+
+/// The cloud an object is planned into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudView {
+    pub cluster_id: String,
+    pub project: String,
+    pub network: String,
+    pub region: String,
+    pub resource_prefix: String,
+}
+
+/// What the inventory says about a service engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineHealth {
+    /// RUNNING: may carry traffic.
+    Running,
+    /// Exists, not RUNNING (stopped, terminated, being repaired).
+    Down,
+    /// No such instance in the inventory.
+    Missing,
+}

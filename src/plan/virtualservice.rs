@@ -1,0 +1,391 @@
+//! A VirtualService becomes: one route per serving engine (`VIP/32` → engine instance, priority
+//! by mode), one firewall rule allowing its ports from its source ranges to the VIP, and with
+//! `allocate` one reserved address.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+
+use super::names::{content_hash, object_hash, resource_name};
+use super::owner::Owner;
+use super::{CloudView, DesiredResource, EngineHealth};
+use crate::api::{AllocationType, HaMode, Protocol, VirtualServiceSpec};
+use crate::gcp::{Collection, Target};
+
+/// The kind name in ownership markers.
+pub const KIND: &str = "VirtualService";
+
+/// The plan of one VirtualService.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VirtualServicePlan {
+    /// Every GCP resource it wants, the address first.
+    pub desired: Vec<DesiredResource>,
+    /// The VIP, once known (fixed, or the allocated address's IP).
+    pub vip: Option<String>,
+    /// Engines that carry traffic, in spec order (the primary first in ActiveStandby).
+    pub active_engines: Vec<String>,
+    /// Engines that exist but are not RUNNING.
+    pub down_engines: Vec<String>,
+    /// The reserved address's target, with `allocate`.
+    pub address: Option<Target>,
+}
+
+/// Plans a VirtualService. `allocated_ip` is the address the inventory shows for the reserved
+/// address (None until it exists); `engine_health` tells each engine's state.
+pub fn plan(
+    cloud: &CloudView,
+    namespace: &str,
+    name: &str,
+    spec: &VirtualServiceSpec,
+    allocated_ip: Option<&str>,
+    engine_health: impl Fn(&str, &str) -> EngineHealth,
+) -> VirtualServicePlan {
+    let object = object_hash(&cloud.cluster_id, KIND, namespace, name);
+    let description = Owner::new(&cloud.cluster_id, KIND, namespace, name).description();
+    let network = format!("global/networks/{}", cloud.network);
+    let mut desired = Vec::new();
+
+    let mut address = None;
+    let vip = match (&spec.vip.address, &spec.vip.allocate) {
+        (Some(ip), _) => Some(ip.clone()),
+        (None, Some(allocation)) => {
+            let internal = allocation.r#type == AllocationType::Internal;
+            let mut body = json!({
+                "name": resource_name(&cloud.resource_prefix, &object, "vip"),
+                "description": description,
+                "addressType": if internal { "INTERNAL" } else { "EXTERNAL" },
+            });
+            if internal {
+                body["purpose"] = json!("GCE_ENDPOINT");
+                if let Some(subnetwork) = &allocation.subnetwork {
+                    body["subnetwork"] =
+                        json!(format!("regions/{}/subnetworks/{subnetwork}", cloud.region));
+                }
+            }
+            let target = Target {
+                collection: Collection::Addresses,
+                location: cloud.region.clone(),
+                name: resource_name(&cloud.resource_prefix, &object, "vip"),
+            };
+            address = Some(target.clone());
+            desired.push(DesiredResource { target, body });
+            allocated_ip.map(str::to_string)
+        }
+        (None, None) => None,
+    };
+
+    let mut active_engines = Vec::new();
+    let mut down_engines = Vec::new();
+    for engine in &spec.service_engines {
+        match engine_health(&engine.zone, &engine.name) {
+            EngineHealth::Running => active_engines.push(engine.name.clone()),
+            EngineHealth::Down => down_engines.push(engine.name.clone()),
+            EngineHealth::Missing => {}
+        }
+    }
+    let Some(vip) = vip else {
+        return VirtualServicePlan {
+            desired,
+            vip: None,
+            active_engines,
+            down_engines,
+            address,
+        };
+    };
+
+    for engine in &spec.service_engines {
+        if engine_health(&engine.zone, &engine.name) != EngineHealth::Running {
+            continue;
+        }
+        let priority = match spec.mode {
+            HaMode::ActiveActive => spec.route_priority,
+            // The first healthy engine is primary; every other healthy one stands by one
+            // priority step lower (a higher number).
+            HaMode::ActiveStandby if active_engines.first() == Some(&engine.name) => {
+                spec.route_priority
+            }
+            HaMode::ActiveStandby => spec.route_priority.saturating_add(1).min(65535),
+        };
+        let mut body = json!({
+            "description": description,
+            "network": network,
+            "destRange": format!("{vip}/32"),
+            "priority": priority,
+            "nextHopInstance": format!("projects/{}/zones/{}/instances/{}", cloud.project, engine.zone, engine.name),
+        });
+        let route_name = resource_name(&cloud.resource_prefix, &object, &content_hash(&body));
+        body["name"] = json!(route_name);
+        desired.push(DesiredResource {
+            target: Target::route(route_name),
+            body,
+        });
+    }
+
+    let mut by_protocol: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for port in &spec.ports {
+        let protocol = match port.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        by_protocol
+            .entry(protocol)
+            .or_default()
+            .push(port.port.to_string());
+    }
+    let allowed: Vec<Value> = by_protocol
+        .into_iter()
+        .map(|(protocol, mut ports)| {
+            ports.sort();
+            ports.dedup();
+            json!({"IPProtocol": protocol, "ports": ports})
+        })
+        .collect();
+    let mut source_ranges = spec.source_ranges.clone();
+    source_ranges.sort();
+    source_ranges.dedup();
+    let mut firewall = json!({
+        "description": description,
+        "network": network,
+        "direction": "INGRESS",
+        "priority": 1000,
+        "sourceRanges": source_ranges,
+        "destinationRanges": [format!("{vip}/32")],
+        "allowed": allowed,
+    });
+    let firewall_name = resource_name(
+        &cloud.resource_prefix,
+        &object,
+        &format!("fw{}", &content_hash(&firewall)[..6]),
+    );
+    firewall["name"] = json!(firewall_name);
+    desired.push(DesiredResource {
+        target: Target::firewall(firewall_name),
+        body: firewall,
+    });
+
+    VirtualServicePlan {
+        desired,
+        vip: Some(vip),
+        active_engines,
+        down_engines,
+        address,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ServiceEngineRef, ServicePort, Vip, VipAllocation};
+
+    fn cloud() -> CloudView {
+        CloudView {
+            cluster_id: "c1".into(),
+            project: "demo-project".into(),
+            network: "default".into(),
+            region: "us-central1".into(),
+            resource_prefix: "adc-".into(),
+        }
+    }
+
+    fn spec(mode: HaMode) -> VirtualServiceSpec {
+        VirtualServiceSpec {
+            cloud_ref: "cloud".into(),
+            vip: Vip {
+                address: Some("10.10.0.5".into()),
+                allocate: None,
+            },
+            ports: vec![
+                ServicePort {
+                    port: 443,
+                    protocol: Protocol::Tcp,
+                },
+                ServicePort {
+                    port: 80,
+                    protocol: Protocol::Tcp,
+                },
+            ],
+            source_ranges: vec!["10.0.0.0/8".into()],
+            service_engines: vec![
+                ServiceEngineRef {
+                    name: "se-1".into(),
+                    zone: "us-central1-a".into(),
+                },
+                ServiceEngineRef {
+                    name: "se-2".into(),
+                    zone: "us-central1-b".into(),
+                },
+            ],
+            mode,
+            route_priority: 2000,
+        }
+    }
+
+    fn routes(plan: &VirtualServicePlan) -> Vec<(String, u64)> {
+        plan.desired
+            .iter()
+            .filter(|d| d.target.collection == Collection::Routes)
+            .map(|d| {
+                (
+                    d.body["nextHopInstance"]
+                        .as_str()
+                        .unwrap()
+                        .rsplit('/')
+                        .next()
+                        .unwrap()
+                        .to_string(),
+                    d.body["priority"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn active_active_routes_every_running_engine_equally() {
+        let plan = plan(
+            &cloud(),
+            "team-a",
+            "web",
+            &spec(HaMode::ActiveActive),
+            None,
+            |_, _| EngineHealth::Running,
+        );
+        assert_eq!(
+            routes(&plan),
+            vec![("se-1".into(), 2000), ("se-2".into(), 2000)]
+        );
+        assert_eq!(plan.active_engines, ["se-1", "se-2"]);
+        let firewall = plan
+            .desired
+            .iter()
+            .find(|d| d.target.collection == Collection::Firewalls)
+            .unwrap();
+        assert_eq!(
+            firewall.body["allowed"],
+            json!([{"IPProtocol": "tcp", "ports": ["443", "80"]}])
+        );
+        assert_eq!(firewall.body["destinationRanges"], json!(["10.10.0.5/32"]));
+        assert!(
+            firewall.body["description"]
+                .as_str()
+                .unwrap()
+                .contains("adc.dev/owner=c1/VirtualService/team-a/web")
+        );
+    }
+
+    #[test]
+    fn a_stopped_engine_is_withdrawn_or_replaced_by_its_standby() {
+        let health = |_: &str, name: &str| {
+            if name == "se-1" {
+                EngineHealth::Down
+            } else {
+                EngineHealth::Running
+            }
+        };
+        let aa = plan(
+            &cloud(),
+            "ns",
+            "web",
+            &spec(HaMode::ActiveActive),
+            None,
+            health,
+        );
+        assert_eq!(routes(&aa), vec![("se-2".into(), 2000)]);
+        assert_eq!(aa.down_engines, ["se-1"]);
+        let healthy = plan(
+            &cloud(),
+            "ns",
+            "web",
+            &spec(HaMode::ActiveStandby),
+            None,
+            |_, _| EngineHealth::Running,
+        );
+        assert_eq!(
+            routes(&healthy),
+            vec![("se-1".into(), 2000), ("se-2".into(), 2001)]
+        );
+        let failed_over = plan(
+            &cloud(),
+            "ns",
+            "web",
+            &spec(HaMode::ActiveStandby),
+            None,
+            health,
+        );
+        assert_eq!(routes(&failed_over), vec![("se-2".into(), 2000)]);
+        // The promoted route is a different resource (new content, new name): make-before-break.
+        let before = healthy
+            .desired
+            .iter()
+            .find(|d| {
+                d.body["nextHopInstance"]
+                    .as_str()
+                    .unwrap()
+                    .ends_with("se-2")
+            })
+            .unwrap();
+        let after = failed_over
+            .desired
+            .iter()
+            .find(|d| d.target.collection == Collection::Routes)
+            .unwrap();
+        assert_ne!(before.target.name, after.target.name);
+    }
+
+    #[test]
+    fn planning_is_deterministic_and_names_fit_gcp() {
+        let a = plan(
+            &cloud(),
+            "ns",
+            "web",
+            &spec(HaMode::ActiveActive),
+            None,
+            |_, _| EngineHealth::Running,
+        );
+        let b = plan(
+            &cloud(),
+            "ns",
+            "web",
+            &spec(HaMode::ActiveActive),
+            None,
+            |_, _| EngineHealth::Running,
+        );
+        assert_eq!(a, b);
+        for resource in &a.desired {
+            assert!(resource.target.name.len() <= 63 && resource.target.name.starts_with("adc-"));
+        }
+    }
+
+    #[test]
+    fn an_allocated_vip_waits_for_its_address() {
+        let mut allocated = spec(HaMode::ActiveActive);
+        allocated.vip = Vip {
+            address: None,
+            allocate: Some(VipAllocation {
+                r#type: AllocationType::Internal,
+                subnetwork: Some("se-subnet".into()),
+            }),
+        };
+        let waiting = plan(&cloud(), "ns", "web", &allocated, None, |_, _| {
+            EngineHealth::Running
+        });
+        assert_eq!(
+            waiting.desired.len(),
+            1,
+            "only the address until its IP is known"
+        );
+        assert_eq!(
+            waiting.desired[0].body["subnetwork"],
+            "regions/us-central1/subnetworks/se-subnet"
+        );
+        let ready = plan(
+            &cloud(),
+            "ns",
+            "web",
+            &allocated,
+            Some("10.130.0.7"),
+            |_, _| EngineHealth::Running,
+        );
+        assert_eq!(ready.vip.as_deref(), Some("10.130.0.7"));
+        assert_eq!(ready.desired.len(), 4);
+    }
+}

@@ -1,0 +1,781 @@
+//! The whole loop on real parts: kube-apiserver + etcd, gce-emulator as a process, and the
+//! adc-operator binary. One operator and one emulator per test binary; every test works in its
+//! own namespace with its own GcpCloud and its own VIPs.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use adc_operator::api::{GcpCloud, VirtualService, VpcRoute};
+use adc_testenv::{EmulatorProcess, emulator_binary};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+const PROJECT: &str = "demo-project";
+
+const WORLD: &str = "projects:
+  - id: demo-project
+    quotas: {ROUTES: 10000, STATIC_ROUTES_PER_NETWORK: 10000, FIREWALLS: 10000, STATIC_ADDRESSES: 1000}
+    networks:
+      - name: default
+        subnetworks:
+          - {name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}
+    instances:
+      - {name: se-1, zone: us-central1-a, networkIP: 10.128.0.10, canIpForward: true}
+      - {name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}
+      - {name: se-3, zone: us-central1-c, networkIP: 10.128.0.12, canIpForward: true}
+      - {name: se-4, zone: us-central1-a, networkIP: 10.128.0.13, canIpForward: true}
+";
+
+struct Fixture {
+    emulator: EmulatorProcess,
+    _operator: OperatorProcess,
+}
+
+struct OperatorProcess(Child);
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Applies the CRDs, starts the emulator and the operator once for this test binary. Statics
+/// are never dropped: every process is spawned to die with the test binary (parent-death
+/// signal), also when it panics or is killed.
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let plane = adc_testenv::shared().expect("control plane");
+        let kubectl = &plane.binaries.kubectl;
+        let applied = Command::new(kubectl)
+            .args(["apply", "--server-side", "--force-conflicts", "-f"])
+            .arg(adc_testenv::repo_root().join("crds"))
+            .env("KUBECONFIG", &plane.kubeconfig)
+            .output()
+            .expect("kubectl apply");
+        assert!(
+            applied.status.success(),
+            "{}",
+            String::from_utf8_lossy(&applied.stderr)
+        );
+        let waited = Command::new(kubectl)
+            .args([
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/virtualservices.adc.dev",
+                "crd/vpcroutes.adc.dev",
+                "crd/gcpclouds.adc.dev",
+            ])
+            .env("KUBECONFIG", &plane.kubeconfig)
+            .output()
+            .expect("kubectl wait");
+        assert!(
+            waited.status.success(),
+            "{}",
+            String::from_utf8_lossy(&waited.stderr)
+        );
+
+        let emulator = EmulatorProcess::start(
+            &emulator_binary().expect("emulator"),
+            WORLD,
+            &["--auth", "token"],
+        )
+        .expect("emulator");
+        let metadata_host = emulator.base_url.trim_start_matches("http://").to_string();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_adc-operator"));
+        command
+            .args([
+                "run",
+                "--metrics-addr",
+                "127.0.0.1:0",
+                "--cluster-id",
+                "test-cluster",
+                "--kubeconfig",
+            ])
+            .arg(&plane.kubeconfig)
+            .env("GCE_METADATA_HOST", metadata_host)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        let operator =
+            adc_testenv::spawn_for_process_lifetime(command).expect("starting adc-operator");
+        Fixture {
+            emulator,
+            _operator: OperatorProcess(operator),
+        }
+    })
+}
+
+async fn setup(prefix: &str) -> (Client, String, String) {
+    let fixture = fixture();
+    let client = support::admin_client().await;
+    let namespace = support::test_namespace(&client, prefix).await;
+    // Tenants are namespaces the cloud selects.
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(&namespace, &PatchParams::apply("test").force(), &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": {"adc.dev/tenant": "true"}}})))
+        .await
+        .unwrap();
+    let cloud = format!("cloud-{namespace}");
+    apply(
+        &client,
+        json!({
+            "apiVersion": "adc.dev/v1alpha1", "kind": "GcpCloud", "metadata": {"name": cloud},
+            "spec": {"project": PROJECT, "network": "default", "region": "us-central1",
+                     "credentials": {"workloadIdentity": {}}, "endpoint": fixture.emulator.base_url,
+                     "allowedNamespaces": {"matchLabels": {"adc.dev/tenant": "true"}},
+                     "allowedDestinationRanges": ["10.0.0.0/8"], "resyncInterval": "1s"}
+        }),
+        None,
+    )
+    .await;
+    wait_ready::<GcpCloud>(&client, None, &cloud).await;
+    (client, namespace, cloud)
+}
+
+async fn apply(client: &Client, manifest: Value, namespace: Option<&str>) {
+    let kind = manifest["kind"].as_str().unwrap().to_string();
+    let name = manifest["metadata"]["name"].as_str().unwrap().to_string();
+    let params = PatchParams::apply("test").force();
+    match (kind.as_str(), namespace) {
+        ("GcpCloud", _) => Api::<GcpCloud>::all(client.clone())
+            .patch(&name, &params, &Patch::Apply(&manifest))
+            .await
+            .map(|_| ()),
+        ("VirtualService", Some(ns)) => Api::<VirtualService>::namespaced(client.clone(), ns)
+            .patch(&name, &params, &Patch::Apply(&manifest))
+            .await
+            .map(|_| ()),
+        ("VpcRoute", Some(ns)) => Api::<VpcRoute>::namespaced(client.clone(), ns)
+            .patch(&name, &params, &Patch::Apply(&manifest))
+            .await
+            .map(|_| ()),
+        other => panic!("cannot apply {other:?}"),
+    }
+    .unwrap_or_else(|err| panic!("applying {kind}/{name}: {err}"));
+}
+
+fn virtual_service(
+    name: &str,
+    cloud: &str,
+    vip: &str,
+    engines: &[(&str, &str)],
+    mode: &str,
+) -> Value {
+    json!({
+        "apiVersion": "adc.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": name},
+        "spec": {"cloudRef": cloud, "vip": {"address": vip}, "ports": [{"port": 443}],
+                 "sourceRanges": ["10.0.0.0/8"], "mode": mode,
+                 "serviceEngines": engines.iter().map(|(n, z)| json!({"name": n, "zone": z})).collect::<Vec<_>>()}
+    })
+}
+
+/// Polls until `check` holds (bounded).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut last = String::new();
+    for _ in 0..150 {
+        match check().await {
+            Ok(()) => return,
+            Err(why) => last = why,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what} did not happen within 30 s: {last}");
+}
+
+async fn conditions<K>(api: &Api<K>, name: &str) -> Value
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let object = api.get(name).await.unwrap();
+    serde_json::to_value(&object).unwrap()["status"].clone()
+}
+
+fn condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().into(),
+                c["reason"].as_str().unwrap_or_default().into(),
+                c["message"].as_str().unwrap_or_default().into(),
+            )
+        })
+}
+
+async fn wait_ready<K>(client: &Client, namespace: Option<&str>, name: &str)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::Scope: ScopeApi,
+{
+    let api: Api<K> = K::Scope::api(client, namespace);
+    eventually(&format!("{name} Ready"), || async {
+        let status = conditions(&api, name).await;
+        match condition(&status, "Ready") {
+            Some((s, _, _)) if s == "True" => Ok(()),
+            other => Err(format!("{other:?} {status}")),
+        }
+    })
+    .await;
+}
+
+async fn wait_stalled<K>(client: &Client, namespace: Option<&str>, name: &str) -> String
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::Scope: ScopeApi,
+{
+    let api: Api<K> = K::Scope::api(client, namespace);
+    let mut last = String::new();
+    for _ in 0..150 {
+        let status = conditions(&api, name).await;
+        match condition(&status, "Stalled") {
+            Some((s, _, m)) if s == "True" => return m,
+            other => last = format!("{other:?} {status}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{name} did not stall within 30 s: {last}");
+}
+
+/// Namespaced or cluster-scoped Api construction.
+trait ScopeApi {
+    fn api<K: kube::Resource<Scope = Self, DynamicType = ()>>(
+        client: &Client,
+        namespace: Option<&str>,
+    ) -> Api<K>;
+}
+impl ScopeApi for k8s_openapi::NamespaceResourceScope {
+    fn api<K: kube::Resource<Scope = Self, DynamicType = ()>>(
+        client: &Client,
+        namespace: Option<&str>,
+    ) -> Api<K> {
+        Api::namespaced(client.clone(), namespace.unwrap_or("default"))
+    }
+}
+impl ScopeApi for k8s_openapi::ClusterResourceScope {
+    fn api<K: kube::Resource<Scope = Self, DynamicType = ()>>(
+        client: &Client,
+        _namespace: Option<&str>,
+    ) -> Api<K> {
+        Api::all(client.clone())
+    }
+}
+
+/// The emulator's routes whose destRange is `dest`, as (name, nextHop instance, priority).
+async fn routes_to(dest: &str) -> Vec<(String, String, u64)> {
+    let state: Value = reqwest::get(format!("{}/_emulator/state", fixture().emulator.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut routes: Vec<_> =
+        state["projects"][PROJECT]["resources"]["projects/demo-project/global/routes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| r["destRange"] == dest)
+            .map(|r| {
+                (
+                    r["name"].as_str().unwrap().to_string(),
+                    r["nextHopInstance"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .rsplit('/')
+                        .next()
+                        .unwrap()
+                        .to_string(),
+                    r["priority"].as_u64().unwrap(),
+                )
+            })
+            .collect();
+    routes.sort_by(|a, b| a.1.cmp(&b.1));
+    routes
+}
+
+async fn firewalls_to(dest: &str) -> Vec<Value> {
+    let state: Value = reqwest::get(format!("{}/_emulator/state", fixture().emulator.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    state["projects"][PROJECT]["resources"]["projects/demo-project/global/firewalls"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|f| f["destinationRanges"][0] == dest)
+        .collect()
+}
+
+async fn compute(method: reqwest::Method, path: &str) -> Value {
+    let base = &fixture().emulator.base_url;
+    let token: Value = reqwest::Client::new()
+        .get(format!(
+            "{base}/computeMetadata/v1/instance/service-accounts/default/token"
+        ))
+        .header("Metadata-Flavor", "Google")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    reqwest::Client::new()
+        .request(
+            method,
+            format!("{base}/compute/v1/projects/{PROJECT}/{path}"),
+        )
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_service_lifecycle() {
+    let (client, ns, cloud) = setup("vs-life").await;
+    let vip = "10.21.0.1";
+    apply(
+        &client,
+        virtual_service(
+            "web",
+            &cloud,
+            vip,
+            &[("se-1", "us-central1-a"), ("se-2", "us-central1-b")],
+            "ActiveActive",
+        ),
+        Some(&ns),
+    )
+    .await;
+    wait_ready::<VirtualService>(&client, Some(&ns), "web").await;
+    let routes = routes_to(&format!("{vip}/32")).await;
+    assert_eq!(
+        routes
+            .iter()
+            .map(|r| (r.1.as_str(), r.2))
+            .collect::<Vec<_>>(),
+        [("se-1", 2000), ("se-2", 2000)]
+    );
+    assert_eq!(firewalls_to(&format!("{vip}/32")).await.len(), 1);
+    let api: Api<VirtualService> = Api::namespaced(client.clone(), &ns);
+    let vs = api.get("web").await.unwrap();
+    let status = vs.status.clone().unwrap();
+    assert_eq!(status.vip.as_deref(), Some(vip));
+    assert_eq!(status.active_service_engines, ["se-1", "se-2"]);
+    assert_eq!(status.observed_generation, vs.metadata.generation);
+    assert_eq!(status.resources.unwrap().routes.len(), 2);
+
+    // kubectl wait understands the condition.
+    let plane = adc_testenv::shared().unwrap();
+    let waited = Command::new(&plane.binaries.kubectl)
+        .args([
+            "wait",
+            "--for=condition=Ready",
+            "--timeout=20s",
+            "-n",
+            &ns,
+            "virtualservice/web",
+        ])
+        .env("KUBECONFIG", &plane.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        waited.status.success(),
+        "{}",
+        String::from_utf8_lossy(&waited.stderr)
+    );
+
+    // Applying the same manifest again changes nothing, and a converged object is not rewritten.
+    let version = api.get("web").await.unwrap().resource_version();
+    apply(
+        &client,
+        virtual_service(
+            "web",
+            &cloud,
+            vip,
+            &[("se-1", "us-central1-a"), ("se-2", "us-central1-b")],
+            "ActiveActive",
+        ),
+        Some(&ns),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        api.get("web").await.unwrap().resource_version(),
+        version,
+        "no write for an unchanged object"
+    );
+
+    // Update: drop an engine and change the port: the route and the firewall follow.
+    let mut updated = virtual_service(
+        "web",
+        &cloud,
+        vip,
+        &[("se-2", "us-central1-b")],
+        "ActiveActive",
+    );
+    updated["spec"]["ports"] = json!([{"port": 8443}]);
+    apply(&client, updated, Some(&ns)).await;
+    eventually("one route and the new firewall", || async {
+        let routes = routes_to(&format!("{vip}/32")).await;
+        let firewalls = firewalls_to(&format!("{vip}/32")).await;
+        let ports = firewalls.first().map(|f| f["allowed"][0]["ports"].clone());
+        if routes.len() == 1
+            && routes[0].1 == "se-2"
+            && firewalls.len() == 1
+            && ports == Some(json!(["8443"]))
+        {
+            Ok(())
+        } else {
+            Err(format!("{routes:?} {firewalls:?}"))
+        }
+    })
+    .await;
+
+    // Delete: everything goes.
+    api.delete("web", &DeleteParams::default()).await.unwrap();
+    eventually("resources deleted", || async {
+        let left = routes_to(&format!("{vip}/32")).await.len()
+            + firewalls_to(&format!("{vip}/32")).await.len();
+        if left == 0 && api.get_opt("web").await.unwrap().is_none() {
+            Ok(())
+        } else {
+            Err(format!("{left} left"))
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_drift_and_recovery() {
+    let (client, ns, cloud) = setup("vs-fail").await;
+    let aa = "10.22.0.1";
+    let standby = "10.22.0.2";
+    apply(
+        &client,
+        virtual_service(
+            "aa",
+            &cloud,
+            aa,
+            &[("se-3", "us-central1-c"), ("se-4", "us-central1-a")],
+            "ActiveActive",
+        ),
+        Some(&ns),
+    )
+    .await;
+    apply(
+        &client,
+        virtual_service(
+            "as",
+            &cloud,
+            standby,
+            &[("se-3", "us-central1-c"), ("se-4", "us-central1-a")],
+            "ActiveStandby",
+        ),
+        Some(&ns),
+    )
+    .await;
+    wait_ready::<VirtualService>(&client, Some(&ns), "aa").await;
+    wait_ready::<VirtualService>(&client, Some(&ns), "as").await;
+    assert_eq!(
+        routes_to(&format!("{standby}/32"))
+            .await
+            .iter()
+            .map(|r| (r.1.as_str(), r.2))
+            .collect::<Vec<_>>(),
+        [("se-3", 2000), ("se-4", 2001)]
+    );
+
+    compute(
+        reqwest::Method::POST,
+        "zones/us-central1-c/instances/se-3/stop",
+    )
+    .await;
+    eventually("se-3 withdrawn, se-4 promoted", || async {
+        let aa_routes = routes_to(&format!("{aa}/32")).await;
+        let as_routes = routes_to(&format!("{standby}/32")).await;
+        let aa_ok = aa_routes.iter().map(|r| r.1.as_str()).collect::<Vec<_>>() == ["se-4"];
+        let as_ok = as_routes
+            .iter()
+            .map(|r| (r.1.as_str(), r.2))
+            .collect::<Vec<_>>()
+            == [("se-4", 2000)];
+        if aa_ok && as_ok {
+            Ok(())
+        } else {
+            Err(format!("{aa_routes:?} {as_routes:?}"))
+        }
+    })
+    .await;
+
+    compute(
+        reqwest::Method::POST,
+        "zones/us-central1-c/instances/se-3/start",
+    )
+    .await;
+    eventually("se-3 back", || async {
+        let as_routes = routes_to(&format!("{standby}/32")).await;
+        let mut engines: Vec<_> = routes_to(&format!("{aa}/32"))
+            .await
+            .into_iter()
+            .map(|r| r.1)
+            .collect();
+        engines.sort();
+        if engines == ["se-3", "se-4"] && as_routes.len() == 2 {
+            Ok(())
+        } else {
+            Err(format!("{engines:?} {as_routes:?}"))
+        }
+    })
+    .await;
+
+    // Drift: a route deleted behind the operator's back comes back at the next resync.
+    let victim = routes_to(&format!("{aa}/32")).await[0].0.clone();
+    compute(reqwest::Method::DELETE, &format!("global/routes/{victim}")).await;
+    eventually("drifted route restored", || async {
+        if routes_to(&format!("{aa}/32"))
+            .await
+            .iter()
+            .any(|r| r.0 == victim)
+        {
+            Ok(())
+        } else {
+            Err("missing".into())
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphans_are_collected_and_foreign_routes_left_alone() {
+    let (client, ns, cloud) = setup("vs-gc").await;
+    // A route of this cluster for an object that does not exist, and a route of someone else.
+    let orphan = json!({"name": "adc-orphan-0001", "network": "global/networks/default", "destRange": "10.23.0.1/32", "priority": 2000, "nextHopIp": "10.128.0.9",
+                        "description": format!("adc.dev/owner=test-cluster/VirtualService/{ns}/gone")});
+    let foreign = json!({"name": "adc-handmade-0001", "network": "global/networks/default", "destRange": "10.23.0.2/32", "priority": 2000, "nextHopIp": "10.128.0.9",
+                         "description": "made by hand"});
+    for body in [orphan, foreign] {
+        let base = &fixture().emulator.base_url;
+        let token: Value = reqwest::Client::new()
+            .get(format!(
+                "{base}/computeMetadata/v1/instance/service-accounts/default/token"
+            ))
+            .header("Metadata-Flavor", "Google")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let response = reqwest::Client::new()
+            .post(format!(
+                "{base}/compute/v1/projects/{PROJECT}/global/routes"
+            ))
+            .bearer_auth(token["access_token"].as_str().unwrap())
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(response.status().is_success());
+    }
+    let _ = (&client, &cloud);
+    eventually("orphan collected", || async {
+        if routes_to("10.23.0.1/32").await.is_empty() {
+            Ok(())
+        } else {
+            Err("orphan still there".into())
+        }
+    })
+    .await;
+    assert_eq!(
+        routes_to("10.23.0.2/32").await.len(),
+        1,
+        "a route without this cluster's marker is never touched"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_rails_stall_and_touch_nothing() {
+    let (client, ns, cloud) = setup("vs-guard").await;
+    apply(
+        &client,
+        virtual_service(
+            "outside",
+            &cloud,
+            "192.168.50.1",
+            &[("se-1", "us-central1-a")],
+            "ActiveActive",
+        ),
+        Some(&ns),
+    )
+    .await;
+    let message = wait_stalled::<VirtualService>(&client, Some(&ns), "outside").await;
+    assert!(
+        message.contains("outside the GcpCloud's allowedDestinationRanges"),
+        "{message}"
+    );
+    apply(
+        &client,
+        virtual_service(
+            "ghost",
+            &cloud,
+            "10.24.0.9",
+            &[("se-9", "us-central1-a")],
+            "ActiveActive",
+        ),
+        Some(&ns),
+    )
+    .await;
+    let message = wait_stalled::<VirtualService>(&client, Some(&ns), "ghost").await;
+    assert!(
+        message.contains("se-9") && message.contains("do not exist"),
+        "{message}"
+    );
+    apply(
+        &client,
+        virtual_service(
+            "first",
+            &cloud,
+            "10.24.0.1",
+            &[("se-1", "us-central1-a")],
+            "ActiveActive",
+        ),
+        Some(&ns),
+    )
+    .await;
+    wait_ready::<VirtualService>(&client, Some(&ns), "first").await;
+    apply(
+        &client,
+        virtual_service(
+            "second",
+            &cloud,
+            "10.24.0.1",
+            &[("se-2", "us-central1-b")],
+            "ActiveActive",
+        ),
+        Some(&ns),
+    )
+    .await;
+    let message = wait_stalled::<VirtualService>(&client, Some(&ns), "second").await;
+    assert!(message.contains(&format!("{ns}/first")), "{message}");
+    // Nothing of the stalled objects reached GCP; the first keeps its route.
+    assert!(routes_to("192.168.50.1/32").await.is_empty());
+    assert!(routes_to("10.24.0.9/32").await.is_empty());
+    assert_eq!(
+        routes_to("10.24.0.1/32")
+            .await
+            .iter()
+            .map(|r| r.1.as_str())
+            .collect::<Vec<_>>(),
+        ["se-1"]
+    );
+
+    // A namespace the cloud does not select.
+    let outsider = support::test_namespace(&client, "vs-outsider").await;
+    apply(
+        &client,
+        virtual_service(
+            "web",
+            &cloud,
+            "10.24.0.7",
+            &[("se-1", "us-central1-a")],
+            "ActiveActive",
+        ),
+        Some(&outsider),
+    )
+    .await;
+    let message = wait_stalled::<VirtualService>(&client, Some(&outsider), "web").await;
+    assert!(message.contains("allowedNamespaces"), "{message}");
+    assert!(routes_to("10.24.0.7/32").await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vpc_route_and_abandon_policy() {
+    let (client, ns, cloud) = setup("vr").await;
+    apply(&client, json!({
+        "apiVersion": "adc.dev/v1alpha1", "kind": "VpcRoute", "metadata": {"name": "onprem", "annotations": {"adc.dev/deletion-policy": "abandon"}},
+        "spec": {"cloudRef": cloud, "destRange": "10.25.0.0/16", "nextHop": {"ip": "10.128.0.9"}}
+    }), Some(&ns)).await;
+    wait_ready::<VpcRoute>(&client, Some(&ns), "onprem").await;
+    let api: Api<VpcRoute> = Api::namespaced(client.clone(), &ns);
+    let route_name = api
+        .get("onprem")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .route_name
+        .unwrap();
+    let state: Value = reqwest::get(format!("{}/_emulator/state", fixture().emulator.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let routes = state["projects"][PROJECT]["resources"]["projects/demo-project/global/routes"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let route = routes
+        .iter()
+        .find(|r| r["name"] == route_name)
+        .expect("the route exists");
+    assert_eq!(route["destRange"], "10.25.0.0/16");
+    assert_eq!(route["nextHopIp"], "10.128.0.9");
+    api.delete("onprem", &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("object gone", || async {
+        if api.get_opt("onprem").await.unwrap().is_none() {
+            Ok(())
+        } else {
+            Err("still there".into())
+        }
+    })
+    .await;
+    let state: Value = reqwest::get(format!("{}/_emulator/state", fixture().emulator.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        state["projects"][PROJECT]["resources"]["projects/demo-project/global/routes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == route_name),
+        "abandon leaves the route in GCP"
+    );
+}
