@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
-# `make demo`: build everything, start a local control plane, show what runs, and stop by itself.
-# DEMO_KEEP=1 leaves the control plane running for exploration (stop it with `make cluster-down`).
+# `make demo`: the whole loop on a local control plane and the emulated Compute API.
+# Builds everything, starts etcd + kube-apiserver and gce-emulator, installs the CRDs, runs the
+# operator, applies examples/, waits until every object is Ready, prints what exists in
+# Kubernetes and in the (emulated) GCP, and stops everything again.
+# DEMO_KEEP=1 leaves it all running for exploration (it prints how to reach and stop it).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 export ADC_CLUSTER_DIR=${ADC_CLUSTER_DIR:-${XDG_STATE_HOME:-$HOME/.local/state}/adc-operator/demo}
+start=$SECONDS
 
 step() { printf '\n==> %s\n' "$*"; }
 
-emulator_pid=""
+pids=()
 cleanup() {
   if [ "${DEMO_KEEP:-0}" != 1 ]; then
-    [ -n "$emulator_pid" ] && kill "$emulator_pid" 2>/dev/null
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
     hack/local-cluster.sh down >/dev/null 2>&1 || true
   fi
 }
@@ -23,46 +27,66 @@ cargo build --quiet --workspace
 
 step "starting a local control plane (etcd + kube-apiserver built from Go modules)"
 eval "$(hack/local-cluster.sh up)"
-kubectl get --raw /readyz && echo
 kubectl version 2>/dev/null | grep Server
-
-step "what the control plane serves"
-kubectl get namespaces
-kubectl api-resources --api-group=apiextensions.k8s.io
 
 step "starting gce-emulator (the local Compute Engine API) with examples/world.yaml"
 mkdir -p "$ADC_CLUSTER_DIR"
-setsid target/debug/gce-emulator --listen 127.0.0.1:0 --world examples/world.yaml --auth none \
+setsid target/debug/gce-emulator --listen 127.0.0.1:0 --world examples/world.yaml --auth token \
   >"$ADC_CLUSTER_DIR/emulator.out" 2>"$ADC_CLUSTER_DIR/emulator.log" </dev/null &
-emulator_pid=$!
+pids+=($!)
 for _ in $(seq 1 50); do
   grep -q '^listening on ' "$ADC_CLUSTER_DIR/emulator.out" 2>/dev/null && break
   sleep 0.1
 done
-emulator=http://$(sed -n 's/^listening on //p' "$ADC_CLUSTER_DIR/emulator.out")
-echo "gce-emulator at $emulator"
+emulator_addr=$(sed -n 's/^listening on //p' "$ADC_CLUSTER_DIR/emulator.out")
+emulator=http://$emulator_addr
+echo "gce-emulator at $emulator (tokens from its metadata-server path, as GKE Workload Identity gives them)"
+
+step "installing the CRDs"
+kubectl apply --server-side -f crds/ >/dev/null
+kubectl wait --for=condition=Established --timeout=60s crd/gcpclouds.adc.dev crd/virtualservices.adc.dev crd/vpcroutes.adc.dev >/dev/null
+
+step "running adc-operator (log: $ADC_CLUSTER_DIR/operator.log)"
+GCE_METADATA_HOST=$emulator_addr setsid target/debug/adc-operator run --kubeconfig "$KUBECONFIG" \
+  --metrics-addr 127.0.0.1:0 --cluster-id demo >"$ADC_CLUSTER_DIR/operator.log" 2>&1 </dev/null &
+pids+=($!)
+
+step "applying examples/: a tenant namespace, a GcpCloud, three VirtualServices, two VpcRoutes"
+kubectl apply --server-side -f examples/tenant.yaml
+sed "s|endpoint: http://127.0.0.1:8085 .*|endpoint: $emulator|" examples/gcpcloud.yaml | kubectl apply --server-side -f -
+kubectl apply --server-side -f examples/virtualservices.yaml -f examples/vpcroutes.yaml
+
+step "waiting until everything is Ready"
+kubectl wait --for=condition=Ready --timeout=120s gcpcloud/demo
+kubectl wait --for=condition=Ready --timeout=120s -n team-a virtualservice --all
+kubectl wait --for=condition=Ready --timeout=120s -n team-a vpcroute --all
+
+step "in Kubernetes: kubectl get adc -A"
+kubectl get adc -A
+
+step "in the (emulated) GCP: demo-project's routes and firewall rules"
 compute=$emulator/compute/v1/projects/demo-project
+token=$(curl -sf -H 'Metadata-Flavor: Google' "$emulator/computeMetadata/v1/instance/service-accounts/default/token" |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+curl -sf -H "Authorization: Bearer $token" "$compute/global/routes" | python3 -c '
+import json, sys
+print("%-26s %-18s %-8s %s" % ("ROUTE", "DEST", "PRIORITY", "NEXT HOP"))
+for r in json.load(sys.stdin).get("items", []):
+    hop = (r.get("nextHopInstance") or r.get("nextHopIp") or r.get("nextHopGateway") or "").rsplit("/", 1)[-1]
+    print("%-26s %-18s %-8s %s" % (r["name"], r["destRange"], r["priority"], hop))'
+echo
+curl -sf -H "Authorization: Bearer $token" "$compute/global/firewalls" | python3 -c '
+import json, sys
+print("%-26s %-18s %s" % ("FIREWALL", "TO", "ALLOWS"))
+for f in json.load(sys.stdin).get("items", []):
+    allowed = " ".join(a["IPProtocol"] + ":" + ",".join(a.get("ports", [])) for a in f.get("allowed", []))
+    print("%-26s %-18s %s" % (f["name"], ",".join(f.get("destinationRanges", [])), allowed))'
 
-step "the emulated cloud: service-engine instances and routes in demo-project"
-for zone in us-central1-a us-central1-b us-central1-c; do
-  curl -sf "$compute/zones/$zone/instances" |
-    python3 -c 'import json, sys
-for i in json.load(sys.stdin).get("items", []):
-    print("  instance %-6s %-10s %s" % (i["name"], i["status"], i["networkInterfaces"][0]["networkIP"]))'
-done
-echo "  routes: $(curl -sf "$compute/global/routes" | python3 -c 'import json,sys; print(len(json.load(sys.stdin).get("items", [])))')"
-
-cat <<'MSG'
-
-==> not there yet
-The operator's custom resources and controllers are not built yet (see the open issues), so
-nothing is applied to Kubernetes and nothing is created in the emulated GCP: this demo stops
-after showing the control plane and the emulator running.
-MSG
-
+step "done in $((SECONDS - start))s"
 if [ "${DEMO_KEEP:-0}" = 1 ]; then
-  step "left running (DEMO_KEEP=1)"
+  echo "left running (DEMO_KEEP=1):"
   hack/local-cluster.sh env
-  echo "export GCE_EMULATOR=$emulator   # pid $emulator_pid"
-  echo "stop it with: ADC_CLUSTER_DIR=$ADC_CLUSTER_DIR hack/local-cluster.sh down"
+  echo "export GCE_EMULATOR=$emulator"
+  echo "stop: kill ${pids[*]}; ADC_CLUSTER_DIR=$ADC_CLUSTER_DIR hack/local-cluster.sh down"
+  echo "try: kubectl -n team-a get virtualservice web -o yaml; curl -X POST \$GCE_EMULATOR/compute/v1/projects/demo-project/zones/us-central1-a/instances/se-1/stop -H \"Authorization: Bearer \$(...)\""
 fi
