@@ -57,7 +57,7 @@ test-rust: envtest toolchain
 ## test-fidelity: google-api-python-client against the emulator (sets up .venv by itself)
 test-fidelity:
 	$(CARGO) build -p gce-emulator
-	emulator/tests/fidelity/run.sh
+	GCE_EMULATOR_BIN=$${CARGO_TARGET_DIR:-target}/debug/gce-emulator emulator/tests/fidelity/run.sh
 
 ## bench: every benchmark (measured figures go into the READMEs)
 bench: bench-emulator bench-engine
