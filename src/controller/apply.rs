@@ -93,3 +93,60 @@ pub async fn apply(engine: &Engine, diff: &Diff, urgent: bool) -> Applied {
     }
     applied
 }
+
+/// Deletes every resource of `owner` the inventory of `cloud_ref` holds, and waits. Without the
+/// cloud nothing can be deleted now: the cloud's garbage collection removes them (their owner is
+/// gone) once it is back.
+pub async fn delete_owned(
+    ctx: &super::Context,
+    cloud_ref: &str,
+    owner: &crate::plan::owner::Owner,
+) -> Result<(), GcpError> {
+    let Some(runtime) = ctx.cloud(cloud_ref) else {
+        tracing::warn!(owner = %super::context::owner_key(owner), "GcpCloud unavailable at deletion; leaving cleanup to garbage collection");
+        return Ok(());
+    };
+    let owned = runtime
+        .engine
+        .inventory()
+        .read(|s| super::context::owned_resources(s, owner));
+    let receivers: Vec<_> = owned
+        .into_iter()
+        .map(|(target, body)| {
+            let network = body
+                .get("network")
+                .and_then(|n| n.as_str())
+                .map(|n| crate::gcp::types::last_segment(n).to_string());
+            runtime
+                .engine
+                .submit(Mutation::delete(target, network), Lane::Urgent)
+        })
+        .collect();
+    for receiver in receivers {
+        receiver.await.unwrap_or(Err(GcpError::Shutdown))?;
+    }
+    Ok(())
+}
+
+/// The phase and the retry delay for a GCP error: a resource quota or a final refusal stalls
+/// the object (a person must act), anything else is retried.
+pub fn error_phase(err: &GcpError) -> (super::status::Phase, std::time::Duration) {
+    use super::status::Phase;
+    use std::time::Duration;
+    if err.is_quota_exceeded() {
+        (
+            Phase::stalled("QuotaExceeded", err.to_string()),
+            Duration::from_secs(120),
+        )
+    } else if !err.is_retryable() && !matches!(err, GcpError::Exhausted { .. }) {
+        (
+            Phase::stalled("GcpRejected", err.to_string()),
+            Duration::from_secs(120),
+        )
+    } else {
+        (
+            Phase::progressing("GcpError", err.to_string()),
+            Duration::from_secs(15),
+        )
+    }
+}

@@ -14,7 +14,7 @@ use super::context::{Context, abandons, owned_resources};
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
 use crate::api::{GcpCloud, GcpResources, VirtualService, VirtualServiceStatus};
-use crate::gcp::{Collection, Lane, Mutation};
+use crate::gcp::Collection;
 use crate::plan::guard::{Surroundings, check_virtual_service};
 use crate::plan::owner::Owner;
 use crate::plan::{EngineHealth, diff::diff, virtualservice};
@@ -224,20 +224,7 @@ async fn apply_object(
         address: plan.address.as_ref().map(|t| t.name.clone()),
     };
     if let Some(err) = applied.error {
-        let phase = if err.is_quota_exceeded()
-            || !err.is_retryable() && !matches!(err, crate::gcp::GcpError::Exhausted { .. })
-        {
-            Phase::stalled(
-                if err.is_quota_exceeded() {
-                    "QuotaExceeded"
-                } else {
-                    "GcpRejected"
-                },
-                err.to_string(),
-            )
-        } else {
-            Phase::progressing("GcpError", err.to_string())
-        };
+        let (phase, retry) = super::apply::error_phase(&err);
         ctx.event(object, true, "GcpError", "Apply", err.to_string())
             .await;
         report(
@@ -249,9 +236,7 @@ async fn apply_object(
             Some(resources),
         )
         .await?;
-        return Ok(Action::requeue(Duration::from_secs(
-            if err.is_quota_exceeded() { 120 } else { 15 },
-        )));
+        return Ok(Action::requeue(retry));
     }
     if plan.vip.is_none() {
         // The address exists now; read back the IP GCP chose, then plan the rest.
@@ -332,33 +317,6 @@ async fn cleanup(object: &VirtualService, ctx: &Context) -> Result<Action, Error
         .await;
         return Ok(Action::await_change());
     }
-    let Some(runtime) = ctx.cloud(&object.spec.cloud_ref) else {
-        // Without its cloud nothing can be deleted now; the cloud's garbage collection removes
-        // the resources (their owner is gone) once it is back.
-        tracing::warn!(name = %object.name_any(), "GcpCloud unavailable at deletion; leaving cleanup to garbage collection");
-        return Ok(Action::await_change());
-    };
-    let owner = owner(ctx, object);
-    let owned = runtime
-        .engine
-        .inventory()
-        .read(|s| owned_resources(s, &owner));
-    let receivers: Vec<_> = owned
-        .into_iter()
-        .map(|(target, body)| {
-            let network = body
-                .get("network")
-                .and_then(|n| n.as_str())
-                .map(|n| crate::gcp::types::last_segment(n).to_string());
-            runtime
-                .engine
-                .submit(Mutation::delete(target, network), Lane::Urgent)
-        })
-        .collect();
-    for receiver in receivers {
-        receiver
-            .await
-            .unwrap_or(Err(crate::gcp::GcpError::Shutdown))?;
-    }
+    super::apply::delete_owned(ctx, &object.spec.cloud_ref, &owner(ctx, object)).await?;
     Ok(Action::await_change())
 }

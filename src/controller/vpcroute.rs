@@ -15,7 +15,6 @@ use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
 use super::virtualservice::FINALIZER;
 use crate::api::{GcpCloud, VpcRoute, VpcRouteStatus};
-use crate::gcp::{Lane, Mutation};
 use crate::plan::guard::{Surroundings, check_vpc_route};
 use crate::plan::owner::Owner;
 use crate::plan::{diff::diff, vpcroute};
@@ -138,26 +137,11 @@ async fn apply_object(
         .await;
     }
     if let Some(err) = applied.error {
-        let phase = if err.is_quota_exceeded()
-            || !err.is_retryable() && !matches!(err, crate::gcp::GcpError::Exhausted { .. })
-        {
-            Phase::stalled(
-                if err.is_quota_exceeded() {
-                    "QuotaExceeded"
-                } else {
-                    "GcpRejected"
-                },
-                err.to_string(),
-            )
-        } else {
-            Phase::progressing("GcpError", err.to_string())
-        };
+        let (phase, retry) = super::apply::error_phase(&err);
         ctx.event(object, true, "GcpError", "Apply", err.to_string())
             .await;
         report(api, object, phase, Some(route_name)).await?;
-        return Ok(Action::requeue(Duration::from_secs(
-            if err.is_quota_exceeded() { 120 } else { 15 },
-        )));
+        return Ok(Action::requeue(retry));
     }
     report(
         api,
@@ -198,29 +182,6 @@ async fn cleanup(object: &VpcRoute, ctx: &Context) -> Result<Action, Error> {
         .await;
         return Ok(Action::await_change());
     }
-    let Some(runtime) = ctx.cloud(&object.spec.cloud_ref) else {
-        return Ok(Action::await_change());
-    };
-    let owned = runtime
-        .engine
-        .inventory()
-        .read(|s| owned_resources(s, &owner(ctx, object)));
-    let receivers: Vec<_> = owned
-        .into_iter()
-        .map(|(target, body)| {
-            let network = body
-                .get("network")
-                .and_then(|n| n.as_str())
-                .map(|n| crate::gcp::types::last_segment(n).to_string());
-            runtime
-                .engine
-                .submit(Mutation::delete(target, network), Lane::Urgent)
-        })
-        .collect();
-    for receiver in receivers {
-        receiver
-            .await
-            .unwrap_or(Err(crate::gcp::GcpError::Shutdown))?;
-    }
+    super::apply::delete_owned(ctx, &object.spec.cloud_ref, &owner(ctx, object)).await?;
     Ok(Action::await_change())
 }

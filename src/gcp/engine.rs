@@ -408,6 +408,20 @@ impl Shared {
         self.wake.notify_one();
     }
 
+    /// Sleeps until new work is submitted or `next` (when delayed work or budget is due).
+    async fn wait_for_work(&self, next: Option<Instant>) {
+        let notified = self.wake.notified();
+        match next {
+            Some(at) => {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+
     fn update_depth(&self, queues: &Queues) {
         self.metrics
             .queue_depth(Lane::Urgent.label(), queues.urgent.len());
@@ -708,16 +722,7 @@ async fn dispatcher(shared: Arc<Shared>) {
             if !ready.is_empty() {
                 break ready;
             }
-            let notified = shared.wake.notified();
-            match next {
-                Some(at) => {
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep_until(at) => {}
-                    }
-                }
-                None => notified.await,
-            }
+            shared.wait_for_work(next).await;
             // Let more work arrive so that it travels together.
             tokio::time::sleep(shared.settings.scaled(shared.settings.linger)).await;
         };
@@ -744,16 +749,7 @@ async fn per_object_worker(shared: Arc<Shared>) {
         }
         let (mut ready, next) = shared.take_ready(1);
         let Some(dispatch) = ready.pop() else {
-            let notified = shared.wake.notified();
-            match next {
-                Some(at) => {
-                    tokio::select! {
-                        _ = notified => {}
-                        _ = tokio::time::sleep_until(at) => {}
-                    }
-                }
-                None => notified.await,
-            }
+            shared.wait_for_work(next).await;
             continue;
         };
         let outcome = per_object_call(&shared, &dispatch).await;
