@@ -14,7 +14,7 @@ use adc_operator::api::{GcpCloud, VirtualService, VpcRoute};
 use adc_testenv::{EmulatorProcess, emulator_binary};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
-use kube::{Client, ResourceExt};
+use kube::Client;
 use serde_json::{Value, json};
 
 const PROJECT: &str = "demo-project";
@@ -35,16 +35,32 @@ const WORLD: &str = "projects:
 
 struct Fixture {
     emulator: EmulatorProcess,
-    _operator: OperatorProcess,
+    operator: std::sync::Mutex<Child>,
 }
 
-struct OperatorProcess(Child);
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Starts the operator binary against the shared control plane and this emulator.
+fn start_operator(emulator: &EmulatorProcess) -> Child {
+    let plane = adc_testenv::shared().expect("control plane");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_adc-operator"));
+    command
+        .args([
+            "run",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--cluster-id",
+            "test-cluster",
+            "--kubeconfig",
+        ])
+        .arg(&plane.kubeconfig)
+        .env(
+            "GCE_METADATA_HOST",
+            emulator.base_url.trim_start_matches("http://"),
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    adc_testenv::spawn_for_process_lifetime(command).expect("starting adc-operator")
 }
 
 /// Applies the CRDs, starts the emulator and the operator once for this test binary. Statics
@@ -90,28 +106,10 @@ fn fixture() -> &'static Fixture {
             &["--auth", "token"],
         )
         .expect("emulator");
-        let metadata_host = emulator.base_url.trim_start_matches("http://").to_string();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_adc-operator"));
-        command
-            .args([
-                "run",
-                "--metrics-addr",
-                "127.0.0.1:0",
-                "--cluster-id",
-                "test-cluster",
-                "--kubeconfig",
-            ])
-            .arg(&plane.kubeconfig)
-            .env("GCE_METADATA_HOST", metadata_host)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit());
-        let operator =
-            adc_testenv::spawn_for_process_lifetime(command).expect("starting adc-operator");
+        let operator = start_operator(&emulator);
         Fixture {
+            operator: std::sync::Mutex::new(operator),
             emulator,
-            _operator: OperatorProcess(operator),
         }
     })
 }
@@ -416,8 +414,20 @@ async fn virtual_service_lifecycle() {
         String::from_utf8_lossy(&waited.stderr)
     );
 
-    // Applying the same manifest again changes nothing, and a converged object is not rewritten.
-    let version = api.get("web").await.unwrap().resource_version();
+    // Applying the same manifest again changes nothing, and a converged object is not rewritten:
+    // same generation, same status, and the operator's status write is the same as before.
+    let operator_write = |vs: &VirtualService| {
+        vs.metadata
+            .managed_fields
+            .as_ref()
+            .and_then(|fields| {
+                fields
+                    .iter()
+                    .find(|f| f.manager.as_deref() == Some("adc-operator"))
+            })
+            .map(|f| f.time.clone())
+    };
+    let before = api.get("web").await.unwrap();
     apply(
         &client,
         virtual_service(
@@ -431,10 +441,16 @@ async fn virtual_service_lifecycle() {
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = api.get("web").await.unwrap();
     assert_eq!(
-        api.get("web").await.unwrap().resource_version(),
-        version,
-        "no write for an unchanged object"
+        after.metadata.generation, before.metadata.generation,
+        "the spec did not change"
+    );
+    assert_eq!(after.status, before.status, "nor did the status");
+    assert_eq!(
+        operator_write(&after),
+        operator_write(&before),
+        "the operator wrote nothing"
     );
 
     // Update: drop an engine and change the port: the route and the firewall follow.
@@ -582,7 +598,7 @@ async fn orphans_are_collected_and_foreign_routes_left_alone() {
     let (client, ns, cloud) = setup("vs-gc").await;
     // A route of this cluster for an object that does not exist, and a route of someone else.
     let orphan = json!({"name": "adc-orphan-0001", "network": "global/networks/default", "destRange": "10.23.0.1/32", "priority": 2000, "nextHopIp": "10.128.0.9",
-                        "description": format!("adc.dev/owner=test-cluster/VirtualService/{ns}/gone")});
+                        "description": format!("adc.dev/owner=test-cluster/{cloud}/VirtualService/{ns}/gone")});
     let foreign = json!({"name": "adc-handmade-0001", "network": "global/networks/default", "destRange": "10.23.0.2/32", "priority": 2000, "nextHopIp": "10.128.0.9",
                          "description": "made by hand"});
     for body in [orphan, foreign] {
@@ -778,4 +794,51 @@ async fn vpc_route_and_abandon_policy() {
             .any(|r| r["name"] == route_name),
         "abandon leaves the route in GCP"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_killed_mid_rollout_leaves_no_duplicate_and_no_leak() {
+    const N: usize = 40;
+    let (client, ns, cloud) = setup("vs-crash").await;
+    for i in 0..N {
+        let vip = format!("10.26.{}.{}", i / 200, 1 + i % 200);
+        apply(
+            &client,
+            virtual_service(
+                &format!("vs-{i}"),
+                &cloud,
+                &vip,
+                &[("se-1", "us-central1-a"), ("se-2", "us-central1-b")],
+                "ActiveActive",
+            ),
+            Some(&ns),
+        )
+        .await;
+    }
+    // Kill -9 while the rollout is under way, then start a fresh operator.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    {
+        let fixture = fixture();
+        let mut operator = fixture.operator.lock().unwrap();
+        operator.kill().unwrap();
+        operator.wait().unwrap();
+        *operator = start_operator(&fixture.emulator);
+    }
+    for i in 0..N {
+        wait_ready::<VirtualService>(&client, Some(&ns), &format!("vs-{i}")).await;
+    }
+    for i in 0..N {
+        let vip = format!("10.26.{}.{}/32", i / 200, 1 + i % 200);
+        let routes = routes_to(&vip).await;
+        assert_eq!(
+            routes.iter().map(|r| r.1.as_str()).collect::<Vec<_>>(),
+            ["se-1", "se-2"],
+            "{vip}: exactly one route per engine"
+        );
+        assert_eq!(
+            firewalls_to(&vip).await.len(),
+            1,
+            "{vip}: exactly one firewall rule"
+        );
+    }
 }

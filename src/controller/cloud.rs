@@ -85,6 +85,7 @@ async fn build_runtime(ctx: &Context, cloud: &GcpCloud) -> Result<Arc<CloudRunti
     let runtime = Arc::new(CloudRuntime {
         view: CloudView {
             cluster_id: ctx.settings.cluster_id.clone(),
+            cloud: cloud.name_any(),
             project: spec.project.clone(),
             network: spec.network.clone(),
             region: spec.region.clone(),
@@ -267,24 +268,19 @@ async fn collect_garbage(
         .read(|s| owners_in(s, &ctx.settings.cluster_id));
     let mut receivers = Vec::new();
     for (owner, target) in owners {
-        if abandoned.contains(&super::context::owner_key(&owner)) {
+        // Several clouds may share a project: each collects only what was made through it.
+        if owner.cloud != cloud_name || abandoned.contains(&super::context::owner_key(&owner)) {
             continue;
         }
-        // An owner that exists keeps its resources, unless it now points at a cloud of another
-        // project (then these were left behind in this one).
-        let cloud_of = |cloud_ref: &str| ctx.cloud(cloud_ref).map(|c| c.spec.project.clone());
-        let keeps = |cloud_ref: &str| {
-            cloud_ref == cloud_name || cloud_of(cloud_ref).is_none_or(|p| p == runtime.spec.project)
-        };
         let exists = match owner.kind.as_str() {
             crate::plan::virtualservice::KIND => ctx
                 .virtual_services
                 .get(&ObjectRef::new(&owner.name).within(&owner.namespace))
-                .is_some_and(|o| keeps(&o.spec.cloud_ref)),
+                .is_some_and(|o| o.spec.cloud_ref == cloud_name),
             crate::plan::vpcroute::KIND => ctx
                 .vpc_routes
                 .get(&ObjectRef::new(&owner.name).within(&owner.namespace))
-                .is_some_and(|o| keeps(&o.spec.cloud_ref)),
+                .is_some_and(|o| o.spec.cloud_ref == cloud_name),
             _ => true,
         };
         if !exists {

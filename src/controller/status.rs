@@ -107,3 +107,10 @@ where
     .await?;
     Ok(true)
 }
+
+/// Whether `conditions` say Ready=True for `generation`.
+pub fn ready_for_generation(conditions: Option<&[Condition]>, generation: Option<i64>) -> bool {
+    conditions
+        .and_then(|c| c.iter().find(|c| c.type_ == READY))
+        .is_some_and(|c| c.status == "True" && c.observed_generation == generation)
+}

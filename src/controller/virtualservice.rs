@@ -39,6 +39,7 @@ pub async fn reconcile(object: Arc<VirtualService>, ctx: Arc<Context>) -> Result
 fn owner(ctx: &Context, object: &VirtualService) -> Owner {
     Owner::new(
         &ctx.settings.cluster_id,
+        &object.spec.cloud_ref,
         virtualservice::KIND,
         &object.namespace().unwrap_or_default(),
         &object.name_any(),
@@ -98,11 +99,18 @@ async fn apply_object(
         .cloud(cloud_name)
         .filter(|r| r.ready.load(std::sync::atomic::Ordering::Relaxed))
     else {
-        let phase = Phase::progressing(
-            "WaitingForCloud",
-            format!("GcpCloud '{cloud_name}' is not Ready yet"),
-        );
-        report(api, object, phase, None, &[], None).await?;
+        // A restarted operator waits for its engine: that says nothing about the object, so a
+        // Ready status stays as it is (no health flapping in Argo CD or Flux).
+        if !super::status::ready_for_generation(
+            object.status.as_ref().map(|s| &s.conditions[..]),
+            object.metadata.generation,
+        ) {
+            let phase = Phase::progressing(
+                "WaitingForCloud",
+                format!("GcpCloud '{cloud_name}' is not Ready yet"),
+            );
+            report(api, object, phase, None, &[], None).await?;
+        }
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
     let engine = &runtime.engine;

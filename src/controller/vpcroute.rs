@@ -36,6 +36,7 @@ pub async fn reconcile(object: Arc<VpcRoute>, ctx: Arc<Context>) -> Result<Actio
 fn owner(ctx: &Context, object: &VpcRoute) -> Owner {
     Owner::new(
         &ctx.settings.cluster_id,
+        &object.spec.cloud_ref,
         vpcroute::KIND,
         &object.namespace().unwrap_or_default(),
         &object.name_any(),
@@ -61,16 +62,16 @@ async fn apply_object(
         .cloud(cloud_name)
         .filter(|r| r.ready.load(std::sync::atomic::Ordering::Relaxed))
     else {
-        report(
-            api,
-            object,
-            Phase::progressing(
+        if !super::status::ready_for_generation(
+            object.status.as_ref().map(|s| &s.conditions[..]),
+            object.metadata.generation,
+        ) {
+            let phase = Phase::progressing(
                 "WaitingForCloud",
                 format!("GcpCloud '{cloud_name}' is not Ready yet"),
-            ),
-            None,
-        )
-        .await?;
+            );
+            report(api, object, phase, None).await?;
+        }
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
     let engine = &runtime.engine;

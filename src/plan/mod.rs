@@ -24,6 +24,8 @@ pub struct DesiredResource {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudView {
     pub cluster_id: String,
+    /// The GcpCloud's name (part of every ownership marker).
+    pub cloud: String,
     pub project: String,
     pub network: String,
     pub region: String,

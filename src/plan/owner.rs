@@ -1,11 +1,14 @@
 //! The ownership marker every GCP resource of the operator carries in its description:
-//! `adc.dev/owner=CLUSTER/KIND/NAMESPACE/NAME`. It lets a restarted operator adopt what exists
+//! `adc.dev/owner=CLUSTER/CLOUD/KIND/NAMESPACE/NAME`. The cloud is part of it because several
+//! GcpClouds may share a project: each collects only its own orphans. It lets a restarted operator adopt what exists
 //! and garbage-collect what no object desires, and never touch a resource without it.
 
 /// Who owns a GCP resource.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Owner {
     pub cluster_id: String,
+    /// The GcpCloud the resource was created through.
+    pub cloud: String,
     pub kind: String,
     pub namespace: String,
     pub name: String,
@@ -15,9 +18,10 @@ const MARKER: &str = "adc.dev/owner=";
 
 impl Owner {
     /// An owner.
-    pub fn new(cluster_id: &str, kind: &str, namespace: &str, name: &str) -> Self {
+    pub fn new(cluster_id: &str, cloud: &str, kind: &str, namespace: &str, name: &str) -> Self {
         Self {
             cluster_id: cluster_id.to_string(),
+            cloud: cloud.to_string(),
             kind: kind.to_string(),
             namespace: namespace.to_string(),
             name: name.to_string(),
@@ -27,8 +31,8 @@ impl Owner {
     /// The description text carrying the marker.
     pub fn description(&self) -> String {
         format!(
-            "{MARKER}{}/{}/{}/{} (managed by adc-operator; do not edit)",
-            self.cluster_id, self.kind, self.namespace, self.name
+            "{MARKER}{}/{}/{}/{}/{} (managed by adc-operator; do not edit)",
+            self.cluster_id, self.cloud, self.kind, self.namespace, self.name
         )
     }
 
@@ -39,12 +43,13 @@ impl Owner {
         let mut parts = token.split('/');
         let owner = Owner {
             cluster_id: parts.next()?.to_string(),
+            cloud: parts.next()?.to_string(),
             kind: parts.next()?.to_string(),
             namespace: parts.next()?.to_string(),
             name: parts.next()?.to_string(),
         };
         if parts.next().is_some()
-            || [&owner.cluster_id, &owner.kind, &owner.name]
+            || [&owner.cluster_id, &owner.cloud, &owner.kind, &owner.name]
                 .iter()
                 .any(|p| p.is_empty())
         {
@@ -60,10 +65,15 @@ mod tests {
 
     #[test]
     fn round_trips_and_refuses_foreign_descriptions() {
-        let owner = Owner::new("prod", "VirtualService", "team-a", "web");
+        let owner = Owner::new("prod", "prod-vpc", "VirtualService", "team-a", "web");
         assert_eq!(Owner::parse(&owner.description()), Some(owner));
         assert_eq!(Owner::parse("a route someone made by hand"), None);
         assert_eq!(Owner::parse("adc.dev/owner=prod/VirtualService"), None);
+        assert_eq!(
+            Owner::parse("adc.dev/owner=prod/VirtualService/team-a/web"),
+            None,
+            "the cloud is required"
+        );
         assert_eq!(Owner::parse(""), None);
     }
 }

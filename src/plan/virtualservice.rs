@@ -41,7 +41,8 @@ pub fn plan(
     engine_health: impl Fn(&str, &str) -> EngineHealth,
 ) -> VirtualServicePlan {
     let object = object_hash(&cloud.cluster_id, KIND, namespace, name);
-    let description = Owner::new(&cloud.cluster_id, KIND, namespace, name).description();
+    let description =
+        Owner::new(&cloud.cluster_id, &cloud.cloud, KIND, namespace, name).description();
     let network = format!("global/networks/{}", cloud.network);
     let mut desired = Vec::new();
 
@@ -180,6 +181,7 @@ mod tests {
     fn cloud() -> CloudView {
         CloudView {
             cluster_id: "c1".into(),
+            cloud: "cloud".into(),
             project: "demo-project".into(),
             network: "default".into(),
             region: "us-central1".into(),
@@ -268,7 +270,7 @@ mod tests {
             firewall.body["description"]
                 .as_str()
                 .unwrap()
-                .contains("adc.dev/owner=c1/VirtualService/team-a/web")
+                .contains("adc.dev/owner=c1/cloud/VirtualService/team-a/web")
         );
     }
 

@@ -20,7 +20,7 @@ pub fn plan(
 ) -> DesiredResource {
     let object = object_hash(&cloud.cluster_id, KIND, namespace, name);
     let mut body = json!({
-        "description": Owner::new(&cloud.cluster_id, KIND, namespace, name).description(),
+        "description": Owner::new(&cloud.cluster_id, &cloud.cloud, KIND, namespace, name).description(),
         "network": format!("global/networks/{}", cloud.network),
         "destRange": spec.dest_range,
         "priority": spec.priority,
@@ -64,6 +64,7 @@ mod tests {
     fn one_route_with_its_next_hop() {
         let cloud = CloudView {
             cluster_id: "c1".into(),
+            cloud: "cloud".into(),
             project: "p".into(),
             network: "vpc".into(),
             region: "us-central1".into(),
