@@ -51,6 +51,19 @@ struct RunArgs {
     /// Log format.
     #[arg(long, value_enum, default_value_t = adc_operator::telemetry::LogFormat::Text)]
     log_format: adc_operator::telemetry::LogFormat,
+    /// Run only while holding a coordination.k8s.io Lease: one replica reconciles and talks to
+    /// GCP, the others stand by and take over when its lease lapses.
+    #[arg(long)]
+    leader_election: bool,
+    /// The Lease's name.
+    #[arg(long, default_value = "adc-operator")]
+    lease_name: String,
+    /// The Lease's namespace; default: the pod's (POD_NAMESPACE), else `default`.
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// Seconds a leader's lease lasts without renewal before a standby may take over.
+    #[arg(long, default_value_t = 15)]
+    lease_duration: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -118,16 +131,55 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     };
     tracing::info!(version = adc_operator::VERSION, cluster_id = %args.cluster_id, "adc-operator starting");
-    controller::run(
-        client,
-        OperatorSettings {
-            cluster_id: args.cluster_id,
-            dispatch,
-            gcp_time_scale: args.gcp_time_scale,
-        },
-        metrics,
-    )
-    .await?;
+    let settings = OperatorSettings {
+        cluster_id: args.cluster_id.clone(),
+        dispatch,
+        gcp_time_scale: args.gcp_time_scale,
+    };
+    if !args.leader_election {
+        controller::run(client, settings, metrics).await?;
+        return Ok(());
+    }
+    let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
+        format!(
+            "{}-{}",
+            std::env::var("HOSTNAME").unwrap_or_else(|_| "adc-operator".into()),
+            std::process::id()
+        )
+    });
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
+        .with_namespace(&namespace)
+        .with_identity(&identity)
+        .with_duration(args.lease_duration.max(2))
+        .with_grace((args.lease_duration / 3).max(1))
+        .with_field_manager("adc-operator")
+        .build()
+        .await
+        .with_context(|| format!("setting up the Lease {namespace}/{}", args.lease_name))?;
+    let (mut leader, _renewal) = lease.watch().await;
+    tracing::info!(%identity, lease = %format!("{namespace}/{}", args.lease_name), "standing by for leadership");
+    while !*leader.borrow_and_update() {
+        leader.changed().await.context("the lease watch ended")?;
+    }
+    tracing::info!(%identity, "leading: starting the controllers");
+    tokio::select! {
+        result = controller::run(client, settings, metrics) => result?,
+        _ = async {
+            loop {
+                if leader.changed().await.is_err() || !*leader.borrow_and_update() {
+                    return;
+                }
+            }
+        } => {
+            // Lost the lease: stop reconciling at once; the pod restarts as a standby.
+            tracing::error!(%identity, "leadership lost: exiting so that no two replicas reconcile");
+            std::process::exit(1);
+        }
+    }
     Ok(())
 }
 

@@ -13,8 +13,8 @@ use std::time::Duration;
 use adc_operator::api::{GcpCloud, VirtualService, VpcRoute};
 use adc_testenv::{EmulatorProcess, emulator_binary};
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 const PROJECT: &str = "demo-project";

@@ -1,0 +1,252 @@
+//! Two operator replicas with leader election against one control plane and one emulator:
+//! exactly one talks to GCP; when it is killed, the other takes over within the lease duration
+//! and finishes the rollout without duplicating anything.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod support;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use adc_operator::api::{GcpCloud, VirtualService};
+use adc_testenv::{EmulatorProcess, emulator_binary, spawn_for_process_lifetime};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+const WORLD: &str = "projects:
+  - id: demo-project
+    quotas: {ROUTES: 10000, STATIC_ROUTES_PER_NETWORK: 10000, FIREWALLS: 10000}
+    networks:
+      - name: default
+        subnetworks:
+          - {name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}
+    instances:
+      - {name: se-1, zone: us-central1-a, networkIP: 10.128.0.10, canIpForward: true}
+      - {name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}
+";
+const LEASE_SECONDS: u64 = 4;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start_replica(name: &str, emulator: &EmulatorProcess, metrics_port: u16) -> Child {
+    let plane = adc_testenv::shared().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_adc-operator"));
+    command
+        .args([
+            "run",
+            "--leader-election",
+            "--lease-namespace",
+            "default",
+            "--cluster-id",
+            "ha",
+            "--kubeconfig",
+        ])
+        .arg(&plane.kubeconfig)
+        .args([
+            "--lease-duration",
+            &LEASE_SECONDS.to_string(),
+            "--metrics-addr",
+            &format!("127.0.0.1:{metrics_port}"),
+        ])
+        .env("POD_NAME", name)
+        .env(
+            "GCE_METADATA_HOST",
+            emulator.base_url.trim_start_matches("http://"),
+        )
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    spawn_for_process_lifetime(command).unwrap()
+}
+
+/// Compute calls an operator replica made, from its own /metrics.
+async fn gcp_calls(metrics_port: u16) -> u64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("adc_operator_gcp_calls_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+async fn holder(client: &Client) -> Option<String> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    leases
+        .get_opt("adc-operator")
+        .await
+        .unwrap()?
+        .spec?
+        .holder_identity
+}
+
+async fn all_ready(client: &Client, ns: &str, count: usize) -> bool {
+    let api: Api<VirtualService> = Api::namespaced(client.clone(), ns);
+    let list = api.list(&Default::default()).await.unwrap();
+    list.items.len() == count
+        && list.items.iter().all(|vs| {
+            vs.status.as_ref().is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True")
+            })
+        })
+}
+
+async fn apply_services(client: &Client, ns: &str, range: std::ops::Range<usize>) {
+    let api: Api<VirtualService> = Api::namespaced(client.clone(), ns);
+    for i in range {
+        let manifest = json!({
+            "apiVersion": "adc.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": format!("vs-{i}")},
+            "spec": {"cloudRef": "ha", "vip": {"address": format!("10.30.0.{}", i + 1)}, "ports": [{"port": 443}],
+                     "sourceRanges": ["10.0.0.0/8"], "serviceEngines": [{"name": "se-1", "zone": "us-central1-a"}, {"name": "se-2", "zone": "us-central1-b"}]}
+        });
+        api.patch(
+            &format!("vs-{i}"),
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&manifest),
+        )
+        .await
+        .unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_leader_talks_to_gcp_and_a_standby_takes_over() {
+    let plane = adc_testenv::shared().unwrap();
+    let applied = Command::new(&plane.binaries.kubectl)
+        .args(["apply", "--server-side", "-f"])
+        .arg(adc_testenv::repo_root().join("crds"))
+        .env("KUBECONFIG", &plane.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let waited = Command::new(&plane.binaries.kubectl)
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "--timeout=60s",
+            "crd/virtualservices.adc.dev",
+            "crd/gcpclouds.adc.dev",
+            "crd/vpcroutes.adc.dev",
+        ])
+        .env("KUBECONFIG", &plane.kubeconfig)
+        .output()
+        .unwrap();
+    assert!(waited.status.success());
+    let emulator =
+        EmulatorProcess::start(&emulator_binary().unwrap(), WORLD, &["--auth", "token"]).unwrap();
+    let ports = [free_port(), free_port()];
+    let mut replicas = [
+        start_replica("replica-a", &emulator, ports[0]),
+        start_replica("replica-b", &emulator, ports[1]),
+    ];
+
+    let client = support::admin_client().await;
+    let ns = support::test_namespace(&client, "ha").await;
+    let clouds: Api<GcpCloud> = Api::all(client.clone());
+    let cloud = json!({"apiVersion": "adc.dev/v1alpha1", "kind": "GcpCloud", "metadata": {"name": "ha"},
+        "spec": {"project": "demo-project", "network": "default", "region": "us-central1",
+                 "credentials": {"workloadIdentity": {}}, "endpoint": emulator.base_url, "resyncInterval": "2s"}});
+    clouds
+        .patch(
+            "ha",
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(&cloud),
+        )
+        .await
+        .unwrap();
+    apply_services(&client, &ns, 0..10).await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !all_ready(&client, &ns, 10).await {
+        assert!(Instant::now() < deadline, "first rollout not Ready in 60 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let leader = holder(&client).await.expect("a leader holds the lease");
+    let (leader_index, standby_index) = if leader == "replica-a" {
+        (0, 1)
+    } else {
+        (1, 0)
+    };
+    assert!(
+        gcp_calls(ports[leader_index]).await > 0,
+        "the leader talks to GCP"
+    );
+    assert_eq!(
+        gcp_calls(ports[standby_index]).await,
+        0,
+        "the standby never does"
+    );
+
+    // Kill the leader; the standby takes over within the lease duration and finishes the rollout.
+    let killed_at = Instant::now();
+    replicas[leader_index].kill().unwrap();
+    replicas[leader_index].wait().unwrap();
+    apply_services(&client, &ns, 10..20).await;
+    let standby = if leader_index == 0 {
+        "replica-b"
+    } else {
+        "replica-a"
+    };
+    while holder(&client).await.as_deref() != Some(standby) {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(3 * LEASE_SECONDS + 10),
+            "no takeover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let takeover = killed_at.elapsed();
+    while !all_ready(&client, &ns, 20).await {
+        assert!(
+            killed_at.elapsed() < Duration::from_secs(90),
+            "rollout not finished after the takeover"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "leader failover: lease taken over {takeover:?} after the kill (lease {LEASE_SECONDS} s); rollout finished {:?} after it",
+        killed_at.elapsed()
+    );
+    assert!(
+        takeover <= Duration::from_secs(2 * LEASE_SECONDS + 2),
+        "takeover took {takeover:?}"
+    );
+
+    let state: Value = reqwest::get(format!("{}/_emulator/state", emulator.base_url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let routes =
+        state["projects"]["demo-project"]["resources"]["projects/demo-project/global/routes"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+    for i in 0..20 {
+        let dest = format!("10.30.0.{}/32", i + 1);
+        let count = routes
+            .iter()
+            .filter(|r| r["destRange"] == dest.as_str())
+            .count();
+        assert_eq!(count, 2, "{dest}: one route per engine, no duplicate");
+    }
+}
