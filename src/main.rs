@@ -116,6 +116,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let metrics = std::sync::Arc::new(GcpMetrics::default());
     let mut registry = prometheus_client::registry::Registry::with_prefix("adc_operator");
     metrics.register(&mut registry);
+    let reconcile_metrics = std::sync::Arc::new(controller::ControllerMetrics::default());
+    reconcile_metrics.register(&mut registry);
     let registry = std::sync::Arc::new(std::sync::Mutex::new(registry));
     let addr = args.metrics_addr;
     tokio::spawn(async move {
@@ -137,7 +139,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         gcp_time_scale: args.gcp_time_scale,
     };
     if !args.leader_election {
-        controller::run(client, settings, metrics).await?;
+        controller::run(client, settings, metrics, reconcile_metrics).await?;
         return Ok(());
     }
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
@@ -167,7 +169,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     tracing::info!(%identity, "leading: starting the controllers");
     tokio::select! {
-        result = controller::run(client, settings, metrics) => result?,
+        result = controller::run(client, settings, metrics, reconcile_metrics) => result?,
         _ = async {
             loop {
                 if leader.changed().await.is_err() || !*leader.borrow_and_update() {

@@ -190,6 +190,20 @@ async fn one_leader_talks_to_gcp_and_a_standby_takes_over() {
         gcp_calls(ports[leader_index]).await > 0,
         "the leader talks to GCP"
     );
+    let metrics = reqwest::get(format!("http://127.0.0.1:{}/metrics", ports[leader_index]))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for family in [
+        "adc_operator_reconciles_total{kind=\"VirtualService\"}",
+        "adc_operator_reconcile_duration_seconds_bucket{",
+        "adc_operator_gcp_batch_size_bucket{",
+        "adc_operator_gcp_calls_total{",
+    ] {
+        assert!(metrics.contains(family), "/metrics has {family}");
+    }
     assert_eq!(
         gcp_calls(ports[standby_index]).await,
         0,

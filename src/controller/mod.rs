@@ -5,6 +5,7 @@ pub mod apply;
 pub mod cloud;
 pub mod context;
 pub mod error;
+pub mod metrics;
 pub mod status;
 pub mod virtualservice;
 pub mod vpcroute;
@@ -25,6 +26,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 pub use context::{Context, OperatorSettings};
 pub use error::Error;
+pub use metrics::ControllerMetrics;
 
 use crate::api::{GcpCloud, VirtualService, VpcRoute};
 use crate::gcp::GcpMetrics;
@@ -39,6 +41,7 @@ pub async fn run(
     client: Client,
     settings: OperatorSettings,
     metrics: Arc<GcpMetrics>,
+    reconcile_metrics: Arc<ControllerMetrics>,
 ) -> Result<(), Error> {
     let (ns_store, ns_writer) = reflector::store::<Namespace>();
     let namespaces = reflector::reflector(
@@ -96,7 +99,22 @@ pub async fn run(
         // Inventory changes (drift, engines stopping or coming back) and cloud readiness.
         .reconcile_on(UnboundedReceiverStream::new(vs_rx))
         .shutdown_on_signal()
-        .run(virtualservice::reconcile, error_policy, Arc::clone(&ctx))
+        .run(
+            {
+                let recorded = Arc::clone(&reconcile_metrics);
+                move |object, ctx| {
+                    let recorded = Arc::clone(&recorded);
+                    async move {
+                        let start = std::time::Instant::now();
+                        let outcome = virtualservice::reconcile(object, ctx).await;
+                        recorded.observe("VirtualService", start, &outcome);
+                        outcome
+                    }
+                }
+            },
+            error_policy,
+            Arc::clone(&ctx),
+        )
         .for_each(|_| futures::future::ready(()));
 
     let vr_store = ctx.vpc_routes.clone();
@@ -116,7 +134,22 @@ pub async fn run(
         )
         .reconcile_on(UnboundedReceiverStream::new(vr_rx))
         .shutdown_on_signal()
-        .run(vpcroute::reconcile, error_policy, Arc::clone(&ctx))
+        .run(
+            {
+                let recorded = Arc::clone(&reconcile_metrics);
+                move |object, ctx| {
+                    let recorded = Arc::clone(&recorded);
+                    async move {
+                        let start = std::time::Instant::now();
+                        let outcome = vpcroute::reconcile(object, ctx).await;
+                        recorded.observe("VpcRoute", start, &outcome);
+                        outcome
+                    }
+                }
+            },
+            error_policy,
+            Arc::clone(&ctx),
+        )
         .for_each(|_| futures::future::ready(()));
 
     let clouds = Controller::new(
@@ -124,7 +157,22 @@ pub async fn run(
         watcher::Config::default(),
     )
     .shutdown_on_signal()
-    .run(cloud::reconcile, error_policy, Arc::clone(&ctx))
+    .run(
+        {
+            let recorded = Arc::clone(&reconcile_metrics);
+            move |object, ctx| {
+                let recorded = Arc::clone(&recorded);
+                async move {
+                    let start = std::time::Instant::now();
+                    let outcome = cloud::reconcile(object, ctx).await;
+                    recorded.observe("GcpCloud", start, &outcome);
+                    outcome
+                }
+            }
+        },
+        error_policy,
+        Arc::clone(&ctx),
+    )
     .for_each(|_| futures::future::ready(()));
 
     tokio::join!(vs, vr, clouds);
