@@ -5,8 +5,11 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # Two cores on the reference machine: keep test parallelism sane.
 TEST_THREADS ?= 2
+# helm, built from Go modules by `make envtest` into the version-keyed cache.
+HELM ?= $(shell hack/envtest/build.sh --dir)/helm
+CHART := charts/adc-operator
 
-.PHONY: all build envtest crds crds-check lint fmt fmt-check clippy test test-rust test-fidelity bench bench-emulator bench-engine demo cluster-up cluster-down clean toolchain
+.PHONY: all build envtest crds crds-check helm-lint lint fmt fmt-check clippy test test-rust test-fidelity bench bench-emulator bench-engine demo cluster-up cluster-down clean toolchain
 
 all: build
 
@@ -23,20 +26,30 @@ envtest:
 build:
 	$(CARGO) build --workspace --all-targets
 
-## crds: regenerate the CustomResourceDefinitions in crds/ from the Rust types in src/api
+## crds: regenerate the CustomResourceDefinitions in crds/ from the Rust types in src/api, and
+## copy them into the Helm chart's crds/
 crds:
 	$(CARGO) build --quiet --bin adc-operator
 	rm -f crds/*.yaml
 	$(CARGO) run --quiet --bin adc-operator -- crdgen --out crds
+	mkdir -p $(CHART)/crds
+	rm -f $(CHART)/crds/*.yaml
+	cp crds/*.yaml $(CHART)/crds/
 
-## crds-check: fail when crds/ differs from what the Rust types generate
+## crds-check: fail when crds/ differs from what the Rust types generate, or the chart's copy
+## differs from crds/
 crds-check:
 	@tmp=$$(mktemp -d) && trap 'rm -rf "$$tmp"' EXIT && \
 	$(CARGO) run --quiet --bin adc-operator -- crdgen --out "$$tmp" && \
-	if ! diff -ru crds "$$tmp"; then echo "crds/ is out of date: run make crds" >&2; exit 1; fi
+	if ! diff -ru crds "$$tmp"; then echo "crds/ is out of date: run make crds" >&2; exit 1; fi && \
+	if ! diff -ru crds $(CHART)/crds; then echo "$(CHART)/crds differs from crds/: run make crds" >&2; exit 1; fi
 
-## lint: generated files up to date, formatting and clippy, warnings are errors
-lint: toolchain crds-check fmt-check clippy
+## helm-lint: lint the Helm chart (values schema, templates) with the helm of `make envtest`
+helm-lint: envtest
+	$(HELM) lint $(CHART)
+
+## lint: generated files up to date, the Helm chart, formatting and clippy, warnings are errors
+lint: toolchain crds-check helm-lint fmt-check clippy
 
 fmt:
 	$(CARGO) fmt --all
@@ -57,7 +70,7 @@ test-rust: envtest toolchain
 ## test-fidelity: google-api-python-client against the emulator (sets up .venv by itself)
 test-fidelity:
 	$(CARGO) build -p gce-emulator
-	GCE_EMULATOR_BIN=$${CARGO_TARGET_DIR:-target}/debug/gce-emulator emulator/tests/fidelity/run.sh
+	GCE_EMULATOR_BIN=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/gce-emulator emulator/tests/fidelity/run.sh
 
 ## bench: every benchmark (measured figures go into the READMEs)
 bench: bench-emulator bench-engine

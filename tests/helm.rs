@@ -1,0 +1,1199 @@
+//! The Helm chart (charts/adc-operator) on real parts: `helm lint` and `helm template` with the
+//! values schema, `helm install` / `upgrade` / `uninstall` against this binary's kube-apiserver,
+//! and the operator binary run out of cluster with the chart's ServiceAccount token, so that the
+//! chart's RBAC is proven to be enough for the whole loop and to refuse everything else.
+//!
+//! Every test installs its own release (the release name is also the name of the cluster-scoped
+//! ClusterRole) into its own namespace; only one test starts an operator process.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use adc_operator::api::{GcpCloud, VirtualService};
+use adc_testenv::{EmulatorProcess, emulator_binary};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Secret, Service, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::{Client, Config};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+const WORLD: &str = "projects:
+  - id: helm-project
+    quotas: {ROUTES: 1000, STATIC_ROUTES_PER_NETWORK: 1000, FIREWALLS: 1000, STATIC_ADDRESSES: 100}
+    networks:
+      - name: default
+        subnetworks:
+          - {name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}
+    instances:
+      - {name: se-1, zone: us-central1-a, networkIP: 10.128.0.10, canIpForward: true}
+      - {name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}
+";
+
+const CRD_NAMES: [&str; 3] = [
+    "gcpclouds.adc.dev",
+    "virtualservices.adc.dev",
+    "vpcroutes.adc.dev",
+];
+
+fn chart() -> PathBuf {
+    adc_testenv::repo_root().join("charts/adc-operator")
+}
+
+fn helm_binary() -> PathBuf {
+    adc_testenv::Binaries::locate()
+        .expect("envtest binaries (make envtest)")
+        .helm
+}
+
+/// Runs helm (against this binary's control plane when `cluster` is set).
+fn helm(args: &[&str], cluster: bool) -> Output {
+    let mut command = Command::new(helm_binary());
+    command.args(args).stdin(Stdio::null());
+    if cluster {
+        let plane = adc_testenv::shared().expect("control plane");
+        command.env("KUBECONFIG", &plane.kubeconfig);
+    }
+    command.output().expect("running helm")
+}
+
+/// Runs helm and fails the test with its output when it fails; returns stdout.
+fn helm_ok(args: &[&str], cluster: bool) -> String {
+    let output = helm(args, cluster);
+    assert!(
+        output.status.success(),
+        "helm {}: {}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn kubectl(args: &[&str], kubeconfig: &Path) -> Output {
+    let plane = adc_testenv::shared().expect("control plane");
+    Command::new(&plane.binaries.kubectl)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running kubectl")
+}
+
+fn kubectl_ok(args: &[&str]) -> String {
+    let plane = adc_testenv::shared().expect("control plane");
+    let output = kubectl(args, &plane.kubeconfig);
+    assert!(
+        output.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The objects of a multi-document YAML stream, as JSON values (empty documents dropped).
+fn documents(yaml: &str) -> Vec<Value> {
+    serde_yaml::Deserializer::from_str(yaml)
+        .map(|document| serde_yaml::Value::deserialize(document).expect("valid YAML"))
+        .filter(|value| !value.is_null())
+        .map(|value| serde_json::to_value(value).expect("YAML as JSON"))
+        .collect()
+}
+
+/// `helm template` of the chart as release `release` in `namespace` with `--set` values.
+fn render(release: &str, namespace: &str, sets: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec![
+        "template",
+        release,
+        chart.to_str().unwrap(),
+        "--namespace",
+        namespace,
+    ];
+    for set in sets {
+        args.extend(["--set", set]);
+    }
+    documents(&helm_ok(&args, false))
+}
+
+fn kinds(objects: &[Value]) -> BTreeSet<String> {
+    objects
+        .iter()
+        .map(|o| o["kind"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn find<'a>(objects: &'a [Value], kind: &str, name: &str) -> &'a Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind}/{name} in {:#?}", kinds(objects)))
+}
+
+fn all_of<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"] == kind).collect()
+}
+
+/// A role's rules flattened to (apiGroup, resource, verb, resourceNames).
+fn rule_set(role: &Value) -> BTreeSet<(String, String, String, String)> {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| a.iter().map(|s| s.as_str().unwrap().to_string()).collect())
+            .unwrap_or_default()
+    };
+    let mut set = BTreeSet::new();
+    for rule in role["rules"].as_array().unwrap() {
+        let names = strings(&rule["resourceNames"]).join(",");
+        for group in strings(&rule["apiGroups"]) {
+            for resource in strings(&rule["resources"]) {
+                for verb in strings(&rule["verbs"]) {
+                    set.insert((group.clone(), resource.clone(), verb, names.clone()));
+                }
+            }
+        }
+    }
+    set
+}
+
+fn expand(rules: &[(&str, &[&str], &[&str], &str)]) -> BTreeSet<(String, String, String, String)> {
+    let mut set = BTreeSet::new();
+    for (group, resources, verbs, names) in rules {
+        for resource in *resources {
+            for verb in *verbs {
+                set.insert((
+                    group.to_string(),
+                    resource.to_string(),
+                    verb.to_string(),
+                    names.to_string(),
+                ));
+            }
+        }
+    }
+    set
+}
+
+fn cluster_role_rules() -> BTreeSet<(String, String, String, String)> {
+    expand(&[
+        (
+            "adc.dev",
+            &["gcpclouds", "virtualservices", "vpcroutes"],
+            &["get", "list", "watch", "patch", "update"],
+            "",
+        ),
+        (
+            "adc.dev",
+            &[
+                "gcpclouds/status",
+                "virtualservices/status",
+                "vpcroutes/status",
+            ],
+            &["get", "patch", "update"],
+            "",
+        ),
+        ("", &["namespaces"], &["get", "list", "watch"], ""),
+        ("events.k8s.io", &["events"], &["create", "patch"], ""),
+    ])
+}
+
+fn lease_role_rules(lease: &str) -> BTreeSet<(String, String, String, String)> {
+    expand(&[
+        ("coordination.k8s.io", &["leases"], &["create"], ""),
+        (
+            "coordination.k8s.io",
+            &["leases"],
+            &["get", "update", "patch"],
+            lease,
+        ),
+    ])
+}
+
+fn secret_role_rules() -> BTreeSet<(String, String, String, String)> {
+    expand(&[("", &["secrets"], &["get"], "")])
+}
+
+/// No rule of any Role or ClusterRole uses a wildcard.
+fn assert_no_wildcards(objects: &[Value]) {
+    for role in objects
+        .iter()
+        .filter(|o| o["kind"] == "Role" || o["kind"] == "ClusterRole")
+    {
+        for (group, resource, verb, names) in rule_set(role) {
+            assert!(
+                ![&group, &resource, &verb, &names]
+                    .iter()
+                    .any(|s| s.contains('*')),
+                "wildcard in {}: {group} {resource} {verb} {names}",
+                role["metadata"]["name"]
+            );
+        }
+    }
+}
+
+fn container(deployment: &Value) -> &Value {
+    &deployment["spec"]["template"]["spec"]["containers"][0]
+}
+
+fn args(deployment: &Value) -> Vec<String> {
+    container(deployment)["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Polls until `check` holds (bounded: 60 s, two cores shared with other tests).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut last = String::new();
+    for _ in 0..300 {
+        match check().await {
+            Ok(()) => return,
+            Err(why) => last = why,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what} did not happen within 60 s: {last}");
+}
+
+fn is_ready(status: &Value) -> bool {
+    status["conditions"].as_array().is_some_and(|c| {
+        c.iter()
+            .any(|c| c["type"] == "Ready" && c["status"] == "True")
+    })
+}
+
+fn assert_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
+    }
+}
+
+#[test]
+fn chart_lints_and_renders_with_the_schema() {
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    let lint = helm_ok(&["lint", "--strict", chart], false);
+    assert!(lint.contains("0 chart(s) failed"), "{lint}");
+
+    // The chart's CRDs are the generated ones, byte for byte.
+    for name in CRD_NAMES {
+        let file = format!("{name}.yaml");
+        let generated = std::fs::read(adc_testenv::repo_root().join("crds").join(&file)).unwrap();
+        let copied = std::fs::read(Path::new(chart).join("crds").join(&file)).unwrap();
+        assert!(
+            generated == copied,
+            "charts/adc-operator/crds/{file} differs from crds/: run make crds"
+        );
+    }
+    let with_crds = documents(&helm_ok(
+        &["template", "adc-operator", chart, "--include-crds"],
+        false,
+    ));
+    let crds: BTreeSet<_> = all_of(&with_crds, "CustomResourceDefinition")
+        .iter()
+        .map(|c| c["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(crds, CRD_NAMES.iter().map(|s| s.to_string()).collect());
+
+    // Default values.
+    let objects = render("adc-operator", "adc-system", &[]);
+    assert_eq!(
+        kinds(&objects),
+        [
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Deployment",
+            "PodDisruptionBudget",
+            "Role",
+            "RoleBinding",
+            "Service",
+            "ServiceAccount",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    );
+    for object in &objects {
+        if object["kind"] != "ClusterRole" && object["kind"] != "ClusterRoleBinding" {
+            assert_eq!(object["metadata"]["namespace"], "adc-system", "{object}");
+        }
+    }
+    assert_no_wildcards(&objects);
+    assert_eq!(
+        rule_set(find(&objects, "ClusterRole", "adc-operator")),
+        cluster_role_rules()
+    );
+    let binding = find(&objects, "ClusterRoleBinding", "adc-operator");
+    assert_eq!(binding["roleRef"]["name"], "adc-operator");
+    assert_eq!(
+        binding["subjects"],
+        json!([{"kind": "ServiceAccount", "name": "adc-operator", "namespace": "adc-system"}])
+    );
+    let roles = all_of(&objects, "Role");
+    assert_eq!(
+        roles.len(),
+        1,
+        "only the leader-election Role without secretNamespaces"
+    );
+    assert_eq!(roles[0]["metadata"]["name"], "adc-operator-leader-election");
+    assert_eq!(rule_set(roles[0]), lease_role_rules("adc-operator"));
+    let service_account = find(&objects, "ServiceAccount", "adc-operator");
+    assert!(
+        service_account["metadata"]["annotations"].is_null(),
+        "no Workload Identity annotation without gcp.serviceAccount: {service_account}"
+    );
+
+    let deployment = find(&objects, "Deployment", "adc-operator");
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], "adc-operator");
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = container(deployment);
+    assert_eq!(c["image"], "ghcr.io/adc-operator/adc-operator:0.1.0");
+    assert_eq!(
+        c["securityContext"],
+        json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
+               "readOnlyRootFilesystem": true, "allowPrivilegeEscalation": false,
+               "privileged": false, "capabilities": {"drop": ["ALL"]},
+               "seccompProfile": {"type": "RuntimeDefault"}})
+    );
+    assert_eq!(
+        c["resources"],
+        json!({"requests": {"cpu": "100m", "memory": "128Mi"}, "limits": {"cpu": "1", "memory": "512Mi"}})
+    );
+    assert_eq!(
+        c["ports"],
+        json!([{"name": "metrics", "containerPort": 8080, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        c["livenessProbe"]["httpGet"],
+        json!({"path": "/healthz", "port": "metrics"})
+    );
+    assert_eq!(
+        c["readinessProbe"]["httpGet"],
+        json!({"path": "/readyz", "port": "metrics"})
+    );
+    let env: BTreeSet<_> = c["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["valueFrom"]["fieldRef"]["fieldPath"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        env.contains(&("POD_NAME".into(), "metadata.name".into())),
+        "{env:?}"
+    );
+    assert!(
+        env.contains(&("POD_NAMESPACE".into(), "metadata.namespace".into())),
+        "{env:?}"
+    );
+    assert_eq!(
+        args(deployment),
+        [
+            "run",
+            "--cluster-id=default",
+            "--metrics-addr=0.0.0.0:8080",
+            "--gcp-dispatch=batched",
+            "--log-format=json",
+            "--leader-election",
+            "--lease-name=adc-operator",
+            "--lease-namespace=adc-system",
+            "--lease-duration=15",
+        ]
+    );
+    let service = find(&objects, "Service", "adc-operator-metrics");
+    assert_eq!(
+        service["spec"]["ports"],
+        json!([{"name": "metrics", "port": 8080, "targetPort": "metrics", "protocol": "TCP"}])
+    );
+    assert_eq!(
+        service["spec"]["selector"],
+        deployment["spec"]["selector"]["matchLabels"]
+    );
+    let pdb = find(&objects, "PodDisruptionBudget", "adc-operator");
+    assert_eq!(pdb["spec"]["minAvailable"], 1);
+
+    // Non-default values.
+    let objects = render(
+        "ops",
+        "platform",
+        &[
+            "replicas=3",
+            "metrics.serviceMonitor.enabled=true",
+            "secretNamespaces={a,b}",
+            "gcp.serviceAccount=adc@my-project.iam.gserviceaccount.com",
+            "clusterId=prod-eu1",
+            "gcpDispatch=per-object",
+        ],
+    );
+    assert!(kinds(&objects).contains("ServiceMonitor"));
+    assert_no_wildcards(&objects);
+    let deployment = find(&objects, "Deployment", "ops-adc-operator");
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    let deployment_args = args(deployment);
+    for expected in [
+        "--cluster-id=prod-eu1",
+        "--gcp-dispatch=per-object",
+        "--leader-election",
+        "--lease-namespace=platform",
+    ] {
+        assert!(
+            deployment_args.iter().any(|a| a == expected),
+            "{expected} in {deployment_args:?}"
+        );
+    }
+    assert_eq!(
+        find(&objects, "ServiceAccount", "ops-adc-operator")["metadata"]["annotations"]["iam.gke.io/gcp-service-account"],
+        "adc@my-project.iam.gserviceaccount.com"
+    );
+    let monitor = find(&objects, "ServiceMonitor", "ops-adc-operator");
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    assert_eq!(monitor["spec"]["endpoints"][0]["path"], "/metrics");
+    let secret_roles: Vec<_> = all_of(&objects, "Role")
+        .into_iter()
+        .filter(|r| r["metadata"]["name"] == "ops-adc-operator-secrets")
+        .collect();
+    assert_eq!(
+        secret_roles
+            .iter()
+            .map(|r| r["metadata"]["namespace"].as_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["a", "b"],
+        "one secrets Role per secretNamespaces entry"
+    );
+    for role in &secret_roles {
+        assert_eq!(rule_set(role), secret_role_rules());
+    }
+    for namespace in ["a", "b"] {
+        let binding = all_of(&objects, "RoleBinding")
+            .into_iter()
+            .find(|b| {
+                b["metadata"]["name"] == "ops-adc-operator-secrets"
+                    && b["metadata"]["namespace"] == namespace
+            })
+            .unwrap_or_else(|| panic!("no secrets RoleBinding in {namespace}"));
+        assert_eq!(binding["roleRef"]["name"], "ops-adc-operator-secrets");
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "ops-adc-operator", "namespace": "platform"}])
+        );
+    }
+    // Secrets appear in no other rule of the chart.
+    for role in all_of(&objects, "Role")
+        .into_iter()
+        .chain(all_of(&objects, "ClusterRole"))
+    {
+        if role["metadata"]["name"] != "ops-adc-operator-secrets" {
+            assert!(
+                rule_set(role)
+                    .iter()
+                    .all(|(_, resource, _, _)| resource != "secrets"),
+                "{role}"
+            );
+        }
+    }
+
+    // One replica without leader election: no Lease Role, no PDB, no --leader-election.
+    let objects = render(
+        "adc-operator",
+        "adc-system",
+        &[
+            "replicas=1",
+            "leaderElection.enabled=false",
+            "logFormat=text",
+        ],
+    );
+    assert!(!kinds(&objects).contains("PodDisruptionBudget"));
+    assert!(!kinds(&objects).contains("Role"));
+    let single = args(find(&objects, "Deployment", "adc-operator"));
+    assert!(
+        !single
+            .iter()
+            .any(|a| a.starts_with("--lease") || a == "--leader-election"),
+        "{single:?}"
+    );
+    assert!(
+        single.iter().any(|a| a == "--log-format=text"),
+        "{single:?}"
+    );
+    // ... but more than one replica always elects a leader.
+    let objects = render(
+        "adc-operator",
+        "adc-system",
+        &["replicas=2", "leaderElection.enabled=false"],
+    );
+    assert!(
+        args(find(&objects, "Deployment", "adc-operator"))
+            .iter()
+            .any(|a| a == "--leader-election")
+    );
+
+    // The schema refuses bad values and names them.
+    for (set, names) in [
+        ("replicas=0", "replicas"),
+        ("gcpDispatch=bogus", "gcpDispatch"),
+        ("logFormat=xml", "logFormat"),
+        ("typo=1", "typo"),
+        ("image.tga=1", "tga"),
+        ("clusterId=", "clusterId"),
+    ] {
+        let output = helm(&["template", "adc-operator", chart, "--set", set], false);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "--set {set} rendered");
+        assert!(stderr.contains(names), "--set {set}: {stderr}");
+        assert!(stderr.contains("schema"), "--set {set}: {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn install_creates_every_object() {
+    let client = support::admin_client().await;
+    let namespace = support::test_namespace(&client, "helm-install").await;
+    let secrets_a = support::test_namespace(&client, "helm-sec-a").await;
+    let secrets_b = support::test_namespace(&client, "helm-sec-b").await;
+    let release = "adc-operator-install";
+    let chart = chart();
+    let notes = helm_ok(
+        &[
+            "install",
+            release,
+            chart.to_str().unwrap(),
+            "--namespace",
+            &namespace,
+            "--set",
+            &format!("secretNamespaces={{{secrets_a},{secrets_b}}}"),
+            "--set",
+            "gcp.serviceAccount=adc@helm-project.iam.gserviceaccount.com",
+            "--set",
+            "clusterId=helm-install",
+        ],
+        true,
+    );
+    assert!(notes.contains("kubectl get adc -A"), "{notes}");
+    assert!(notes.contains("GcpCloud"), "{notes}");
+
+    // Every object of the release's manifest exists (kubectl get fails on any missing one).
+    let manifest = helm_ok(&["get", "manifest", release, "-n", &namespace], true);
+    let rendered = documents(&manifest);
+    let dir = tempdir("helm-install");
+    let manifest_file = dir.join("manifest.yaml");
+    std::fs::write(&manifest_file, &manifest).unwrap();
+    let listed: Value = serde_json::from_str(&kubectl_ok(&[
+        "get",
+        "-f",
+        manifest_file.to_str().unwrap(),
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    let items = listed["items"].as_array().unwrap();
+    assert_eq!(
+        items.len(),
+        rendered.len(),
+        "{:?} vs {:?}",
+        kinds(items),
+        kinds(&rendered)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+
+    // And with the expected content.
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace)
+        .get(release)
+        .await
+        .unwrap();
+    assert_eq!(deployment.spec.as_ref().unwrap().replicas, Some(2));
+    let service_account = Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
+        .get(release)
+        .await
+        .unwrap();
+    assert_eq!(
+        service_account
+            .metadata
+            .annotations
+            .unwrap_or_default()
+            .get("iam.gke.io/gcp-service-account")
+            .map(String::as_str),
+        Some("adc@helm-project.iam.gserviceaccount.com")
+    );
+    let service = Api::<Service>::namespaced(client.clone(), &namespace)
+        .get(&format!("{release}-metrics"))
+        .await
+        .unwrap();
+    let port = &service.spec.unwrap().ports.unwrap()[0];
+    assert_eq!((port.name.as_deref(), port.port), (Some("metrics"), 8080));
+    let pdb = Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace)
+        .get(release)
+        .await
+        .unwrap();
+    assert_eq!(
+        pdb.spec.unwrap().min_available,
+        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(1))
+    );
+    let cluster_role = Api::<ClusterRole>::all(client.clone())
+        .get(release)
+        .await
+        .unwrap();
+    assert_eq!(
+        rule_set(&serde_json::to_value(&cluster_role).unwrap()),
+        cluster_role_rules()
+    );
+    let cluster_binding = Api::<ClusterRoleBinding>::all(client.clone())
+        .get(release)
+        .await
+        .unwrap();
+    let subject = &cluster_binding.subjects.unwrap()[0];
+    assert_eq!(
+        (subject.name.as_str(), subject.namespace.as_deref()),
+        (release, Some(namespace.as_str()))
+    );
+    let lease_role = Api::<Role>::namespaced(client.clone(), &namespace)
+        .get(&format!("{release}-leader-election"))
+        .await
+        .unwrap();
+    assert_eq!(
+        rule_set(&serde_json::to_value(&lease_role).unwrap()),
+        lease_role_rules("adc-operator")
+    );
+    Api::<RoleBinding>::namespaced(client.clone(), &namespace)
+        .get(&format!("{release}-leader-election"))
+        .await
+        .unwrap();
+    for secrets in [&secrets_a, &secrets_b] {
+        let role = Api::<Role>::namespaced(client.clone(), secrets)
+            .get(&format!("{release}-secrets"))
+            .await
+            .unwrap();
+        assert_eq!(
+            rule_set(&serde_json::to_value(&role).unwrap()),
+            secret_role_rules()
+        );
+        let binding = Api::<RoleBinding>::namespaced(client.clone(), secrets)
+            .get(&format!("{release}-secrets"))
+            .await
+            .unwrap();
+        assert_eq!(
+            binding.subjects.unwrap()[0].namespace.as_deref(),
+            Some(namespace.as_str())
+        );
+    }
+    // The chart's crds/ are installed (or were already there: helm skips existing CRDs).
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in CRD_NAMES {
+        crds.get(name).await.unwrap();
+    }
+    let status = helm_ok(&["status", release, "-n", &namespace, "-o", "json"], true);
+    let status: Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["info"]["status"], "deployed");
+}
+
+/// A temporary directory of this test binary (removed by the test that made it).
+fn tempdir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("adc-helm-test-{}-{what}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A kubeconfig for this control plane that authenticates with `token`.
+fn token_kubeconfig(token: &str, path: &Path) {
+    let plane = adc_testenv::shared().unwrap();
+    let admin: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(&plane.kubeconfig).unwrap()).unwrap();
+    let cluster = &admin["clusters"][0]["cluster"];
+    let kubeconfig = json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "adc-testenv", "cluster": {
+            "server": cluster["server"].as_str().unwrap(),
+            "certificate-authority-data": cluster["certificate-authority-data"].as_str().unwrap(),
+        }}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "adc-testenv", "user": "operator"}}],
+        "current-context": "operator",
+    });
+    std::fs::write(path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
+}
+
+async fn client_from(kubeconfig: &Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig).unwrap();
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .unwrap();
+    Client::try_from(config).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
+    let admin = support::admin_client().await;
+    let namespace = support::test_namespace(&admin, "helm-rbac").await;
+    let secrets_ns = support::test_namespace(&admin, "helm-creds").await;
+    let other_ns = support::test_namespace(&admin, "helm-nocreds").await;
+    let tenant = support::test_namespace(&admin, "helm-tenant").await;
+    let release = "adc-operator-rbac";
+    let chart = chart();
+    helm_ok(
+        &[
+            "install",
+            release,
+            chart.to_str().unwrap(),
+            "--namespace",
+            &namespace,
+            "--set",
+            "replicas=1",
+            "--set",
+            &format!("secretNamespaces={{{secrets_ns}}}"),
+        ],
+        true,
+    );
+    kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/gcpclouds.adc.dev",
+        "crd/virtualservices.adc.dev",
+        "crd/vpcroutes.adc.dev",
+    ]);
+    for ns in [&secrets_ns, &other_ns] {
+        Api::<Secret>::namespaced(admin.clone(), ns)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(
+                    json!({"metadata": {"name": "gcp-key"}, "stringData": {"key.json": "{}"}}),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+
+    // The ServiceAccount's token through the TokenRequest API, in a kubeconfig of its own.
+    let token = kubectl_ok(&[
+        "create",
+        "token",
+        release,
+        "-n",
+        &namespace,
+        "--duration",
+        "1h",
+    ]);
+    let dir = tempdir("rbac");
+    let kubeconfig = dir.join("operator.kubeconfig");
+    token_kubeconfig(token.trim(), &kubeconfig);
+    let operator_client = client_from(&kubeconfig).await;
+
+    // What the chart must refuse.
+    assert_forbidden(
+        Api::<Secret>::all(operator_client.clone())
+            .list(&ListParams::default())
+            .await,
+        "listing Secrets cluster-wide",
+    );
+    assert_forbidden(
+        Api::<Secret>::namespaced(operator_client.clone(), &other_ns)
+            .get("gcp-key")
+            .await,
+        "reading a Secret outside secretNamespaces",
+    );
+    assert_forbidden(
+        Api::<Secret>::namespaced(operator_client.clone(), &secrets_ns)
+            .list(&ListParams::default())
+            .await,
+        "listing Secrets in a secretNamespaces entry (get only)",
+    );
+    assert_forbidden(
+        Api::<Deployment>::namespaced(operator_client.clone(), &namespace)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(json!({
+                    "metadata": {"name": "intruder"},
+                    "spec": {"selector": {"matchLabels": {"app": "x"}},
+                             "template": {"metadata": {"labels": {"app": "x"}},
+                                          "spec": {"containers": [{"name": "x", "image": "x"}]}}}
+                }))
+                .unwrap(),
+            )
+            .await,
+        "creating a Deployment",
+    );
+    assert_forbidden(
+        Api::<GcpCloud>::all(operator_client.clone())
+            .delete("anything", &DeleteParams::default())
+            .await,
+        "deleting a GcpCloud",
+    );
+    // ... and what it grants: a Secret in a secretNamespaces entry.
+    Api::<Secret>::namespaced(operator_client.clone(), &secrets_ns)
+        .get("gcp-key")
+        .await
+        .expect("get on a Secret in secretNamespaces");
+
+    // The operator binary with nothing but that token.
+    let emulator = EmulatorProcess::start(
+        &emulator_binary().expect("emulator"),
+        WORLD,
+        &["--auth", "token"],
+    )
+    .expect("emulator");
+    let binary = env!("CARGO_BIN_EXE_adc-operator");
+    let pod_name = format!("{release}-0");
+    let log_path = dir.join("operator.log");
+    let mut command = Command::new(binary);
+    command
+        .args(["run", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--metrics-addr", "127.0.0.1:0", "--cluster-id", "helm-test"]);
+    // As the chart runs it: leader election with the Lease in the release namespace, under the
+    // chart's Role.
+    command.args([
+        "--leader-election",
+        "--lease-name",
+        "adc-operator",
+        "--lease-namespace",
+        &namespace,
+    ]);
+    command
+        .env(
+            "GCE_METADATA_HOST",
+            emulator.base_url.trim_start_matches("http://"),
+        )
+        .env("POD_NAME", &pod_name)
+        .env("POD_NAMESPACE", &namespace)
+        .env("RUST_LOG", "warn")
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap());
+    let operator = std::sync::Mutex::new(
+        adc_testenv::spawn_for_process_lifetime(command).expect("starting adc-operator"),
+    );
+
+    let cloud = format!("helm-cloud-{}", std::process::id());
+    Api::<GcpCloud>::all(admin.clone())
+        .patch(
+            &cloud,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "adc.dev/v1alpha1", "kind": "GcpCloud", "metadata": {"name": cloud},
+                "spec": {"project": "helm-project", "network": "default", "region": "us-central1",
+                         "credentials": {"workloadIdentity": {}}, "endpoint": emulator.base_url,
+                         "allowedDestinationRanges": ["10.0.0.0/8"], "resyncInterval": "1s"}
+            })),
+        )
+        .await
+        .unwrap();
+    let vs_name = "helm-web";
+    let services: Api<VirtualService> = Api::namespaced(admin.clone(), &tenant);
+    services
+        .patch(
+            vs_name,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "adc.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": vs_name},
+                "spec": {"cloudRef": cloud, "vip": {"address": "10.31.0.1"}, "ports": [{"port": 443}],
+                         "sourceRanges": ["10.0.0.0/8"], "mode": "ActiveActive",
+                         "serviceEngines": [{"name": "se-1", "zone": "us-central1-a"},
+                                            {"name": "se-2", "zone": "us-central1-b"}]}
+            })),
+        )
+        .await
+        .unwrap();
+    let clouds: Api<GcpCloud> = Api::all(admin.clone());
+    // What a failed wait reports besides the object: whether the operator still runs, its log.
+    let operator_note = || {
+        let state = match operator.lock().unwrap().try_wait() {
+            Ok(Some(exit)) => format!("the operator exited ({exit})"),
+            _ => "the operator runs".to_string(),
+        };
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        let tail: String = log
+            .chars()
+            .rev()
+            .take(3000)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        format!("{state}; its log ends with:\n{tail}")
+    };
+    eventually("the GcpCloud Ready", || async {
+        let status =
+            serde_json::to_value(clouds.get(&cloud).await.unwrap()).unwrap()["status"].clone();
+        if is_ready(&status) {
+            Ok(())
+        } else {
+            Err(format!("{status}; {}", operator_note()))
+        }
+    })
+    .await;
+    eventually("the VirtualService Ready", || async {
+        let status =
+            serde_json::to_value(services.get(vs_name).await.unwrap()).unwrap()["status"].clone();
+        if is_ready(&status) {
+            Ok(())
+        } else {
+            Err(format!("{status}; {}", operator_note()))
+        }
+    })
+    .await;
+    let vs = services.get(vs_name).await.unwrap();
+    assert!(
+        vs.metadata
+            .finalizers
+            .as_ref()
+            .is_some_and(|f| !f.is_empty()),
+        "the operator added its finalizer (patch on the object)"
+    );
+    // Its event went through events.k8s.io/v1.
+    let events: Api<Event> = Api::namespaced(admin.clone(), &tenant);
+    eventually("the Synced event", || async {
+        let list = events.list(&ListParams::default()).await.unwrap();
+        if list.items.iter().any(|e| {
+            e.reason.as_deref() == Some("Synced")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(vs_name)
+        }) {
+            Ok(())
+        } else {
+            Err(format!("{} events; {}", list.items.len(), operator_note()))
+        }
+    })
+    .await;
+    let lease = Api::<Lease>::namespaced(admin.clone(), &namespace)
+        .get("adc-operator")
+        .await
+        .unwrap();
+    assert_eq!(
+        lease.spec.and_then(|s| s.holder_identity).as_deref(),
+        Some(pod_name.as_str()),
+        "the operator holds the Lease in the release namespace"
+    );
+
+    // Deleting the object: the finalizer's cleanup runs and removes the finalizer.
+    services
+        .delete(vs_name, &DeleteParams::default())
+        .await
+        .unwrap();
+    eventually("the VirtualService gone", || async {
+        match services.get_opt(vs_name).await.unwrap() {
+            None => Ok(()),
+            Some(vs) => Err(format!("{:?}", vs.metadata.finalizers)),
+        }
+    })
+    .await;
+    clouds
+        .delete(&cloud, &DeleteParams::default())
+        .await
+        .unwrap();
+
+    let mut operator = operator.into_inner().unwrap();
+    operator.kill().unwrap();
+    operator.wait().unwrap();
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the operator was refused something it needs:\n{log}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrade_changes_the_deployment_and_uninstall_keeps_the_crds() {
+    let client = support::admin_client().await;
+    let namespace = support::test_namespace(&client, "helm-upgrade").await;
+    let release = "adc-operator-upgrade";
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    helm_ok(
+        &["install", release, chart, "--namespace", &namespace],
+        true,
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
+    let container_args = |d: &Deployment| -> Vec<String> {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .spec
+            .as_ref()
+            .unwrap()
+            .containers[0]
+            .args
+            .clone()
+            .unwrap()
+    };
+    let before = deployments.get(release).await.unwrap();
+    assert_eq!(before.spec.as_ref().unwrap().replicas, Some(2));
+    assert!(container_args(&before).contains(&"--log-format=json".to_string()));
+
+    helm_ok(
+        &[
+            "upgrade",
+            release,
+            chart,
+            "--namespace",
+            &namespace,
+            "--reuse-values",
+            "--set",
+            "replicas=3",
+            "--set",
+            "logFormat=text",
+        ],
+        true,
+    );
+    let after = deployments.get(release).await.unwrap();
+    assert_eq!(after.spec.as_ref().unwrap().replicas, Some(3));
+    let after_args = container_args(&after);
+    assert!(
+        after_args.contains(&"--log-format=text".to_string()),
+        "{after_args:?}"
+    );
+    assert!(
+        !after_args.contains(&"--log-format=json".to_string()),
+        "{after_args:?}"
+    );
+    assert!(after.metadata.generation > before.metadata.generation);
+
+    // A bad value is refused before anything changes.
+    let refused = helm(
+        &[
+            "upgrade",
+            release,
+            chart,
+            "--namespace",
+            &namespace,
+            "--reuse-values",
+            "--set",
+            "replicas=0",
+        ],
+        true,
+    );
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("replicas"));
+    assert_eq!(
+        deployments
+            .get(release)
+            .await
+            .unwrap()
+            .spec
+            .unwrap()
+            .replicas,
+        Some(3)
+    );
+    let history: Value = serde_json::from_str(&helm_ok(
+        &["history", release, "-n", &namespace, "-o", "json"],
+        true,
+    ))
+    .unwrap();
+    assert_eq!(history.as_array().unwrap().len(), 2, "{history}");
+
+    helm_ok(&["uninstall", release, "--namespace", &namespace], true);
+    let lease_objects = format!("{release}-leader-election");
+    let metrics = format!("{release}-metrics");
+    eventually("the release's objects gone", || async {
+        let mut left = Vec::new();
+        if deployments.get_opt(release).await.unwrap().is_some() {
+            left.push("Deployment");
+        }
+        if Api::<ServiceAccount>::namespaced(client.clone(), &namespace)
+            .get_opt(release)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            left.push("ServiceAccount");
+        }
+        if Api::<Service>::namespaced(client.clone(), &namespace)
+            .get_opt(&metrics)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            left.push("Service");
+        }
+        if Api::<PodDisruptionBudget>::namespaced(client.clone(), &namespace)
+            .get_opt(release)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            left.push("PodDisruptionBudget");
+        }
+        if Api::<Role>::namespaced(client.clone(), &namespace)
+            .get_opt(&lease_objects)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            left.push("Role");
+        }
+        if Api::<RoleBinding>::namespaced(client.clone(), &namespace)
+            .get_opt(&lease_objects)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            left.push("RoleBinding");
+        }
+        if Api::<ClusterRole>::all(client.clone())
+            .get_opt(release)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            left.push("ClusterRole");
+        }
+        if Api::<ClusterRoleBinding>::all(client.clone())
+            .get_opt(release)
+            .await
+            .unwrap()
+            .is_some()
+        {
+            left.push("ClusterRoleBinding");
+        }
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("{left:?} left"))
+        }
+    })
+    .await;
+    let releases = helm_ok(&["list", "-n", &namespace, "-a", "-q"], true);
+    assert!(releases.trim().is_empty(), "{releases}");
+    // Helm never deletes the CRDs of a chart's crds/ (nor the objects of every other release).
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for name in CRD_NAMES {
+        let crd = crds.get(name).await.unwrap();
+        assert!(
+            crd.metadata.deletion_timestamp.is_none(),
+            "{name} is being deleted"
+        );
+    }
+}
