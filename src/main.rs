@@ -114,14 +114,20 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let client = kube::Client::try_from(config)?;
     let metrics = std::sync::Arc::new(GcpMetrics::default());
-    let mut registry = prometheus_client::registry::Registry::with_prefix("adc_operator");
-    metrics.register(&mut registry);
+    // process_* unprefixed, as every Prometheus client names them; ours under adc_operator_.
+    let mut registry = prometheus_client::registry::Registry::default();
+    let process = std::sync::Arc::new(adc_operator::telemetry::ProcessMetrics::default());
+    process.register(&mut registry);
     let reconcile_metrics = std::sync::Arc::new(controller::ControllerMetrics::default());
-    reconcile_metrics.register(&mut registry);
+    {
+        let ours = registry.sub_registry_with_prefix("adc_operator");
+        metrics.register(ours);
+        reconcile_metrics.register(ours);
+    }
     let registry = std::sync::Arc::new(std::sync::Mutex::new(registry));
     let addr = args.metrics_addr;
     tokio::spawn(async move {
-        if let Err(err) = adc_operator::telemetry::serve(addr, registry).await {
+        if let Err(err) = adc_operator::telemetry::serve(addr, registry, process).await {
             tracing::error!(error = %err, %addr, "the metrics endpoint failed");
         }
     });

@@ -201,6 +201,8 @@ async fn one_leader_talks_to_gcp_and_a_standby_takes_over() {
         "adc_operator_reconcile_duration_seconds_bucket{",
         "adc_operator_gcp_batch_size_bucket{",
         "adc_operator_gcp_calls_total{",
+        "process_resident_memory_bytes ",
+        "process_cpu_seconds ",
     ] {
         assert!(metrics.contains(family), "/metrics has {family}");
     }
