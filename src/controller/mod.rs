@@ -36,6 +36,28 @@ fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action
     Action::requeue(Duration::from_secs(10))
 }
 
+/// Wraps a reconcile function so that every run is counted and timed under `kind`.
+fn measured<K, F, Fut>(
+    kind: &'static str,
+    metrics: Arc<ControllerMetrics>,
+    reconcile: F,
+) -> impl FnMut(Arc<K>, Arc<Context>) -> futures::future::BoxFuture<'static, Result<Action, Error>>
+where
+    K: Send + Sync + 'static,
+    F: Fn(Arc<K>, Arc<Context>) -> Fut + Copy + Send + 'static,
+    Fut: std::future::Future<Output = Result<Action, Error>> + Send + 'static,
+{
+    move |object, ctx| {
+        let metrics = Arc::clone(&metrics);
+        Box::pin(async move {
+            let start = std::time::Instant::now();
+            let outcome = reconcile(object, ctx).await;
+            metrics.observe(kind, start, &outcome);
+            outcome
+        })
+    }
+}
+
 /// Runs every controller until the process is told to stop.
 pub async fn run(
     client: Client,
@@ -100,18 +122,11 @@ pub async fn run(
         .reconcile_on(UnboundedReceiverStream::new(vs_rx))
         .shutdown_on_signal()
         .run(
-            {
-                let recorded = Arc::clone(&reconcile_metrics);
-                move |object, ctx| {
-                    let recorded = Arc::clone(&recorded);
-                    async move {
-                        let start = std::time::Instant::now();
-                        let outcome = virtualservice::reconcile(object, ctx).await;
-                        recorded.observe("VirtualService", start, &outcome);
-                        outcome
-                    }
-                }
-            },
+            measured(
+                "VirtualService",
+                Arc::clone(&reconcile_metrics),
+                virtualservice::reconcile,
+            ),
             error_policy,
             Arc::clone(&ctx),
         )
@@ -135,18 +150,11 @@ pub async fn run(
         .reconcile_on(UnboundedReceiverStream::new(vr_rx))
         .shutdown_on_signal()
         .run(
-            {
-                let recorded = Arc::clone(&reconcile_metrics);
-                move |object, ctx| {
-                    let recorded = Arc::clone(&recorded);
-                    async move {
-                        let start = std::time::Instant::now();
-                        let outcome = vpcroute::reconcile(object, ctx).await;
-                        recorded.observe("VpcRoute", start, &outcome);
-                        outcome
-                    }
-                }
-            },
+            measured(
+                "VpcRoute",
+                Arc::clone(&reconcile_metrics),
+                vpcroute::reconcile,
+            ),
             error_policy,
             Arc::clone(&ctx),
         )
@@ -158,18 +166,7 @@ pub async fn run(
     )
     .shutdown_on_signal()
     .run(
-        {
-            let recorded = Arc::clone(&reconcile_metrics);
-            move |object, ctx| {
-                let recorded = Arc::clone(&recorded);
-                async move {
-                    let start = std::time::Instant::now();
-                    let outcome = cloud::reconcile(object, ctx).await;
-                    recorded.observe("GcpCloud", start, &outcome);
-                    outcome
-                }
-            }
-        },
+        measured("GcpCloud", Arc::clone(&reconcile_metrics), cloud::reconcile),
         error_policy,
         Arc::clone(&ctx),
     )
