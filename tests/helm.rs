@@ -13,7 +13,6 @@ mod support;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 use adc_operator::api::{GcpCloud, VirtualService};
 use adc_testenv::{EmulatorProcess, emulator_binary};
@@ -255,22 +254,7 @@ fn args(deployment: &Value) -> Vec<String> {
         .collect()
 }
 
-/// Polls until `check` holds (bounded: 60 s, two cores shared with other tests).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let mut last = String::new();
-    for _ in 0..300 {
-        match check().await {
-            Ok(()) => return,
-            Err(why) => last = why,
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{what} did not happen within 60 s: {last}");
-}
+use support::eventually;
 
 fn is_ready(status: &Value) -> bool {
     status["conditions"].as_array().is_some_and(|c| {

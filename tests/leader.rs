@@ -126,31 +126,7 @@ async fn apply_services(client: &Client, ns: &str, range: std::ops::Range<usize>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_talks_to_gcp_and_a_standby_takes_over() {
-    let plane = adc_testenv::shared().unwrap();
-    let applied = Command::new(&plane.binaries.kubectl)
-        .args(["apply", "--server-side", "-f"])
-        .arg(adc_testenv::repo_root().join("crds"))
-        .env("KUBECONFIG", &plane.kubeconfig)
-        .output()
-        .unwrap();
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
-    let waited = Command::new(&plane.binaries.kubectl)
-        .args([
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd/virtualservices.adc.dev",
-            "crd/gcpclouds.adc.dev",
-            "crd/vpcroutes.adc.dev",
-        ])
-        .env("KUBECONFIG", &plane.kubeconfig)
-        .output()
-        .unwrap();
-    assert!(waited.status.success());
+    support::install_crds();
     let emulator =
         EmulatorProcess::start(&emulator_binary().unwrap(), WORLD, &["--auth", "token"]).unwrap();
     let ports = [free_port(), free_port()];

@@ -69,36 +69,7 @@ fn start_operator(emulator: &EmulatorProcess) -> Child {
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        let plane = adc_testenv::shared().expect("control plane");
-        let kubectl = &plane.binaries.kubectl;
-        let applied = Command::new(kubectl)
-            .args(["apply", "--server-side", "--force-conflicts", "-f"])
-            .arg(adc_testenv::repo_root().join("crds"))
-            .env("KUBECONFIG", &plane.kubeconfig)
-            .output()
-            .expect("kubectl apply");
-        assert!(
-            applied.status.success(),
-            "{}",
-            String::from_utf8_lossy(&applied.stderr)
-        );
-        let waited = Command::new(kubectl)
-            .args([
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/virtualservices.adc.dev",
-                "crd/vpcroutes.adc.dev",
-                "crd/gcpclouds.adc.dev",
-            ])
-            .env("KUBECONFIG", &plane.kubeconfig)
-            .output()
-            .expect("kubectl wait");
-        assert!(
-            waited.status.success(),
-            "{}",
-            String::from_utf8_lossy(&waited.stderr)
-        );
+        support::install_crds();
 
         let emulator = EmulatorProcess::start(
             &emulator_binary().expect("emulator"),
@@ -178,22 +149,7 @@ fn virtual_service(
     })
 }
 
-/// Polls until `check` holds (bounded).
-async fn eventually<F, Fut>(what: &str, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let mut last = String::new();
-    for _ in 0..150 {
-        match check().await {
-            Ok(()) => return,
-            Err(why) => last = why,
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{what} did not happen within 30 s: {last}");
-}
+use support::eventually;
 
 async fn conditions<K>(api: &Api<K>, name: &str) -> Value
 where
@@ -332,7 +288,8 @@ async fn firewalls_to(dest: &str) -> Vec<Value> {
         .collect()
 }
 
-async fn compute(method: reqwest::Method, path: &str) -> Value {
+/// One Compute call as the operator makes it (a metadata-server token), with a JSON body.
+async fn compute(method: reqwest::Method, path: &str, body: Value) -> Value {
     let base = &fixture().emulator.base_url;
     let token: Value = reqwest::Client::new()
         .get(format!(
@@ -351,7 +308,7 @@ async fn compute(method: reqwest::Method, path: &str) -> Value {
             format!("{base}/compute/v1/projects/{PROJECT}/{path}"),
         )
         .bearer_auth(token["access_token"].as_str().unwrap())
-        .json(&json!({}))
+        .json(&body)
         .send()
         .await
         .unwrap()
@@ -536,6 +493,7 @@ async fn failover_drift_and_recovery() {
     compute(
         reqwest::Method::POST,
         "zones/us-central1-c/instances/se-3/stop",
+        json!({}),
     )
     .await;
     eventually("se-3 withdrawn, se-4 promoted", || async {
@@ -558,6 +516,7 @@ async fn failover_drift_and_recovery() {
     compute(
         reqwest::Method::POST,
         "zones/us-central1-c/instances/se-3/start",
+        json!({}),
     )
     .await;
     eventually("se-3 back", || async {
@@ -578,7 +537,12 @@ async fn failover_drift_and_recovery() {
 
     // Drift: a route deleted behind the operator's back comes back at the next resync.
     let victim = routes_to(&format!("{aa}/32")).await[0].0.clone();
-    compute(reqwest::Method::DELETE, &format!("global/routes/{victim}")).await;
+    compute(
+        reqwest::Method::DELETE,
+        &format!("global/routes/{victim}"),
+        json!({}),
+    )
+    .await;
     eventually("drifted route restored", || async {
         if routes_to(&format!("{aa}/32"))
             .await
@@ -602,28 +566,8 @@ async fn orphans_are_collected_and_foreign_routes_left_alone() {
     let foreign = json!({"name": "adc-handmade-0001", "network": "global/networks/default", "destRange": "10.23.0.2/32", "priority": 2000, "nextHopIp": "10.128.0.9",
                          "description": "made by hand"});
     for body in [orphan, foreign] {
-        let base = &fixture().emulator.base_url;
-        let token: Value = reqwest::Client::new()
-            .get(format!(
-                "{base}/computeMetadata/v1/instance/service-accounts/default/token"
-            ))
-            .header("Metadata-Flavor", "Google")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let response = reqwest::Client::new()
-            .post(format!(
-                "{base}/compute/v1/projects/{PROJECT}/global/routes"
-            ))
-            .bearer_auth(token["access_token"].as_str().unwrap())
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        assert!(response.status().is_success());
+        let op = compute(reqwest::Method::POST, "global/routes", body).await;
+        assert_eq!(op["kind"], "compute#operation", "{op}");
     }
     let _ = (&client, &cloud);
     eventually("orphan collected", || async {

@@ -150,3 +150,31 @@ pub fn error_phase(err: &GcpError) -> (super::status::Phase, std::time::Duration
         )
     }
 }
+
+/// The finalizer's cleanup of any kind: with `adc.dev/deletion-policy: abandon` record the owner
+/// as abandoned (so garbage collection never takes its resources) and leave GCP alone; otherwise
+/// delete everything the owner has in its cloud.
+pub async fn cleanup<K>(
+    ctx: &super::Context,
+    object: &K,
+    cloud_ref: &str,
+    owner: &crate::plan::owner::Owner,
+) -> Result<kube::runtime::controller::Action, super::Error>
+where
+    K: kube::Resource<DynamicType = ()> + kube::ResourceExt,
+{
+    if super::context::abandons(object) {
+        super::context::mark_abandoned(ctx, cloud_ref, owner).await?;
+        ctx.event(
+            object,
+            false,
+            "Abandoned",
+            "Delete",
+            "deletion-policy abandon: GCP resources left in place".into(),
+        )
+        .await;
+    } else {
+        delete_owned(ctx, cloud_ref, owner).await?;
+    }
+    Ok(kube::runtime::controller::Action::await_change())
+}

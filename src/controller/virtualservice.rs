@@ -10,7 +10,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 
 use super::apply::apply;
-use super::context::{Context, abandons, owned_resources};
+use super::context::{Context, owned_resources};
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
 use crate::api::{GcpCloud, GcpResources, VirtualService, VirtualServiceStatus};
@@ -313,18 +313,5 @@ async fn report(
 }
 
 async fn cleanup(object: &VirtualService, ctx: &Context) -> Result<Action, Error> {
-    if abandons(object) {
-        super::context::mark_abandoned(ctx, &object.spec.cloud_ref, &owner(ctx, object)).await?;
-        ctx.event(
-            object,
-            false,
-            "Abandoned",
-            "Delete",
-            "deletion-policy abandon: GCP resources left in place".into(),
-        )
-        .await;
-        return Ok(Action::await_change());
-    }
-    super::apply::delete_owned(ctx, &object.spec.cloud_ref, &owner(ctx, object)).await?;
-    Ok(Action::await_change())
+    super::apply::cleanup(ctx, object, &object.spec.cloud_ref, &owner(ctx, object)).await
 }

@@ -10,7 +10,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 use super::apply::apply;
-use super::context::{Context, abandons, owned_resources};
+use super::context::{Context, owned_resources};
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
 use super::virtualservice::FINALIZER;
@@ -171,18 +171,5 @@ async fn report(
 }
 
 async fn cleanup(object: &VpcRoute, ctx: &Context) -> Result<Action, Error> {
-    if abandons(object) {
-        super::context::mark_abandoned(ctx, &object.spec.cloud_ref, &owner(ctx, object)).await?;
-        ctx.event(
-            object,
-            false,
-            "Abandoned",
-            "Delete",
-            "deletion-policy abandon: the route is left in place".into(),
-        )
-        .await;
-        return Ok(Action::await_change());
-    }
-    super::apply::delete_owned(ctx, &object.spec.cloud_ref, &owner(ctx, object)).await?;
-    Ok(Action::await_change())
+    super::apply::cleanup(ctx, object, &object.spec.cloud_ref, &owner(ctx, object)).await
 }

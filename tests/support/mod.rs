@@ -41,3 +41,55 @@ pub async fn test_namespace(client: &Client, prefix: &str) -> String {
         .expect("creating the test namespace");
     name
 }
+
+/// Polls until `check` holds, every 200 ms for at most 60 s (two cores are shared with other
+/// tests), then fails with the last reason `check` gave.
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut last = String::new();
+    for _ in 0..300 {
+        match check().await {
+            Ok(()) => return,
+            Err(why) => last = why,
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    panic!("{what} did not happen within 60 s: {last}");
+}
+
+/// Installs the checked-in CRDs with kubectl (server-side apply) and waits until they are
+/// Established.
+pub fn install_crds() {
+    let plane = adc_testenv::shared().unwrap_or_else(|err| panic!("control plane: {err}"));
+    let kubectl = |args: &[&str]| {
+        let output = std::process::Command::new(&plane.binaries.kubectl)
+            .args(args)
+            .env("KUBECONFIG", &plane.kubeconfig)
+            .output()
+            .expect("running kubectl");
+        assert!(
+            output.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let crds = adc_testenv::repo_root().join("crds");
+    kubectl(&[
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        crds.to_str().expect("UTF-8 path"),
+    ]);
+    kubectl(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/gcpclouds.adc.dev",
+        "crd/virtualservices.adc.dev",
+        "crd/vpcroutes.adc.dev",
+    ]);
+}
