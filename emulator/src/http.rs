@@ -15,6 +15,7 @@ use serde_json::{Value, json};
 use crate::auth::{self, ServiceAccountKey};
 use crate::error::ApiError;
 use crate::faults::Faults;
+use crate::filter::Filter;
 use crate::model::{Quotas, RateLimits};
 use crate::multipart::{self, InnerResponse};
 use crate::service::{AuthMode, Call, Emulator, Reply, unix_now};
@@ -182,7 +183,7 @@ async fn handle(
     let query = parse_form(uri.query().unwrap_or_default());
 
     if let Some(rest) = path.strip_prefix("/_emulator/") {
-        return admin(emulator, &method, rest, &body);
+        return admin(emulator, &method, rest, &query, &body);
     }
     if path == "/token" && method == Method::POST {
         return token(&app, &headers, &body);
@@ -470,7 +471,13 @@ fn metadata(emulator: &Emulator, headers: &HeaderMap, rest: &str) -> Response {
     }
 }
 
-fn admin(emulator: &Emulator, method: &Method, rest: &str, body: &Bytes) -> Response {
+fn admin(
+    emulator: &Emulator,
+    method: &Method,
+    rest: &str,
+    query: &[(String, String)],
+    body: &Bytes,
+) -> Response {
     let admin_error =
         |status: u16, message: String| json_response(status, json!({"error": message}).to_string());
     match (method.as_str(), rest.trim_end_matches('/')) {
@@ -492,7 +499,17 @@ fn admin(emulator: &Emulator, method: &Method, rest: &str, body: &Bytes) -> Resp
                 Ok(guard) => guard,
                 Err(poisoned) => poisoned.into_inner(),
             };
-            json_response(200, state.dump(tokio::time::Instant::now()).to_string())
+            let now = tokio::time::Instant::now();
+            let param = |name: &str| query.iter().find(|(k, _)| k == name).map(|(_, v)| v);
+            let filter = match param("filter").map(|f| Filter::parse(f)).transpose() {
+                Ok(filter) => filter,
+                Err(err) => return admin_error(400, format!("filter: {err}")),
+            };
+            let dump = match param("collection") {
+                Some(collection) => state.dump_collection(now, collection, filter.as_ref()),
+                None => state.dump(now),
+            };
+            json_response(200, dump.to_string())
         }
         ("POST", "reset") => {
             emulator.reset();

@@ -828,6 +828,29 @@ impl State {
         json!({"projects": projects})
     }
 
+    /// The resources of one collection (`routes`, `instances`, ...) across every project and
+    /// location, without operations, optionally only those a list `filter` matches: a light read
+    /// for harnesses that poll one collection.
+    pub fn dump_collection(
+        &mut self,
+        now: Instant,
+        collection: &str,
+        filter: Option<&crate::filter::Filter>,
+    ) -> Value {
+        self.advance(now);
+        let items: Vec<Value> = self
+            .projects
+            .values()
+            .flat_map(|project| project.collections.iter())
+            .filter(|(key, _)| key.kind.collection() == collection)
+            .flat_map(|(_, slots)| slots.values())
+            .filter(|slot| slot.phase != Phase::Creating)
+            .filter_map(|slot| serde_json::from_str::<Value>(&slot.json).ok())
+            .filter(|item| filter.is_none_or(|f| f.matches(item)))
+            .collect();
+        json!({"items": items})
+    }
+
     /// Resource and operation counts, for stats.
     pub fn counts(&mut self, now: Instant) -> Counts {
         self.advance(now);

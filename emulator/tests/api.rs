@@ -78,6 +78,45 @@ async fn route_lifecycle_and_errors_in_googles_shape() {
     );
     assert_eq!(got["id"], op["targetId"]);
 
+    // The admin API's one-collection dump: routes only, no operations.
+    let dump: Value = emu
+        .client
+        .get(format!("{}/_emulator/state?collection=routes", emu.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: Vec<&str> = dump["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["r1"], "{dump}");
+    assert!(dump.get("projects").is_none());
+    for (filter, expected) in [
+        ("destRange eq 10\\.9\\..*", 0),
+        ("destRange eq 10\\.10\\..*", 1),
+    ] {
+        let dump: Value = emu
+            .client
+            .get(format!("{}/_emulator/state", emu.base))
+            .query(&[("collection", "routes"), ("filter", filter)])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            dump["items"].as_array().unwrap().len(),
+            expected,
+            "{filter}: {dump}"
+        );
+    }
+
     let (status, dup) = emu.post("global/routes", route("r1", "10.10.0.5/32")).await;
     assert_eq!(status, 409);
     assert_eq!(dup["error"]["errors"][0]["reason"], "alreadyExists");
