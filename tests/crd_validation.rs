@@ -168,6 +168,7 @@ fn cloud_spec() -> Value {
         "rateLimit": {"writesPerMinute": 1200, "readsPerMinute": 1200, "operationReadsPerMinute": 2400},
         "batching": {"maxCallsPerBatch": 500, "linger": "50ms", "maxBatchesInFlight": 4},
         "resyncInterval": "5m",
+        "instancePollInterval": "5s",
     })
 }
 
@@ -367,6 +368,7 @@ async fn defaults_are_applied_by_the_api_server() {
         json!({"maxCallsPerBatch": 500, "linger": "50ms", "maxBatchesInFlight": 4})
     );
     assert_eq!(spec["resyncInterval"], json!("5m"));
+    assert_eq!(spec["instancePollInterval"], json!("5s"));
     assert_eq!(spec["allowDefaultRoute"], json!(false));
     assert_eq!(spec["credentials"]["secretRef"]["key"], json!("key.json"));
     assert!(spec.get("endpoint").is_none(), "{spec}");
@@ -796,6 +798,13 @@ async fn gcp_cloud_rejections() {
             "resync",
             with(base(), "/resyncInterval", json!("1d")),
             &["spec.resyncInterval"],
+        )
+        .await;
+    clouds
+        .reject(
+            "instance-poll",
+            with(base(), "/instancePollInterval", json!("5 s")),
+            &["spec.instancePollInterval"],
         )
         .await;
     clouds

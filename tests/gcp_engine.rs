@@ -427,3 +427,95 @@ async fn a_serialised_network_is_learned_and_kept_busy_without_flooding() {
     );
     assert_eq!(route_table(&emulator).await.len(), 100);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_poll_reads_only_instances_and_sees_a_stop() {
+    let emulator = start(&world(1000, ""), &[]);
+    let (engine, _) = engine(&emulator, DispatchMode::Batched, |_| {});
+    engine.apply(route(0), Lane::Bulk).await.unwrap();
+    let zones = ["us-central1-a".to_string()];
+    engine.refresh_inventory(&zones).await.unwrap();
+    let before = engine.inventory().snapshot();
+    let mut events = engine.inventory().subscribe();
+
+    let stopped = reqwest::Client::new()
+        .post(format!(
+            "{}/compute/v1/projects/{PROJECT}/zones/us-central1-a/instances/se-1/stop",
+            emulator.base_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(stopped.status().is_success(), "{stopped:?}");
+    let calls = |stats: &Value, method: &str| stats["callsByMethod"][method].as_u64().unwrap_or(0);
+    let stats_before = admin(&emulator, "stats").await;
+    engine.refresh_instances(&zones).await.unwrap();
+    let stats_after = admin(&emulator, "stats").await;
+    assert_eq!(
+        calls(&stats_after, "compute.instances.list")
+            - calls(&stats_before, "compute.instances.list"),
+        1,
+        "one list per zone"
+    );
+    for other in [
+        "routes",
+        "firewalls",
+        "addresses",
+        "forwardingRules",
+        "targetInstances",
+    ] {
+        let method = format!("compute.{other}.list");
+        assert_eq!(
+            calls(&stats_after, &method),
+            calls(&stats_before, &method),
+            "{method} is not the poll's business"
+        );
+    }
+
+    let after = engine.inventory().snapshot();
+    let polled = after.instance("us-central1-a", "se-1").unwrap();
+    assert!(!polled.is_running(), "{polled:?}");
+    // The trimmed answer holds every field an instance is read for: it decodes to what the
+    // whole resource decodes to.
+    let state = admin(&emulator, "state").await;
+    let raw = state["projects"][PROJECT]["resources"]
+        [format!("projects/{PROJECT}/zones/us-central1-a/instances")]
+    .as_array()
+    .unwrap()
+    .iter()
+    .find(|i| i["name"] == "se-1")
+    .cloned()
+    .unwrap();
+    let whole: adc_operator::gcp::types::Instance = serde_json::from_value(raw).unwrap();
+    assert!(
+        whole.can_ip_forward && whole.self_link.is_some(),
+        "{whole:?}"
+    );
+    assert_eq!(*polled, whole);
+    assert_eq!(
+        *before.instance("us-central1-a", "se-1").unwrap(),
+        adc_operator::gcp::types::Instance {
+            status: "RUNNING".into(),
+            ..whole
+        }
+    );
+    assert_eq!(
+        after.routes, before.routes,
+        "the routes are left as they were"
+    );
+    assert_eq!(
+        events.try_recv().unwrap(),
+        adc_operator::gcp::InventoryEvent::Instance {
+            zone: "us-central1-a".into(),
+            name: "se-1".into(),
+            status: polled.status.clone(),
+        }
+    );
+    assert!(events.try_recv().is_err(), "no Refreshed after a poll");
+
+    engine.shutdown();
+    assert!(matches!(
+        engine.refresh_instances(&zones).await,
+        Err(adc_operator::gcp::GcpError::Shutdown)
+    ));
+}

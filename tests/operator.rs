@@ -31,6 +31,8 @@ const WORLD: &str = "projects:
       - {name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}
       - {name: se-3, zone: us-central1-c, networkIP: 10.128.0.12, canIpForward: true}
       - {name: se-4, zone: us-central1-a, networkIP: 10.128.0.13, canIpForward: true}
+      - {name: se-5, zone: us-central1-f, networkIP: 10.128.0.14, canIpForward: true}
+      - {name: se-6, zone: us-central1-b, networkIP: 10.128.0.15, canIpForward: true}
 ";
 
 struct Fixture {
@@ -86,6 +88,12 @@ fn fixture() -> &'static Fixture {
 }
 
 async fn setup(prefix: &str) -> (Client, String, String) {
+    setup_with(prefix, json!({"resyncInterval": "1s"})).await
+}
+
+/// A fresh tenant namespace and a Ready GcpCloud for it, with `spec` merged into the cloud's
+/// spec.
+async fn setup_with(prefix: &str, spec: Value) -> (Client, String, String) {
     let fixture = fixture();
     let client = support::admin_client().await;
     let namespace = support::test_namespace(&client, prefix).await;
@@ -96,18 +104,17 @@ async fn setup(prefix: &str) -> (Client, String, String) {
         .await
         .unwrap();
     let cloud = format!("cloud-{namespace}");
-    apply(
-        &client,
-        json!({
-            "apiVersion": "adc.dev/v1alpha1", "kind": "GcpCloud", "metadata": {"name": cloud},
-            "spec": {"project": PROJECT, "network": "default", "region": "us-central1",
-                     "credentials": {"workloadIdentity": {}}, "endpoint": fixture.emulator.base_url,
-                     "allowedNamespaces": {"matchLabels": {"adc.dev/tenant": "true"}},
-                     "allowedDestinationRanges": ["10.0.0.0/8"], "resyncInterval": "1s"}
-        }),
-        None,
-    )
-    .await;
+    let mut manifest = json!({
+        "apiVersion": "adc.dev/v1alpha1", "kind": "GcpCloud", "metadata": {"name": cloud},
+        "spec": {"project": PROJECT, "network": "default", "region": "us-central1",
+                 "credentials": {"workloadIdentity": {}}, "endpoint": fixture.emulator.base_url,
+                 "allowedNamespaces": {"matchLabels": {"adc.dev/tenant": "true"}},
+                 "allowedDestinationRanges": ["10.0.0.0/8"]}
+    });
+    for (key, value) in spec.as_object().unwrap() {
+        manifest["spec"][key] = value.clone();
+    }
+    apply(&client, manifest, None).await;
     wait_ready::<GcpCloud>(&client, None, &cloud).await;
     (client, namespace, cloud)
 }
@@ -552,6 +559,76 @@ async fn failover_drift_and_recovery() {
             Ok(())
         } else {
             Err("missing".into())
+        }
+    })
+    .await;
+}
+
+/// Failover comes from the instance poll: the inventory resync is an hour away, yet the route to
+/// a stopped engine goes within seconds and comes back when it starts. Only this test uses se-5
+/// and se-6, and it leaves both running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_poll_drives_failover_without_a_resync() {
+    let (client, ns, cloud) = setup_with(
+        "vs-poll",
+        json!({"resyncInterval": "1h", "instancePollInterval": "1s"}),
+    )
+    .await;
+    let vip = "10.27.0.1";
+    let dest = format!("{vip}/32");
+    apply(
+        &client,
+        virtual_service(
+            "aa",
+            &cloud,
+            vip,
+            &[("se-5", "us-central1-f"), ("se-6", "us-central1-b")],
+            "ActiveActive",
+        ),
+        Some(&ns),
+    )
+    .await;
+    wait_ready::<VirtualService>(&client, Some(&ns), "aa").await;
+    let engines = || async {
+        routes_to(&dest)
+            .await
+            .into_iter()
+            .map(|r| r.1)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(engines().await, ["se-5", "se-6"]);
+
+    let stopped_at = std::time::Instant::now();
+    compute(
+        reqwest::Method::POST,
+        "zones/us-central1-f/instances/se-5/stop",
+        json!({}),
+    )
+    .await;
+    eventually("se-5 withdrawn, se-6 kept", || async {
+        match engines().await {
+            e if e == ["se-6"] => Ok(()),
+            e if e.contains(&"se-6".to_string()) => Err(format!("{e:?}")),
+            e => panic!("the route to se-6 went too: {e:?}"),
+        }
+    })
+    .await;
+    let took = stopped_at.elapsed();
+    assert!(
+        took < Duration::from_secs(30),
+        "withdrawn after {took:?}: the poll runs every second"
+    );
+
+    compute(
+        reqwest::Method::POST,
+        "zones/us-central1-f/instances/se-5/start",
+        json!({}),
+    )
+    .await;
+    eventually("se-5 back", || async {
+        match engines().await {
+            e if e == ["se-5", "se-6"] => Ok(()),
+            e => Err(format!("{e:?}")),
         }
     })
     .await;

@@ -121,6 +121,16 @@ pub struct GcpCloudSpec {
     #[schemars(regex(pattern = crate::api::DURATION_PATTERN), length(max = 32))]
     #[serde(default = "default_resync_interval")]
     pub resync_interval: String,
+
+    /// How often the operator reads the status of the instances that service engines and next
+    /// hops use, as a duration such as `5s` or `1m` (default `5s`; taken as at least `1s` and at
+    /// most `24h`). Each poll is one paged `instances.list` per zone in use, trimmed with `fields` to
+    /// what the operator reads, so routes are withdrawn from an engine within about this long
+    /// after it stops, without waiting for the inventory resync. It costs one read call per zone
+    /// per poll, out of `rateLimit.readsPerMinute`.
+    #[schemars(regex(pattern = crate::api::DURATION_PATTERN), length(max = 32))]
+    #[serde(default = "default_instance_poll_interval")]
+    pub instance_poll_interval: String,
 }
 
 /// How the operator authenticates to GCP: exactly one of `workloadIdentity` or `secretRef`.
@@ -278,6 +288,10 @@ fn default_resource_prefix() -> String {
 
 fn default_resync_interval() -> String {
     "5m".to_string()
+}
+
+fn default_instance_poll_interval() -> String {
+    "5s".to_string()
 }
 
 fn default_secret_key() -> String {

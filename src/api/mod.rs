@@ -181,6 +181,7 @@ mod tests {
             rate_limit: RateLimitSpec::default(),
             batching: BatchingSpec::default(),
             resync_interval: "5m".into(),
+            instance_poll_interval: "5s".into(),
         };
         assert_eq!(
             parse_duration(&cloud.batching.linger),
@@ -189,6 +190,10 @@ mod tests {
         assert_eq!(
             parse_duration(&cloud.resync_interval),
             Some(Duration::from_secs(300))
+        );
+        assert_eq!(
+            parse_duration(&cloud.instance_poll_interval),
+            Some(Duration::from_secs(5))
         );
     }
 
@@ -203,6 +208,7 @@ mod tests {
         .unwrap();
         assert_eq!(spec.resource_prefix, "adc-");
         assert_eq!(spec.resync_interval, "5m");
+        assert_eq!(spec.instance_poll_interval, "5s");
         assert_eq!(spec.rate_limit.reads_per_minute, 1500);
         assert_eq!(spec.rate_limit.writes_per_minute, 1500);
         assert_eq!(spec.rate_limit.operation_reads_per_minute, 1500);

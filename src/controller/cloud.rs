@@ -1,6 +1,7 @@
 //! GcpCloud: builds and keeps the GCP engine of each cloud, refreshes its inventory every resync
-//! interval, garbage-collects resources of this cluster that no object desires, and reports
-//! whether the cloud is reachable.
+//! interval and the status of the instances in use every instance poll interval,
+//! garbage-collects resources of this cluster that no object desires, and reports whether the
+//! cloud is reachable.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -98,7 +99,73 @@ async fn build_runtime(ctx: &Context, cloud: &GcpCloud) -> Result<Arc<CloudRunti
         engine,
     });
     forward_inventory_events(ctx, &runtime);
+    poll_instances(&runtime);
     Ok(runtime)
+}
+
+/// Used when `instancePollInterval` does not parse.
+const DEFAULT_INSTANCE_POLL: Duration = Duration::from_secs(5);
+/// Polls closer together than this would only spend the read budget reconciles need.
+const MIN_INSTANCE_POLL: Duration = Duration::from_secs(1);
+/// Beyond this the inventory resync sees the instances anyway (and a timer stays in range).
+const MAX_INSTANCE_POLL: Duration = Duration::from_secs(24 * 3600);
+
+/// The poll period `spec.instancePollInterval` asks for.
+fn instance_poll_period(spec: &crate::api::GcpCloudSpec) -> Duration {
+    parse_duration(&spec.instance_poll_interval)
+        .unwrap_or(DEFAULT_INSTANCE_POLL)
+        .clamp(MIN_INSTANCE_POLL, MAX_INSTANCE_POLL)
+}
+
+/// Reads the status of the instances in the zones in use every `instancePollInterval`, so an
+/// engine that stops is noticed (and its routes withdrawn through [`forward_inventory_events`])
+/// without waiting for the inventory resync. The task holds only a weak reference: it ends when
+/// the runtime is dropped or its engine shut down. A failing poll changes no condition (the
+/// resync reports reachability); it is logged once when it starts failing and when it recovers.
+fn poll_instances(runtime: &Arc<CloudRuntime>) {
+    let period = instance_poll_period(&runtime.spec);
+    let cloud = runtime.view.cloud.clone();
+    let weak = Arc::downgrade(runtime);
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failing = false;
+        loop {
+            ticks.tick().await;
+            let Some(runtime) = weak.upgrade() else {
+                return;
+            };
+            if runtime.engine.is_shut_down() {
+                return;
+            }
+            // Empty until the first full refresh has loaded them.
+            let zones: Vec<String> = match runtime.zones.read() {
+                Ok(guard) => guard.iter().cloned().collect(),
+                Err(poisoned) => poisoned.into_inner().iter().cloned().collect(),
+            };
+            // The runtime is not kept alive across the poll: a replaced one goes at once.
+            let engine = runtime.engine.clone();
+            drop(runtime);
+            if zones.is_empty() {
+                continue;
+            }
+            match engine.refresh_instances(&zones).await {
+                Ok(()) => {
+                    if std::mem::take(&mut failing) {
+                        tracing::info!(cloud = %cloud, "instance status poll recovered");
+                    }
+                }
+                Err(crate::gcp::GcpError::Shutdown) => return,
+                Err(err) if failing => {
+                    tracing::debug!(cloud = %cloud, error = %err, "instance status poll failed");
+                }
+                Err(err) => {
+                    failing = true;
+                    tracing::warn!(cloud = %cloud, error = %err, "instance status poll failed; retrying every poll interval");
+                }
+            }
+        }
+    });
 }
 
 /// Turns the inventory's changes into reconciles of the objects they concern.
@@ -432,4 +499,34 @@ async fn report(
     }
     write_status::<GcpCloud, GcpCloudStatus>(api, cloud, current.as_ref(), &status).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(instance_poll_interval: &str) -> crate::api::GcpCloudSpec {
+        let mut spec: crate::api::GcpCloudSpec = serde_json::from_value(serde_json::json!({
+            "project": "acme-prod",
+            "network": "prod-vpc",
+            "region": "us-central1",
+            "credentials": {"workloadIdentity": {}},
+        }))
+        .unwrap();
+        spec.instance_poll_interval = instance_poll_interval.to_string();
+        spec
+    }
+
+    #[test]
+    fn the_instance_poll_period_is_parsed_defaulted_and_kept_in_range() {
+        assert_eq!(instance_poll_period(&spec("5s")), Duration::from_secs(5));
+        assert_eq!(instance_poll_period(&spec("2m")), Duration::from_secs(120));
+        assert_eq!(
+            instance_poll_period(&spec("nonsense")),
+            DEFAULT_INSTANCE_POLL
+        );
+        assert_eq!(instance_poll_period(&spec("0s")), MIN_INSTANCE_POLL);
+        assert_eq!(instance_poll_period(&spec("10ms")), MIN_INSTANCE_POLL);
+        assert_eq!(instance_poll_period(&spec("9999999h")), MAX_INSTANCE_POLL);
+    }
 }

@@ -172,7 +172,7 @@ impl std::fmt::Debug for Engine {
     }
 }
 
-fn backoff(attempt: u32, scale: f64) -> Duration {
+pub(crate) fn backoff(attempt: u32, scale: f64) -> Duration {
     let base = 0.25 * 2f64.powi(attempt.min(8) as i32);
     let capped = base.min(32.0);
     // Full jitter between half and all of it.
@@ -245,6 +245,18 @@ impl Engine {
     /// Reloads the inventory by paged list calls.
     pub async fn refresh_inventory(&self, zones: &[String]) -> Result<(), GcpError> {
         super::inventory::refresh(&self.shared, zones).await
+    }
+
+    /// Reloads only the instances of `zones` (one paged `instances.list` per zone, trimmed with
+    /// `fields`) and announces each one whose status changed; the rest of the inventory stays as
+    /// it is. [`GcpError::Shutdown`] once the engine is shut down.
+    pub async fn refresh_instances(&self, zones: &[String]) -> Result<(), GcpError> {
+        super::inventory::refresh_instances(&self.shared, zones).await
+    }
+
+    /// Whether [`Engine::shutdown`] was called.
+    pub fn is_shut_down(&self) -> bool {
+        self.shared.stopped.load(Ordering::Relaxed)
     }
 
     /// Submits a mutation; the receiver resolves when its operation is DONE (or its error is

@@ -1,9 +1,11 @@
 //! What exists in GCP for one project: the operator's routes, firewall rules, addresses,
 //! forwarding rules and target instances (by its name prefix), and the instances routes point
 //! to. Loaded by paged list calls (500 per page) and kept current from completed operations in
-//! between, so reconciles never GET one object at a time.
+//! between, so reconciles never GET one object at a time. Instance status is also re-read on its
+//! own, more often than the full load, so that a stopped service engine is noticed quickly.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
 
 use reqwest::Method;
@@ -150,19 +152,7 @@ impl Inventory {
         };
         let previous = &*guard;
         let mut events = Vec::new();
-        for ((zone, name), instance) in &fresh.instances {
-            let before = previous
-                .instances
-                .get(&(zone.clone(), name.clone()))
-                .map(|i| i.status.as_str());
-            if before != Some(instance.status.as_str()) {
-                events.push(InventoryEvent::Instance {
-                    zone: zone.clone(),
-                    name: name.clone(),
-                    status: instance.status.clone(),
-                });
-            }
-        }
+        diff_instance_status(&previous.instances, &fresh.instances, &mut events);
         diff_keys(
             &previous.routes,
             &fresh.routes,
@@ -202,10 +192,52 @@ impl Inventory {
         );
         *guard = fresh;
         drop(guard);
+        events.push(InventoryEvent::Refreshed);
+        self.announce(events);
+    }
+
+    /// Replaces the instances of `zones` with a fresh load of them and announces every instance
+    /// whose status changed. Instances of other zones and every other collection stay as they
+    /// are; this is not a full refresh, so [`InventoryEvent::Refreshed`] is not sent.
+    fn replace_instances(&self, zones: &[String], fresh: ByLocation<Instance>) {
+        let mut events = Vec::new();
+        self.update(|snapshot| {
+            diff_instance_status(&snapshot.instances, &fresh, &mut events);
+            // Zones this load did not list keep their instances (a full refresh may have added
+            // one meanwhile).
+            snapshot
+                .instances
+                .retain(|(zone, _), _| !zones.contains(zone));
+            snapshot.instances.extend(fresh);
+        });
+        self.announce(events);
+    }
+
+    fn announce(&self, events: Vec<InventoryEvent>) {
         for event in events {
             let _ = self.events.send(event);
         }
-        let _ = self.events.send(InventoryEvent::Refreshed);
+    }
+}
+
+/// Announces every instance of `after` whose status is not the one it had in `before` (or that
+/// `before` did not hold).
+fn diff_instance_status(
+    before: &ByLocation<Instance>,
+    after: &ByLocation<Instance>,
+    events: &mut Vec<InventoryEvent>,
+) {
+    for ((zone, name), instance) in after {
+        let previous = before
+            .get(&(zone.clone(), name.clone()))
+            .map(|i| i.status.as_str());
+        if previous != Some(instance.status.as_str()) {
+            events.push(InventoryEvent::Instance {
+                zone: zone.clone(),
+                name: name.clone(),
+                status: instance.status.clone(),
+            });
+        }
     }
 }
 
@@ -246,110 +278,174 @@ fn prefix_filter(prefix: &str) -> String {
     format!("name eq {escaped}.*")
 }
 
+/// What an instance list asks for: every field [`Instance`] reads, and nothing else (an
+/// instance's disks, metadata and tags are most of its size).
+const INSTANCE_FIELDS: &str = "items(name,zone,status,canIpForward,selfLink,networkInterfaces(network,subnetwork,networkIP)),nextPageToken";
+
 /// One paged list in progress.
 struct Listing {
     path: String,
     location: String,
+    /// Only resources whose name starts with the resource prefix.
     filtered: bool,
+    /// A partial-response `fields` selection.
+    fields: Option<&'static str>,
     method_name: &'static str,
     token: Option<String>,
     items: Vec<Value>,
     done: bool,
 }
 
-/// Loads every collection by pages; the pages of all collections travel together, a round at a
-/// time.
-pub(crate) async fn refresh(shared: &Arc<Shared>, zones: &[String]) -> Result<(), GcpError> {
-    let project = &shared.settings.project;
-    let mut listings: Vec<Listing> = Vec::new();
-    let mut add = |path: String, location: &str, filtered: bool, method_name: &'static str| {
-        listings.push(Listing {
+impl Listing {
+    fn new(path: String, location: &str, filtered: bool, method_name: &'static str) -> Self {
+        Self {
             path,
             location: location.to_string(),
             filtered,
+            fields: None,
             method_name,
             token: None,
             items: Vec::new(),
             done: false,
-        });
-    };
-    add(
-        format!("projects/{project}/global/routes"),
-        "",
-        true,
-        "compute.routes.list",
-    );
-    add(
-        format!("projects/{project}/global/firewalls"),
-        "",
-        true,
-        "compute.firewalls.list",
-    );
-    add(
-        format!("projects/{project}/global/addresses"),
-        "",
-        true,
-        "compute.globalAddresses.list",
-    );
+        }
+    }
+
+    /// Every instance of `zone`, whatever its name.
+    fn instances(project: &str, zone: &str) -> Self {
+        Self {
+            fields: Some(INSTANCE_FIELDS),
+            ..Self::new(
+                format!("projects/{project}/zones/{zone}/instances"),
+                zone,
+                false,
+                "compute.instances.list",
+            )
+        }
+    }
+
+    fn call(&self, filter: &str) -> Call {
+        let mut query = vec![("maxResults".to_string(), "500".to_string())];
+        if self.filtered {
+            query.push(("filter".to_string(), filter.to_string()));
+        }
+        if let Some(fields) = self.fields {
+            query.push(("fields".to_string(), fields.to_string()));
+        }
+        if let Some(token) = &self.token {
+            query.push(("pageToken".to_string(), token.clone()));
+        }
+        Call {
+            method: Method::GET,
+            path: self.path.clone(),
+            query,
+            body: None,
+            group: RateGroup::Read,
+            method_name: self.method_name,
+        }
+    }
+}
+
+/// Loads every collection by pages; the pages of all collections travel together, a round at a
+/// time.
+pub(crate) async fn refresh(shared: &Arc<Shared>, zones: &[String]) -> Result<(), GcpError> {
+    let project = &shared.settings.project;
+    let mut listings = vec![
+        Listing::new(
+            format!("projects/{project}/global/routes"),
+            "",
+            true,
+            "compute.routes.list",
+        ),
+        Listing::new(
+            format!("projects/{project}/global/firewalls"),
+            "",
+            true,
+            "compute.firewalls.list",
+        ),
+        Listing::new(
+            format!("projects/{project}/global/addresses"),
+            "",
+            true,
+            "compute.globalAddresses.list",
+        ),
+    ];
     for region in &shared.settings.regions {
-        add(
+        listings.push(Listing::new(
             format!("projects/{project}/regions/{region}/addresses"),
             region,
             true,
             "compute.addresses.list",
-        );
-        add(
+        ));
+        listings.push(Listing::new(
             format!("projects/{project}/regions/{region}/forwardingRules"),
             region,
             true,
             "compute.forwardingRules.list",
-        );
+        ));
     }
     for zone in zones {
-        add(
+        listings.push(Listing::new(
             format!("projects/{project}/zones/{zone}/targetInstances"),
             zone,
             true,
             "compute.targetInstances.list",
-        );
-        add(
-            format!("projects/{project}/zones/{zone}/instances"),
-            zone,
-            false,
-            "compute.instances.list",
-        );
+        ));
+        listings.push(Listing::instances(project, zone));
     }
+    let fresh = load(
+        shared,
+        listings,
+        Snapshot {
+            loaded: true,
+            ..Snapshot::default()
+        },
+    )
+    .await?;
+    shared.inventory.replace(fresh);
+    Ok(())
+}
+
+/// Reloads only the instances of `zones` (one paged, trimmed list per zone) and announces the
+/// ones whose status changed: how a stopped service engine is noticed between full refreshes.
+pub(crate) async fn refresh_instances(
+    shared: &Arc<Shared>,
+    zones: &[String],
+) -> Result<(), GcpError> {
+    let project = &shared.settings.project;
+    let listings = zones
+        .iter()
+        .map(|zone| Listing::instances(project, zone))
+        .collect();
+    let fresh = load(shared, listings, Snapshot::default()).await?;
+    shared.inventory.replace_instances(zones, fresh.instances);
+    Ok(())
+}
+
+/// Runs `listings` to their last page, through the read budget and the client's batching, and
+/// files what they found into `into`.
+async fn load(
+    shared: &Arc<Shared>,
+    mut listings: Vec<Listing>,
+    mut into: Snapshot,
+) -> Result<Snapshot, GcpError> {
     let filter = prefix_filter(&shared.settings.resource_prefix);
+    // Consecutive failed attempts at the page each listing is on.
+    let mut failures = vec![0u32; listings.len()];
     while listings.iter().any(|l| !l.done) {
+        if shared.stopped.load(Ordering::Relaxed) {
+            return Err(GcpError::Shutdown);
+        }
         let open: Vec<usize> = (0..listings.len()).filter(|i| !listings[*i].done).collect();
         let granted = shared.budget.acquire(RateGroup::Read, "", open.len()).await;
         let round: Vec<usize> = open.into_iter().take(granted).collect();
-        let calls: Vec<Call> = round
-            .iter()
-            .map(|i| {
-                let listing = &listings[*i];
-                let mut query = vec![("maxResults".to_string(), "500".to_string())];
-                if listing.filtered {
-                    query.push(("filter".to_string(), filter.clone()));
-                }
-                if let Some(token) = &listing.token {
-                    query.push(("pageToken".to_string(), token.clone()));
-                }
-                Call {
-                    method: Method::GET,
-                    path: listing.path.clone(),
-                    query,
-                    body: None,
-                    group: RateGroup::Read,
-                    method_name: listing.method_name,
-                }
-            })
-            .collect();
+        let calls: Vec<Call> = round.iter().map(|i| listings[*i].call(&filter)).collect();
         let answers = shared.client.exchange(shared.transport, calls).await;
+        let mut worst = 0;
         for (index, answer) in round.into_iter().zip(answers) {
             let listing = &mut listings[index];
             match answer {
                 Ok(answer) => {
+                    failures[index] = 0;
                     let page: ListPage<Value> = serde_json::from_slice(&answer.body)
                         .map_err(|err| GcpError::Decode(format!("{}: {err}", listing.path)))?;
                     listing.items.extend(page.items);
@@ -363,15 +459,24 @@ pub(crate) async fn refresh(shared: &Arc<Shared>, zones: &[String]) -> Result<()
                         .budget
                         .penalize(RateGroup::Read, "", err.retry_after());
                 }
-                Err(err) if err.is_retryable() => {}
+                Err(err) if err.is_retryable() => {
+                    failures[index] += 1;
+                    if failures[index] >= shared.settings.max_attempts.max(1) {
+                        return Err(err);
+                    }
+                    worst = worst.max(failures[index]);
+                }
                 Err(err) => return Err(err),
             }
         }
+        if worst > 0 {
+            tokio::time::sleep(super::engine::backoff(
+                worst - 1,
+                shared.settings.time_scale,
+            ))
+            .await;
+        }
     }
-    let mut fresh = Snapshot {
-        loaded: true,
-        ..Snapshot::default()
-    };
     for listing in listings {
         let collection = listing
             .path
@@ -385,24 +490,23 @@ pub(crate) async fn refresh(shared: &Arc<Shared>, zones: &[String]) -> Result<()
             };
             let key = (listing.location.clone(), name.clone());
             match collection.as_str() {
-                "routes" => insert(&mut fresh.routes, name, &item),
-                "firewalls" => insert(&mut fresh.firewalls, name, &item),
-                "addresses" => insert(&mut fresh.addresses, key, &item),
-                "forwardingRules" => insert(&mut fresh.forwarding_rules, key, &item),
-                "targetInstances" => insert(&mut fresh.target_instances, key, &item),
+                "routes" => insert(&mut into.routes, name, &item),
+                "firewalls" => insert(&mut into.firewalls, name, &item),
+                "addresses" => insert(&mut into.addresses, key, &item),
+                "forwardingRules" => insert(&mut into.forwarding_rules, key, &item),
+                "targetInstances" => insert(&mut into.target_instances, key, &item),
                 "instances" => {
                     let zone = item
                         .get("zone")
                         .and_then(Value::as_str)
                         .map_or(listing.location.clone(), |z| last_segment(z).to_string());
-                    insert(&mut fresh.instances, (zone, name), &item);
+                    insert(&mut into.instances, (zone, name), &item);
                 }
                 _ => {}
             }
         }
     }
-    shared.inventory.replace(fresh);
-    Ok(())
+    Ok(into)
 }
 
 #[cfg(test)]
@@ -431,5 +535,146 @@ mod tests {
         );
         inventory.apply(&Mutation::delete(Target::route("adc-r"), None));
         assert!(inventory.snapshot().routes.is_empty());
+    }
+
+    fn instance(zone: &str, name: &str, status: &str) -> ((String, String), Instance) {
+        (
+            (zone.to_string(), name.to_string()),
+            Instance {
+                name: name.to_string(),
+                zone: zone.to_string(),
+                status: status.to_string(),
+                ..Instance::default()
+            },
+        )
+    }
+
+    fn drain(events: &mut broadcast::Receiver<InventoryEvent>) -> Vec<InventoryEvent> {
+        std::iter::from_fn(|| events.try_recv().ok()).collect()
+    }
+
+    #[test]
+    fn replacing_instances_announces_status_changes_and_touches_nothing_else() {
+        let inventory = Inventory::new();
+        let route = serde_json::json!({"name": "adc-r", "network": "global/networks/default", "destRange": "10.0.0.5/32", "priority": 2000, "nextHopIp": "10.0.0.9"});
+        inventory.replace(Snapshot {
+            routes: BTreeMap::from([("adc-r".to_string(), serde_json::from_value(route).unwrap())]),
+            instances: BTreeMap::from([
+                instance("z-a", "se-1", "RUNNING"),
+                instance("z-a", "se-2", "RUNNING"),
+                instance("z-b", "se-3", "RUNNING"),
+            ]),
+            loaded: true,
+            ..Snapshot::default()
+        });
+        let before = inventory.snapshot();
+        let mut events = inventory.subscribe();
+
+        // se-1 stopped, se-2 unchanged, se-4 new; zone z-b was not polled.
+        inventory.replace_instances(
+            &["z-a".to_string()],
+            BTreeMap::from([
+                instance("z-a", "se-1", "STOPPING"),
+                instance("z-a", "se-2", "RUNNING"),
+                instance("z-a", "se-4", "RUNNING"),
+            ]),
+        );
+        assert_eq!(
+            drain(&mut events),
+            [
+                InventoryEvent::Instance {
+                    zone: "z-a".into(),
+                    name: "se-1".into(),
+                    status: "STOPPING".into()
+                },
+                InventoryEvent::Instance {
+                    zone: "z-a".into(),
+                    name: "se-4".into(),
+                    status: "RUNNING".into()
+                },
+            ],
+            "one event per changed status, and no Refreshed"
+        );
+        let after = inventory.snapshot();
+        assert!(!after.instance("z-a", "se-1").unwrap().is_running());
+        assert!(after.instance("z-a", "se-4").unwrap().is_running());
+        assert!(
+            after.instance("z-b", "se-3").unwrap().is_running(),
+            "a zone that was not polled keeps its instances"
+        );
+        assert_eq!(after.routes, before.routes);
+        assert_eq!(after.firewalls, before.firewalls);
+        assert_eq!(after.addresses, before.addresses);
+        assert_eq!(after.forwarding_rules, before.forwarding_rules);
+        assert_eq!(after.target_instances, before.target_instances);
+        assert!(after.loaded);
+
+        // An instance gone from a polled zone is dropped; the same statuses again are silent.
+        inventory.replace_instances(
+            &["z-a".to_string()],
+            BTreeMap::from([
+                instance("z-a", "se-1", "STOPPING"),
+                instance("z-a", "se-4", "RUNNING"),
+            ]),
+        );
+        assert_eq!(drain(&mut events), []);
+        assert!(inventory.snapshot().instance("z-a", "se-2").is_none());
+    }
+
+    #[test]
+    fn a_full_refresh_announces_instance_status_changes_too() {
+        let inventory = Inventory::new();
+        inventory.replace(Snapshot {
+            instances: BTreeMap::from([instance("z-a", "se-1", "RUNNING")]),
+            ..Snapshot::default()
+        });
+        let mut events = inventory.subscribe();
+        inventory.replace(Snapshot {
+            instances: BTreeMap::from([instance("z-a", "se-1", "TERMINATED")]),
+            ..Snapshot::default()
+        });
+        assert_eq!(
+            drain(&mut events),
+            [
+                InventoryEvent::Instance {
+                    zone: "z-a".into(),
+                    name: "se-1".into(),
+                    status: "TERMINATED".into()
+                },
+                InventoryEvent::Refreshed,
+            ]
+        );
+    }
+
+    #[test]
+    fn instance_lists_ask_for_every_field_an_instance_reads() {
+        let listing = Listing::instances("p", "z-a");
+        let call = listing.call("name eq adc-.*");
+        assert_eq!(call.path, "projects/p/zones/z-a/instances");
+        assert!(
+            !call.query.iter().any(|(k, _)| k == "filter"),
+            "every instance, whatever its name"
+        );
+        let fields = call
+            .query
+            .iter()
+            .find(|(k, _)| k == "fields")
+            .map(|(_, v)| v.as_str());
+        assert_eq!(fields, Some(INSTANCE_FIELDS));
+        let full = serde_json::json!({"kind": "compute#instance", "id": "1", "name": "se-1",
+            "zone": "https://compute.googleapis.com/compute/v1/projects/p/zones/z-a", "status": "RUNNING",
+            "canIpForward": true, "machineType": "zones/z-a/machineTypes/e2-standard-4",
+            "networkInterfaces": [{"name": "nic0", "network": "global/networks/default", "networkIP": "10.0.0.2"}],
+            "selfLink": "projects/p/zones/z-a/instances/se-1"});
+        // What Compute's partial response keeps of it decodes to the same instance.
+        let trimmed = serde_json::json!({"name": "se-1",
+            "zone": "https://compute.googleapis.com/compute/v1/projects/p/zones/z-a", "status": "RUNNING",
+            "canIpForward": true,
+            "networkInterfaces": [{"network": "global/networks/default", "networkIP": "10.0.0.2"}],
+            "selfLink": "projects/p/zones/z-a/instances/se-1"});
+        assert_eq!(
+            serde_json::from_value::<Instance>(trimmed).unwrap(),
+            serde_json::from_value::<Instance>(full).unwrap()
+        );
     }
 }
