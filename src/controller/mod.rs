@@ -160,17 +160,23 @@ pub async fn run(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let clouds = Controller::new(
+    let cloud_controller = Controller::new(
         Api::<GcpCloud>::all(client.clone()),
         watcher::Config::default(),
-    )
-    .shutdown_on_signal()
-    .run(
-        measured("GcpCloud", Arc::clone(&reconcile_metrics), cloud::reconcile),
-        error_policy,
-        Arc::clone(&ctx),
-    )
-    .for_each(|_| futures::future::ready(()));
+    );
+    // A deleted GcpCloud is never reconciled (it has no finalizer): its engine is stopped here.
+    tokio::spawn(cloud::forget_deleted(
+        Arc::downgrade(&ctx),
+        cloud_controller.store(),
+    ));
+    let clouds = cloud_controller
+        .shutdown_on_signal()
+        .run(
+            measured("GcpCloud", Arc::clone(&reconcile_metrics), cloud::reconcile),
+            error_policy,
+            Arc::clone(&ctx),
+        )
+        .for_each(|_| futures::future::ready(()));
 
     tokio::join!(vs, vr, clouds);
     Ok(())
