@@ -958,10 +958,10 @@ async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
     );
     // Its event went through events.k8s.io/v1.
     let events: Api<Event> = Api::namespaced(admin.clone(), &tenant);
-    eventually("the Synced event", || async {
+    eventually("the Applying event", || async {
         let list = events.list(&ListParams::default()).await.unwrap();
         if list.items.iter().any(|e| {
-            e.reason.as_deref() == Some("Synced")
+            e.reason.as_deref() == Some("Applying")
                 && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(vs_name)
         }) {
             Ok(())

@@ -1,17 +1,9 @@
-//! Applying a plan through the engine: make before break. New resources are inserted and
-//! awaited before anything the object no longer wants is deleted, so traffic always has a route.
+//! Applying a plan through the engine: make before break. Anything the object no longer wants is
+//! deleted only once everything it wants exists, so traffic always has a route; routes to
+//! engines that are down are withdrawn at once.
 
 use crate::gcp::{Engine, GcpError, Lane, Mutation, Target};
 use crate::plan::diff::Diff;
-
-/// What applying a diff did.
-#[derive(Debug, Default)]
-pub struct Applied {
-    pub inserted: Vec<Target>,
-    pub deleted: Vec<Target>,
-    /// The first error, if any change failed.
-    pub error: Option<GcpError>,
-}
 
 fn network_of(engine: &Engine, target: &Target) -> Option<String> {
     engine
@@ -25,73 +17,80 @@ fn network_of(engine: &Engine, target: &Target) -> Option<String> {
         .map(|n| crate::gcp::types::last_segment(&n).to_string())
 }
 
-/// Inserts, replaces (delete then insert the same name), then deletes; `urgent` sends it all in
-/// the failover lane.
-pub async fn apply(engine: &Engine, diff: &Diff, urgent: bool) -> Applied {
-    let lane = if urgent { Lane::Urgent } else { Lane::Bulk };
-    let mut applied = Applied::default();
-    let mut waiting = Vec::new();
+/// What handing a diff to the engine did.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Mutations that are new work (not joined to work already pending).
+    pub started: usize,
+    /// Inserts (and replacements) started.
+    pub inserts: usize,
+    /// Deletes started.
+    pub deletes: usize,
+    /// The final error of an earlier attempt at one of the changes, still inside its retry
+    /// delay (nothing is resent for that resource until the delay has passed).
+    pub error: Option<GcpError>,
+}
+
+/// Hands the diff to the engine without waiting (make before break): inserts and replacements
+/// go now; deletes only once everything desired exists, except `withdrawals` (routes to engines
+/// that are down), which go at once. Inserts go in the failover lane when `urgent` (the object
+/// already carries traffic); replacements and deletes always do. Completions come back as
+/// inventory events, which requeue the object.
+pub fn advance(engine: &Engine, diff: &Diff, urgent: bool, withdrawals: &[Target]) -> Progress {
+    let mut progress = Progress::default();
+    // A change whose last attempt failed waits out its retry delay.
+    let mut held = |target: &Target| match engine.failure(target) {
+        Some(failure) if failure.at.elapsed() < error_phase(&failure.error).1 => {
+            progress.error.get_or_insert(failure.error);
+            true
+        }
+        _ => false,
+    };
+    let mut work = Vec::new();
     for resource in &diff.replaces {
-        let network = network_of(engine, &resource.target);
-        // The engine keeps one queue per resource: the insert follows the delete.
-        waiting.push((
-            None,
-            engine.submit(
+        if !held(&resource.target) {
+            let network = network_of(engine, &resource.target);
+            // The engine keeps one queue per resource: the insert follows the delete.
+            work.push((
                 Mutation::delete(resource.target.clone(), network),
                 Lane::Urgent,
-            ),
-        ));
-        waiting.push((
-            Some(resource.target.clone()),
-            engine.submit(
+            ));
+            work.push((
                 Mutation::insert(resource.target.clone(), resource.body.clone()),
                 Lane::Urgent,
-            ),
-        ));
+            ));
+        }
     }
+    let lane = if urgent { Lane::Urgent } else { Lane::Bulk };
     for resource in &diff.inserts {
-        waiting.push((
-            Some(resource.target.clone()),
-            engine.submit(
+        if !held(&resource.target) {
+            work.push((
                 Mutation::insert(resource.target.clone(), resource.body.clone()),
                 lane,
-            ),
-        ));
+            ));
+        }
     }
-    for (target, receiver) in waiting {
-        match receiver.await.unwrap_or(Err(GcpError::Shutdown)) {
-            Ok(()) => applied.inserted.extend(target),
-            Err(err) => {
-                applied.error.get_or_insert(err);
+    let made = diff.inserts.is_empty() && diff.replaces.is_empty();
+    for target in &diff.deletes {
+        if (made || withdrawals.contains(target)) && !held(target) {
+            work.push((
+                Mutation::delete(target.clone(), network_of(engine, target)),
+                Lane::Urgent,
+            ));
+        }
+    }
+    for (mutation, lane) in work {
+        let insert = mutation.is_insert();
+        if engine.begin(mutation, lane) {
+            progress.started += 1;
+            if insert {
+                progress.inserts += 1;
+            } else {
+                progress.deletes += 1;
             }
         }
     }
-    if applied.error.is_some() {
-        // Break nothing while the make failed.
-        return applied;
-    }
-    let deletes: Vec<_> = diff
-        .deletes
-        .iter()
-        .map(|target| {
-            (
-                target.clone(),
-                engine.submit(
-                    Mutation::delete(target.clone(), network_of(engine, target)),
-                    Lane::Urgent,
-                ),
-            )
-        })
-        .collect();
-    for (target, receiver) in deletes {
-        match receiver.await.unwrap_or(Err(GcpError::Shutdown)) {
-            Ok(()) => applied.deleted.push(target),
-            Err(err) => {
-                applied.error.get_or_insert(err);
-            }
-        }
-    }
-    applied
+    progress
 }
 
 /// Deletes every resource of `owner` the inventory of `cloud_ref` holds, and waits. Without the

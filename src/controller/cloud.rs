@@ -110,11 +110,13 @@ const MIN_INSTANCE_POLL: Duration = Duration::from_secs(1);
 /// Beyond this the inventory resync sees the instances anyway (and a timer stays in range).
 const MAX_INSTANCE_POLL: Duration = Duration::from_secs(24 * 3600);
 
-/// The poll period `spec.instancePollInterval` asks for.
-fn instance_poll_period(spec: &crate::api::GcpCloudSpec) -> Duration {
+/// The poll period `spec.instancePollInterval` asks for. The floor is in GCP time: under
+/// `--gcp-time-scale` (a compressed emulator) it shrinks with the scale.
+fn instance_poll_period(spec: &crate::api::GcpCloudSpec, time_scale: f64) -> Duration {
+    let floor = MIN_INSTANCE_POLL.mul_f64(time_scale.clamp(0.001, 1.0));
     parse_duration(&spec.instance_poll_interval)
         .unwrap_or(DEFAULT_INSTANCE_POLL)
-        .clamp(MIN_INSTANCE_POLL, MAX_INSTANCE_POLL)
+        .clamp(floor, MAX_INSTANCE_POLL)
 }
 
 /// Reads the status of the instances in the zones in use every `instancePollInterval`, so an
@@ -123,7 +125,7 @@ fn instance_poll_period(spec: &crate::api::GcpCloudSpec) -> Duration {
 /// the runtime is dropped or its engine shut down. A failing poll changes no condition (the
 /// resync reports reachability); it is logged once when it starts failing and when it recovers.
 fn poll_instances(runtime: &Arc<CloudRuntime>) {
-    let period = instance_poll_period(&runtime.spec);
+    let period = instance_poll_period(&runtime.spec, runtime.engine.settings().time_scale);
     let cloud = runtime.view.cloud.clone();
     let weak = Arc::downgrade(runtime);
     tokio::spawn(async move {
@@ -554,14 +556,28 @@ mod tests {
 
     #[test]
     fn the_instance_poll_period_is_parsed_defaulted_and_kept_in_range() {
-        assert_eq!(instance_poll_period(&spec("5s")), Duration::from_secs(5));
-        assert_eq!(instance_poll_period(&spec("2m")), Duration::from_secs(120));
         assert_eq!(
-            instance_poll_period(&spec("nonsense")),
+            instance_poll_period(&spec("5s"), 1.0),
+            Duration::from_secs(5)
+        );
+        assert_eq!(
+            instance_poll_period(&spec("2m"), 1.0),
+            Duration::from_secs(120)
+        );
+        assert_eq!(
+            instance_poll_period(&spec("nonsense"), 1.0),
             DEFAULT_INSTANCE_POLL
         );
-        assert_eq!(instance_poll_period(&spec("0s")), MIN_INSTANCE_POLL);
-        assert_eq!(instance_poll_period(&spec("10ms")), MIN_INSTANCE_POLL);
-        assert_eq!(instance_poll_period(&spec("9999999h")), MAX_INSTANCE_POLL);
+        assert_eq!(instance_poll_period(&spec("0s"), 1.0), MIN_INSTANCE_POLL);
+        assert_eq!(instance_poll_period(&spec("10ms"), 1.0), MIN_INSTANCE_POLL);
+        assert_eq!(
+            instance_poll_period(&spec("9999999h"), 1.0),
+            MAX_INSTANCE_POLL
+        );
+        // A compressed emulator: the one-second floor is in GCP time.
+        assert_eq!(
+            instance_poll_period(&spec("10ms"), 0.05),
+            Duration::from_millis(50)
+        );
     }
 }

@@ -12,7 +12,7 @@ use kube::{Resource, ResourceExt};
 use serde_json::Value;
 use tokio::sync::mpsc;
 
-use crate::api::{GcpCloud, VirtualService, VpcRoute};
+use crate::api::{VirtualService, VpcRoute};
 use crate::gcp::{DispatchMode, Engine, GcpMetrics, Snapshot, Target};
 use crate::plan::CloudView;
 use crate::plan::owner::Owner;
@@ -94,8 +94,8 @@ impl Context {
     }
 
     /// Whether `cloud`'s allowedNamespaces selects `namespace`.
-    pub fn namespace_allowed(&self, cloud: &GcpCloud, namespace: &str) -> bool {
-        let Some(selector) = &cloud.spec.allowed_namespaces else {
+    pub fn namespace_allowed(&self, cloud: &crate::api::GcpCloudSpec, namespace: &str) -> bool {
+        let Some(selector) = &cloud.allowed_namespaces else {
             return true;
         };
         let Some(ns) = self.namespaces.get(&ObjectRef::new(namespace)) else {

@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::apply::apply;
+use super::apply::advance;
 use super::context::{Context, owned_resources};
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
@@ -86,19 +86,21 @@ async fn apply_object(
     ctx: &Context,
 ) -> Result<Action, Error> {
     let cloud_name = &object.spec.cloud_ref;
-    let clouds: Api<GcpCloud> = Api::all(ctx.client.clone());
-    let Some(cloud) = clouds.get_opt(cloud_name).await? else {
-        let phase = Phase::stalled(
-            "CloudNotFound",
-            format!("GcpCloud '{cloud_name}' does not exist: create it or fix spec.cloudRef"),
-        );
-        report(api, object, phase, None, &[], None).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
-    };
+    // A running engine carries the cloud's spec: no API call per reconcile. Without one, the
+    // API server says whether the cloud is missing or only not Ready yet.
     let Some(runtime) = ctx
         .cloud(cloud_name)
         .filter(|r| r.ready.load(std::sync::atomic::Ordering::Relaxed))
     else {
+        let clouds: Api<GcpCloud> = Api::all(ctx.client.clone());
+        if clouds.get_opt(cloud_name).await?.is_none() {
+            let phase = Phase::stalled(
+                "CloudNotFound",
+                format!("GcpCloud '{cloud_name}' does not exist: create it or fix spec.cloudRef"),
+            );
+            report(api, object, phase, None, &[], None).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
         // A restarted operator waits for its engine: that says nothing about the object, so a
         // Ready status stays as it is (no health flapping in Argo CD or Flux).
         if !super::status::ready_for_generation(
@@ -113,6 +115,7 @@ async fn apply_object(
         }
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
+    let cloud_spec = &runtime.spec;
     let engine = &runtime.engine;
     // An engine in a zone the inventory does not list yet: load it before judging.
     let known = match runtime.zones.read() {
@@ -174,9 +177,10 @@ async fn apply_object(
     );
 
     let around = Surroundings {
-        namespace_allowed: ctx.namespace_allowed(&cloud, &object.namespace().unwrap_or_default()),
-        allowed_ranges: cloud.spec.allowed_destination_ranges.clone(),
-        allow_default_route: cloud.spec.allow_default_route,
+        namespace_allowed: ctx
+            .namespace_allowed(cloud_spec, &object.namespace().unwrap_or_default()),
+        allowed_ranges: cloud_spec.allowed_destination_ranges.clone(),
+        allow_default_route: cloud_spec.allow_default_route,
         vip_claimed_by: vip_claimed_by(ctx, object),
         missing_engines: missing,
     };
@@ -201,20 +205,35 @@ async fn apply_object(
     }
 
     let changes = diff(&plan.desired, &owned);
-    let failover = !plan.down_engines.is_empty()
-        || changes
-            .deletes
-            .iter()
-            .any(|t| t.collection == Collection::Routes);
-    let applied = apply(engine, &changes, failover).await;
-    if !applied.inserted.is_empty() || !applied.deleted.is_empty() {
-        let reason = if failover { "Failover" } else { "Synced" };
+    // Routes to engines that are down go at once; everything else makes before it breaks.
+    let withdrawals: Vec<_> = owned
+        .iter()
+        .filter(|(target, body)| {
+            target.collection == Collection::Routes
+                && changes.deletes.contains(target)
+                && body["nextHopInstance"].as_str().is_some_and(|hop| {
+                    plan.down_engines
+                        .iter()
+                        .any(|down| hop.ends_with(&format!("/instances/{down}")))
+                })
+        })
+        .map(|(target, _)| target.clone())
+        .collect();
+    // An object that already has resources in GCP carries traffic: its changes are failover
+    // work, ahead of the bulk creation of new objects.
+    let urgent = !owned.is_empty();
+    let progress = advance(engine, &changes, urgent, &withdrawals);
+    if progress.started > 0 {
+        let reason = if withdrawals.is_empty() && plan.down_engines.is_empty() {
+            "Applying"
+        } else {
+            "Failover"
+        };
         let note = format!(
-            "created {} and deleted {} GCP resource(s)",
-            applied.inserted.len(),
-            applied.deleted.len()
+            "creating {} and deleting {} GCP resource(s)",
+            progress.inserts, progress.deletes
         );
-        tracing::info!(namespace = ?object.namespace(), name = %object.name_any(), inserted = applied.inserted.len(), deleted = applied.deleted.len(), "applied");
+        tracing::info!(namespace = ?object.namespace(), name = %object.name_any(), inserts = progress.inserts, deletes = progress.deletes, "applying");
         ctx.event(object, false, reason, "Apply", note).await;
     }
     let resources = GcpResources {
@@ -231,7 +250,7 @@ async fn apply_object(
             .map(|d| d.target.name.clone()),
         address: plan.address.as_ref().map(|t| t.name.clone()),
     };
-    if let Some(err) = applied.error {
+    if let Some(err) = progress.error {
         let (phase, retry) = super::apply::error_phase(&err);
         ctx.event(object, true, "GcpError", "Apply", err.to_string())
             .await;
@@ -247,8 +266,12 @@ async fn apply_object(
         return Ok(Action::requeue(retry));
     }
     if plan.vip.is_none() {
-        // The address exists now; read back the IP GCP chose, then plan the rest.
-        if let Some(address) = &plan.address {
+        // Once the address exists, read back the IP GCP chose, then plan the rest.
+        let address_made = plan
+            .address
+            .as_ref()
+            .is_some_and(|a| !changes.inserts.iter().any(|i| &i.target == a));
+        if address_made && let Some(address) = &plan.address {
             engine.read_back(address).await?;
         }
         report(
@@ -260,7 +283,24 @@ async fn apply_object(
             Some(resources),
         )
         .await?;
-        return Ok(Action::requeue(Duration::from_millis(200)));
+        return Ok(Action::requeue(Duration::from_millis(if address_made {
+            200
+        } else {
+            30_000
+        })));
+    }
+    if !changes.is_empty() {
+        // The inventory's events requeue the object as its operations finish.
+        report(
+            api,
+            object,
+            Phase::progressing("Applying", "waiting for GCP operations to finish"),
+            plan.vip.clone(),
+            &plan.active_engines,
+            Some(resources),
+        )
+        .await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
     }
     let phase = if plan.active_engines.is_empty() {
         Phase::progressing(

@@ -9,7 +9,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
-use super::apply::apply;
+use super::apply::advance;
 use super::context::{Context, owned_resources};
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
@@ -49,19 +49,21 @@ async fn apply_object(
     ctx: &Context,
 ) -> Result<Action, Error> {
     let cloud_name = &object.spec.cloud_ref;
-    let clouds: Api<GcpCloud> = Api::all(ctx.client.clone());
-    let Some(cloud) = clouds.get_opt(cloud_name).await? else {
-        let phase = Phase::stalled(
-            "CloudNotFound",
-            format!("GcpCloud '{cloud_name}' does not exist: create it or fix spec.cloudRef"),
-        );
-        report(api, object, phase, None).await?;
-        return Ok(Action::requeue(Duration::from_secs(60)));
-    };
+    // A running engine carries the cloud's spec: no API call per reconcile. Without one, the
+    // API server says whether the cloud is missing or only not Ready yet.
     let Some(runtime) = ctx
         .cloud(cloud_name)
         .filter(|r| r.ready.load(std::sync::atomic::Ordering::Relaxed))
     else {
+        let clouds: Api<GcpCloud> = Api::all(ctx.client.clone());
+        if clouds.get_opt(cloud_name).await?.is_none() {
+            let phase = Phase::stalled(
+                "CloudNotFound",
+                format!("GcpCloud '{cloud_name}' does not exist: create it or fix spec.cloudRef"),
+            );
+            report(api, object, phase, None).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
         if !super::status::ready_for_generation(
             object.status.as_ref().map(|s| &s.conditions[..]),
             object.metadata.generation,
@@ -74,6 +76,7 @@ async fn apply_object(
         }
         return Ok(Action::requeue(Duration::from_secs(10)));
     };
+    let cloud_spec = &runtime.spec;
     let engine = &runtime.engine;
     if let Some(instance) = &object.spec.next_hop.instance {
         let known = match runtime.zones.read() {
@@ -97,9 +100,10 @@ async fn apply_object(
         (missing, owned_resources(snapshot, &owner))
     });
     let around = Surroundings {
-        namespace_allowed: ctx.namespace_allowed(&cloud, &object.namespace().unwrap_or_default()),
-        allowed_ranges: cloud.spec.allowed_destination_ranges.clone(),
-        allow_default_route: cloud.spec.allow_default_route,
+        namespace_allowed: ctx
+            .namespace_allowed(cloud_spec, &object.namespace().unwrap_or_default()),
+        allowed_ranges: cloud_spec.allowed_destination_ranges.clone(),
+        allow_default_route: cloud_spec.allow_default_route,
         vip_claimed_by: None,
         missing_engines: missing,
     };
@@ -122,27 +126,38 @@ async fn apply_object(
     );
     let route_name = desired.target.name.clone();
     let changes = diff(std::slice::from_ref(&desired), &owned);
-    let applied = apply(engine, &changes, false).await;
-    if !applied.inserted.is_empty() || !applied.deleted.is_empty() {
+    // A route already in place carries traffic: its replacement is urgent.
+    let progress = advance(engine, &changes, !owned.is_empty(), &[]);
+    if progress.started > 0 {
         ctx.event(
             object,
             false,
-            "Synced",
+            "Applying",
             "Apply",
             format!(
-                "created {} and deleted {} route(s)",
-                applied.inserted.len(),
-                applied.deleted.len()
+                "creating {} and deleting {} route(s)",
+                progress.inserts, progress.deletes
             ),
         )
         .await;
     }
-    if let Some(err) = applied.error {
+    if let Some(err) = progress.error {
         let (phase, retry) = super::apply::error_phase(&err);
         ctx.event(object, true, "GcpError", "Apply", err.to_string())
             .await;
         report(api, object, phase, Some(route_name)).await?;
         return Ok(Action::requeue(retry));
+    }
+    if !changes.is_empty() {
+        // The inventory's events requeue the object as its operations finish.
+        report(
+            api,
+            object,
+            Phase::progressing("Applying", "waiting for GCP operations to finish"),
+            Some(route_name),
+        )
+        .await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
     }
     report(
         api,

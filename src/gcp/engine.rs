@@ -156,6 +156,16 @@ pub(crate) struct Shared {
     wake: Notify,
     slots: Arc<Semaphore>,
     pub stopped: AtomicBool,
+    /// The final error of the last mutation started (not awaited) per resource.
+    failures: std::sync::Mutex<HashMap<Target, Failure>>,
+}
+
+/// A mutation started with [`Engine::begin`] that failed for good.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    pub error: GcpError,
+    /// When it failed, to space out retries.
+    pub at: Instant,
 }
 
 /// The engine of one GCP project. Cheap to clone; shared by every reconcile.
@@ -208,6 +218,7 @@ impl Engine {
             wake: Notify::new(),
             slots: Arc::new(Semaphore::new(in_flight)),
             stopped: AtomicBool::new(false),
+            failures: Default::default(),
             client,
             transport,
             metrics,
@@ -274,6 +285,51 @@ impl Engine {
         }
         self.shared.enqueue(mutation, lane, tx);
         rx
+    }
+
+    /// Starts a mutation without waiting for it: a reconcile hands its work over and returns,
+    /// so a later change of the same object (a failover) is never stuck behind its own bulk
+    /// work. The outcome shows in the inventory (done) or in [`Engine::failure`] (a final
+    /// error); either way an [`InventoryEvent::Resource`](super::InventoryEvent) announces it.
+    /// Identical pending work is joined. Returns whether the mutation was new work rather than
+    /// joined to what was already pending for the resource.
+    pub fn begin(&self, mutation: Mutation, lane: Lane) -> bool {
+        let target = mutation.target.clone();
+        let joined = self.is_pending(&target);
+        lock_map(&self.shared.failures).remove(&target);
+        let receiver = self.submit(mutation, lane);
+        let shared = Arc::downgrade(&self.shared);
+        tokio::spawn(async move {
+            let outcome = receiver.await.unwrap_or(Err(GcpError::Shutdown));
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            match outcome {
+                Ok(()) | Err(GcpError::Shutdown | GcpError::Superseded) => {}
+                Err(error) => {
+                    lock_map(&shared.failures).insert(
+                        target.clone(),
+                        Failure {
+                            error,
+                            at: Instant::now(),
+                        },
+                    );
+                    shared.inventory.announce_failure(target);
+                }
+            }
+        });
+        !joined
+    }
+
+    /// The final error of the last mutation [`Engine::begin`]ed for `target`, until the next
+    /// start.
+    pub fn failure(&self, target: &Target) -> Option<Failure> {
+        lock_map(&self.shared.failures).get(target).cloned()
+    }
+
+    /// Whether work for `target` is queued or in flight.
+    pub fn is_pending(&self, target: &Target) -> bool {
+        self.shared.lock().slots.contains_key(target)
     }
 
     /// Submits and waits.
@@ -354,6 +410,15 @@ impl Engine {
             .values()
             .map(|slot| slot.works.len())
             .sum()
+    }
+}
+
+fn lock_map<K, V>(
+    map: &std::sync::Mutex<HashMap<K, V>>,
+) -> std::sync::MutexGuard<'_, HashMap<K, V>> {
+    match map.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
     }
 }
 

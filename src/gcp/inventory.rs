@@ -109,6 +109,12 @@ impl Inventory {
         }
     }
 
+    /// Announces that something happened to `target` without changing the view (a mutation of
+    /// it failed), so its owner looks again.
+    pub(crate) fn announce_failure(&self, target: Target) {
+        let _ = self.events.send(InventoryEvent::Resource(target));
+    }
+
     /// Records a mutation whose operation completed successfully.
     pub(crate) fn apply(&self, mutation: &Mutation) {
         let target = &mutation.target;
