@@ -9,7 +9,7 @@ TEST_THREADS ?= 2
 HELM ?= $(shell hack/envtest/build.sh --dir)/helm
 CHART := charts/adc-operator
 
-.PHONY: all build envtest crds crds-check helm-lint lint fmt fmt-check clippy test test-rust test-fidelity bench bench-emulator bench-engine demo cluster-up cluster-down clean toolchain
+.PHONY: all build envtest crds crds-check helm-lint lint fmt fmt-check clippy test test-rust test-fidelity bench bench-emulator bench-engine bench-convergence demo cluster-up cluster-down clean toolchain
 
 all: build
 
@@ -72,8 +72,20 @@ test-fidelity:
 	$(CARGO) build -p gce-emulator
 	GCE_EMULATOR_BIN=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/gce-emulator emulator/tests/fidelity/run.sh
 
-## bench: every benchmark (measured figures go into the READMEs)
-bench: bench-emulator bench-engine
+## bench: every benchmark (measured figures go into the READMEs). BENCH_QUICK=1 runs only a
+## two-minute convergence benchmark that records nothing.
+ifeq ($(BENCH_QUICK),1)
+bench: bench-convergence
+else
+bench: bench-emulator bench-engine bench-convergence
+endif
+
+## bench-convergence: a fleet on kube-apiserver + the operator binary + the emulator's gcp
+## profile, every scenario in every dispatch mode (bench/README.md: BENCH_N, BENCH_MODES,
+## BENCH_SCALE, BENCH_PER_OBJECT_DIVISOR, BENCH_QUICK)
+bench-convergence: envtest
+	$(CARGO) build --release -p adc-operator -p gce-emulator -p adc-bench --bins
+	$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/adc-bench
 
 ## bench-engine: the GCP engine's dispatch modes against the emulator's gcp profile
 bench-engine:

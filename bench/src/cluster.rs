@@ -1,0 +1,214 @@
+//! The Kubernetes side: CRDs, the tenant namespace and its GcpCloud, applying the fleet with
+//! server-side apply, and a watch that knows at every moment how many objects are Ready for their
+//! current generation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use adc_operator::api::{GcpCloud, VirtualService};
+use anyhow::{Context as _, bail};
+use futures::{StreamExt as _, TryStreamExt as _};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::runtime::{WatchStreamExt as _, watcher};
+use kube::{Client, ResourceExt as _};
+use serde_json::{Value, json};
+
+const MANAGER: &str = "adc-bench";
+
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in adc_operator::api::crds() {
+        crds.patch(
+            &crd.name_any(),
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(&crd),
+        )
+        .await?;
+    }
+    let vs: Api<VirtualService> = Api::all(client.clone());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while vs.list(&ListParams::default().limit(1)).await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the VirtualService API is not served 30 s after installing the CRDs");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+/// A fresh tenant namespace and a GcpCloud for it, pointing at `endpoint`; waits until the cloud
+/// is Ready.
+pub async fn tenant(
+    client: &Client,
+    name: &str,
+    endpoint: &str,
+    resync: &str,
+    instance_poll: &str,
+) -> anyhow::Result<()> {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": name, "labels": {"adc.dev/tenant": "bench"}}})),
+        )
+        .await?;
+    let clouds: Api<GcpCloud> = Api::all(client.clone());
+    clouds
+        .patch(
+            name,
+            &PatchParams::apply(MANAGER).force(),
+            &Patch::Apply(json!({
+                "apiVersion": "adc.dev/v1alpha1", "kind": "GcpCloud", "metadata": {"name": name},
+                "spec": {"project": crate::fleet::PROJECT, "network": "default", "region": "us-central1",
+                         "credentials": {"workloadIdentity": {}}, "endpoint": endpoint,
+                         "allowedNamespaces": {"matchLabels": {"kubernetes.io/metadata.name": name}},
+                         "allowedDestinationRanges": ["10.0.0.0/8"],
+                         "resyncInterval": resync, "instancePollInterval": instance_poll}
+            })),
+        )
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let cloud = clouds.get(name).await?;
+        let ready = cloud.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        });
+        if ready {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "GcpCloud {name} not Ready after 60 s: {:?}",
+                cloud.status.map(|s| s.conditions)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Applies every manifest with server-side apply, `concurrency` at a time, in order.
+pub async fn apply_all(
+    client: Client,
+    namespace: String,
+    manifests: Vec<Value>,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let api: Api<VirtualService> = Api::namespaced(client, &namespace);
+    let namespace = &namespace;
+    futures::stream::iter(manifests)
+        .map(|manifest| {
+            let api = api.clone();
+            async move {
+                let name = manifest["metadata"]["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                api.patch(
+                    &name,
+                    &PatchParams::apply(MANAGER).force(),
+                    &Patch::Apply(&manifest),
+                )
+                .await
+                .with_context(|| format!("applying VirtualService {namespace}/{name}"))
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_for_each(|_| async { Ok(()) })
+        .await
+}
+
+/// Deletes every VirtualService of the namespace (the operator's finalizer then deletes their
+/// GCP resources).
+pub async fn delete_all(client: &Client, namespace: &str) -> anyhow::Result<()> {
+    let api: Api<VirtualService> = Api::namespaced(client.clone(), namespace);
+    api.delete_collection(&DeleteParams::default(), &ListParams::default())
+        .await?;
+    Ok(())
+}
+
+/// Objects Ready for their current generation, kept current by a watch.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    inner: Arc<Mutex<ReadinessState>>,
+}
+
+#[derive(Default)]
+struct ReadinessState {
+    /// Every object the watch has seen, and whether it is Ready at its generation.
+    objects: HashMap<String, bool>,
+    ready: usize,
+}
+
+fn is_ready(vs: &VirtualService) -> bool {
+    vs.status.as_ref().is_some_and(|s| {
+        s.observed_generation.is_some()
+            && s.observed_generation == vs.metadata.generation
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+impl Readiness {
+    /// Starts watching the namespace's VirtualServices; the task ends with the runtime.
+    pub fn watch(client: &Client, namespace: &str) -> Self {
+        let readiness = Self::default();
+        let api: Api<VirtualService> = Api::namespaced(client.clone(), namespace);
+        let state = Arc::clone(&readiness.inner);
+        tokio::spawn(async move {
+            let mut events = watcher(api, watcher::Config::default())
+                .default_backoff()
+                .boxed();
+            while let Some(event) = events.next().await {
+                let Ok(event) = event else { continue };
+                let mut state = match state.lock() {
+                    Ok(guard) => guard,
+                    Err(poisoned) => poisoned.into_inner(),
+                };
+                match event {
+                    watcher::Event::Apply(vs) | watcher::Event::InitApply(vs) => {
+                        state.set(vs.name_any(), Some(is_ready(&vs)));
+                    }
+                    watcher::Event::Delete(vs) => state.set(vs.name_any(), None),
+                    watcher::Event::Init | watcher::Event::InitDone => {}
+                }
+            }
+        });
+        readiness
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, ReadinessState> {
+        match self.inner.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// (objects Ready, objects that exist)
+    pub fn counts(&self) -> (usize, usize) {
+        let state = self.lock();
+        (state.ready, state.objects.len())
+    }
+}
+
+impl ReadinessState {
+    fn set(&mut self, name: String, ready: Option<bool>) {
+        let before = match ready {
+            Some(ready) => self.objects.insert(name, ready),
+            None => self.objects.remove(&name),
+        };
+        if before == Some(true) {
+            self.ready -= 1;
+        }
+        if ready == Some(true) {
+            self.ready += 1;
+        }
+    }
+}

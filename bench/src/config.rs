@@ -1,0 +1,165 @@
+//! What a run measures, from the environment (`make bench` documents every variable).
+
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+
+/// How the operator sends Compute calls (`adc-operator run --gcp-dispatch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Every call of the fleet coalesced into batch requests.
+    Batched,
+    /// One HTTP request per call, many in flight, same budget.
+    Concurrent,
+    /// One call per object, waiting for its operation, K workers: today's per-resource
+    /// controllers.
+    PerObject,
+}
+
+impl Mode {
+    pub fn flag(self) -> &'static str {
+        match self {
+            Mode::Batched => "batched",
+            Mode::Concurrent => "concurrent",
+            Mode::PerObject => "per-object",
+        }
+    }
+
+    pub fn label(self) -> String {
+        match self {
+            Mode::PerObject => format!("per-object (K={PER_OBJECT_WORKERS})"),
+            other => other.flag().to_string(),
+        }
+    }
+
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(match text.trim() {
+            "batched" => Mode::Batched,
+            "concurrent" => Mode::Concurrent,
+            "per-object" => Mode::PerObject,
+            other => bail!("BENCH_MODES: unknown mode '{other}' (batched, concurrent, per-object)"),
+        })
+    }
+}
+
+/// Workers of the per-object mode.
+pub const PER_OBJECT_WORKERS: usize = 10;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Fleet sizes, each run in every mode (`BENCH_N`, comma-separated).
+    pub sizes: Vec<usize>,
+    /// `BENCH_MODES`, comma-separated.
+    pub modes: Vec<Mode>,
+    /// Emulator and operator time scale (`BENCH_SCALE`): 0.1 runs ten times faster than GCP.
+    pub scale: f64,
+    /// The per-object mode runs `N / divisor` objects (at least 100) and its rollout and teardown
+    /// times are extrapolated linearly (`BENCH_PER_OBJECT_DIVISOR`).
+    pub per_object_divisor: usize,
+    /// Engines stopped in the idle-fleet failover scenario, one run each.
+    pub failover_engines: Vec<usize>,
+    /// Engines stopped during a rollout.
+    pub under_load_engines: usize,
+    /// Resync intervals the steady-state scenario watches.
+    pub steady_resyncs: u32,
+    /// `BENCH_QUICK=1`: a small run of every scenario that records nothing in bench/.
+    pub quick: bool,
+    /// Where JSON results and charts go.
+    pub results_dir: PathBuf,
+    /// The README a markdown table is appended to (`None` in quick runs).
+    pub readme: Option<PathBuf>,
+}
+
+/// The GCP-time interval the GcpCloud resyncs its inventory at during the benchmark.
+pub const RESYNC_GCP_SECONDS: f64 = 60.0;
+/// The GCP-time interval instance status is polled at.
+pub const INSTANCE_POLL_GCP_SECONDS: f64 = 5.0;
+
+fn var(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn list<T>(
+    name: &str,
+    text: &str,
+    parse: impl Fn(&str) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<T>> {
+    text.split(',')
+        .map(|item| parse(item.trim()).with_context(|| format!("{name}: '{item}'")))
+        .collect()
+}
+
+impl Config {
+    pub fn from_env() -> anyhow::Result<Self> {
+        let quick = var("BENCH_QUICK").is_some_and(|v| v != "0");
+        let root = adc_testenv::repo_root();
+        let sizes = match var("BENCH_N") {
+            Some(text) => list("BENCH_N", &text, |s| Ok(s.parse::<usize>()?))?,
+            None if quick => vec![300],
+            None => vec![1000, 5000],
+        };
+        if sizes.iter().any(|n| *n == 0 || *n > 50_000) {
+            bail!("BENCH_N: every size must be between 1 and 50000");
+        }
+        let modes = match var("BENCH_MODES") {
+            Some(text) => list("BENCH_MODES", &text, Mode::parse)?,
+            None => vec![Mode::Batched, Mode::Concurrent, Mode::PerObject],
+        };
+        let scale = match var("BENCH_SCALE") {
+            Some(text) => text.parse::<f64>().context("BENCH_SCALE")?,
+            None if quick => 0.05,
+            None => 0.1,
+        };
+        if !(0.001..=1.0).contains(&scale) {
+            bail!("BENCH_SCALE: {scale} is outside 0.001..=1");
+        }
+        let per_object_divisor = match var("BENCH_PER_OBJECT_DIVISOR") {
+            Some(text) => text
+                .parse::<usize>()
+                .context("BENCH_PER_OBJECT_DIVISOR")?
+                .max(1),
+            None if quick => 3,
+            None => 10,
+        };
+        let results_dir = if quick {
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map_or_else(|| root.join("target"), PathBuf::from)
+                .join("bench-quick")
+        } else {
+            root.join("bench").join("results")
+        };
+        Ok(Self {
+            sizes,
+            modes,
+            scale,
+            per_object_divisor,
+            failover_engines: vec![10, 100],
+            under_load_engines: 100,
+            steady_resyncs: 3,
+            quick,
+            results_dir,
+            readme: (!quick).then(|| root.join("bench").join("README.md")),
+        })
+    }
+
+    /// Objects the mode actually runs for a fleet of `n`.
+    pub fn objects_for(&self, mode: Mode, n: usize) -> usize {
+        match mode {
+            Mode::PerObject => (n / self.per_object_divisor).max(100).min(n),
+            _ => n,
+        }
+    }
+
+    /// A GCP-time duration as the wall-clock duration the scaled emulator and operator use.
+    pub fn wall(&self, gcp_seconds: f64) -> std::time::Duration {
+        std::time::Duration::from_secs_f64(gcp_seconds * self.scale)
+    }
+
+    /// A duration for a GcpCloud spec field, in milliseconds of wall-clock time.
+    pub fn spec_duration(&self, gcp_seconds: f64) -> String {
+        format!(
+            "{}ms",
+            (gcp_seconds * self.scale * 1000.0).round().max(1.0) as u64
+        )
+    }
+}

@@ -1,0 +1,78 @@
+//! The convergence benchmark (`make bench`; bench/README.md).
+//!
+//! Real pieces only: a local kube-apiserver + etcd, the adc-operator binary, and gce-emulator
+//! with `--profile gcp` (latencies, operation durations, per-minute rate quotas) and a
+//! `--time-scale` that compresses time. Every scenario runs in every dispatch mode; times are
+//! reported in GCP seconds next to the lower bound the emulator's model allows for the same work.
+
+mod cluster;
+mod config;
+mod fleet;
+mod probe;
+mod report;
+mod scenarios;
+
+use anyhow::Context as _;
+
+fn main() -> anyhow::Result<()> {
+    let config = config::Config::from_env()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    // Started outside the runtime (it waits with a blocking client), on the main thread, which
+    // lives as long as the process: the children die with it.
+    let plane = adc_testenv::ControlPlane::start().context("starting kube-apiserver and etcd")?;
+    runtime.block_on(run(config, &plane))
+}
+
+async fn run(config: config::Config, plane: &adc_testenv::ControlPlane) -> anyhow::Result<()> {
+    let (date, when) = report::now();
+    println!(
+        "convergence benchmark {when}: fleets {:?}, modes {:?}, time scale {}, {} cores{}",
+        config.sizes,
+        config.modes.iter().map(|m| m.flag()).collect::<Vec<_>>(),
+        config.scale,
+        report::cores(),
+        if config.quick {
+            ", quick (records nothing in bench/)"
+        } else {
+            ""
+        }
+    );
+    let kubeconfig = kube::config::Kubeconfig::read_from(plane.kubeconfig())?;
+    let client = kube::Client::try_from(
+        kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?,
+    )?;
+    cluster::install_crds(&client).await?;
+    std::fs::create_dir_all(&config.results_dir)?;
+
+    let mut measures = Vec::new();
+    let mut series = Vec::new();
+    for n in &config.sizes {
+        for mode in &config.modes {
+            let results = scenarios::run_mode(&config, &client, plane.kubeconfig(), *mode, *n)
+                .await
+                .with_context(|| format!("fleet {n}, mode {}", mode.flag()))?;
+            measures.extend(results.measures);
+            series.push(results.rollout);
+        }
+    }
+
+    for path in report::write_json(&config, &date, &measures)? {
+        println!("wrote {}", path.display());
+    }
+    for n in &config.sizes {
+        let path = config.results_dir.join(format!("{date}-rollout-n{n}.png"));
+        if report::chart(&path, *n, &series)? {
+            println!("wrote {}", path.display());
+        }
+    }
+    let markdown = report::markdown(&config, &when, &measures);
+    println!("\n{markdown}");
+    if let Some(readme) = &config.readme {
+        report::append_readme(readme, &markdown)?;
+        println!("appended the table to {}", readme.display());
+    }
+    Ok(())
+}

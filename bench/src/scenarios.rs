@@ -1,0 +1,733 @@
+//! The five scenarios, run in one dispatch mode against one fresh emulator and operator.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use adc_testenv::EmulatorProcess;
+use anyhow::{Context as _, bail};
+use kube::Client;
+use serde_json::{Value, json};
+
+use crate::cluster::{self, Readiness};
+use crate::config::{
+    Config, INSTANCE_POLL_GCP_SECONDS, Mode, PER_OBJECT_WORKERS, RESYNC_GCP_SECONDS,
+};
+use crate::fleet::{Fleet, next_hop_filter};
+use crate::probe::{ApiserverWrites, Emulator, EmulatorCounts, OperatorProcess, ProcessReading};
+
+/// Per-minute quota of every rate group in the emulator's gcp profile (§11).
+pub const QUOTA_PER_MINUTE: f64 = 1500.0;
+/// Median route and firewall operation duration (§11), GCP seconds.
+pub const OPERATION_SECONDS: f64 = 8.0;
+/// One batch round trip: the median mutation latency (250 ms) plus the batch overhead (50 ms).
+pub const ROUND_TRIP_SECONDS: f64 = 0.3;
+
+/// The model's lower bound (bench/README.md) for work needing `writes` writes, `reads` reads and
+/// `operation_reads` operation reads, on a network without a concurrency limit, GCP seconds.
+pub fn lower_bound(writes: f64, reads: f64, operation_reads: f64) -> f64 {
+    let minutes = (writes / QUOTA_PER_MINUTE)
+        .max(reads / QUOTA_PER_MINUTE)
+        .max(operation_reads / QUOTA_PER_MINUTE);
+    minutes * 60.0 + OPERATION_SECONDS + ROUND_TRIP_SECONDS
+}
+
+/// Writes of a piece of work and the least reads it needs: one list page per 500 resources to
+/// know the inventory, one filtered operations page per 500 operations to see them done.
+fn bound_for_writes(writes: usize) -> f64 {
+    let pages = writes.div_ceil(500) as f64;
+    lower_bound(writes as f64, pages, pages)
+}
+
+/// One scenario's figures in one mode.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Measure {
+    pub scenario: &'static str,
+    pub mode: String,
+    /// The fleet size the figures are for.
+    pub n: usize,
+    /// Objects actually run (fewer than `n` when extrapolated).
+    pub objects: usize,
+    /// Time in GCP seconds (extrapolated to `n` when `objects < n`).
+    pub seconds: f64,
+    /// Time as measured on `objects`, GCP seconds.
+    pub measured_seconds: f64,
+    pub lower_bound_seconds: f64,
+    pub ratio: f64,
+    pub http_requests: u64,
+    pub writes: u64,
+    pub reads: u64,
+    pub operation_reads: u64,
+    pub rate_limited: u64,
+    pub retries: f64,
+    pub writes_needed: u64,
+    pub quota_efficiency: f64,
+    pub operator_peak_rss_mib: f64,
+    pub operator_cpu_seconds: f64,
+    /// Scenario-specific figures.
+    pub detail: Value,
+}
+
+/// A rollout's Ready count over time (GCP seconds), for the chart.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Series {
+    pub mode: String,
+    pub n: usize,
+    pub objects: usize,
+    pub points: Vec<(f64, usize)>,
+}
+
+/// What one mode produced.
+pub struct ModeResults {
+    pub measures: Vec<Measure>,
+    pub rollout: Series,
+}
+
+/// Readings at the start of a measured window.
+struct Mark {
+    at: Instant,
+    counts: EmulatorCounts,
+    process: ProcessReading,
+    retries: f64,
+}
+
+struct Run<'a> {
+    config: &'a Config,
+    mode: Mode,
+    n: usize,
+    fleet: Fleet,
+    client: Client,
+    namespace: String,
+    emulator: Emulator,
+    operator: OperatorProcess,
+    readiness: Readiness,
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn operator_binary() -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe()?;
+    let path = exe.with_file_name("adc-operator");
+    if !path.is_file() {
+        bail!(
+            "{} is missing: build it with `cargo build --release --bin adc-operator` (make bench does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+fn start_operator(
+    config: &Config,
+    mode: Mode,
+    kubeconfig: &std::path::Path,
+    emulator: &EmulatorProcess,
+    log: &std::path::Path,
+) -> anyhow::Result<(Child, OperatorProcess)> {
+    let port = free_port()?;
+    let mut command = Command::new(operator_binary()?);
+    command
+        .args(["run", "--cluster-id", "bench", "--metrics-addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(["--gcp-dispatch", mode.flag(), "--gcp-workers"])
+        .arg(PER_OBJECT_WORKERS.to_string())
+        .arg("--gcp-time-scale")
+        .arg(config.scale.to_string())
+        .env(
+            "GCE_METADATA_HOST",
+            emulator.base_url.trim_start_matches("http://"),
+        )
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).with_context(|| log.display().to_string())?);
+    let child = adc_testenv::spawn_for_process_lifetime(command)?;
+    let process = OperatorProcess {
+        pid: child.id(),
+        metrics_url: format!("http://127.0.0.1:{port}/metrics"),
+    };
+    Ok((child, process))
+}
+
+impl Run<'_> {
+    fn gcp(&self, wall: Duration) -> f64 {
+        wall.as_secs_f64() / self.config.scale
+    }
+
+    /// Work at scale n is extrapolated from `objects` linearly.
+    fn extrapolation(&self) -> f64 {
+        self.n as f64 / self.fleet.objects as f64
+    }
+
+    async fn mark(&self) -> anyhow::Result<Mark> {
+        Ok(Mark {
+            at: Instant::now(),
+            counts: self.emulator.counts().await?,
+            process: self.operator.reading()?,
+            retries: self.operator.counter("adc_operator_gcp_retries").await?,
+        })
+    }
+
+    /// Closes a measured window.
+    #[allow(clippy::too_many_arguments)]
+    async fn measure(
+        &self,
+        scenario: &'static str,
+        mark: &Mark,
+        measured_seconds: f64,
+        extrapolate: bool,
+        bound: f64,
+        writes_needed: u64,
+        own_writes: u64,
+        detail: Value,
+    ) -> anyhow::Result<Measure> {
+        let counts = self.emulator.counts().await?.since(&mark.counts);
+        let process = self.operator.reading()?;
+        let retries = self.operator.counter("adc_operator_gcp_retries").await? - mark.retries;
+        let seconds = if extrapolate {
+            measured_seconds * self.extrapolation()
+        } else {
+            measured_seconds
+        };
+        let writes = counts.group("write") + counts.group("regionalWrite") - own_writes;
+        Ok(Measure {
+            scenario,
+            mode: self.mode.label(),
+            n: self.n,
+            objects: self.fleet.objects,
+            seconds,
+            measured_seconds,
+            lower_bound_seconds: bound,
+            ratio: seconds / bound,
+            http_requests: counts.http_requests,
+            writes,
+            reads: counts.group("read"),
+            operation_reads: counts.group("operationRead"),
+            rate_limited: counts.rate_limited,
+            retries,
+            writes_needed,
+            quota_efficiency: if writes == 0 {
+                1.0
+            } else {
+                writes_needed as f64 / writes as f64
+            },
+            operator_peak_rss_mib: process.peak_rss_mib,
+            operator_cpu_seconds: process.cpu_seconds - mark.process.cpu_seconds,
+            detail,
+        })
+    }
+
+    fn progress(&self, label: &str, start: Instant, extra: &str) {
+        let (ready, exist) = self.readiness.counts();
+        let elapsed = start.elapsed();
+        println!(
+            "  [{} n={} {label}] {ready}/{exist} Ready · {:.1} s wall · {:.0} s GCP{extra}",
+            self.mode.flag(),
+            self.fleet.objects,
+            elapsed.as_secs_f64(),
+            self.gcp(elapsed)
+        );
+    }
+
+    /// A wall-clock deadline for work whose lower bound is `bound` GCP seconds.
+    fn deadline(&self, bound: f64) -> Instant {
+        let slack = match self.mode {
+            Mode::PerObject => 60.0,
+            _ => 10.0,
+        };
+        Instant::now() + self.config.wall(bound * slack + 600.0) + Duration::from_secs(120)
+    }
+
+    /// Polls `done` every `every` until it holds, printing progress every two seconds.
+    async fn wait_for<F, Fut>(
+        &self,
+        label: &str,
+        start: Instant,
+        deadline: Instant,
+        every: Duration,
+        mut done: F,
+    ) -> anyhow::Result<Instant>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<bool>>,
+    {
+        let mut last_print = Instant::now();
+        loop {
+            if done().await? {
+                return Ok(Instant::now());
+            }
+            if Instant::now() > deadline {
+                self.progress(label, start, " · GAVE UP");
+                bail!(
+                    "{label} in mode {} did not finish in {:.0} s",
+                    self.mode.flag(),
+                    start.elapsed().as_secs_f64()
+                );
+            }
+            if last_print.elapsed() >= Duration::from_secs(2) {
+                self.progress(label, start, "");
+                last_print = Instant::now();
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    async fn all_ready(&self) -> anyhow::Result<bool> {
+        let (ready, exist) = self.readiness.counts();
+        Ok(ready == self.fleet.objects && exist == self.fleet.objects)
+    }
+
+    fn manifests(&self) -> Vec<Value> {
+        (0..self.fleet.objects)
+            .map(|i| self.fleet.virtual_service(i, &self.namespace))
+            .collect()
+    }
+
+    /// Scenario 1: apply the fleet at once; until every object is Ready at its generation.
+    async fn rollout(&self) -> anyhow::Result<(Measure, Series)> {
+        let mark = self.mark().await?;
+        let start = mark.at;
+        let mut apply = Some(tokio::spawn(cluster::apply_all(
+            self.client.clone(),
+            self.namespace.clone(),
+            self.manifests(),
+            32,
+        )));
+        let bound = bound_for_writes(self.fleet.writes());
+        let mut points = vec![(0.0, 0)];
+        let mut last_print = Instant::now();
+        let deadline = self.deadline(bound);
+        let end = loop {
+            let (ready, _) = self.readiness.counts();
+            if points.last().is_none_or(|(_, r)| *r != ready) {
+                points.push((self.gcp(start.elapsed()), ready));
+            }
+            if self.all_ready().await? {
+                break Instant::now();
+            }
+            if let Some(handle) = apply.take_if(|h| h.is_finished()) {
+                handle.await??;
+            }
+            if Instant::now() > deadline {
+                bail!("rollout in mode {} did not finish", self.mode.flag());
+            }
+            if last_print.elapsed() >= Duration::from_secs(2) {
+                let writes = self
+                    .emulator
+                    .counts()
+                    .await?
+                    .since(&mark.counts)
+                    .group("write");
+                self.progress("rollout", start, &format!(" · {writes} writes"));
+                last_print = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        if let Some(handle) = apply {
+            handle.await??;
+        }
+        let measure = self
+            .measure(
+                "rollout",
+                &mark,
+                self.gcp(end - start),
+                true,
+                bound_for_writes(self.n * 3),
+                self.fleet.writes() as u64,
+                0,
+                json!({"engines": self.fleet.engines}),
+            )
+            .await?;
+        let series = Series {
+            mode: self.mode.label(),
+            n: self.n,
+            objects: self.fleet.objects,
+            points,
+        };
+        Ok((measure, series))
+    }
+
+    /// Stops `k` engines and measures until no route that pointed at them is left (each was
+    /// withdrawn: ActiveActive). `Some(names)` restricts the wait to routes that existed at the
+    /// stop (a rollout in progress creates new ones meanwhile).
+    async fn stop_engines_and_wait(
+        &self,
+        k: usize,
+        label: &str,
+    ) -> anyhow::Result<(Instant, Instant, usize)> {
+        let stopped = self.fleet.stopped(k);
+        let filter = next_hop_filter(&stopped);
+        let affected: std::collections::BTreeSet<String> = self
+            .emulator
+            .routes(Some(&filter))
+            .await?
+            .iter()
+            .filter_map(|r| r["name"].as_str().map(str::to_string))
+            .collect();
+        let start = Instant::now();
+        self.emulator.set_engines(&stopped, "stop").await?;
+        let deadline = self.deadline(OPERATION_SECONDS * 10.0);
+        let end = self
+            .wait_for(
+                label,
+                start,
+                deadline,
+                Duration::from_millis(20),
+                || async {
+                    let left = self.emulator.routes(Some(&filter)).await?;
+                    Ok(!left
+                        .iter()
+                        .filter_map(|r| r["name"].as_str())
+                        .any(|name| affected.contains(name)))
+                },
+            )
+            .await?;
+        Ok((start, end, affected.len()))
+    }
+
+    /// Scenario 2: a converged fleet loses `k` engines; the engines come back afterwards.
+    async fn failover(&self, k: usize) -> anyhow::Result<Measure> {
+        let mark = self.mark().await?;
+        let (start, end, affected) = self.stop_engines_and_wait(k, "failover").await?;
+        let measure = self
+            .measure(
+                "failover",
+                &mark,
+                self.gcp(end - start),
+                false,
+                ROUND_TRIP_SECONDS + OPERATION_SECONDS,
+                affected as u64,
+                k as u64,
+                json!({"engines_stopped": k, "routes_withdrawn": affected}),
+            )
+            .await?;
+        // Recovery: the engines start again and every object gets both routes back.
+        let stopped = self.fleet.stopped(k);
+        self.emulator.set_engines(&stopped, "start").await?;
+        let filter = next_hop_filter(&stopped);
+        let deadline = self.deadline(OPERATION_SECONDS * 20.0);
+        self.wait_for(
+            "recovery",
+            Instant::now(),
+            deadline,
+            Duration::from_millis(100),
+            || async { Ok(self.emulator.routes(Some(&filter)).await?.len() == affected) },
+        )
+        .await?;
+        self.wait_quiet().await?;
+        Ok(measure)
+    }
+
+    /// Until every object is Ready and no operation is pending.
+    async fn wait_quiet(&self) -> anyhow::Result<()> {
+        let deadline = self.deadline(120.0);
+        self.wait_for(
+            "settle",
+            Instant::now(),
+            deadline,
+            Duration::from_millis(100),
+            || async {
+                if !self.all_ready().await? {
+                    return Ok(false);
+                }
+                let stats: Value =
+                    reqwest::get(format!("{}/_emulator/stats", self.emulator.base_url))
+                        .await?
+                        .json()
+                        .await?;
+                Ok(stats["operationsPending"].as_u64() == Some(0))
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Scenario 4: a converged fleet for `steady_resyncs` resync intervals.
+    async fn steady_state(&self) -> anyhow::Result<Measure> {
+        self.wait_quiet().await?;
+        let mark = self.mark().await?;
+        let kube_before = ApiserverWrites::read(&self.client).await?;
+        let resyncs = self.config.steady_resyncs;
+        let window = self.config.wall(RESYNC_GCP_SECONDS * f64::from(resyncs));
+        let start = Instant::now();
+        while start.elapsed() < window {
+            tokio::time::sleep(Duration::from_secs(2).min(window)).await;
+            self.progress("steady state", start, "");
+        }
+        let kube = ApiserverWrites::read(&self.client)
+            .await?
+            .since(&kube_before);
+        let counts = self.emulator.counts().await?.since(&mark.counts);
+        let per_resync: serde_json::Map<String, Value> = counts
+            .by_method
+            .iter()
+            .map(|(method, calls)| (method.clone(), json!(*calls as f64 / f64::from(resyncs))))
+            .collect();
+        let reads_allowed = self.n.div_ceil(500) + 10;
+        self.measure(
+            "steady-state",
+            &mark,
+            self.gcp(start.elapsed()),
+            false,
+            RESYNC_GCP_SECONDS * f64::from(resyncs),
+            0,
+            0,
+            json!({
+                "resyncs": resyncs,
+                "resync_gcp_seconds": RESYNC_GCP_SECONDS,
+                "instance_poll_gcp_seconds": INSTANCE_POLL_GCP_SECONDS,
+                "calls_per_resync_by_method": per_resync,
+                "reads_allowed_per_resync_per_type": reads_allowed,
+                "kube_object_writes": kube.objects,
+                "kube_status_writes": kube.status,
+            }),
+        )
+        .await
+    }
+
+    /// Scenario 5: delete every object; until every GCP resource is gone.
+    async fn teardown(&self) -> anyhow::Result<Measure> {
+        let mark = self.mark().await?;
+        cluster::delete_all(&self.client, &self.namespace).await?;
+        let bound = bound_for_writes(self.fleet.writes());
+        let deadline = self.deadline(bound);
+        let end = self
+            .wait_for(
+                "teardown",
+                mark.at,
+                deadline,
+                Duration::from_millis(50),
+                || async {
+                    let resources = self.emulator.resources().await?;
+                    let left = resources.get("routes").copied().unwrap_or(0)
+                        + resources.get("firewalls").copied().unwrap_or(0);
+                    Ok(left == 0 && self.readiness.counts().1 == 0)
+                },
+            )
+            .await?;
+        self.measure(
+            "teardown",
+            &mark,
+            self.gcp(end - mark.at),
+            true,
+            bound_for_writes(self.n * 3),
+            self.fleet.writes() as u64,
+            0,
+            json!({}),
+        )
+        .await
+    }
+
+    /// Scenario 3: stop engines while a rollout is in progress; the failover must not wait
+    /// behind the bulk creates, and the rollout must still finish near its bound.
+    async fn failover_under_load(&self) -> anyhow::Result<Vec<Measure>> {
+        let k = self.config.under_load_engines;
+        let mark = self.mark().await?;
+        let apply = tokio::spawn(cluster::apply_all(
+            self.client.clone(),
+            self.namespace.clone(),
+            self.manifests(),
+            32,
+        ));
+        // Stop the engines once about a third of the rollout's routes exist.
+        let bound = bound_for_writes(self.fleet.writes());
+        let target = (self.fleet.objects * 2 / 3) as u64;
+        let deadline = self.deadline(bound);
+        self.wait_for(
+            "rollout before the stop",
+            mark.at,
+            deadline,
+            Duration::from_millis(50),
+            || async {
+                Ok(self
+                    .emulator
+                    .resources()
+                    .await?
+                    .get("routes")
+                    .copied()
+                    .unwrap_or(0)
+                    >= target)
+            },
+        )
+        .await?;
+        let failover_mark = self.mark().await?;
+        let (start, end, affected) = self.stop_engines_and_wait(k, "failover under load").await?;
+        let failover = self
+            .measure(
+                "failover-under-load",
+                &failover_mark,
+                self.gcp(end - start),
+                false,
+                ROUND_TRIP_SECONDS + OPERATION_SECONDS,
+                affected as u64,
+                k as u64,
+                json!({"engines_stopped": k, "routes_withdrawn": affected,
+                       "note": "call counts include the rollout running meanwhile"}),
+            )
+            .await?;
+        let end = self
+            .wait_for(
+                "rollout under failover",
+                mark.at,
+                deadline,
+                Duration::from_millis(50),
+                || async { self.all_ready().await },
+            )
+            .await?;
+        apply.await??;
+        self.wait_quiet().await?;
+        let stopped = self.fleet.stopped(k);
+        let stray = self
+            .emulator
+            .routes(Some(&next_hop_filter(&stopped)))
+            .await?
+            .len();
+        let routes = self
+            .emulator
+            .resources()
+            .await?
+            .get("routes")
+            .copied()
+            .unwrap_or(0);
+        let needed = routes + self.fleet.objects as u64 + affected as u64;
+        let rollout = self
+            .measure(
+                "rollout-during-failover",
+                &mark,
+                self.gcp(end - mark.at),
+                true,
+                bound_for_writes(needed as usize),
+                needed,
+                k as u64,
+                json!({"routes_to_stopped_engines_at_end": stray, "routes_at_end": routes}),
+            )
+            .await?;
+        if stray != 0 {
+            bail!("{stray} route(s) still point at stopped engines after the rollout");
+        }
+        // Leave nothing behind: engines back, objects gone.
+        self.emulator.set_engines(&stopped, "start").await?;
+        cluster::delete_all(&self.client, &self.namespace).await?;
+        let deadline = self.deadline(bound);
+        self.wait_for(
+            "clean-up",
+            Instant::now(),
+            deadline,
+            Duration::from_millis(100),
+            || async { Ok(self.readiness.counts().1 == 0) },
+        )
+        .await?;
+        Ok(vec![failover, rollout])
+    }
+}
+
+/// Runs every scenario for a fleet of `n` in `mode`, on a fresh emulator and operator.
+pub async fn run_mode(
+    config: &Config,
+    client: &Client,
+    kubeconfig: &std::path::Path,
+    mode: Mode,
+    n: usize,
+) -> anyhow::Result<ModeResults> {
+    let fleet = Fleet::new(config.objects_for(mode, n));
+    let scale = config.scale.to_string();
+    let emulator_process = EmulatorProcess::start(
+        &adc_testenv::emulator_binary()?,
+        &fleet.world(),
+        &[
+            "--auth",
+            "any",
+            "--profile",
+            "gcp",
+            "--time-scale",
+            &scale,
+            "--rng-seed",
+            "1",
+        ],
+    )?;
+    std::fs::create_dir_all(&config.results_dir)?;
+    let log = config
+        .results_dir
+        .join(format!("operator-{}-{n}.log", mode.flag()));
+    let (mut child, operator) = start_operator(config, mode, kubeconfig, &emulator_process, &log)?;
+    let namespace = format!("bench-{}-{n}", mode.flag());
+    cluster::tenant(
+        client,
+        &namespace,
+        &emulator_process.base_url,
+        &config.spec_duration(RESYNC_GCP_SECONDS),
+        &config.spec_duration(INSTANCE_POLL_GCP_SECONDS),
+    )
+    .await?;
+    let run = Run {
+        config,
+        mode,
+        n,
+        fleet,
+        client: client.clone(),
+        readiness: Readiness::watch(client, &namespace),
+        namespace,
+        emulator: Emulator::new(&emulator_process.base_url),
+        operator,
+    };
+    let outcome = async {
+        let mut measures = Vec::new();
+        println!(
+            "== {} · fleet {n} · {} objects run · {} engines",
+            mode.label(),
+            run.fleet.objects,
+            run.fleet.engines
+        );
+        let (rollout, series) = run.rollout().await?;
+        print_measure(&rollout);
+        measures.push(rollout);
+        for k in &config.failover_engines {
+            let failover = run.failover(*k).await?;
+            print_measure(&failover);
+            measures.push(failover);
+        }
+        let steady = run.steady_state().await?;
+        print_measure(&steady);
+        measures.push(steady);
+        let teardown = run.teardown().await?;
+        print_measure(&teardown);
+        measures.push(teardown);
+        for measure in run.failover_under_load().await? {
+            print_measure(&measure);
+            measures.push(measure);
+        }
+        anyhow::Ok(ModeResults {
+            measures,
+            rollout: series,
+        })
+    }
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    outcome.with_context(|| format!("operator log: {}", log.display()))
+}
+
+fn print_measure(m: &Measure) {
+    println!(
+        "  → {} {}: {:.1} s GCP (bound {:.1} s, ×{:.2}) · {} HTTP · {} writes ({} needed) · {} reads · {} op reads · {} 429s · {:.0} retries · operator {:.1} CPU s, peak {:.0} MiB",
+        m.scenario,
+        m.mode,
+        m.seconds,
+        m.lower_bound_seconds,
+        m.ratio,
+        m.http_requests,
+        m.writes,
+        m.writes_needed,
+        m.reads,
+        m.operation_reads,
+        m.rate_limited,
+        m.retries,
+        m.operator_cpu_seconds,
+        m.operator_peak_rss_mib
+    );
+}
