@@ -108,7 +108,7 @@ pub async fn delete_owned(
     let owned = runtime
         .engine
         .inventory()
-        .read(|s| super::context::owned_resources(s, owner));
+        .read(|s| super::context::owned_resources(s, owner, &runtime.view.resource_prefix));
     let receivers: Vec<_> = owned
         .into_iter()
         .map(|(target, body)| {

@@ -183,7 +183,26 @@ fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime>) {
         loop {
             let event = match events.recv().await {
                 Ok(event) => event,
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    // Events were lost: look at every object of the cloud again rather than
+                    // leave one waiting for a change it will not hear about.
+                    let Some(runtime) = weak.upgrade() else {
+                        return;
+                    };
+                    let cloud = &runtime.view.cloud;
+                    tracing::warn!(%cloud, missed, "inventory events overflowed; requeueing every object of the cloud");
+                    for object in vs_store.state() {
+                        if &object.spec.cloud_ref == cloud {
+                            let _ = vs.send(ObjectRef::from_obj(&*object));
+                        }
+                    }
+                    for object in vr_store.state() {
+                        if &object.spec.cloud_ref == cloud {
+                            let _ = vr.send(ObjectRef::from_obj(&*object));
+                        }
+                    }
+                    continue;
+                }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             };
             let Some(runtime) = weak.upgrade() else {
@@ -361,8 +380,8 @@ async fn collect_garbage(
     runtime: &CloudRuntime,
 ) -> usize {
     // Never decide on an incomplete picture of the objects.
-    if ctx.virtual_services.wait_until_ready().await.is_err()
-        || ctx.vpc_routes.wait_until_ready().await.is_err()
+    if !super::context::store_ready(&ctx.virtual_services).await
+        || !super::context::store_ready(&ctx.vpc_routes).await
     {
         return 0;
     }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
@@ -39,6 +40,24 @@ pub struct CloudRuntime {
     pub zones: RwLock<BTreeSet<String>>,
     /// Whether the network check and the first inventory load succeeded.
     pub ready: std::sync::atomic::AtomicBool,
+}
+
+/// Waits until a reflector store holds its first full list; false when its writer is gone.
+///
+/// kube-runtime's `Store::wait_until_ready` sits on a oneshot channel that keeps only the waker
+/// of the last task to poll it: of several reconciles waiting at once (several GcpClouds at
+/// start-up), the others would never wake. Polling again every 100 ms re-registers each waiter.
+pub async fn store_ready<K>(store: &Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(Duration::from_millis(100), store.wait_until_ready()).await {
+            Ok(ready) => return ready.is_ok(),
+            Err(_elapsed) => continue,
+        }
+    }
 }
 
 /// Shared by every reconcile.
@@ -192,10 +211,23 @@ pub fn selector_matches(
 }
 
 /// Every GCP resource in the inventory whose ownership marker names `owner`, as (target, JSON).
-pub fn owned_resources(snapshot: &Snapshot, owner: &Owner) -> Vec<(Target, Value)> {
+pub fn owned_resources(
+    snapshot: &Snapshot,
+    owner: &Owner,
+    resource_prefix: &str,
+) -> Vec<(Target, Value)> {
     let mine = |description: &str| Owner::parse(description).as_ref() == Some(owner);
+    // Every name planned for the owner starts with its prefix (and the inventory lists only
+    // names with the cloud's resource prefix): a range of the sorted maps, not a scan of the
+    // whole fleet's resources on every reconcile.
+    let start = owner.name_prefix(resource_prefix);
+    let named = |name: &String| name.starts_with(&start);
     let mut owned = Vec::new();
-    for (name, route) in &snapshot.routes {
+    for (name, route) in snapshot
+        .routes
+        .range(start.clone()..)
+        .take_while(|(n, _)| named(n))
+    {
         if mine(&route.description) {
             owned.push((
                 Target::route(name.clone()),
@@ -203,7 +235,11 @@ pub fn owned_resources(snapshot: &Snapshot, owner: &Owner) -> Vec<(Target, Value
             ));
         }
     }
-    for (name, firewall) in &snapshot.firewalls {
+    for (name, firewall) in snapshot
+        .firewalls
+        .range(start.clone()..)
+        .take_while(|(n, _)| named(n))
+    {
         if mine(&firewall.description) {
             owned.push((
                 Target::firewall(name.clone()),
@@ -319,4 +355,46 @@ pub async fn mark_abandoned(ctx: &Context, cloud: &str, owner: &Owner) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::gcp::Snapshot;
+
+    fn route(name: &str, description: &str) -> (String, crate::gcp::types::Route) {
+        let body = serde_json::json!({"name": name, "network": "global/networks/default",
+            "destRange": "10.0.0.1/32", "priority": 2000, "nextHopIp": "10.128.0.9",
+            "description": description});
+        (name.to_string(), serde_json::from_value(body).unwrap())
+    }
+
+    #[test]
+    fn owned_resources_are_found_by_name_prefix_and_marker() {
+        let web = Owner::new("c", "cloud", "VirtualService", "ns", "web");
+        let api = Owner::new("c", "cloud", "VirtualService", "ns", "api");
+        let web_prefix = web.name_prefix("adc-");
+        let mut snapshot = Snapshot::default();
+        snapshot.routes.extend([
+            route(&format!("{web_prefix}aaaa"), &web.description()),
+            route(&format!("{web_prefix}bbbb"), &web.description()),
+            // The name looks like web's, the marker is not ours: never owned.
+            route(&format!("{web_prefix}cccc"), "made by hand"),
+            route(
+                &format!("{}aaaa", api.name_prefix("adc-")),
+                &api.description(),
+            ),
+        ]);
+        let owned: Vec<String> = owned_resources(&snapshot, &web, "adc-")
+            .into_iter()
+            .map(|(t, _)| t.name)
+            .collect();
+        assert_eq!(
+            owned,
+            [format!("{web_prefix}aaaa"), format!("{web_prefix}bbbb")]
+        );
+        assert_eq!(owned_resources(&snapshot, &api, "adc-").len(), 1);
+        assert!(owned_resources(&snapshot, &web, "other-").is_empty());
+    }
 }

@@ -33,7 +33,7 @@ pub async fn reconcile(object: Arc<VirtualService>, ctx: Arc<Context>) -> Result
         }
     })
     .await
-    .map_err(|err| Error::Finalizer(err.to_string()))
+    .map_err(Error::from_finalizer)
 }
 
 fn owner(ctx: &Context, object: &VirtualService) -> Owner {
@@ -158,7 +158,7 @@ async fn apply_object(
             states,
             missing,
             allocated,
-            owned_resources(snapshot, &owner),
+            owned_resources(snapshot, &owner, &runtime.view.resource_prefix),
         )
     });
     let engine_health = |zone: &str, name: &str| {

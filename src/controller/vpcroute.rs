@@ -30,7 +30,7 @@ pub async fn reconcile(object: Arc<VpcRoute>, ctx: Arc<Context>) -> Result<Actio
         }
     })
     .await
-    .map_err(|err| Error::Finalizer(err.to_string()))
+    .map_err(Error::from_finalizer)
 }
 
 fn owner(ctx: &Context, object: &VpcRoute) -> Owner {
@@ -97,7 +97,10 @@ async fn apply_object(
             .filter(|i| snapshot.instance(&i.zone, &i.name).is_none())
             .map(|i| format!("{}/{}", i.zone, i.name))
             .collect();
-        (missing, owned_resources(snapshot, &owner))
+        (
+            missing,
+            owned_resources(snapshot, &owner, &runtime.view.resource_prefix),
+        )
     });
     let around = Surroundings {
         namespace_allowed: ctx

@@ -67,6 +67,36 @@ pub enum InventoryEvent {
 pub struct Inventory {
     current: RwLock<Snapshot>,
     events: broadcast::Sender<InventoryEvent>,
+    /// Mutations completed while a full refresh was listing. A page listed before an operation
+    /// finished does not show it: they are replayed onto the refresh's result, or every
+    /// operation finishing during a resync would look like drift and be redone.
+    journal: std::sync::Mutex<Journal>,
+}
+
+#[derive(Debug, Default)]
+struct Journal {
+    /// Full refreshes in progress.
+    active: usize,
+    /// The sequence number of the last mutation recorded.
+    sequence: u64,
+    applied: Vec<(u64, Mutation)>,
+}
+
+/// A full refresh in progress; the journal is kept until the last one ends.
+pub(crate) struct RefreshTicket<'a> {
+    inventory: &'a Inventory,
+    /// Mutations recorded after this sequence number finished after the refresh began.
+    since: u64,
+}
+
+impl Drop for RefreshTicket<'_> {
+    fn drop(&mut self) {
+        let mut journal = self.inventory.journal();
+        journal.active = journal.active.saturating_sub(1);
+        if journal.active == 0 {
+            journal.applied.clear();
+        }
+    }
 }
 
 impl Default for Inventory {
@@ -81,6 +111,24 @@ impl Inventory {
         Self {
             current: RwLock::new(Snapshot::default()),
             events: broadcast::channel(4096).0,
+            journal: Default::default(),
+        }
+    }
+
+    fn journal(&self) -> std::sync::MutexGuard<'_, Journal> {
+        match self.journal.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Starts recording completed mutations for a full refresh that begins now.
+    pub(crate) fn begin_refresh(&self) -> RefreshTicket<'_> {
+        let mut journal = self.journal();
+        journal.active += 1;
+        RefreshTicket {
+            inventory: self,
+            since: journal.sequence,
         }
     }
 
@@ -117,45 +165,36 @@ impl Inventory {
 
     /// Records a mutation whose operation completed successfully.
     pub(crate) fn apply(&self, mutation: &Mutation) {
-        let target = &mutation.target;
-        let key = (target.location.clone(), target.name.clone());
-        self.update(|snapshot| match &mutation.change {
-            Change::Insert(body) => match target.collection {
-                Collection::Routes => insert(&mut snapshot.routes, target.name.clone(), body),
-                Collection::Firewalls => insert(&mut snapshot.firewalls, target.name.clone(), body),
-                Collection::GlobalAddresses | Collection::Addresses => {
-                    insert(&mut snapshot.addresses, key, body)
-                }
-                Collection::ForwardingRules => insert(&mut snapshot.forwarding_rules, key, body),
-                Collection::TargetInstances => insert(&mut snapshot.target_instances, key, body),
-            },
-            Change::Delete => match target.collection {
-                Collection::Routes => {
-                    snapshot.routes.remove(&target.name);
-                }
-                Collection::Firewalls => {
-                    snapshot.firewalls.remove(&target.name);
-                }
-                Collection::GlobalAddresses | Collection::Addresses => {
-                    snapshot.addresses.remove(&key);
-                }
-                Collection::ForwardingRules => {
-                    snapshot.forwarding_rules.remove(&key);
-                }
-                Collection::TargetInstances => {
-                    snapshot.target_instances.remove(&key);
-                }
-            },
+        self.update(|snapshot| {
+            apply_to(snapshot, mutation);
+            // Under the view's lock, so a refresh swapping in its result either sees this in
+            // the journal or had it applied to the view it replaces.
+            let mut journal = self.journal();
+            if journal.active > 0 {
+                journal.sequence += 1;
+                let sequence = journal.sequence;
+                journal.applied.push((sequence, mutation.clone()));
+            }
         });
-        let _ = self.events.send(InventoryEvent::Resource(target.clone()));
+        let _ = self
+            .events
+            .send(InventoryEvent::Resource(mutation.target.clone()));
     }
 
     /// Replaces the view with a fresh full load and announces what changed.
-    fn replace(&self, fresh: Snapshot) {
+    fn replace(&self, mut fresh: Snapshot, ticket: &RefreshTicket<'_>) {
         let mut guard = match self.current.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
+        for (_, mutation) in self
+            .journal()
+            .applied
+            .iter()
+            .filter(|(sequence, _)| *sequence > ticket.since)
+        {
+            apply_to(&mut fresh, mutation);
+        }
         let previous = &*guard;
         let mut events = Vec::new();
         diff_instance_status(&previous.instances, &fresh.instances, &mut events);
@@ -247,20 +286,66 @@ fn diff_instance_status(
     }
 }
 
+/// Applies a completed mutation to a view.
+fn apply_to(snapshot: &mut Snapshot, mutation: &Mutation) {
+    let target = &mutation.target;
+    let key = (target.location.clone(), target.name.clone());
+    match &mutation.change {
+        Change::Insert(body) => match target.collection {
+            Collection::Routes => insert(&mut snapshot.routes, target.name.clone(), body),
+            Collection::Firewalls => insert(&mut snapshot.firewalls, target.name.clone(), body),
+            Collection::GlobalAddresses | Collection::Addresses => {
+                insert(&mut snapshot.addresses, key, body)
+            }
+            Collection::ForwardingRules => insert(&mut snapshot.forwarding_rules, key, body),
+            Collection::TargetInstances => insert(&mut snapshot.target_instances, key, body),
+        },
+        Change::Delete => match target.collection {
+            Collection::Routes => {
+                snapshot.routes.remove(&target.name);
+            }
+            Collection::Firewalls => {
+                snapshot.firewalls.remove(&target.name);
+            }
+            Collection::GlobalAddresses | Collection::Addresses => {
+                snapshot.addresses.remove(&key);
+            }
+            Collection::ForwardingRules => {
+                snapshot.forwarding_rules.remove(&key);
+            }
+            Collection::TargetInstances => {
+                snapshot.target_instances.remove(&key);
+            }
+        },
+    }
+}
+
 fn insert<K: Ord, T: DeserializeOwned>(map: &mut BTreeMap<K, T>, key: K, body: &Value) {
     if let Ok(resource) = serde_json::from_value(body.clone()) {
         map.insert(key, resource);
     }
 }
 
-fn diff_keys<K: Ord, T: PartialEq>(
+/// Whether a resource as the view held it (perhaps recorded from the insert the operator sent)
+/// and as a list returned it are the same resource: references compare by their path below the
+/// project, fields the view did not hold are ignored. Otherwise every resource recorded from an
+/// operation would look changed at the next resync.
+fn unchanged<T: PartialEq + serde::Serialize>(before: &T, after: &T) -> bool {
+    before == after
+        || match (serde_json::to_value(before), serde_json::to_value(after)) {
+            (Ok(before), Ok(after)) => super::target::same_content(&before, &after),
+            _ => false,
+        }
+}
+
+fn diff_keys<K: Ord, T: PartialEq + serde::Serialize>(
     before: &BTreeMap<K, T>,
     after: &BTreeMap<K, T>,
     target: impl Fn(&K) -> Target,
     events: &mut Vec<InventoryEvent>,
 ) {
     for (key, value) in after {
-        if before.get(key) != Some(value) {
+        if !before.get(key).is_some_and(|old| unchanged(old, value)) {
             events.push(InventoryEvent::Resource(target(key)));
         }
     }
@@ -398,6 +483,7 @@ pub(crate) async fn refresh(shared: &Arc<Shared>, zones: &[String]) -> Result<()
         ));
         listings.push(Listing::instances(project, zone));
     }
+    let ticket = shared.inventory.begin_refresh();
     let fresh = load(
         shared,
         listings,
@@ -407,7 +493,7 @@ pub(crate) async fn refresh(shared: &Arc<Shared>, zones: &[String]) -> Result<()
         },
     )
     .await?;
-    shared.inventory.replace(fresh);
+    shared.inventory.replace(fresh, &ticket);
     Ok(())
 }
 
@@ -526,6 +612,51 @@ mod tests {
     }
 
     #[test]
+    fn a_listed_resource_equals_the_insert_it_came_from() {
+        let sent: crate::gcp::types::Route = serde_json::from_value(serde_json::json!({"name": "adc-r", "network": "global/networks/default", "destRange": "10.0.0.5/32", "priority": 2000, "nextHopInstance": "zones/z-a/instances/se-1"})).unwrap();
+        let listed: crate::gcp::types::Route = serde_json::from_value(serde_json::json!({"name": "adc-r", "network": "https://www.googleapis.com/compute/v1/projects/p/global/networks/default", "destRange": "10.0.0.5/32", "priority": 2000, "nextHopInstance": "https://www.googleapis.com/compute/v1/projects/p/zones/z-a/instances/se-1", "selfLink": "https://www.googleapis.com/compute/v1/projects/p/global/routes/adc-r"})).unwrap();
+        assert!(unchanged(&sent, &listed));
+        let drifted: crate::gcp::types::Route = serde_json::from_value(serde_json::json!({"name": "adc-r", "network": "global/networks/default", "destRange": "10.0.0.5/32", "priority": 100, "nextHopInstance": "zones/z-a/instances/se-1"})).unwrap();
+        assert!(!unchanged(&sent, &drifted));
+    }
+
+    #[test]
+    fn a_refresh_keeps_what_finished_while_it_was_listing() {
+        let inventory = Inventory::new();
+        let body = |name: &str| serde_json::json!({"name": name, "network": "global/networks/default", "destRange": "10.0.0.5/32", "priority": 2000, "nextHopIp": "10.0.0.9"});
+        inventory.apply(&Mutation::insert(Target::route("adc-old"), body("adc-old")));
+        // Before the refresh: not replayed (the listing saw it, or it was deleted since).
+        inventory.apply(&Mutation::insert(
+            Target::route("adc-before"),
+            body("adc-before"),
+        ));
+        let ticket = inventory.begin_refresh();
+        // The listing (below, `fresh`) was read before these two finished.
+        inventory.apply(&Mutation::insert(Target::route("adc-new"), body("adc-new")));
+        inventory.apply(&Mutation::delete(Target::route("adc-old"), None));
+        let mut fresh = Snapshot::default();
+        for name in ["adc-old", "adc-listed"] {
+            insert(&mut fresh.routes, name.to_string(), &body(name));
+        }
+        let mut events = inventory.subscribe();
+        inventory.replace(fresh, &ticket);
+        drop(ticket);
+        let names: Vec<String> = inventory.snapshot().routes.into_keys().collect();
+        assert_eq!(names, ["adc-listed", "adc-new"]);
+        // Only real differences are announced: adc-before vanished, adc-listed appeared.
+        let mut announced = Vec::new();
+        while let Ok(InventoryEvent::Resource(target)) = events.try_recv() {
+            announced.push(target.name);
+        }
+        announced.sort();
+        assert_eq!(announced, ["adc-before", "adc-listed"]);
+        assert!(
+            inventory.journal().applied.is_empty(),
+            "cleared after the last refresh"
+        );
+    }
+
+    #[test]
     fn applied_mutations_update_the_view_and_announce_it() {
         let inventory = Inventory::new();
         let mut events = inventory.subscribe();
@@ -563,16 +694,22 @@ mod tests {
     fn replacing_instances_announces_status_changes_and_touches_nothing_else() {
         let inventory = Inventory::new();
         let route = serde_json::json!({"name": "adc-r", "network": "global/networks/default", "destRange": "10.0.0.5/32", "priority": 2000, "nextHopIp": "10.0.0.9"});
-        inventory.replace(Snapshot {
-            routes: BTreeMap::from([("adc-r".to_string(), serde_json::from_value(route).unwrap())]),
-            instances: BTreeMap::from([
-                instance("z-a", "se-1", "RUNNING"),
-                instance("z-a", "se-2", "RUNNING"),
-                instance("z-b", "se-3", "RUNNING"),
-            ]),
-            loaded: true,
-            ..Snapshot::default()
-        });
+        inventory.replace(
+            Snapshot {
+                routes: BTreeMap::from([(
+                    "adc-r".to_string(),
+                    serde_json::from_value(route).unwrap(),
+                )]),
+                instances: BTreeMap::from([
+                    instance("z-a", "se-1", "RUNNING"),
+                    instance("z-a", "se-2", "RUNNING"),
+                    instance("z-b", "se-3", "RUNNING"),
+                ]),
+                loaded: true,
+                ..Snapshot::default()
+            },
+            &inventory.begin_refresh(),
+        );
         let before = inventory.snapshot();
         let mut events = inventory.subscribe();
 
@@ -630,15 +767,21 @@ mod tests {
     #[test]
     fn a_full_refresh_announces_instance_status_changes_too() {
         let inventory = Inventory::new();
-        inventory.replace(Snapshot {
-            instances: BTreeMap::from([instance("z-a", "se-1", "RUNNING")]),
-            ..Snapshot::default()
-        });
+        inventory.replace(
+            Snapshot {
+                instances: BTreeMap::from([instance("z-a", "se-1", "RUNNING")]),
+                ..Snapshot::default()
+            },
+            &inventory.begin_refresh(),
+        );
         let mut events = inventory.subscribe();
-        inventory.replace(Snapshot {
-            instances: BTreeMap::from([instance("z-a", "se-1", "TERMINATED")]),
-            ..Snapshot::default()
-        });
+        inventory.replace(
+            Snapshot {
+                instances: BTreeMap::from([instance("z-a", "se-1", "TERMINATED")]),
+                ..Snapshot::default()
+            },
+            &inventory.begin_refresh(),
+        );
         assert_eq!(
             drain(&mut events),
             [

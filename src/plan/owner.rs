@@ -14,6 +14,15 @@ pub struct Owner {
     pub name: String,
 }
 
+impl Owner {
+    /// The start of every GCP name planned for this owner: `{resource_prefix}{object hash}-`.
+    pub fn name_prefix(&self, resource_prefix: &str) -> String {
+        let object =
+            super::names::object_hash(&self.cluster_id, &self.kind, &self.namespace, &self.name);
+        super::names::resource_name(resource_prefix, &object, "")
+    }
+}
+
 const MARKER: &str = "adc.dev/owner=";
 
 impl Owner {
