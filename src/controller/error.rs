@@ -9,6 +9,10 @@ pub enum Error {
     Gcp(#[from] crate::gcp::GcpError),
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// The object changed since the cached copy this reconcile started from (a finalizer patch
+    /// whose precondition failed): retried at once with the fresh copy.
+    #[error("the object changed meanwhile: {0}")]
+    Conflict(String),
     #[error("{0}")]
     Config(String),
 }
@@ -20,7 +24,25 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Gcp(_) => "gcp",
             Error::Finalizer(_) => "finalizer",
+            Error::Conflict(_) => "conflict",
             Error::Config(_) => "config",
+        }
+    }
+}
+
+impl Error {
+    /// Unwraps kube-runtime's finalizer error: the reconcile's own error stays itself, and a
+    /// finalizer patch refused because the cached object is stale (409, or 422 from the JSON
+    /// patch's `test`) is a conflict.
+    pub fn from_finalizer(err: kube::runtime::finalizer::Error<Error>) -> Error {
+        use kube::runtime::finalizer::Error as F;
+        let stale = |err: &kube::Error| matches!(err, kube::Error::Api(status) if status.code == 409 || status.code == 422);
+        match err {
+            F::ApplyFailed(err) | F::CleanupFailed(err) => err,
+            F::AddFinalizer(err) | F::RemoveFinalizer(err) if stale(&err) => {
+                Error::Conflict(err.to_string())
+            }
+            other => Error::Finalizer(other.to_string()),
         }
     }
 }

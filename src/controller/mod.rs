@@ -32,6 +32,11 @@ use crate::api::{GcpCloud, VirtualService, VpcRoute};
 use crate::gcp::GcpMetrics;
 
 fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
+    if let Error::Conflict(_) = error {
+        // Expected while the watch catches up with the operator's own patch: try again soon.
+        tracing::debug!(error = %error, "reconcile raced a newer version of the object");
+        return Action::requeue(Duration::from_millis(500));
+    }
     tracing::warn!(error = %error, kind = error.label(), "reconcile failed");
     Action::requeue(Duration::from_secs(10))
 }
