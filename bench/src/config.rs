@@ -51,7 +51,7 @@ pub struct Config {
     pub sizes: Vec<usize>,
     /// `BENCH_MODES`, comma-separated.
     pub modes: Vec<Mode>,
-    /// Emulator and operator time scale (`BENCH_SCALE`): 0.1 runs ten times faster than GCP.
+    /// Emulator and operator time scale (`BENCH_SCALE`): 0.2 runs five times faster than GCP.
     pub scale: f64,
     /// The per-object mode runs `N / divisor` objects (at least 100) and its rollout and teardown
     /// times are extrapolated linearly (`BENCH_PER_OBJECT_DIVISOR`).
@@ -108,7 +108,7 @@ impl Config {
         let scale = match var("BENCH_SCALE") {
             Some(text) => text.parse::<f64>().context("BENCH_SCALE")?,
             None if quick => 0.05,
-            None => 0.1,
+            None => 0.2,
         };
         if !(0.001..=1.0).contains(&scale) {
             bail!("BENCH_SCALE: {scale} is outside 0.001..=1");
@@ -119,7 +119,7 @@ impl Config {
                 .context("BENCH_PER_OBJECT_DIVISOR")?
                 .max(1),
             None if quick => 3,
-            None => 10,
+            None => 20,
         };
         let results_dir = if quick {
             std::env::var_os("CARGO_TARGET_DIR")
