@@ -49,13 +49,25 @@ async fn run(config: config::Config, plane: &adc_testenv::ControlPlane) -> anyho
 
     let mut measures = Vec::new();
     let mut series = Vec::new();
+    let mut failures = Vec::new();
     for n in &config.sizes {
         for mode in &config.modes {
-            let results = scenarios::run_mode(&config, &client, plane.kubeconfig(), *mode, *n)
-                .await
-                .with_context(|| format!("fleet {n}, mode {}", mode.flag()))?;
-            measures.extend(results.measures);
-            series.push(results.rollout);
+            let run = scenarios::run_mode(
+                &config,
+                &client,
+                plane.kubeconfig(),
+                *mode,
+                *n,
+                &mut measures,
+            );
+            match run.await {
+                Ok(rollout) => series.push(rollout),
+                Err(err) => {
+                    // The other modes still run; the run fails at the end.
+                    println!("!! fleet {n}, mode {}: {err:#}", mode.flag());
+                    failures.push(format!("fleet {n}, mode {}: {err:#}", mode.flag()));
+                }
+            }
         }
     }
 
@@ -68,11 +80,21 @@ async fn run(config: config::Config, plane: &adc_testenv::ControlPlane) -> anyho
             println!("wrote {}", path.display());
         }
     }
-    let markdown = report::markdown(&config, &when, &measures);
+    let mut markdown = report::markdown(&config, &when, &measures);
+    for failure in &failures {
+        markdown.push_str(&format!("- FAILED: {failure}\n"));
+    }
     println!("\n{markdown}");
     if let Some(readme) = &config.readme {
         report::append_readme(readme, &markdown)?;
         println!("appended the table to {}", readme.display());
+    }
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "{} mode run(s) failed: {}",
+            failures.len(),
+            failures.join("; ")
+        );
     }
     Ok(())
 }

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::anyhow;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::config::Config;
 use crate::scenarios::{Measure, Series};
@@ -123,6 +123,34 @@ pub fn markdown(config: &Config, when: &str, measures: &[Measure]) -> String {
             },
             m.detail["kube_object_writes"],
             m.detail["kube_status_writes"],
+        );
+    }
+    for m in measures
+        .iter()
+        .filter(|m| m.scenario.starts_with("failover"))
+    {
+        let recovery = match (
+            &m.detail["recovery_failed"],
+            m.detail["recovery_seconds"].as_f64(),
+        ) {
+            (Value::String(failed), _) => format!(
+                "; recovery FAILED ({failed}, {} routes back)",
+                m.detail["routes_back"]
+            ),
+            (_, Some(seconds)) => {
+                format!("; engines restarted, every route back {seconds:.0} s later")
+            }
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            text,
+            "- {}, N={} {}: {} engines stopped, {} routes withdrawn in {:.1} s{recovery}",
+            m.scenario,
+            m.n,
+            m.mode,
+            m.detail["engines_stopped"],
+            m.detail["routes_withdrawn"],
+            m.seconds,
         );
     }
     for m in measures.iter().filter(|m| m.scenario == "rollout") {

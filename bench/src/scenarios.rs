@@ -76,12 +76,6 @@ pub struct Series {
     pub points: Vec<(f64, usize)>,
 }
 
-/// What one mode produced.
-pub struct ModeResults {
-    pub measures: Vec<Measure>,
-    pub rollout: Series,
-}
-
 /// Readings at the start of a measured window.
 struct Mark {
     at: Instant,
@@ -394,7 +388,7 @@ impl Run<'_> {
     async fn failover(&self, k: usize) -> anyhow::Result<Measure> {
         let mark = self.mark().await?;
         let (start, end, affected) = self.stop_engines_and_wait(k, "failover").await?;
-        let measure = self
+        let mut measure = self
             .measure(
                 "failover",
                 &mark,
@@ -406,19 +400,29 @@ impl Run<'_> {
                 json!({"engines_stopped": k, "routes_withdrawn": affected}),
             )
             .await?;
-        // Recovery: the engines start again and every object gets both routes back.
+        // Recovery: the engines start again (20-40 s) and every object gets both routes back.
         let stopped = self.fleet.stopped(k);
+        let restart = Instant::now();
         self.emulator.set_engines(&stopped, "start").await?;
         let filter = next_hop_filter(&stopped);
-        let deadline = self.deadline(OPERATION_SECONDS * 20.0);
-        self.wait_for(
-            "recovery",
-            Instant::now(),
-            deadline,
-            Duration::from_millis(100),
-            || async { Ok(self.emulator.routes(Some(&filter)).await?.len() == affected) },
-        )
-        .await?;
+        let deadline = Instant::now() + self.config.wall(300.0) + Duration::from_secs(30);
+        let recovered = self
+            .wait_for(
+                "recovery",
+                restart,
+                deadline,
+                Duration::from_millis(100),
+                || async { Ok(self.emulator.routes(Some(&filter)).await?.len() == affected) },
+            )
+            .await;
+        let back = self.emulator.routes(Some(&filter)).await?.len();
+        measure.detail["recovery_seconds"] = json!(self.gcp(restart.elapsed()));
+        measure.detail["routes_back"] = json!(back);
+        if let Err(err) = recovered {
+            // Recorded, not fatal: the rest of the run still says something.
+            println!("  !! {err}: {back} of {affected} routes back");
+            measure.detail["recovery_failed"] = json!(err.to_string());
+        }
         self.wait_quiet().await?;
         Ok(measure)
     }
@@ -626,14 +630,16 @@ impl Run<'_> {
     }
 }
 
-/// Runs every scenario for a fleet of `n` in `mode`, on a fresh emulator and operator.
+/// Runs every scenario for a fleet of `n` in `mode`, on a fresh emulator and operator; each
+/// measure is added to `measures` as it is taken, so a failure keeps what was measured before.
 pub async fn run_mode(
     config: &Config,
     client: &Client,
     kubeconfig: &std::path::Path,
     mode: Mode,
     n: usize,
-) -> anyhow::Result<ModeResults> {
+    measures: &mut Vec<Measure>,
+) -> anyhow::Result<Series> {
     let fleet = Fleet::new(config.objects_for(mode, n));
     let scale = config.scale.to_string();
     let emulator_process = EmulatorProcess::start(
@@ -676,7 +682,6 @@ pub async fn run_mode(
         operator,
     };
     let outcome = async {
-        let mut measures = Vec::new();
         println!(
             "== {} · fleet {n} · {} objects run · {} engines",
             mode.label(),
@@ -701,10 +706,7 @@ pub async fn run_mode(
             print_measure(&measure);
             measures.push(measure);
         }
-        anyhow::Ok(ModeResults {
-            measures,
-            rollout: series,
-        })
+        anyhow::Ok(series)
     }
     .await;
     let _ = child.kill();
