@@ -2,7 +2,7 @@
 //! deleted only once everything it wants exists, so traffic always has a route; routes to
 //! engines that are down are withdrawn at once.
 
-use crate::gcp::{Engine, GcpError, Lane, Mutation, Target};
+use crate::gcp::{Collection, Engine, GcpError, Lane, Mutation, Target};
 use crate::plan::diff::Diff;
 
 fn network_of(engine: &Engine, target: &Target) -> Option<String> {
@@ -15,6 +15,20 @@ fn network_of(engine: &Engine, target: &Target) -> Option<String> {
                 .or_else(|| s.firewalls.get(&target.name).map(|f| f.network.clone()))
         })
         .map(|n| crate::gcp::types::last_segment(&n).to_string())
+}
+
+/// Inserts the engine still holds for `owner` (queued or in flight) that `desired` no longer
+/// lists.
+pub fn superseded_inserts(
+    engine: &Engine,
+    owner_prefix: &str,
+    desired: &[crate::plan::DesiredResource],
+) -> Vec<Target> {
+    [Collection::Routes, Collection::Firewalls]
+        .into_iter()
+        .flat_map(|collection| engine.pending_inserts(collection, owner_prefix))
+        .filter(|target| !desired.iter().any(|d| &d.target == target))
+        .collect()
 }
 
 /// What handing a diff to the engine did.
@@ -36,7 +50,13 @@ pub struct Progress {
 /// that are down), which go at once. Inserts go in the failover lane when `urgent` (the object
 /// already carries traffic); replacements and deletes always do. Completions come back as
 /// inventory events, which requeue the object.
-pub fn advance(engine: &Engine, diff: &Diff, urgent: bool, withdrawals: &[Target]) -> Progress {
+pub fn advance(
+    engine: &Engine,
+    diff: &Diff,
+    urgent: bool,
+    withdrawals: &[Target],
+    superseded: &[Target],
+) -> Progress {
     let mut progress = Progress::default();
     // A change whose last attempt failed waits out its retry delay.
     let mut held = |target: &Target| match engine.failure(target) {
@@ -78,6 +98,14 @@ pub fn advance(engine: &Engine, diff: &Diff, urgent: bool, withdrawals: &[Target
                 Lane::Urgent,
             ));
         }
+    }
+    // Inserts still queued or running that the plan no longer wants (an engine went down
+    // before its route was made): a delete cancels an unsent insert, or follows a running one.
+    for target in superseded {
+        work.push((
+            Mutation::delete(target.clone(), network_of(engine, target)),
+            Lane::Urgent,
+        ));
     }
     for (mutation, lane) in work {
         let insert = mutation.is_insert();

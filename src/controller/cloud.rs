@@ -95,6 +95,7 @@ async fn build_runtime(ctx: &Context, cloud: &GcpCloud) -> Result<Arc<CloudRunti
         spec: spec.clone(),
         fingerprint: fingerprint(cloud),
         zones: Default::default(),
+        adding_zones: Default::default(),
         ready: Default::default(),
         engine,
     });
@@ -170,6 +171,67 @@ fn poll_instances(runtime: &Arc<CloudRuntime>) {
     });
 }
 
+/// The objects of the stores by the object hash their GCP names carry, so the owner of a
+/// resource that vanished is one lookup away, not a hash of every object per event.
+#[derive(Default)]
+struct ObjectIndex {
+    virtual_services: std::collections::HashMap<String, ObjectRef<crate::api::VirtualService>>,
+    vpc_routes: std::collections::HashMap<String, ObjectRef<crate::api::VpcRoute>>,
+    built: Option<std::time::Instant>,
+}
+
+impl ObjectIndex {
+    /// Rebuilds from the stores when `hash` is unknown and the index may be out of date (the
+    /// stores changed size, or it is over a second old): names of objects already deleted
+    /// miss for good and must not rebuild it on every event.
+    fn refresh_if_missing(
+        &mut self,
+        hash: &str,
+        cluster: &str,
+        virtual_services: &Store<crate::api::VirtualService>,
+        vpc_routes: &Store<crate::api::VpcRoute>,
+    ) {
+        if hash.is_empty()
+            || self.virtual_services.contains_key(hash)
+            || self.vpc_routes.contains_key(hash)
+        {
+            return;
+        }
+        let vs = virtual_services.state();
+        let vr = vpc_routes.state();
+        let fresh = self
+            .built
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+            && vs.len() == self.virtual_services.len()
+            && vr.len() == self.vpc_routes.len();
+        if fresh {
+            return;
+        }
+        let key = |kind: &str, namespace: Option<String>, name: String| {
+            crate::plan::names::object_hash(cluster, kind, &namespace.unwrap_or_default(), &name)
+        };
+        self.virtual_services = vs
+            .iter()
+            .map(|o| {
+                let hash = key(
+                    crate::plan::virtualservice::KIND,
+                    o.namespace(),
+                    o.name_any(),
+                );
+                (hash, ObjectRef::from_obj(&**o))
+            })
+            .collect();
+        self.vpc_routes = vr
+            .iter()
+            .map(|o| {
+                let hash = key(crate::plan::vpcroute::KIND, o.namespace(), o.name_any());
+                (hash, ObjectRef::from_obj(&**o))
+            })
+            .collect();
+        self.built = Some(std::time::Instant::now());
+    }
+}
+
 /// Turns the inventory's changes into reconciles of the objects they concern.
 fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime>) {
     let mut events = runtime.engine.inventory().subscribe();
@@ -180,6 +242,7 @@ fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime>) {
     let vs_store = ctx.virtual_services.clone();
     let vr_store = ctx.vpc_routes.clone();
     tokio::spawn(async move {
+        let mut index = ObjectIndex::default();
         loop {
             let event = match events.recv().await {
                 Ok(event) => event,
@@ -265,28 +328,18 @@ fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime>) {
                         },
                         Some(_) => {}
                         None if description.is_none() => {
-                            let prefix = &target.name;
-                            for object in vs_store.state() {
-                                let hash = crate::plan::names::object_hash(
-                                    &cluster,
-                                    crate::plan::virtualservice::KIND,
-                                    &object.namespace().unwrap_or_default(),
-                                    &object.name_any(),
-                                );
-                                if prefix.contains(&hash) {
-                                    let _ = vs.send(ObjectRef::from_obj(&*object));
-                                }
+                            // Gone: its owner is found by the object hash in its name.
+                            let hash = target
+                                .name
+                                .strip_prefix(&runtime.view.resource_prefix)
+                                .and_then(|rest| rest.split('-').next())
+                                .unwrap_or_default();
+                            index.refresh_if_missing(hash, &cluster, &vs_store, &vr_store);
+                            if let Some(object) = index.virtual_services.get(hash) {
+                                let _ = vs.send(object.clone());
                             }
-                            for object in vr_store.state() {
-                                let hash = crate::plan::names::object_hash(
-                                    &cluster,
-                                    crate::plan::vpcroute::KIND,
-                                    &object.namespace().unwrap_or_default(),
-                                    &object.name_any(),
-                                );
-                                if prefix.contains(&hash) {
-                                    let _ = vr.send(ObjectRef::from_obj(&*object));
-                                }
+                            if let Some(object) = index.vpc_routes.get(hash) {
+                                let _ = vr.send(object.clone());
                             }
                         }
                         None => {}
@@ -368,6 +421,40 @@ pub async fn refresh_inventory(
     match runtime.zones.write() {
         Ok(mut guard) => *guard = zones,
         Err(poisoned) => *poisoned.into_inner() = zones,
+    }
+    Ok(())
+}
+
+/// Makes sure the inventory lists the instances of `needed` zones: a zone not seen yet costs one
+/// paged `instances.list` (not a full refresh), once, however many objects ask at the same time.
+pub async fn ensure_zones(runtime: &CloudRuntime, needed: &[&str]) -> Result<(), Error> {
+    let missing = |runtime: &CloudRuntime| -> Vec<String> {
+        let known = match runtime.zones.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        let mut missing: Vec<String> = needed
+            .iter()
+            .filter(|zone| !known.contains(**zone))
+            .map(|zone| zone.to_string())
+            .collect();
+        missing.sort();
+        missing.dedup();
+        missing
+    };
+    if missing(runtime).is_empty() {
+        return Ok(());
+    }
+    let _adding = runtime.adding_zones.lock().await;
+    let zones = missing(runtime);
+    if zones.is_empty() {
+        // Another reconcile loaded them meanwhile.
+        return Ok(());
+    }
+    runtime.engine.refresh_instances(&zones).await?;
+    match runtime.zones.write() {
+        Ok(mut guard) => guard.extend(zones),
+        Err(poisoned) => poisoned.into_inner().extend(zones),
     }
     Ok(())
 }

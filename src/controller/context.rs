@@ -38,6 +38,8 @@ pub struct CloudRuntime {
     pub fingerprint: String,
     /// Zones whose instances the inventory lists.
     pub zones: RwLock<BTreeSet<String>>,
+    /// Held while zones are added, so that objects arriving together load a new zone once.
+    pub adding_zones: tokio::sync::Mutex<()>,
     /// Whether the network check and the first inventory load succeeded.
     pub ready: std::sync::atomic::AtomicBool,
 }

@@ -9,7 +9,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 
-use super::apply::advance;
+use super::apply::{advance, superseded_inserts};
 use super::context::{Context, owned_resources};
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
@@ -118,18 +118,13 @@ async fn apply_object(
     let cloud_spec = &runtime.spec;
     let engine = &runtime.engine;
     // An engine in a zone the inventory does not list yet: load it before judging.
-    let known = match runtime.zones.read() {
-        Ok(guard) => guard.clone(),
-        Err(poisoned) => poisoned.into_inner().clone(),
-    };
-    if object
+    let zones: Vec<&str> = object
         .spec
         .service_engines
         .iter()
-        .any(|e| !known.contains(&e.zone))
-    {
-        super::cloud::refresh_inventory(ctx, cloud_name, &runtime).await?;
-    }
+        .map(|e| e.zone.as_str())
+        .collect();
+    super::cloud::ensure_zones(&runtime, &zones).await?;
 
     let owner = owner(ctx, object);
     let (health, missing, allocated_ip, owned) = engine.inventory().read(|snapshot| {
@@ -222,7 +217,12 @@ async fn apply_object(
     // An object that already has resources in GCP carries traffic: its changes are failover
     // work, ahead of the bulk creation of new objects.
     let urgent = !owned.is_empty();
-    let progress = advance(engine, &changes, urgent, &withdrawals);
+    let superseded = superseded_inserts(
+        engine,
+        &owner.name_prefix(&runtime.view.resource_prefix),
+        &plan.desired,
+    );
+    let progress = advance(engine, &changes, urgent, &withdrawals, &superseded);
     if progress.started > 0 {
         let reason = if withdrawals.is_empty() && plan.down_engines.is_empty() {
             "Applying"

@@ -9,7 +9,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
-use super::apply::advance;
+use super::apply::{advance, superseded_inserts};
 use super::context::{Context, owned_resources};
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
@@ -79,13 +79,7 @@ async fn apply_object(
     let cloud_spec = &runtime.spec;
     let engine = &runtime.engine;
     if let Some(instance) = &object.spec.next_hop.instance {
-        let known = match runtime.zones.read() {
-            Ok(guard) => guard.contains(&instance.zone),
-            Err(poisoned) => poisoned.into_inner().contains(&instance.zone),
-        };
-        if !known {
-            super::cloud::refresh_inventory(ctx, cloud_name, &runtime).await?;
-        }
+        super::cloud::ensure_zones(&runtime, &[instance.zone.as_str()]).await?;
     }
     let owner = owner(ctx, object);
     let (missing, owned) = engine.inventory().read(|snapshot| {
@@ -130,7 +124,12 @@ async fn apply_object(
     let route_name = desired.target.name.clone();
     let changes = diff(std::slice::from_ref(&desired), &owned);
     // A route already in place carries traffic: its replacement is urgent.
-    let progress = advance(engine, &changes, !owned.is_empty(), &[]);
+    let superseded = superseded_inserts(
+        engine,
+        &owner.name_prefix(&runtime.view.resource_prefix),
+        std::slice::from_ref(&desired),
+    );
+    let progress = advance(engine, &changes, !owned.is_empty(), &[], &superseded);
     if progress.started > 0 {
         ctx.event(
             object,

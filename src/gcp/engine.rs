@@ -18,7 +18,7 @@ use super::client::{Answer, Call, ComputeClient, Transport};
 use super::error::GcpError;
 use super::inventory::Inventory;
 use super::metrics::GcpMetrics;
-use super::target::{Change, Mutation, Target, same_content};
+use super::target::{Change, Collection, Mutation, Target, same_content};
 use super::tracker::Tracker;
 use super::types::Operation;
 
@@ -128,7 +128,8 @@ struct NetworkState {
 
 #[derive(Debug, Default)]
 struct Queues {
-    slots: HashMap<Target, Slot>,
+    /// Ordered, so the work of one object (its names share a prefix) is a range.
+    slots: std::collections::BTreeMap<Target, Slot>,
     urgent: VecDeque<Target>,
     bulk: VecDeque<Target>,
     delayed: BinaryHeap<Reverse<(Instant, u64, Target)>>,
@@ -327,6 +328,26 @@ impl Engine {
         lock_map(&self.shared.failures).get(target).cloned()
     }
 
+    /// Global resources of `collection` whose names start with `prefix` and whose insert is
+    /// queued or in flight.
+    pub fn pending_inserts(&self, collection: Collection, prefix: &str) -> Vec<Target> {
+        let from = Target {
+            collection,
+            location: String::new(),
+            name: prefix.to_string(),
+        };
+        self.shared
+            .lock()
+            .slots
+            .range(from..)
+            .take_while(|(t, _)| {
+                t.collection == collection && t.location.is_empty() && t.name.starts_with(prefix)
+            })
+            .filter(|(_, slot)| slot.works.iter().any(|w| w.mutation.is_insert()))
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
     /// Whether work for `target` is queued or in flight.
     pub fn is_pending(&self, target: &Target) -> bool {
         self.shared.lock().slots.contains_key(target)
@@ -343,7 +364,7 @@ impl Engine {
     pub fn shutdown(&self) {
         self.shared.stopped.store(true, Ordering::Relaxed);
         let mut queues = self.shared.lock();
-        for (_, slot) in queues.slots.drain() {
+        for (_, slot) in std::mem::take(&mut queues.slots) {
             for work in slot.works {
                 for waiter in work.waiters {
                     let _ = waiter.send(Err(GcpError::Shutdown));
