@@ -70,7 +70,7 @@ pub fn markdown(config: &Config, when: &str, measures: &[Measure]) -> String {
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for m in measures {
-        let extrapolated = if m.objects < m.n {
+        let extrapolated = if m.seconds != m.measured_seconds {
             " (extrapolated)"
         } else {
             ""
