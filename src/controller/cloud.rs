@@ -254,16 +254,7 @@ fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime>) {
                     };
                     let cloud = &runtime.view.cloud;
                     tracing::warn!(%cloud, missed, "inventory events overflowed; requeueing every object of the cloud");
-                    for object in vs_store.state() {
-                        if &object.spec.cloud_ref == cloud {
-                            let _ = vs.send(ObjectRef::from_obj(&*object));
-                        }
-                    }
-                    for object in vr_store.state() {
-                        if &object.spec.cloud_ref == cloud {
-                            let _ = vr.send(ObjectRef::from_obj(&*object));
-                        }
-                    }
+                    super::context::requeue_users(cloud, (&vs_store, &vs), (&vr_store, &vr));
                     continue;
                 }
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

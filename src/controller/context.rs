@@ -44,6 +44,30 @@ pub struct CloudRuntime {
     pub ready: std::sync::atomic::AtomicBool,
 }
 
+/// Sends every object of the stores that references `cloud` to its controller's trigger.
+pub fn requeue_users(
+    cloud: &str,
+    (virtual_services, vs_trigger): (
+        &Store<VirtualService>,
+        &mpsc::UnboundedSender<ObjectRef<VirtualService>>,
+    ),
+    (vpc_routes, vr_trigger): (
+        &Store<VpcRoute>,
+        &mpsc::UnboundedSender<ObjectRef<VpcRoute>>,
+    ),
+) {
+    for vs in virtual_services.state() {
+        if vs.spec.cloud_ref == cloud {
+            let _ = vs_trigger.send(ObjectRef::from_obj(&*vs));
+        }
+    }
+    for vr in vpc_routes.state() {
+        if vr.spec.cloud_ref == cloud {
+            let _ = vr_trigger.send(ObjectRef::from_obj(&*vr));
+        }
+    }
+}
+
 /// Waits until a reflector store holds its first full list; false when its writer is gone.
 ///
 /// kube-runtime's `Store::wait_until_ready` sits on a oneshot channel that keeps only the waker
@@ -127,16 +151,11 @@ impl Context {
 
     /// Reconciles every object that references `cloud`.
     pub fn requeue_users_of(&self, cloud: &str) {
-        for vs in self.virtual_services.state() {
-            if vs.spec.cloud_ref == cloud {
-                let _ = self.vs_trigger.send(ObjectRef::from_obj(&*vs));
-            }
-        }
-        for vr in self.vpc_routes.state() {
-            if vr.spec.cloud_ref == cloud {
-                let _ = self.vr_trigger.send(ObjectRef::from_obj(&*vr));
-            }
-        }
+        requeue_users(
+            cloud,
+            (&self.virtual_services, &self.vs_trigger),
+            (&self.vpc_routes, &self.vr_trigger),
+        );
     }
 
     /// Requeues the owner of a GCP resource (from its ownership marker).
