@@ -6,18 +6,19 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use adc_operator::api::{GcpCloud, VirtualService, VpcRoute};
+use adc_operator::api::{VirtualService, VpcRoute};
 use adc_testenv::{EmulatorProcess, emulator_binary};
-use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
-
-const PROJECT: &str = "demo-project";
+use support::eventually;
+use support::operator::{
+    OperatorSpec, PROJECT, apply, tenant, virtual_service, wait_ready, wait_stalled,
+};
 
 const WORLD: &str = "projects:
   - id: demo-project
@@ -42,27 +43,7 @@ struct Fixture {
 
 /// Starts the operator binary against the shared control plane and this emulator.
 fn start_operator(emulator: &EmulatorProcess) -> Child {
-    let plane = adc_testenv::shared().expect("control plane");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_adc-operator"));
-    command
-        .args([
-            "run",
-            "--metrics-addr",
-            "127.0.0.1:0",
-            "--cluster-id",
-            "test-cluster",
-            "--kubeconfig",
-        ])
-        .arg(&plane.kubeconfig)
-        .env(
-            "GCE_METADATA_HOST",
-            emulator.base_url.trim_start_matches("http://"),
-        )
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    adc_testenv::spawn_for_process_lifetime(command).expect("starting adc-operator")
+    OperatorSpec::shared(emulator, "test-cluster").start()
 }
 
 /// Applies the CRDs, starts the emulator and the operator once for this test binary. Statics
@@ -96,232 +77,22 @@ async fn setup(prefix: &str) -> (Client, String, String) {
 async fn setup_with(prefix: &str, spec: Value) -> (Client, String, String) {
     let fixture = fixture();
     let client = support::admin_client().await;
-    let namespace = support::test_namespace(&client, prefix).await;
-    // Tenants are namespaces the cloud selects.
-    let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces
-        .patch(&namespace, &PatchParams::apply("test").force(), &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace, "labels": {"adc.dev/tenant": "true"}}})))
-        .await
-        .unwrap();
-    let cloud = format!("cloud-{namespace}");
-    let mut manifest = json!({
-        "apiVersion": "adc.dev/v1alpha1", "kind": "GcpCloud", "metadata": {"name": cloud},
-        "spec": {"project": PROJECT, "network": "default", "region": "us-central1",
-                 "credentials": {"workloadIdentity": {}}, "endpoint": fixture.emulator.base_url,
-                 "allowedNamespaces": {"matchLabels": {"adc.dev/tenant": "true"}},
-                 "allowedDestinationRanges": ["10.0.0.0/8"]}
-    });
-    for (key, value) in spec.as_object().unwrap() {
-        manifest["spec"][key] = value.clone();
-    }
-    apply(&client, manifest, None).await;
-    wait_ready::<GcpCloud>(&client, None, &cloud).await;
+    let (namespace, cloud) = tenant(&client, &fixture.emulator.base_url, prefix, spec).await;
     (client, namespace, cloud)
-}
-
-async fn apply(client: &Client, manifest: Value, namespace: Option<&str>) {
-    let kind = manifest["kind"].as_str().unwrap().to_string();
-    let name = manifest["metadata"]["name"].as_str().unwrap().to_string();
-    let params = PatchParams::apply("test").force();
-    match (kind.as_str(), namespace) {
-        ("GcpCloud", _) => Api::<GcpCloud>::all(client.clone())
-            .patch(&name, &params, &Patch::Apply(&manifest))
-            .await
-            .map(|_| ()),
-        ("VirtualService", Some(ns)) => Api::<VirtualService>::namespaced(client.clone(), ns)
-            .patch(&name, &params, &Patch::Apply(&manifest))
-            .await
-            .map(|_| ()),
-        ("VpcRoute", Some(ns)) => Api::<VpcRoute>::namespaced(client.clone(), ns)
-            .patch(&name, &params, &Patch::Apply(&manifest))
-            .await
-            .map(|_| ()),
-        other => panic!("cannot apply {other:?}"),
-    }
-    .unwrap_or_else(|err| panic!("applying {kind}/{name}: {err}"));
-}
-
-fn virtual_service(
-    name: &str,
-    cloud: &str,
-    vip: &str,
-    engines: &[(&str, &str)],
-    mode: &str,
-) -> Value {
-    json!({
-        "apiVersion": "adc.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": name},
-        "spec": {"cloudRef": cloud, "vip": {"address": vip}, "ports": [{"port": 443}],
-                 "sourceRanges": ["10.0.0.0/8"], "mode": mode,
-                 "serviceEngines": engines.iter().map(|(n, z)| json!({"name": n, "zone": z})).collect::<Vec<_>>()}
-    })
-}
-
-use support::eventually;
-
-async fn conditions<K>(api: &Api<K>, name: &str) -> Value
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    let object = api.get(name).await.unwrap();
-    serde_json::to_value(&object).unwrap()["status"].clone()
-}
-
-fn condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
-    status["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == type_)
-        .map(|c| {
-            (
-                c["status"].as_str().unwrap_or_default().into(),
-                c["reason"].as_str().unwrap_or_default().into(),
-                c["message"].as_str().unwrap_or_default().into(),
-            )
-        })
-}
-
-async fn wait_ready<K>(client: &Client, namespace: Option<&str>, name: &str)
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-    K::Scope: ScopeApi,
-{
-    let api: Api<K> = K::Scope::api(client, namespace);
-    eventually(&format!("{name} Ready"), || async {
-        let status = conditions(&api, name).await;
-        match condition(&status, "Ready") {
-            Some((s, _, _)) if s == "True" => Ok(()),
-            other => Err(format!("{other:?} {status}")),
-        }
-    })
-    .await;
-}
-
-async fn wait_stalled<K>(client: &Client, namespace: Option<&str>, name: &str) -> String
-where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + serde::Serialize
-        + std::fmt::Debug,
-    K::Scope: ScopeApi,
-{
-    let api: Api<K> = K::Scope::api(client, namespace);
-    let mut last = String::new();
-    for _ in 0..150 {
-        let status = conditions(&api, name).await;
-        match condition(&status, "Stalled") {
-            Some((s, _, m)) if s == "True" => return m,
-            other => last = format!("{other:?} {status}"),
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{name} did not stall within 30 s: {last}");
-}
-
-/// Namespaced or cluster-scoped Api construction.
-trait ScopeApi {
-    fn api<K: kube::Resource<Scope = Self, DynamicType = ()>>(
-        client: &Client,
-        namespace: Option<&str>,
-    ) -> Api<K>;
-}
-impl ScopeApi for k8s_openapi::NamespaceResourceScope {
-    fn api<K: kube::Resource<Scope = Self, DynamicType = ()>>(
-        client: &Client,
-        namespace: Option<&str>,
-    ) -> Api<K> {
-        Api::namespaced(client.clone(), namespace.unwrap_or("default"))
-    }
-}
-impl ScopeApi for k8s_openapi::ClusterResourceScope {
-    fn api<K: kube::Resource<Scope = Self, DynamicType = ()>>(
-        client: &Client,
-        _namespace: Option<&str>,
-    ) -> Api<K> {
-        Api::all(client.clone())
-    }
 }
 
 /// The emulator's routes whose destRange is `dest`, as (name, nextHop instance, priority).
 async fn routes_to(dest: &str) -> Vec<(String, String, u64)> {
-    let state: Value = reqwest::get(format!("{}/_emulator/state", fixture().emulator.base_url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let mut routes: Vec<_> =
-        state["projects"][PROJECT]["resources"]["projects/demo-project/global/routes"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|r| r["destRange"] == dest)
-            .map(|r| {
-                (
-                    r["name"].as_str().unwrap().to_string(),
-                    r["nextHopInstance"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .rsplit('/')
-                        .next()
-                        .unwrap()
-                        .to_string(),
-                    r["priority"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-    routes.sort_by(|a, b| a.1.cmp(&b.1));
-    routes
+    support::operator::routes_to(&fixture().emulator.base_url, dest).await
 }
 
 async fn firewalls_to(dest: &str) -> Vec<Value> {
-    let state: Value = reqwest::get(format!("{}/_emulator/state", fixture().emulator.base_url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    state["projects"][PROJECT]["resources"]["projects/demo-project/global/firewalls"]
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|f| f["destinationRanges"][0] == dest)
-        .collect()
+    support::operator::firewalls_to(&fixture().emulator.base_url, dest).await
 }
 
 /// One Compute call as the operator makes it (a metadata-server token), with a JSON body.
 async fn compute(method: reqwest::Method, path: &str, body: Value) -> Value {
-    let base = &fixture().emulator.base_url;
-    let token: Value = reqwest::Client::new()
-        .get(format!(
-            "{base}/computeMetadata/v1/instance/service-accounts/default/token"
-        ))
-        .header("Metadata-Flavor", "Google")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    reqwest::Client::new()
-        .request(
-            method,
-            format!("{base}/compute/v1/projects/{PROJECT}/{path}"),
-        )
-        .bearer_auth(token["access_token"].as_str().unwrap())
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap_or(Value::Null)
+    support::operator::compute(&fixture().emulator.base_url, method, path, body).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

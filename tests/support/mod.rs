@@ -1,6 +1,8 @@
 //! Shared pieces of the integration tests: the per-binary control plane and per-test namespaces.
 #![allow(dead_code)]
 
+pub mod operator;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use k8s_openapi::api::core::v1::Namespace;

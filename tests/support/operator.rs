@@ -1,0 +1,366 @@
+//! The operator binary and the objects tests give it: starting it against an emulator, a tenant
+//! namespace with its GcpCloud, applying manifests, reading conditions and the emulator's state.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use adc_operator::api::{GcpCloud, VirtualService, VpcRoute};
+use adc_testenv::EmulatorProcess;
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::api::{Api, Patch, PatchParams};
+use serde_json::{Value, json};
+
+use super::eventually;
+
+/// The project of every test world.
+pub const PROJECT: &str = "demo-project";
+
+/// How to start one operator process.
+#[derive(Debug, Clone)]
+pub struct OperatorSpec {
+    /// Kubeconfig the operator talks to the API server with.
+    pub kubeconfig: std::path::PathBuf,
+    /// The emulator, as the GKE metadata server (Workload Identity tokens).
+    pub metadata_host: String,
+    /// `--cluster-id`.
+    pub cluster_id: String,
+    /// Further arguments of `adc-operator run`.
+    pub args: Vec<String>,
+    /// Further environment.
+    pub env: Vec<(String, String)>,
+    /// `RUST_LOG`.
+    pub log: String,
+}
+
+impl OperatorSpec {
+    /// The operator of the shared control plane, against `emulator`.
+    pub fn shared(emulator: &EmulatorProcess, cluster_id: &str) -> Self {
+        let plane = adc_testenv::shared().expect("control plane");
+        Self::new(&plane.kubeconfig, emulator, cluster_id)
+    }
+
+    pub fn new(kubeconfig: &Path, emulator: &EmulatorProcess, cluster_id: &str) -> Self {
+        Self {
+            kubeconfig: kubeconfig.to_path_buf(),
+            metadata_host: emulator.base_url.trim_start_matches("http://").to_string(),
+            cluster_id: cluster_id.to_string(),
+            args: vec!["--metrics-addr".into(), "127.0.0.1:0".into()],
+            env: Vec::new(),
+            log: "warn".into(),
+        }
+    }
+
+    /// Starts the operator binary; stdout is dropped, stderr goes to `stderr`.
+    pub fn start_with(&self, stderr: Stdio) -> Child {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_adc-operator"));
+        command
+            .args(["run", "--cluster-id", &self.cluster_id, "--kubeconfig"])
+            .arg(&self.kubeconfig)
+            .args(&self.args)
+            .env("GCE_METADATA_HOST", &self.metadata_host)
+            .env("RUST_LOG", &self.log)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr);
+        adc_testenv::spawn_for_process_lifetime(command).expect("starting adc-operator")
+    }
+
+    /// Starts the operator binary with its stderr in the test output.
+    pub fn start(&self) -> Child {
+        self.start_with(Stdio::inherit())
+    }
+}
+
+/// Kills a process with SIGKILL and reaps it.
+pub fn kill9(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Makes `namespace` a tenant: a namespace every test cloud selects.
+pub async fn label_tenant(client: &Client, namespace: &str) {
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .patch(
+            namespace,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(json!({"apiVersion": "v1", "kind": "Namespace",
+                "metadata": {"name": namespace, "labels": {"adc.dev/tenant": "true"}}})),
+        )
+        .await
+        .expect("labelling the tenant namespace");
+}
+
+/// The GcpCloud manifest every test starts from, with `spec` merged into its spec.
+pub fn cloud_manifest(name: &str, emulator_url: &str, spec: &Value) -> Value {
+    let mut manifest = json!({
+        "apiVersion": "adc.dev/v1alpha1", "kind": "GcpCloud", "metadata": {"name": name},
+        "spec": {"project": PROJECT, "network": "default", "region": "us-central1",
+                 "credentials": {"workloadIdentity": {}}, "endpoint": emulator_url,
+                 "allowedNamespaces": {"matchLabels": {"adc.dev/tenant": "true"}},
+                 "allowedDestinationRanges": ["10.0.0.0/8"]}
+    });
+    for (key, value) in spec.as_object().into_iter().flatten() {
+        manifest["spec"][key] = value.clone();
+    }
+    manifest
+}
+
+/// A fresh tenant namespace and a Ready GcpCloud `cloud-<namespace>` for it on `emulator_url`,
+/// with `spec` merged into the cloud's spec.
+pub async fn tenant(
+    client: &Client,
+    emulator_url: &str,
+    prefix: &str,
+    spec: Value,
+) -> (String, String) {
+    let namespace = super::test_namespace(client, prefix).await;
+    label_tenant(client, &namespace).await;
+    let cloud = format!("cloud-{namespace}");
+    apply(client, cloud_manifest(&cloud, emulator_url, &spec), None).await;
+    wait_ready::<GcpCloud>(client, None, &cloud).await;
+    (namespace, cloud)
+}
+
+/// Server-side applies a GcpCloud, VirtualService or VpcRoute manifest as field manager "test".
+pub async fn apply(client: &Client, manifest: Value, namespace: Option<&str>) {
+    try_apply(client, &manifest, namespace)
+        .await
+        .unwrap_or_else(|err| {
+            panic!(
+                "applying {}/{}: {err}",
+                manifest["kind"], manifest["metadata"]["name"]
+            )
+        });
+}
+
+/// Server-side applies a manifest of one of the operator's kinds; the API server's refusal is
+/// returned, not a panic.
+pub async fn try_apply(
+    client: &Client,
+    manifest: &Value,
+    namespace: Option<&str>,
+) -> Result<(), kube::Error> {
+    let kind = manifest["kind"].as_str().unwrap_or_default().to_string();
+    let name = manifest["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let params = PatchParams::apply("test").force();
+    match (kind.as_str(), namespace) {
+        ("GcpCloud", _) => Api::<GcpCloud>::all(client.clone())
+            .patch(&name, &params, &Patch::Apply(manifest))
+            .await
+            .map(|_| ()),
+        ("VirtualService", Some(ns)) => Api::<VirtualService>::namespaced(client.clone(), ns)
+            .patch(&name, &params, &Patch::Apply(manifest))
+            .await
+            .map(|_| ()),
+        ("VpcRoute", Some(ns)) => Api::<VpcRoute>::namespaced(client.clone(), ns)
+            .patch(&name, &params, &Patch::Apply(manifest))
+            .await
+            .map(|_| ()),
+        other => panic!("cannot apply {other:?}"),
+    }
+}
+
+/// A VirtualService manifest with a fixed VIP, port 443 and the given engines (name, zone).
+pub fn virtual_service(
+    name: &str,
+    cloud: &str,
+    vip: &str,
+    engines: &[(&str, &str)],
+    mode: &str,
+) -> Value {
+    json!({
+        "apiVersion": "adc.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": name},
+        "spec": {"cloudRef": cloud, "vip": {"address": vip}, "ports": [{"port": 443}],
+                 "sourceRanges": ["10.0.0.0/8"], "mode": mode,
+                 "serviceEngines": engines.iter().map(|(n, z)| json!({"name": n, "zone": z})).collect::<Vec<_>>()}
+    })
+}
+
+/// The object's status as JSON.
+pub async fn status_of<K>(api: &Api<K>, name: &str) -> Value
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    let object = api.get(name).await.expect("reading the object");
+    serde_json::to_value(&object).expect("serialising the object")["status"].clone()
+}
+
+/// A condition of a status as (status, reason, message).
+pub fn condition(status: &Value, type_: &str) -> Option<(String, String, String)> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().into(),
+                c["reason"].as_str().unwrap_or_default().into(),
+                c["message"].as_str().unwrap_or_default().into(),
+            )
+        })
+}
+
+/// Waits (60 s) until the object's Ready condition is True.
+pub async fn wait_ready<K>(client: &Client, namespace: Option<&str>, name: &str)
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::Scope: ScopeApi,
+{
+    let api: Api<K> = K::Scope::api(client, namespace);
+    eventually(&format!("{name} Ready"), || async {
+        let status = status_of(&api, name).await;
+        match condition(&status, "Ready") {
+            Some((s, _, _)) if s == "True" => Ok(()),
+            other => Err(format!("{other:?} {status}")),
+        }
+    })
+    .await;
+}
+
+/// Waits (30 s) until the object is Stalled and returns the Stalled message.
+pub async fn wait_stalled<K>(client: &Client, namespace: Option<&str>, name: &str) -> String
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + serde::Serialize
+        + std::fmt::Debug,
+    K::Scope: ScopeApi,
+{
+    let api: Api<K> = K::Scope::api(client, namespace);
+    let mut last = String::new();
+    for _ in 0..150 {
+        let status = status_of(&api, name).await;
+        match condition(&status, "Stalled") {
+            Some((s, _, m)) if s == "True" => return m,
+            other => last = format!("{other:?} {status}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{name} did not stall within 30 s: {last}");
+}
+
+/// Namespaced or cluster-scoped Api construction.
+pub trait ScopeApi {
+    fn api<K: kube::Resource<Scope = Self, DynamicType = ()>>(
+        client: &Client,
+        namespace: Option<&str>,
+    ) -> Api<K>;
+}
+impl ScopeApi for k8s_openapi::NamespaceResourceScope {
+    fn api<K: kube::Resource<Scope = Self, DynamicType = ()>>(
+        client: &Client,
+        namespace: Option<&str>,
+    ) -> Api<K> {
+        Api::namespaced(client.clone(), namespace.unwrap_or("default"))
+    }
+}
+impl ScopeApi for k8s_openapi::ClusterResourceScope {
+    fn api<K: kube::Resource<Scope = Self, DynamicType = ()>>(
+        client: &Client,
+        _namespace: Option<&str>,
+    ) -> Api<K> {
+        Api::all(client.clone())
+    }
+}
+
+/// Every resource of one collection (`routes`, `firewalls`, ...) in the emulator, every project.
+pub async fn emulator_collection(emulator_url: &str, collection: &str) -> Vec<Value> {
+    let state: Value = reqwest::get(format!(
+        "{emulator_url}/_emulator/state?collection={collection}"
+    ))
+    .await
+    .expect("reading the emulator's state")
+    .json()
+    .await
+    .expect("the emulator's state is JSON");
+    state["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// The emulator's routes whose destRange is `dest`, as (name, nextHop instance, priority),
+/// sorted by instance.
+pub async fn routes_to(emulator_url: &str, dest: &str) -> Vec<(String, String, u64)> {
+    let mut routes: Vec<_> = emulator_collection(emulator_url, "routes")
+        .await
+        .into_iter()
+        .filter(|r| r["destRange"] == dest)
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap_or_default().to_string(),
+                r["nextHopInstance"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+                r["priority"].as_u64().unwrap_or_default(),
+            )
+        })
+        .collect();
+    routes.sort_by(|a, b| a.1.cmp(&b.1));
+    routes
+}
+
+/// The emulator's firewall rules whose first destination range is `dest`.
+pub async fn firewalls_to(emulator_url: &str, dest: &str) -> Vec<Value> {
+    emulator_collection(emulator_url, "firewalls")
+        .await
+        .into_iter()
+        .filter(|f| f["destinationRanges"][0] == dest)
+        .collect()
+}
+
+/// The emulator's counters (`GET /_emulator/stats`).
+pub async fn emulator_stats(emulator_url: &str) -> Value {
+    reqwest::get(format!("{emulator_url}/_emulator/stats"))
+        .await
+        .expect("reading the emulator's stats")
+        .json()
+        .await
+        .expect("the emulator's stats are JSON")
+}
+
+/// One Compute call as the operator makes it (a metadata-server token), with a JSON body.
+pub async fn compute(
+    emulator_url: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> Value {
+    let token: Value = reqwest::Client::new()
+        .get(format!(
+            "{emulator_url}/computeMetadata/v1/instance/service-accounts/default/token"
+        ))
+        .header("Metadata-Flavor", "Google")
+        .send()
+        .await
+        .expect("asking the metadata server for a token")
+        .json()
+        .await
+        .expect("the token answer is JSON");
+    reqwest::Client::new()
+        .request(
+            method,
+            format!("{emulator_url}/compute/v1/projects/{PROJECT}/{path}"),
+        )
+        .bearer_auth(token["access_token"].as_str().unwrap_or_default())
+        .json(&body)
+        .send()
+        .await
+        .expect("calling Compute")
+        .json()
+        .await
+        .unwrap_or(Value::Null)
+}
