@@ -7,7 +7,7 @@
 //! v1 error envelope ([`TokenError::http_status`], [`TokenError::google_error_body`]).
 //! Access tokens are secrets: no `Debug` output or error message in this module contains one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -45,6 +45,8 @@ pub const ACCESS_TOKEN_PREFIX: &str = "ya29.emu.";
 const RSA_BITS: usize = 2048;
 const MAX_ASSERTION_LEN: usize = 16 * 1024;
 const PURGE_EVERY_ISSUES: usize = 4096;
+/// How many of the most recently issued tokens [`TokenStore::issued`] remembers.
+pub const TOKEN_HISTORY: usize = 1024;
 
 const MSG_MISSING_CREDENTIAL: &str = "Request is missing required authentication credential. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.";
 const MSG_INVALID_CREDENTIAL: &str = "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential. See https://developers.google.com/identity/sign-in/web/devconsole-project.";
@@ -600,12 +602,40 @@ struct TokenEntry {
     expires_at: u64,
 }
 
+/// One token as the store issued it, for the admin API (`GET /_emulator/tokens`): harnesses
+/// learn every token a client was handed, e.g. to prove that none of them leaks into its logs.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuedRecord {
+    /// The bearer token.
+    pub access_token: String,
+    /// Who it was issued to (a service account's e-mail).
+    pub principal: String,
+    /// Unix seconds when it was issued.
+    pub issued_at: u64,
+    /// Unix seconds when it stops being accepted.
+    pub expires_at: u64,
+}
+
+impl fmt::Debug for IssuedRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IssuedRecord")
+            .field("access_token", &"<redacted>")
+            .field("principal", &self.principal)
+            .field("issued_at", &self.issued_at)
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
 #[derive(Default)]
 struct TokenTable {
     tokens: HashMap<String, TokenEntry>,
     /// The most recently issued token of each principal (also interns principal names).
     latest: HashMap<Arc<str>, String>,
     issued_since_purge: usize,
+    /// The last [`TOKEN_HISTORY`] tokens issued, oldest first; purging does not touch it.
+    history: VecDeque<(String, Arc<str>, u64, u64)>,
 }
 
 impl TokenTable {
@@ -626,6 +656,15 @@ impl TokenTable {
                 expires_at: now.saturating_add(lifetime_secs),
             },
         );
+        if self.history.len() >= TOKEN_HISTORY {
+            self.history.pop_front();
+        }
+        self.history.push_back((
+            access_token.clone(),
+            Arc::clone(&principal),
+            now,
+            now.saturating_add(lifetime_secs),
+        ));
         self.latest.insert(principal, access_token.clone());
         IssuedToken {
             access_token,
@@ -730,6 +769,22 @@ impl TokenStore {
     /// Forgets every token whose lifetime is over at `now_unix` (also done every 4096 issues).
     pub fn purge_expired(&self, now_unix: u64) {
         self.write().purge(now_unix);
+    }
+
+    /// The last [`TOKEN_HISTORY`] tokens issued (by `/token` or the metadata server), oldest
+    /// first, expired and purged ones included. A token handed out again by
+    /// [`TokenStore::issue_or_reuse`] appears once, when it was issued.
+    pub fn issued(&self) -> Vec<IssuedRecord> {
+        self.read()
+            .history
+            .iter()
+            .map(|(token, principal, issued_at, expires_at)| IssuedRecord {
+                access_token: token.clone(),
+                principal: principal.to_string(),
+                issued_at: *issued_at,
+                expires_at: *expires_at,
+            })
+            .collect()
     }
 
     /// Number of tokens held (including expired ones not yet purged).
@@ -1498,6 +1553,53 @@ mod tests {
                 .to_string()
                 .contains(&t.access_token)
         );
+    }
+
+    #[test]
+    fn issued_tokens_are_listed_until_the_history_is_full() {
+        let s = store();
+        assert!(s.issued().is_empty());
+        let first = s.issue(EMAIL, NOW);
+        let reused = s.issue_or_reuse(EMAIL, NOW + 10);
+        assert_eq!(reused.access_token, first.access_token);
+        let other = s.issue("default@demo-project.iam.gserviceaccount.com", NOW + 20);
+        let listed = s.issued();
+        assert_eq!(
+            listed,
+            [
+                IssuedRecord {
+                    access_token: first.access_token.clone(),
+                    principal: EMAIL.into(),
+                    issued_at: NOW,
+                    expires_at: NOW + 3599,
+                },
+                IssuedRecord {
+                    access_token: other.access_token.clone(),
+                    principal: "default@demo-project.iam.gserviceaccount.com".into(),
+                    issued_at: NOW + 20,
+                    expires_at: NOW + 20 + 3599,
+                },
+            ],
+            "a reused token is listed once"
+        );
+        assert_eq!(
+            serde_json::to_value(&listed[0]).unwrap(),
+            json!({"accessToken": first.access_token, "principal": EMAIL,
+                   "issuedAt": NOW, "expiresAt": NOW + 3599})
+        );
+        assert!(!format!("{listed:?}").contains(&first.access_token));
+
+        // Purged (expired) tokens stay listed; the oldest go once the history is full.
+        s.purge_expired(NOW + 99_999);
+        assert!(s.is_empty());
+        assert_eq!(s.issued().len(), 2);
+        for _ in 0..TOKEN_HISTORY - 1 {
+            s.issue(EMAIL, NOW + 100_000);
+        }
+        let listed = s.issued();
+        assert_eq!(listed.len(), TOKEN_HISTORY);
+        assert_eq!(listed[0].access_token, other.access_token);
+        assert!(listed.iter().all(|r| r.access_token != first.access_token));
     }
 
     #[test]

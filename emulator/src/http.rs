@@ -515,6 +515,9 @@ fn admin(
             };
             json_response(200, dump.to_string())
         }
+        ("GET", "tokens") => {
+            json_response(200, json!({"items": emulator.tokens.issued()}).to_string())
+        }
         ("POST", "reset") => {
             emulator.reset();
             json_response(200, json!({"reset": true}).to_string())

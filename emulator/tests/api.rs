@@ -691,6 +691,35 @@ async fn token_auth_issues_and_checks_bearer_tokens() {
         200,
         "metadata tokens are valid too"
     );
+
+    // The metadata server hands out the principal's latest token again (it has more than
+    // 300 s left); the admin API lists every token issued once, with its principal.
+    let issued: Value = emu
+        .client
+        .get(format!("{}/_emulator/tokens", emu.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed: Vec<(&str, &str)> = issued["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["accessToken"].as_str().unwrap(),
+                t["principal"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        [(access, "op@demo-project.iam.gserviceaccount.com")],
+        "{issued}"
+    );
+    assert_eq!(metadata_token["access_token"], access);
 }
 
 fn sign_assertion(key: &Value, audience: &str) -> String {
