@@ -155,12 +155,18 @@ pub async fn delete_owned(
     Ok(())
 }
 
-/// The phase and the retry delay for a GCP error: a resource quota or a final refusal stalls
-/// the object (a person must act), anything else is retried.
+/// The phase and the retry delay for a GCP error: a resource quota, a name taken by a resource
+/// the object does not own, or a final refusal stalls the object (a person must act), anything
+/// else is retried.
 pub fn error_phase(err: &GcpError) -> (super::status::Phase, std::time::Duration) {
     use super::status::Phase;
     use std::time::Duration;
-    if err.is_quota_exceeded() {
+    if matches!(err, GcpError::NotOwned { .. }) {
+        (
+            Phase::stalled("NameConflict", err.to_string()),
+            Duration::from_secs(120),
+        )
+    } else if err.is_quota_exceeded() {
         (
             Phase::stalled("QuotaExceeded", err.to_string()),
             Duration::from_secs(120),
@@ -204,4 +210,43 @@ where
         delete_owned(ctx, cloud_ref, owner).await?;
     }
     Ok(kube::runtime::controller::Action::await_change())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::status::Phase;
+    use std::time::Duration;
+
+    #[test]
+    fn errors_map_to_phases() {
+        let foreign = GcpError::NotOwned {
+            resource: "global/routes/adc-1".into(),
+            marker: None,
+        };
+        match error_phase(&foreign) {
+            (Phase::Stalled { reason, message }, retry) => {
+                assert_eq!(reason, "NameConflict");
+                assert!(message.contains("global/routes/adc-1"), "{message}");
+                assert!(message.contains("does not own"), "{message}");
+                assert_eq!(retry, Duration::from_secs(120));
+            }
+            other => panic!("{other:?}"),
+        }
+        let quota = GcpError::Operation {
+            code: "QUOTA_EXCEEDED".into(),
+            message: "Quota 'ROUTES' exceeded.".into(),
+            http_status: Some(403),
+        };
+        assert!(
+            matches!(error_phase(&quota).0, Phase::Stalled { ref reason, .. } if reason == "QuotaExceeded")
+        );
+        assert!(
+            matches!(error_phase(&GcpError::Conflict("global/routes/r".into())).0, Phase::Stalled { ref reason, .. } if reason == "GcpRejected")
+        );
+        let transient = GcpError::Transport("reset".into());
+        assert!(
+            matches!(error_phase(&transient), (Phase::Progressing { ref reason, .. }, d) if reason == "GcpError" && d == Duration::from_secs(15))
+        );
+    }
 }

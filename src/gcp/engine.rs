@@ -669,11 +669,7 @@ impl Shared {
             .await?;
         let actual: serde_json::Value = serde_json::from_slice(&answer.body)
             .map_err(|err| GcpError::Decode(err.to_string()))?;
-        if same_content(desired, &actual) {
-            Ok(())
-        } else {
-            Err(GcpError::Conflict(dispatch.target.to_string()))
-        }
+        judge_existing(&dispatch.target, desired, &actual)
     }
 
     fn settle(self: &Arc<Self>, dispatch: &Dispatch, outcome: Result<(), GcpError>) {
@@ -770,6 +766,18 @@ impl Shared {
             if outcome.is_ok() {
                 self.inventory.apply(&work.mutation);
             }
+            if matches!(outcome, Err(GcpError::NotOwned { .. })) {
+                // Deletes queued behind this insert were to take back what it would have made
+                // (a plan that changed while it ran). It made nothing, and what holds the name
+                // is someone else's: they are never sent.
+                while slot.works.front().is_some_and(|w| !w.mutation.is_insert()) {
+                    if let Some(cancelled) = slot.works.pop_front() {
+                        for waiter in cancelled.waiters {
+                            let _ = waiter.send(Ok(()));
+                        }
+                    }
+                }
+            }
             for waiter in work.waiters {
                 let _ = waiter.send(outcome.clone());
             }
@@ -798,6 +806,40 @@ impl Shared {
             Ok(op) => self.tracker.track(op, dispatch),
             Err(err) => self.finish(&dispatch, Err(err)),
         }
+    }
+}
+
+/// The ownership marker token of a resource body's description (`adc.dev/owner=...` up to the
+/// first blank), as written by `plan::owner`.
+fn owner_marker(body: &serde_json::Value) -> Option<&str> {
+    const MARKER: &str = "adc.dev/owner=";
+    let description = body.get("description")?.as_str()?;
+    let start = description.find(MARKER)?;
+    description[start..].split_whitespace().next()
+}
+
+/// Whether an insert that found its name taken (409) may count as done: only when the resource
+/// there carries the very ownership marker of the insert (it is ours: made by an earlier attempt
+/// whose answer was lost, or before a restart) and holds what the insert asked for. A resource
+/// without that marker is someone else's whatever its content: it is never adopted.
+fn judge_existing(
+    target: &Target,
+    desired: &serde_json::Value,
+    actual: &serde_json::Value,
+) -> Result<(), GcpError> {
+    let theirs = owner_marker(actual);
+    match owner_marker(desired) {
+        Some(ours) if theirs == Some(ours) => {
+            if same_content(desired, actual) {
+                Ok(())
+            } else {
+                Err(GcpError::Conflict(target.to_string()))
+            }
+        }
+        _ => Err(GcpError::NotOwned {
+            resource: target.to_string(),
+            marker: theirs.map(str::to_string),
+        }),
     }
 }
 
@@ -899,4 +941,69 @@ async fn per_object_call(shared: &Shared, dispatch: &Dispatch) -> Result<(), Gcp
             .await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const OURS: &str =
+        "adc.dev/owner=c1/cloud/VirtualService/team-a/web (managed by adc-operator; do not edit)";
+
+    fn route(description: Option<&str>) -> serde_json::Value {
+        let mut body = json!({"name": "adc-1", "network": "global/networks/default",
+            "destRange": "10.10.0.5/32", "priority": 2000,
+            "nextHopInstance": "projects/p/zones/z/instances/se-1"});
+        if let Some(description) = description {
+            body["description"] = json!(description);
+        }
+        body
+    }
+
+    #[test]
+    fn only_our_own_marker_adopts_an_existing_resource() {
+        let target = Target::route("adc-1");
+        let desired = route(Some(OURS));
+        // Ours, as GCP shows it (output fields, full references): adopted.
+        let mut actual = desired.clone();
+        actual["id"] = json!("123");
+        actual["network"] =
+            json!("https://www.googleapis.com/compute/v1/projects/p/global/networks/default");
+        assert!(judge_existing(&target, &desired, &actual).is_ok());
+        // Ours, but other content: a conflict, not someone else's.
+        let mut drifted = actual.clone();
+        drifted["priority"] = json!(1000);
+        assert!(matches!(
+            judge_existing(&target, &desired, &drifted),
+            Err(GcpError::Conflict(_))
+        ));
+
+        // Same content, no marker, or a hand-written description: never adopted.
+        for description in [None, Some(""), Some("made by hand")] {
+            let err = judge_existing(&target, &desired, &route(description)).unwrap_err();
+            assert!(
+                matches!(err, GcpError::NotOwned { ref resource, marker: None } if resource == "global/routes/adc-1"),
+                "{err:?}"
+            );
+        }
+        // Another object's, or another cluster's marker: never adopted, and named.
+        for other in [
+            "adc.dev/owner=c1/cloud/VirtualService/team-a/api",
+            "adc.dev/owner=c2/cloud/VirtualService/team-a/web",
+            "adc.dev/owner=c1/cloud/VirtualService/team-a/web-2 (managed by adc-operator)",
+        ] {
+            let err = judge_existing(&target, &desired, &route(Some(other))).unwrap_err();
+            let marker = other.split_whitespace().next().map(str::to_string);
+            assert!(
+                matches!(&err, GcpError::NotOwned { marker: m, .. } if *m == marker),
+                "{other}: {err:?}"
+            );
+        }
+        // An insert without a marker proves no ownership of anything.
+        assert!(matches!(
+            judge_existing(&target, &route(None), &route(None)),
+            Err(GcpError::NotOwned { .. })
+        ));
+    }
 }

@@ -28,9 +28,14 @@ pub enum GcpError {
     /// The request or its answer was lost on the way (connection, timeout, cut body).
     #[error("transport: {0}")]
     Transport(String),
-    /// No token could be had.
+    /// No token could be had, for now (the token endpoint unreachable, a 401 with a fresh
+    /// token): retried.
     #[error("credentials: {0}")]
     Auth(String),
+    /// The credentials were refused for good (the token endpoint's `invalid_grant`, a key that
+    /// does not parse): retrying the same key cannot help, so nothing waits on it.
+    #[error("credentials refused: {0}")]
+    AuthRefused(String),
     /// An answer that is not what Compute sends.
     #[error("unexpected answer: {0}")]
     Decode(String),
@@ -40,6 +45,16 @@ pub enum GcpError {
     /// The resource exists with other content than the one asked for.
     #[error("{0} already exists with different content")]
     Conflict(String),
+    /// An insert found its name taken by a resource whose description does not carry the
+    /// inserting object's ownership marker: someone else's resource, never modified, adopted or
+    /// deleted.
+    #[error("{}", not_owned_message(resource, marker.as_deref()))]
+    NotOwned {
+        /// The resource, e.g. `global/routes/adc-3f9c1a0b2d-1a2b3c4d`.
+        resource: String,
+        /// The ownership marker its description carries (`adc.dev/owner=...`), if any.
+        marker: Option<String>,
+    },
     /// Retries ran out; carries the last error.
     #[error("gave up after {attempts} attempts: {last}")]
     Exhausted { attempts: u32, last: Box<GcpError> },
@@ -48,9 +63,26 @@ pub enum GcpError {
     Shutdown,
 }
 
+fn not_owned_message(resource: &str, marker: Option<&str>) -> String {
+    let whose = match marker {
+        None => "a GCP resource this cluster does not own (its description carries no \
+                 adc.dev/owner marker)"
+            .to_string(),
+        Some(marker) => format!("a GCP resource of another owner (its description says {marker})"),
+    };
+    format!(
+        "the name {resource} is taken by {whose}; the operator never modifies or deletes a \
+         resource it does not own: delete or rename that resource in GCP, or rename this object"
+    )
+}
+
 impl From<AuthError> for GcpError {
     fn from(err: AuthError) -> Self {
-        GcpError::Auth(err.to_string())
+        if err.retryable() {
+            GcpError::Auth(err.to_string())
+        } else {
+            GcpError::AuthRefused(err.to_string())
+        }
     }
 }
 
@@ -169,10 +201,11 @@ impl GcpError {
             GcpError::Api { reason, .. } => reason.clone(),
             GcpError::Operation { code, .. } => code.clone(),
             GcpError::Transport(_) => "transport".into(),
-            GcpError::Auth(_) => "auth".into(),
+            GcpError::Auth(_) | GcpError::AuthRefused(_) => "auth".into(),
             GcpError::Decode(_) => "decode".into(),
             GcpError::Superseded => "superseded".into(),
             GcpError::Conflict(_) => "conflict".into(),
+            GcpError::NotOwned { .. } => "not_owned".into(),
             GcpError::Exhausted { last, .. } => last.label(),
             GcpError::Shutdown => "shutdown".into(),
         }
@@ -225,6 +258,54 @@ mod tests {
             http_status: Some(500),
         };
         assert!(internal.is_retryable());
+    }
+
+    #[test]
+    fn refused_credentials_are_final_unreachable_ones_are_not() {
+        let refused = GcpError::from(AuthError::TokenEndpoint {
+            url: "http://127.0.0.1:1/token".into(),
+            status: 400,
+            error: "invalid_grant".into(),
+            description: "Invalid JWT Signature.".into(),
+        });
+        assert!(matches!(refused, GcpError::AuthRefused(_)), "{refused:?}");
+        assert!(!refused.is_retryable());
+        assert!(refused.to_string().contains("invalid_grant"), "{refused}");
+        assert_eq!(refused.label(), "auth");
+        let unavailable = GcpError::from(AuthError::TokenEndpoint {
+            url: "http://127.0.0.1:1/token".into(),
+            status: 503,
+            error: "Service Unavailable".into(),
+            description: String::new(),
+        });
+        assert!(matches!(unavailable, GcpError::Auth(_)), "{unavailable:?}");
+        assert!(unavailable.is_retryable());
+    }
+
+    #[test]
+    fn a_taken_name_says_whose_it_is_and_is_final() {
+        let foreign = GcpError::NotOwned {
+            resource: "global/routes/adc-1".into(),
+            marker: None,
+        };
+        let text = foreign.to_string();
+        assert!(
+            text.contains("global/routes/adc-1") && text.contains("this cluster does not own"),
+            "{text}"
+        );
+        assert!(!foreign.is_retryable());
+        assert!(!foreign.is_already_exists());
+        assert_eq!(foreign.label(), "not_owned");
+        let other = GcpError::NotOwned {
+            resource: "global/routes/adc-1".into(),
+            marker: Some("adc.dev/owner=other/c/VirtualService/ns/web".into()),
+        };
+        assert!(
+            other
+                .to_string()
+                .contains("another owner (its description says adc.dev/owner=other/c/"),
+            "{other}"
+        );
     }
 
     #[test]
