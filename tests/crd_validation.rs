@@ -307,6 +307,32 @@ async fn valid_examples_are_accepted() {
         .await;
     services
         .accept(
+            "standby-below-65535",
+            with(
+                with(virtual_service_spec(), "/mode", json!("ActiveStandby")),
+                "/routePriority",
+                json!(65534),
+            ),
+        )
+        .await;
+    services
+        .accept(
+            "active-active-65535",
+            with(virtual_service_spec(), "/routePriority", json!(65535)),
+        )
+        .await;
+    services
+        .accept(
+            "open-to-the-world",
+            with(
+                virtual_service_spec(),
+                "/sourceRanges",
+                json!(["0.0.0.0/0", "192.168.0.0/16", "203.0.113.7/32"]),
+            ),
+        )
+        .await;
+    services
+        .accept(
             "same-port-two-protocols",
             with(
                 virtual_service_spec(),
@@ -328,6 +354,16 @@ async fn valid_examples_are_accepted() {
             "ilb",
             json!({"ilb": "projects/acme-prod/regions/us-central1/forwardingRules/ilb-1"}),
         ),
+        ("ilb-name", json!({"ilb": "ilb-1"})),
+        (
+            "ilb-regional-path",
+            json!({"ilb": "regions/us-central1/forwardingRules/ilb-1"}),
+        ),
+        (
+            "ilb-url",
+            json!({"ilb": "https://www.googleapis.com/compute/v1/projects/acme-prod/regions/us-central1/forwardingRules/ilb-1"}),
+        ),
+        ("ilb-ip", json!({"ilb": "10.128.0.40"})),
     ] {
         routes
             .accept(case, with(vpc_route_spec(), "/nextHop", hop))
@@ -536,6 +572,66 @@ async fn virtual_service_rejections() {
             &["spec.sourceRanges", "sourceRanges must be CIDR ranges"],
         )
         .await;
+    let sources = "sourceRanges must be IPv4 CIDR ranges with no host bits set";
+    for (case, ranges) in [
+        ("source-range-host-bits", json!(["10.1.2.3/8"])),
+        ("source-range-ipv6", json!(["10.0.0.0/8", "fd00::/8"])),
+    ] {
+        services
+            .reject(
+                case,
+                with(base(), "/sourceRanges", ranges),
+                &["spec.sourceRanges", sources],
+            )
+            .await;
+    }
+    for (case, address) in [
+        ("vip-unspecified", "0.0.0.0"),
+        ("vip-broadcast", "255.255.255.255"),
+        ("vip-loopback", "127.0.0.1"),
+        ("vip-multicast", "224.0.0.5"),
+        ("vip-link-local", "169.254.1.1"),
+    ] {
+        services
+            .reject(
+                case,
+                with(base(), "/vip/address", json!(address)),
+                &["spec.vip.address", "vip.address must be a unicast address"],
+            )
+            .await;
+    }
+    services
+        .reject(
+            "standby-priority-65535",
+            with(
+                with(base(), "/mode", json!("ActiveStandby")),
+                "/routePriority",
+                json!(65535),
+            ),
+            &[
+                "spec.routePriority",
+                "routePriority must be below 65535 in ActiveStandby mode",
+            ],
+        )
+        .await;
+    services
+        .reject(
+            "engine-zone",
+            with(base(), "/serviceEngines/0/zone", json!("us-céntral1-a")),
+            &["spec.serviceEngines[0].zone"],
+        )
+        .await;
+    services
+        .reject(
+            "subnetwork",
+            with(
+                base(),
+                "/vip",
+                json!({"allocate": {"type": "Internal", "subnetwork": "Se Subnet"}}),
+            ),
+            &["spec.vip.allocate.subnetwork"],
+        )
+        .await;
     services
         .reject(
             "source-ranges-empty",
@@ -632,6 +728,51 @@ async fn vpc_route_rejections() {
             "dest-bare-ip",
             with(base(), "/destRange", json!("10.0.0.1")),
             &["spec.destRange", "destRange must be a CIDR range"],
+        )
+        .await;
+    routes
+        .reject(
+            "dest-host-bits",
+            with(base(), "/destRange", json!("192.168.1.0/16")),
+            &["spec.destRange", "destRange must have no host bits set"],
+        )
+        .await;
+    routes
+        .reject(
+            "hop-ip-loopback",
+            with(base(), "/nextHop/ip", json!("127.0.0.1")),
+            &["spec.nextHop.ip", "nextHop.ip must be a unicast address"],
+        )
+        .await;
+    for (case, ilb) in [
+        ("ilb-words", "the internal load balancer"),
+        ("ilb-unicode", "ïlb-1"),
+        (
+            "ilb-other-collection",
+            "projects/acme-prod/global/routes/r-1",
+        ),
+        ("ilb-ipv6", "fd00::40"),
+    ] {
+        routes
+            .reject(
+                case,
+                with(base(), "/nextHop", json!({"ilb": ilb})),
+                &[
+                    "spec.nextHop.ilb",
+                    "nextHop.ilb must be a forwarding rule name",
+                ],
+            )
+            .await;
+    }
+    routes
+        .reject(
+            "instance-zone-unicode",
+            with(
+                base(),
+                "/nextHop",
+                json!({"instance": {"name": "gw-1", "zone": "zöne-a"}}),
+            ),
+            &["spec.nextHop.instance.zone"],
         )
         .await;
     routes
@@ -746,6 +887,13 @@ async fn gcp_cloud_rejections() {
             )
             .await;
     }
+    clouds
+        .reject(
+            "region",
+            with(base(), "/region", json!("US Central 1")),
+            &["spec.region"],
+        )
+        .await;
     clouds
         .reject(
             "network",

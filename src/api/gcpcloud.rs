@@ -67,7 +67,7 @@ pub struct GcpCloudSpec {
     pub network: String,
 
     /// Region for regional resources (addresses, forwarding rules), e.g. `us-central1`.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(regex(pattern = crate::api::GCP_NAME_PATTERN), length(min = 1, max = 63))]
     pub region: String,
 
     /// How the operator authenticates to GCP: exactly one of `workloadIdentity` or `secretRef`.

@@ -48,6 +48,9 @@ use super::conditions::Condition;
         json_path = ".metadata.creationTimestamp"
     )
 )]
+#[x_kube(validation = Rule::new(
+    "!has(self.mode) || self.mode != 'ActiveStandby' || !has(self.routePriority) || self.routePriority < 65535"
+).message("routePriority must be below 65535 in ActiveStandby mode: standby routes take routePriority + 1").field_path(".routePriority"))]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualServiceSpec {
     /// Name of the `GcpCloud` whose network carries this virtual service.
@@ -63,10 +66,13 @@ pub struct VirtualServiceSpec {
     #[schemars(length(min = 1, max = 16))]
     pub ports: Vec<ServicePort>,
 
-    /// CIDR ranges allowed to reach the VIP's ports (the firewall rule's sources), e.g.
-    /// `10.0.0.0/8`.
+    /// IPv4 CIDR ranges allowed to reach the VIP's ports (the firewall rule's sources), e.g.
+    /// `10.0.0.0/8`, with no host bits set. IPv4 only: the VIP is IPv4 and a firewall rule cannot
+    /// mix IPv4 and IPv6.
     #[x_kube(validation = Rule::new("self.all(r, isCIDR(r))")
         .message("sourceRanges must be CIDR ranges such as 10.0.0.0/8"))]
+    #[x_kube(validation = Rule::new("self.all(r, !isCIDR(r) || (cidr(r).ip().family() == 4 && cidr(r) == cidr(r).masked()))")
+        .message("sourceRanges must be IPv4 CIDR ranges with no host bits set, such as 10.0.0.0/8 (not 10.1.2.3/8); the VIP is IPv4"))]
     #[schemars(length(min = 1, max = 256), inner(length(max = 43)))]
     pub source_ranges: Vec<String>,
 
@@ -96,9 +102,12 @@ pub struct VirtualServiceSpec {
     .message("vip needs exactly one of address or allocate"))]
 #[serde(rename_all = "camelCase")]
 pub struct Vip {
-    /// A fixed IPv4 address, e.g. `10.10.0.5`.
+    /// A fixed IPv4 address, e.g. `10.10.0.5`: a unicast one (not 0.0.0.0, loopback, link-local,
+    /// multicast or broadcast).
     #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 4")
         .message("vip.address must be an IPv4 address such as 10.10.0.5"))]
+    #[x_kube(validation = Rule::new("!isIP(self) || ip(self).isGlobalUnicast()")
+        .message("vip.address must be a unicast address: not 0.0.0.0, loopback, link-local, multicast or broadcast"))]
     #[schemars(length(max = 15))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
@@ -119,7 +128,7 @@ pub struct VipAllocation {
 
     /// Subnetwork an `Internal` address comes from (name in the cloud's region). Absent means
     /// GCP's choice.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(regex(pattern = crate::api::GCP_NAME_PATTERN), length(min = 1, max = 63))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnetwork: Option<String>,
 }
@@ -167,7 +176,7 @@ pub struct ServiceEngineRef {
     pub name: String,
 
     /// Zone of the instance, e.g. `us-central1-a`.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(regex(pattern = crate::api::GCP_NAME_PATTERN), length(min = 1, max = 63))]
     pub zone: String,
 }
 

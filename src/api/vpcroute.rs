@@ -50,9 +50,11 @@ pub struct VpcRouteSpec {
     #[schemars(length(min = 1, max = 253))]
     pub cloud_ref: String,
 
-    /// Destination CIDR range, e.g. `192.168.0.0/16`.
+    /// Destination CIDR range, e.g. `192.168.0.0/16`, with no host bits set.
     #[x_kube(validation = Rule::new("isCIDR(self)")
         .message("destRange must be a CIDR range such as 192.168.0.0/16"))]
+    #[x_kube(validation = Rule::new("!isCIDR(self) || cidr(self) == cidr(self).masked()")
+        .message("destRange must have no host bits set: write the network address, e.g. 10.77.0.0/16 rather than 10.77.1.5/16"))]
     #[schemars(length(max = 43))]
     pub dest_range: String,
 
@@ -77,9 +79,11 @@ pub struct VpcRouteSpec {
 ).message("nextHop needs exactly one of ip, instance, gateway or ilb"))]
 #[serde(rename_all = "camelCase")]
 pub struct NextHop {
-    /// An IPv4 address in the network, e.g. `10.0.0.9`.
+    /// A unicast IPv4 address in the network, e.g. `10.0.0.9`.
     #[x_kube(validation = Rule::new("isIP(self) && ip(self).family() == 4")
         .message("nextHop.ip must be an IPv4 address such as 10.0.0.9"))]
+    #[x_kube(validation = Rule::new("!isIP(self) || ip(self).isGlobalUnicast()")
+        .message("nextHop.ip must be a unicast address: not 0.0.0.0, loopback, link-local, multicast or broadcast"))]
     #[schemars(length(max = 15))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ip: Option<String>,
@@ -95,8 +99,12 @@ pub struct NextHop {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateway: Option<String>,
 
-    /// An internal passthrough load balancer's forwarding rule, by name or URL, e.g.
-    /// `projects/acme-prod/regions/us-central1/forwardingRules/ilb-1`.
+    /// An internal passthrough load balancer's forwarding rule: its name (in the cloud's
+    /// project and region), its URL, e.g.
+    /// `projects/acme-prod/regions/us-central1/forwardingRules/ilb-1`, or its IPv4 address.
+    #[x_kube(validation = Rule::new(
+        "(isIP(self) && ip(self).family() == 4) || self.matches('^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$') || self.matches('^((https://(www|compute)[.]googleapis[.]com/compute/v1/)?projects/[a-z][-a-z0-9]{4,28}[a-z0-9]/)?regions/[a-z][-a-z0-9]{0,61}[a-z0-9]/forwardingRules/[a-z]([-a-z0-9]{0,61}[a-z0-9])?$')"
+    ).message("nextHop.ilb must be a forwarding rule name, its URL (projects/P/regions/R/forwardingRules/NAME) or its IPv4 address"))]
     #[schemars(length(min = 1, max = 1024))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ilb: Option<String>,
@@ -111,7 +119,7 @@ pub struct InstanceRef {
     pub name: String,
 
     /// Zone of the instance, e.g. `us-central1-a`.
-    #[schemars(length(min = 1, max = 63))]
+    #[schemars(regex(pattern = crate::api::GCP_NAME_PATTERN), length(min = 1, max = 63))]
     pub zone: String,
 }
 
