@@ -45,13 +45,28 @@ pub fn plan(
             cloud.project
         ));
     } else if let Some(ilb) = &hop.ilb {
-        body["nextHopIlb"] = json!(ilb);
+        body["nextHopIlb"] = json!(ilb_reference(cloud, ilb));
     }
     let route_name = resource_name(&cloud.resource_prefix, &object, &content_hash(&body));
     body["name"] = json!(route_name);
     DesiredResource {
         target: Target::route(route_name),
         body,
+    }
+}
+
+/// A next-hop ILB as Compute takes it: a bare forwarding-rule name is one of the cloud's
+/// project and region (Compute itself takes only a URL or an IP address); a URL or an IP
+/// address is passed on as written.
+fn ilb_reference(cloud: &CloudView, ilb: &str) -> String {
+    let bare_name = !ilb.contains('/') && ilb.starts_with(|c: char| c.is_ascii_lowercase());
+    if bare_name {
+        format!(
+            "projects/{}/regions/{}/forwardingRules/{ilb}",
+            cloud.project, cloud.region
+        )
+    } else {
+        ilb.to_string()
     }
 }
 
@@ -83,6 +98,26 @@ mod tests {
             },
         };
         let route = plan(&cloud, "team-a", "to-onprem", &spec);
+        let ilb = |ilb: &str| {
+            let mut spec = spec.clone();
+            spec.next_hop = NextHop {
+                ilb: Some(ilb.into()),
+                ..Default::default()
+            };
+            plan(&cloud, "team-a", "to-onprem", &spec).body["nextHopIlb"].clone()
+        };
+        assert_eq!(
+            ilb("ilb-1"),
+            "projects/p/regions/us-central1/forwardingRules/ilb-1",
+            "a bare name is the cloud's own"
+        );
+        for as_written in [
+            "regions/europe-west1/forwardingRules/ilb-2",
+            "projects/other-project/regions/us-east1/forwardingRules/ilb-3",
+            "10.128.0.40",
+        ] {
+            assert_eq!(ilb(as_written), as_written);
+        }
         assert_eq!(route.body["nextHopIp"], "10.0.0.9");
         assert_eq!(route.body["network"], "global/networks/vpc");
         assert_eq!(route.body["tags"], json!(["se"]));
