@@ -46,38 +46,163 @@ fn owner(ctx: &Context, object: &VirtualService) -> Owner {
     )
 }
 
-/// The earliest-created other VirtualService on the same cloud with the same fixed VIP.
-fn vip_claimed_by(ctx: &Context, object: &VirtualService) -> Option<String> {
-    let vip = object.spec.vip.address.as_ref()?;
-    let mine = (
-        object.metadata.creation_timestamp.clone(),
-        object.namespace(),
-        object.name_any(),
-    );
-    ctx.virtual_services
-        .state()
-        .into_iter()
-        .filter(|other| {
-            other.spec.cloud_ref == object.spec.cloud_ref
-                && other.spec.vip.address.as_ref() == Some(vip)
-                && other.meta().uid != object.meta().uid
-                && other.metadata.deletion_timestamp.is_none()
+/// One object that routes an IPv4 address: a VirtualService by its VIP, or a VpcRoute whose
+/// destination is that address's /32 (which would take the VIP's traffic).
+pub(super) struct Claim {
+    kind: &'static str,
+    namespace: String,
+    name: String,
+    uid: Option<String>,
+    created: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::Time>,
+    /// It serves the address already (its status says so and it is not Stalled): it keeps it
+    /// against any newcomer, whatever the creation times (they have one-second resolution).
+    holding: bool,
+}
+
+impl Claim {
+    pub(super) fn of<K: Resource<DynamicType = ()>>(
+        kind: &'static str,
+        object: &K,
+        holding: bool,
+    ) -> Self {
+        let meta = object.meta();
+        Claim {
+            kind,
+            namespace: meta.namespace.clone().unwrap_or_default(),
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone(),
+            created: meta.creation_timestamp.clone(),
+            holding,
+        }
+    }
+
+    /// Who comes first: the holder, then the earliest created, then by kind, namespace, name.
+    fn rank(&self) -> impl Ord + '_ {
+        (
+            !self.holding,
+            self.created.as_ref().map(|t| t.0),
+            self.kind,
+            &self.namespace,
+            &self.name,
+        )
+    }
+}
+
+fn stalled(conditions: &[crate::api::Condition]) -> bool {
+    crate::api::conditions::condition_true(conditions, crate::api::conditions::STALLED)
+}
+
+/// The object that holds `address` on the network of cloud `cloud_ref` before `me` does, as
+/// `Kind namespace/name`; None when `me` comes first. Claimants are VirtualServices whose VIP
+/// is `address` and VpcRoutes whose destination is `address/32`, on any GcpCloud of the same
+/// project and network. The one already serving it keeps it; otherwise the earliest created.
+pub(super) fn address_claimed_by(
+    ctx: &Context,
+    cloud_ref: &str,
+    address: &str,
+    me: Claim,
+) -> Option<String> {
+    let network_of = |cloud: &str| {
+        ctx.cloud(cloud)
+            .map(|r| (r.view.project.clone(), r.view.network.clone()))
+    };
+    let mine = network_of(cloud_ref);
+    let same_network =
+        |other: &str| other == cloud_ref || (mine.is_some() && network_of(other) == mine);
+    let host_route = format!("{address}/32");
+    let mut claims: Vec<Claim> = Vec::new();
+    for vs in ctx.virtual_services.state() {
+        let status = vs.status.as_ref();
+        let vip = vs
+            .spec
+            .vip
+            .address
+            .as_deref()
+            .or_else(|| status.and_then(|s| s.vip.as_deref()));
+        if vip == Some(address)
+            && vs.metadata.deletion_timestamp.is_none()
+            && vs.meta().uid != me.uid
+            && same_network(&vs.spec.cloud_ref)
+        {
+            let holding = status
+                .is_some_and(|s| s.vip.as_deref() == Some(address) && !stalled(&s.conditions));
+            claims.push(Claim::of(virtualservice::KIND, &*vs, holding));
+        }
+    }
+    for route in ctx.vpc_routes.state() {
+        if route.spec.dest_range == host_route
+            && route.metadata.deletion_timestamp.is_none()
+            && route.meta().uid != me.uid
+            && same_network(&route.spec.cloud_ref)
+        {
+            let holding = route
+                .status
+                .as_ref()
+                .is_some_and(|s| s.route_name.is_some() && !stalled(&s.conditions));
+            claims.push(Claim::of(crate::plan::vpcroute::KIND, &*route, holding));
+        }
+    }
+    claims
+        .iter()
+        .filter(|other| other.rank() < me.rank())
+        .min_by(|a, b| a.rank().cmp(&b.rank()))
+        .map(|first| format!("{} {}/{}", first.kind, first.namespace, first.name))
+}
+
+/// This VirtualService as a claimant of `address`.
+fn claim(object: &VirtualService, address: &str) -> Claim {
+    let holding = object
+        .status
+        .as_ref()
+        .is_some_and(|s| s.vip.as_deref() == Some(address) && !stalled(&s.conditions));
+    Claim::of(virtualservice::KIND, object, holding)
+}
+
+/// Why a cloud that exists is not usable yet: its own Ready message, when it has one.
+pub(super) fn cloud_not_ready(cloud: &GcpCloud) -> String {
+    let name = cloud.name_any();
+    match cloud
+        .status
+        .as_ref()
+        .and_then(|s| {
+            crate::api::conditions::find_condition(&s.conditions, crate::api::conditions::READY)
         })
-        .filter(|other| {
-            (
-                other.metadata.creation_timestamp.clone(),
-                other.namespace(),
-                other.name_any(),
-            ) < mine
-        })
-        .map(|other| {
-            format!(
-                "{}/{}",
-                other.namespace().unwrap_or_default(),
-                other.name_any()
-            )
-        })
-        .next()
+        .filter(|c| c.status != "True" && !c.message.is_empty())
+    {
+        Some(ready) => format!("GcpCloud '{name}' is not Ready yet: {}", ready.message),
+        None => format!("GcpCloud '{name}' is not Ready yet"),
+    }
+}
+
+/// A stall for zones Compute does not know, when loading their instances says not found.
+pub(super) fn zones_not_found(
+    runtime: &super::context::CloudRuntime,
+    needed: &[&str],
+    err: &Error,
+    field: &str,
+) -> Option<Phase> {
+    if !matches!(err, Error::Gcp(gcp) if gcp.is_not_found()) {
+        return None;
+    }
+    let known = match runtime.zones.read() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let mut unknown: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|z| !known.contains(*z))
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    Some(Phase::stalled(
+        "ZoneNotFound",
+        format!(
+            "zone(s) {} not found in project '{}' ({err}); fix {field}",
+            unknown.join(", "),
+            runtime.view.project
+        ),
+    ))
 }
 
 async fn apply_object(
@@ -93,27 +218,25 @@ async fn apply_object(
         .filter(|r| r.ready.load(std::sync::atomic::Ordering::Relaxed))
     else {
         let clouds: Api<GcpCloud> = Api::all(ctx.client.clone());
-        if clouds.get_opt(cloud_name).await?.is_none() {
+        let Some(cloud) = clouds.get_opt(cloud_name).await? else {
             let phase = Phase::stalled(
                 "CloudNotFound",
                 format!("GcpCloud '{cloud_name}' does not exist: create it or fix spec.cloudRef"),
             );
             report(api, object, phase, None, &[], None).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
-        }
+        };
         // A restarted operator waits for its engine: that says nothing about the object, so a
         // Ready status stays as it is (no health flapping in Argo CD or Flux).
         if !super::status::ready_for_generation(
             object.status.as_ref().map(|s| &s.conditions[..]),
             object.metadata.generation,
         ) {
-            let phase = Phase::progressing(
-                "WaitingForCloud",
-                format!("GcpCloud '{cloud_name}' is not Ready yet"),
-            );
+            let phase = Phase::progressing("WaitingForCloud", cloud_not_ready(&cloud));
             report(api, object, phase, None, &[], None).await?;
         }
-        return Ok(Action::requeue(Duration::from_secs(10)));
+        // The cloud requeues its objects when it becomes Ready; this is only a safety net.
+        return Ok(Action::requeue(Duration::from_secs(30)));
     };
     let cloud_spec = &runtime.spec;
     let engine = &runtime.engine;
@@ -124,7 +247,14 @@ async fn apply_object(
         .iter()
         .map(|e| e.zone.as_str())
         .collect();
-    super::cloud::ensure_zones(&runtime, &zones).await?;
+    if let Err(err) = super::cloud::ensure_zones(&runtime, &zones).await {
+        // A zone Compute does not know is the spec's fault: retrying will not help.
+        let Some(phase) = zones_not_found(&runtime, &zones, &err, "spec.serviceEngines") else {
+            return Err(err);
+        };
+        report(api, object, phase, None, &[], None).await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
 
     let owner = owner(ctx, object);
     let (health, missing, allocated_ip, owned) = engine.inventory().read(|snapshot| {
@@ -176,10 +306,13 @@ async fn apply_object(
             .namespace_allowed(cloud_spec, &object.namespace().unwrap_or_default()),
         allowed_ranges: cloud_spec.allowed_destination_ranges.clone(),
         allow_default_route: cloud_spec.allow_default_route,
-        vip_claimed_by: vip_claimed_by(ctx, object),
+        vip_claimed_by: plan
+            .vip
+            .as_deref()
+            .and_then(|vip| address_claimed_by(ctx, cloud_name, vip, claim(object, vip))),
         missing_engines: missing,
     };
-    let problems = check_virtual_service(plan.vip.as_deref(), &around);
+    let problems = check_virtual_service(plan.vip.as_deref(), &object.spec.source_ranges, &around);
     if !problems.is_empty() {
         let message = problems.join("; ");
         if !matches!(object.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Stalled")), Some(c) if c.status == "True" && c.message == message)

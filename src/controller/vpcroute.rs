@@ -13,7 +13,10 @@ use super::apply::{advance, superseded_inserts};
 use super::context::{Context, owned_resources};
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
-use super::virtualservice::FINALIZER;
+use super::virtualservice::{
+    Claim, FINALIZER, address_claimed_by, cloud_not_ready, zones_not_found,
+};
+use crate::api::conditions::{STALLED, condition_true};
 use crate::api::{GcpCloud, VpcRoute, VpcRouteStatus};
 use crate::plan::guard::{Surroundings, check_vpc_route};
 use crate::plan::owner::Owner;
@@ -56,30 +59,37 @@ async fn apply_object(
         .filter(|r| r.ready.load(std::sync::atomic::Ordering::Relaxed))
     else {
         let clouds: Api<GcpCloud> = Api::all(ctx.client.clone());
-        if clouds.get_opt(cloud_name).await?.is_none() {
+        let Some(cloud) = clouds.get_opt(cloud_name).await? else {
             let phase = Phase::stalled(
                 "CloudNotFound",
                 format!("GcpCloud '{cloud_name}' does not exist: create it or fix spec.cloudRef"),
             );
             report(api, object, phase, None).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
-        }
+        };
         if !super::status::ready_for_generation(
             object.status.as_ref().map(|s| &s.conditions[..]),
             object.metadata.generation,
         ) {
-            let phase = Phase::progressing(
-                "WaitingForCloud",
-                format!("GcpCloud '{cloud_name}' is not Ready yet"),
-            );
+            let phase = Phase::progressing("WaitingForCloud", cloud_not_ready(&cloud));
             report(api, object, phase, None).await?;
         }
-        return Ok(Action::requeue(Duration::from_secs(10)));
+        // The cloud requeues its objects when it becomes Ready; this is only a safety net.
+        return Ok(Action::requeue(Duration::from_secs(30)));
     };
     let cloud_spec = &runtime.spec;
     let engine = &runtime.engine;
     if let Some(instance) = &object.spec.next_hop.instance {
-        super::cloud::ensure_zones(&runtime, &[instance.zone.as_str()]).await?;
+        let zones = [instance.zone.as_str()];
+        if let Err(err) = super::cloud::ensure_zones(&runtime, &zones).await {
+            // A zone Compute does not know is the spec's fault: retrying will not help.
+            let Some(phase) = zones_not_found(&runtime, &zones, &err, "spec.nextHop.instance.zone")
+            else {
+                return Err(err);
+            };
+            report(api, object, phase, None).await?;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
     }
     let owner = owner(ctx, object);
     let (missing, owned) = engine.inventory().read(|snapshot| {
@@ -101,7 +111,22 @@ async fn apply_object(
             .namespace_allowed(cloud_spec, &object.namespace().unwrap_or_default()),
         allowed_ranges: cloud_spec.allowed_destination_ranges.clone(),
         allow_default_route: cloud_spec.allow_default_route,
-        vip_claimed_by: None,
+        // A /32 is a host route: one to another object's VIP would take its traffic.
+        vip_claimed_by: object
+            .spec
+            .dest_range
+            .strip_suffix("/32")
+            .and_then(|address| {
+                let holding = object.status.as_ref().is_some_and(|s| {
+                    s.route_name.is_some() && !condition_true(&s.conditions, STALLED)
+                });
+                address_claimed_by(
+                    ctx,
+                    cloud_name,
+                    address,
+                    Claim::of(vpcroute::KIND, object, holding),
+                )
+            }),
         missing_engines: missing,
     };
     let problems = check_vpc_route(&object.spec.dest_range, &around);

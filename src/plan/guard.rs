@@ -31,10 +31,19 @@ pub struct Surroundings {
     pub allowed_ranges: Vec<String>,
     /// Empty: every range but a default route is allowed (the GcpCloud's documented default).
     pub allow_default_route: bool,
-    /// Another object holding the same VIP on the same cloud (`namespace/name`).
+    /// Another object that holds the VIP (or, for a VpcRoute, the /32 destination) on the same
+    /// network first: `Kind namespace/name`.
     pub vip_claimed_by: Option<String>,
     /// Engines with no instance in the inventory (`zone/name`).
     pub missing_engines: Vec<String>,
+}
+
+/// Whether `range` is a CIDR whose address has host bits set (`10.1.2.3/8`), which Compute
+/// refuses.
+fn has_host_bits(range: &str) -> bool {
+    range
+        .parse::<IpNet>()
+        .is_ok_and(|net| net.addr() != net.network())
 }
 
 fn common(range: &str, what: &str, around: &Surroundings, problems: &mut Vec<String>) {
@@ -54,8 +63,14 @@ fn common(range: &str, what: &str, around: &Surroundings, problems: &mut Vec<Str
     }
 }
 
-/// The guard rails of a VirtualService with VIP `vip` (None while an allocated VIP is pending).
-pub fn check_virtual_service(vip: Option<&str>, around: &Surroundings) -> Vec<String> {
+/// The guard rails of a VirtualService with VIP `vip` (None while an allocated VIP is pending)
+/// and firewall sources `source_ranges`. The schema checks the ranges too; this catches objects
+/// stored before it did, so that nothing Compute would refuse is ever sent.
+pub fn check_virtual_service(
+    vip: Option<&str>,
+    source_ranges: &[String],
+    around: &Surroundings,
+) -> Vec<String> {
     let mut problems = Vec::new();
     match vip {
         Some(vip) => common(vip, "VIP", around, &mut problems),
@@ -64,8 +79,19 @@ pub fn check_virtual_service(vip: Option<&str>, around: &Surroundings) -> Vec<St
     }
     if let Some(other) = &around.vip_claimed_by {
         problems.push(format!(
-            "VIP {} is already claimed by VirtualService {other}; choose another VIP",
+            "VIP {} is already claimed by {other}; choose another VIP",
             vip.unwrap_or_default()
+        ));
+    }
+    let bad_sources: Vec<&str> = source_ranges
+        .iter()
+        .filter(|r| !matches!(r.parse::<IpNet>(), Ok(IpNet::V4(_))) || has_host_bits(r))
+        .map(String::as_str)
+        .collect();
+    if !bad_sources.is_empty() {
+        problems.push(format!(
+            "sourceRanges {} must be IPv4 CIDR ranges with no host bits set; fix spec.sourceRanges",
+            bad_sources.join(", ")
         ));
     }
     if !around.missing_engines.is_empty() {
@@ -80,7 +106,22 @@ pub fn check_virtual_service(vip: Option<&str>, around: &Surroundings) -> Vec<St
 /// The guard rails of a VpcRoute.
 pub fn check_vpc_route(dest_range: &str, around: &Surroundings) -> Vec<String> {
     let mut problems = Vec::new();
-    common(dest_range, "destRange", around, &mut problems);
+    if has_host_bits(dest_range) {
+        let network = dest_range
+            .parse::<IpNet>()
+            .map(|n| n.trunc().to_string())
+            .unwrap_or_default();
+        problems.push(format!(
+            "destRange {dest_range} has host bits set; write the network address {network}"
+        ));
+    } else {
+        common(dest_range, "destRange", around, &mut problems);
+    }
+    if let Some(other) = &around.vip_claimed_by {
+        problems.push(format!(
+            "destRange {dest_range} is the VIP of {other}, which holds it first; a route to it would take its traffic: choose another destRange"
+        ));
+    }
     if !around.missing_engines.is_empty() {
         problems.push(format!(
             "next-hop instance {} does not exist in the project; fix spec.nextHop.instance",
@@ -114,15 +155,15 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            check_virtual_service(Some("172.16.0.1"), &open).is_empty(),
+            check_virtual_service(Some("172.16.0.1"), &[], &open).is_empty(),
             "no list: no restriction"
         );
         assert!(
             !check_vpc_route("0.0.0.0/0", &open).is_empty(),
             "but never a default route"
         );
-        assert!(check_virtual_service(Some("10.1.2.3"), &allowed()).is_empty());
-        let outside = check_virtual_service(Some("192.168.1.1"), &allowed());
+        assert!(check_virtual_service(Some("10.1.2.3"), &[], &allowed()).is_empty());
+        let outside = check_virtual_service(Some("192.168.1.1"), &[], &allowed());
         assert!(
             outside[0].contains("outside the GcpCloud's allowedDestinationRanges"),
             "{outside:?}"
@@ -142,11 +183,38 @@ mod tests {
     fn namespace_claims_and_engines() {
         let mut around = allowed();
         around.namespace_allowed = false;
-        around.vip_claimed_by = Some("team-b/api".into());
+        around.vip_claimed_by = Some("VirtualService team-b/api".into());
         around.missing_engines = vec!["us-central1-a/se-9".into()];
-        let problems = check_virtual_service(Some("10.1.2.3"), &around);
+        let problems = check_virtual_service(Some("10.1.2.3"), &[], &around);
         assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(problems[1].contains("team-b/api"));
+        assert!(problems[1].contains("claimed by VirtualService team-b/api"));
         assert!(problems[2].contains("se-9"));
+        let route = check_vpc_route("10.1.2.3/32", &around);
+        assert!(
+            route
+                .iter()
+                .any(|p| p.contains("is the VIP of VirtualService team-b/api")),
+            "{route:?}"
+        );
+    }
+
+    #[test]
+    fn ranges_compute_would_refuse_are_caught() {
+        let around = allowed();
+        let host_bits = check_vpc_route("10.77.1.5/16", &around);
+        assert_eq!(host_bits.len(), 1, "{host_bits:?}");
+        assert!(
+            host_bits[0].contains("network address 10.77.0.0/16"),
+            "{host_bits:?}"
+        );
+        assert!(check_vpc_route("10.77.0.0/16", &around).is_empty());
+        let sources = |ranges: &[&str]| {
+            let ranges: Vec<String> = ranges.iter().map(|r| r.to_string()).collect();
+            check_virtual_service(Some("10.1.2.3"), &ranges, &around)
+        };
+        assert!(sources(&["10.0.0.0/8", "192.168.0.0/16"]).is_empty());
+        let bad = sources(&["10.0.0.0/8", "10.1.2.3/8", "fd00::/8"]);
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(bad[0].contains("10.1.2.3/8, fd00::/8"), "{bad:?}");
     }
 }
