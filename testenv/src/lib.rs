@@ -13,6 +13,7 @@ mod binaries;
 mod emulator;
 mod pki;
 mod process;
+mod proxy;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
@@ -21,6 +22,7 @@ use std::time::{Duration, Instant};
 pub use binaries::{Binaries, repo_root};
 pub use emulator::{EmulatorProcess, emulator_binary};
 use process::Supervised;
+pub use proxy::TcpProxy;
 
 /// What can go wrong while starting or stopping a control plane.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,10 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     server: String,
     binaries: Binaries,
+    pki: pki::Pki,
+    /// kube-apiserver's flags, to start it again.
+    apiserver_args: Vec<String>,
+    restarts: u32,
     // Dropped in order: the API server first, then its etcd.
     apiserver: Option<Supervised>,
     etcd: Option<Supervised>,
@@ -153,29 +159,30 @@ impl ControlPlane {
         )?;
 
         let server = format!("https://127.0.0.1:{api_port}");
+        let apiserver_args = vec![
+            format!("--etcd-servers={client_url}"),
+            format!("--secure-port={api_port}"),
+            "--bind-address=127.0.0.1".to_string(),
+            "--advertise-address=127.0.0.1".to_string(),
+            format!("--cert-dir={}", dir.display()),
+            format!("--tls-cert-file={}", pki.serving_cert.display()),
+            format!("--tls-private-key-file={}", pki.serving_key.display()),
+            format!("--client-ca-file={}", pki.ca_cert.display()),
+            "--authorization-mode=RBAC".to_string(),
+            "--service-cluster-ip-range=10.0.0.0/24".to_string(),
+            "--allow-privileged=true".to_string(),
+            "--disable-admission-plugins=ServiceAccount".to_string(),
+            format!("--service-account-issuer={server}/"),
+            format!("--service-account-key-file={}", pki.sa_pub.display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_key.display()
+            ),
+        ];
         let apiserver = Supervised::spawn(
             "kube-apiserver",
             &binaries.kube_apiserver,
-            &[
-                format!("--etcd-servers={client_url}"),
-                format!("--secure-port={api_port}"),
-                "--bind-address=127.0.0.1".to_string(),
-                "--advertise-address=127.0.0.1".to_string(),
-                format!("--cert-dir={}", dir.display()),
-                format!("--tls-cert-file={}", pki.serving_cert.display()),
-                format!("--tls-private-key-file={}", pki.serving_key.display()),
-                format!("--client-ca-file={}", pki.ca_cert.display()),
-                "--authorization-mode=RBAC".to_string(),
-                "--service-cluster-ip-range=10.0.0.0/24".to_string(),
-                "--allow-privileged=true".to_string(),
-                "--disable-admission-plugins=ServiceAccount".to_string(),
-                format!("--service-account-issuer={server}/"),
-                format!("--service-account-key-file={}", pki.sa_pub.display()),
-                format!(
-                    "--service-account-signing-key-file={}",
-                    pki.sa_key.display()
-                ),
-            ],
+            &apiserver_args,
             &dir.join("kube-apiserver.log"),
         )?;
 
@@ -189,14 +196,18 @@ impl ControlPlane {
             kubeconfig,
             server,
             binaries: binaries.clone(),
+            pki,
+            apiserver_args,
+            restarts: 0,
             apiserver: Some(apiserver),
             etcd: Some(etcd),
         };
-        plane.wait_ready(&pki)?;
+        plane.wait_ready()?;
         Ok(plane)
     }
 
-    fn wait_ready(&mut self, pki: &pki::Pki) -> Result<(), Error> {
+    fn wait_ready(&mut self) -> Result<(), Error> {
+        let pki = &self.pki;
         let ca = reqwest::Certificate::from_pem(pki.ca_cert_pem.as_bytes())?;
         let identity = reqwest::Identity::from_pem(
             format!("{}{}", pki.admin_cert_pem, pki.admin_key_pem).as_bytes(),
@@ -251,6 +262,31 @@ impl ControlPlane {
     /// The envtest binaries this control plane runs (kubectl and helm among them).
     pub fn binaries(&self) -> &Binaries {
         &self.binaries
+    }
+
+    /// Kills kube-apiserver with SIGKILL (etcd keeps running), starts it again on the same port
+    /// with the same flags, and waits until it is ready. Call it from the thread that started the
+    /// plane: the new process dies with the thread that starts it.
+    pub fn restart_apiserver(&mut self) -> Result<(), Error> {
+        self.apiserver.take();
+        self.restarts += 1;
+        let log = self
+            .dir
+            .join(format!("kube-apiserver.restart-{}.log", self.restarts));
+        self.apiserver = Some(Supervised::spawn(
+            "kube-apiserver",
+            &self.binaries.kube_apiserver,
+            &self.apiserver_args,
+            &log,
+        )?);
+        self.wait_ready()
+    }
+
+    /// Writes a copy of the admin kubeconfig that reaches the API server at `server` instead
+    /// (e.g. through a [`TcpProxy`]; the serving certificate is for 127.0.0.1).
+    pub fn write_kubeconfig_via(&self, server: &str, path: &Path) -> Result<(), Error> {
+        std::fs::write(path, kubeconfig_yaml(server, &self.pki))
+            .map_err(io_err(format!("writing {}", path.display())))
     }
 
     /// Kills kube-apiserver and etcd and waits for both to exit.
