@@ -167,9 +167,14 @@ pub fn error_phase(err: &GcpError) -> (super::status::Phase, std::time::Duration
             Duration::from_secs(120),
         )
     } else if err.is_quota_exceeded() {
+        // Retries cost no call while the quota is spent (the engine's quota gate answers
+        // them and lets one probe through now and then); the gate's reopening requeues at once.
         (
-            Phase::stalled("QuotaExceeded", err.to_string()),
-            Duration::from_secs(120),
+            Phase::stalled(
+                "QuotaExceeded",
+                format!("{err} Raise the quota or free room: the operator retries on its own."),
+            ),
+            Duration::from_secs(30),
         )
     } else if !err.is_retryable() && !matches!(err, GcpError::Exhausted { .. }) {
         (

@@ -97,12 +97,17 @@ async fn build_runtime(ctx: &Context, cloud: &GcpCloud) -> Result<Arc<CloudRunti
         zones: Default::default(),
         adding_zones: Default::default(),
         ready: Default::default(),
+        refresh_failures: Default::default(),
         engine,
     });
     forward_inventory_events(ctx, &runtime);
     poll_instances(&runtime);
     Ok(runtime)
 }
+
+/// Failed inventory refreshes in a row a Ready cloud stays Ready through (each retried in 30 s);
+/// the next one makes it not Ready, and its objects wait.
+const STALE_REFRESHES_TOLERATED: u32 = 3;
 
 /// Used when `instancePollInterval` does not parse.
 const DEFAULT_INSTANCE_POLL: Duration = Duration::from_secs(5);
@@ -561,6 +566,22 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
         Err(err) => Err(err.into()),
     };
     if let Err(err) = checked {
+        let failures = runtime.refresh_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if runtime.ready.load(Ordering::Relaxed) && failures < STALE_REFRESHES_TOLERATED {
+            // One failed resync does not stop the fleet: objects keep working from the
+            // inventory of the last refresh (their own mutations report their own errors).
+            ctx.event(
+                &*cloud,
+                true,
+                "InventoryRefreshFailed",
+                "Resync",
+                format!(
+                    "inventory refresh failed ({failures} in a row), retrying in 30 s; objects work from the last inventory meanwhile: {err}"
+                ),
+            )
+            .await;
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
         runtime.ready.store(false, Ordering::Relaxed);
         let phase = Phase::progressing(
             "GcpUnreachable",
@@ -572,6 +593,7 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
         report(&api, &cloud, phase, None).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
+    runtime.refresh_failures.store(0, Ordering::Relaxed);
     let was_ready = runtime.ready.swap(true, Ordering::Relaxed);
     if !was_ready {
         // Objects waiting for this cloud can go now.

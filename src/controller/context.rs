@@ -42,6 +42,8 @@ pub struct CloudRuntime {
     pub adding_zones: tokio::sync::Mutex<()>,
     /// Whether the network check and the first inventory load succeeded.
     pub ready: std::sync::atomic::AtomicBool,
+    /// Inventory refreshes that failed in a row since the last one that succeeded.
+    pub refresh_failures: std::sync::atomic::AtomicU32,
 }
 
 /// Sends every object of the stores that references `cloud` to its controller's trigger.

@@ -3,8 +3,13 @@
 //! Compute counts every call (each inner call of a batch too) against a per-minute group, in
 //! fixed windows aligned to wall-clock minutes (§5). The budget mirrors that: each group has the
 //! configured number of calls per window. Bulk work is also paced evenly across the window, so
-//! urgent work (failover, deletes) arriving mid-window still finds budget. A `rateLimitExceeded`
-//! answer closes the group until the next window (or the server's Retry-After).
+//! urgent work (failover, deletes) arriving mid-window still finds budget.
+//!
+//! A `rateLimitExceeded` answer that says the window is spent — most calls of the window refused,
+//! or a tenth of its quota refused — closes the group until the next window (§5: "wait a minute
+//! then try again"), as does the server's Retry-After. A stray refusal among answers that go
+//! through (a blip, or another client's burst) only pauses the group for a moment: closing the
+//! group for up to a minute on each one would stall the whole fleet on noise.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -64,6 +69,8 @@ struct Group {
     window_index: u64,
     used: u64,
     blocked_until: Option<Instant>,
+    /// Calls of this window GCP refused as rate-limited.
+    refused: u64,
     pace_tokens: f64,
     pace_at: Instant,
 }
@@ -132,12 +139,14 @@ impl Budget {
                 window_index: index,
                 used: 0,
                 blocked_until: None,
+                refused: 0,
                 pace_tokens: (limit as f64 / 20.0).max(1.0),
                 pace_at: Instant::now(),
             });
         if state.window_index != index {
             state.window_index = index;
             state.used = 0;
+            state.refused = 0;
         }
         f(state, index)
     }
@@ -202,16 +211,25 @@ impl Budget {
         })
     }
 
-    /// GCP refused a call of this group as rate-limited: nothing more until the next window
-    /// (plus a little jitter), or until the server's Retry-After.
+    /// GCP refused a call of this group as rate-limited. When the window looks spent (see the
+    /// module doc) nothing more is sent until the next window (plus a little jitter) or the
+    /// server's Retry-After; otherwise the group pauses for a 120th of a window.
     pub fn penalize(&self, group: RateGroup, region: &str, retry_after: Option<Duration>) {
         let jitter = self.window.mul_f64(rand::random::<f64>() * 0.02);
-        let until = match retry_after {
-            Some(wait) => Instant::now() + wait,
-            None => self.window_end() + jitter,
-        };
+        let window_end = self.window_end() + jitter;
+        let pause = Instant::now() + self.window / 120;
         self.with_group(group, region, |state, _| {
-            state.used = state.limit;
+            state.refused += 1;
+            let spent = (state.refused >= 3 && 2 * state.refused >= state.used)
+                || state.refused >= (state.limit / 10).max(3);
+            let until = match retry_after {
+                Some(wait) => Instant::now() + wait,
+                None if spent => window_end,
+                None => pause,
+            };
+            if spent {
+                state.used = state.limit;
+            }
             state.blocked_until = Some(
                 state
                     .blocked_until
@@ -268,6 +286,43 @@ mod tests {
         assert_eq!(budget.take(RateGroup::Write, "", 1000, true), 0);
         // Urgent work is not paced: it still finds the rest of the window.
         assert_eq!(budget.take(RateGroup::Write, "", 2000, false), 1140);
+    }
+
+    #[tokio::test]
+    async fn a_stray_refusal_pauses_and_a_spent_window_closes() {
+        let window = Duration::from_secs(3600);
+        // Whether the group's window counts as spent (closed until its end).
+        let spent =
+            |budget: &Budget| budget.with_group(RateGroup::Write, "", |s, _| s.used == s.limit);
+        let budget = Budget::new(limits(1000), window);
+        assert_eq!(budget.take(RateGroup::Write, "", 400, false), 400);
+        // A few refusals among 400 answers: a pause of a 120th of the window, no more.
+        for _ in 0..5 {
+            budget.penalize(RateGroup::Write, "", None);
+        }
+        assert!(!spent(&budget));
+        assert!(budget.next_chance(RateGroup::Write, "", false) <= Instant::now() + window / 120);
+
+        // Early in a window, most calls refused: someone else spent it.
+        let budget = Budget::new(limits(1000), window);
+        assert_eq!(budget.take(RateGroup::Write, "", 4, false), 4);
+        for _ in 0..2 {
+            budget.penalize(RateGroup::Write, "", None);
+        }
+        assert!(!spent(&budget), "two refusals are not yet a pattern");
+        budget.penalize(RateGroup::Write, "", None);
+        assert!(spent(&budget));
+        assert_eq!(budget.take(RateGroup::Write, "", 1, false), 0);
+
+        // Late in a window, a tenth of the quota refused: spent as well.
+        let budget = Budget::new(limits(100), window);
+        assert_eq!(budget.take(RateGroup::Write, "", 90, false), 90);
+        for _ in 0..9 {
+            budget.penalize(RateGroup::Write, "", None);
+        }
+        assert!(!spent(&budget));
+        budget.penalize(RateGroup::Write, "", None);
+        assert!(spent(&budget));
     }
 
     #[tokio::test]

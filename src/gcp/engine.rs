@@ -159,6 +159,8 @@ pub(crate) struct Shared {
     pub stopped: AtomicBool,
     /// The final error of the last mutation started (not awaited) per resource.
     failures: std::sync::Mutex<HashMap<Target, Failure>>,
+    /// Resource quotas GCP said are spent.
+    quota: super::quota::QuotaGates,
 }
 
 /// A mutation started with [`Engine::begin`] that failed for good.
@@ -182,6 +184,9 @@ impl std::fmt::Debug for Engine {
             .finish_non_exhaustive()
     }
 }
+
+/// How often an insert probes a resource quota GCP said is spent.
+const QUOTA_PROBE_INTERVAL: Duration = Duration::from_secs(30);
 
 pub(crate) fn backoff(attempt: u32, scale: f64) -> Duration {
     let base = 0.25 * 2f64.powi(attempt.min(8) as i32);
@@ -220,6 +225,7 @@ impl Engine {
             slots: Arc::new(Semaphore::new(in_flight)),
             stopped: AtomicBool::new(false),
             failures: Default::default(),
+            quota: super::quota::QuotaGates::new(settings.scaled(QUOTA_PROBE_INTERVAL)),
             client,
             transport,
             metrics,
@@ -380,15 +386,7 @@ impl Engine {
     /// a reserved address). Returns its JSON; `Ok(None)` when it does not exist.
     pub async fn read_back(&self, target: &Target) -> Result<Option<serde_json::Value>, GcpError> {
         let shared = &self.shared;
-        shared
-            .budget
-            .acquire(super::budget::RateGroup::Read, "", 1)
-            .await;
-        match shared
-            .client
-            .send(&target.get_call(&shared.settings.project))
-            .await
-        {
+        match super::inventory::read(shared, &target.get_call(&shared.settings.project)).await {
             Ok(answer) => {
                 let body: serde_json::Value = serde_json::from_slice(&answer.body)
                     .map_err(|err| GcpError::Decode(format!("{target}: {err}")))?;
@@ -405,10 +403,6 @@ impl Engine {
     /// Checks that the credentials work and the VPC network exists (one GET).
     pub async fn check_network(&self, network: &str) -> Result<(), GcpError> {
         let shared = &self.shared;
-        shared
-            .budget
-            .acquire(super::budget::RateGroup::Read, "", 1)
-            .await;
         let call = Call {
             method: reqwest::Method::GET,
             path: format!(
@@ -420,7 +414,7 @@ impl Engine {
             group: super::budget::RateGroup::Read,
             method_name: "compute.networks.get",
         };
-        shared.client.send(&call).await.map(|_| ())
+        super::inventory::read(shared, &call).await.map(|_| ())
     }
 
     /// Mutations queued or in flight.
@@ -456,6 +450,30 @@ impl Shared {
         let target = mutation.target.clone();
         let slot = queues.slots.entry(target.clone()).or_default();
         // Join identical work: the one in flight, or the last one queued.
+        // An insert of what the inventory already holds, with nothing pending before it, is
+        // done: its operation finished between the caller's look at the inventory and now.
+        if slot.works.is_empty()
+            && let Change::Insert(desired) = &mutation.change
+            && self
+                .inventory
+                .read(|s| s.json_of(&target))
+                .is_some_and(|held| same_content(desired, &held))
+        {
+            queues.slots.remove(&target);
+            drop(queues);
+            let _ = waiter.send(Ok(()));
+            return;
+        }
+        if slot.works.is_empty()
+            && mutation.is_insert()
+            && let super::quota::Admission::Closed(err) = self.quota.admit(&target, Instant::now())
+        {
+            // The quota is spent: the answer GCP would give, without asking it again.
+            queues.slots.remove(&target);
+            drop(queues);
+            let _ = waiter.send(Err(err));
+            return;
+        }
         let last_is_in_flight = slot.in_flight && slot.works.len() == 1;
         if let Some(last) = slot.works.back_mut()
             && last.mutation == mutation
@@ -673,6 +691,12 @@ impl Shared {
     }
 
     fn settle(self: &Arc<Self>, dispatch: &Dispatch, outcome: Result<(), GcpError>) {
+        if let Some((collection, location)) =
+            self.quota
+                .record(&dispatch.mutation, &outcome, Instant::now())
+        {
+            self.quota_reopened(collection, &location);
+        }
         let mut queues = self.lock();
         let queues = &mut *queues;
         let network_freed = dispatch.mutation.network.clone();
@@ -791,6 +815,36 @@ impl Shared {
         }
         self.update_depth(queues);
         self.wake.notify_one();
+    }
+
+    /// A spent quota has room again: the objects whose inserts it refused retry now, not when
+    /// their retry delay runs out.
+    fn quota_reopened(&self, collection: super::target::Collection, location: &str) {
+        let refused: Vec<Target> = {
+            let mut failures = lock_map(&self.failures);
+            let refused: Vec<Target> = failures
+                .iter()
+                .filter(|(target, failure)| {
+                    target.collection == collection
+                        && target.location == location
+                        && failure.error.is_quota_exceeded()
+                })
+                .map(|(target, _)| target.clone())
+                .collect();
+            for target in &refused {
+                failures.remove(target);
+            }
+            refused
+        };
+        tracing::info!(
+            ?collection,
+            location,
+            waiting = refused.len(),
+            "a spent resource quota has room again"
+        );
+        for target in refused {
+            self.inventory.announce_failure(target);
+        }
     }
 
     /// The answer to a mutation call: an operation to track, or an error.

@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::sync::broadcast;
 
 use super::budget::RateGroup;
-use super::client::Call;
+use super::client::{Answer, Call};
 use super::engine::Shared;
 use super::error::GcpError;
 use super::target::{Change, Collection, Mutation, Target};
@@ -43,6 +43,21 @@ impl Snapshot {
     /// An instance by zone and name.
     pub fn instance(&self, zone: &str, name: &str) -> Option<&Instance> {
         self.instances.get(&(zone.to_string(), name.to_string()))
+    }
+
+    /// What the inventory holds under `target`, as JSON; None when it holds nothing there.
+    pub fn json_of(&self, target: &Target) -> Option<Value> {
+        let key = || (target.location.clone(), target.name.clone());
+        let value = match target.collection {
+            Collection::Routes => serde_json::to_value(self.routes.get(&target.name)?),
+            Collection::Firewalls => serde_json::to_value(self.firewalls.get(&target.name)?),
+            Collection::Addresses | Collection::GlobalAddresses => {
+                serde_json::to_value(self.addresses.get(&key())?)
+            }
+            Collection::ForwardingRules => serde_json::to_value(self.forwarding_rules.get(&key())?),
+            Collection::TargetInstances => serde_json::to_value(self.target_instances.get(&key())?),
+        };
+        value.ok()
     }
 }
 
@@ -382,6 +397,8 @@ struct Listing {
     /// A partial-response `fields` selection.
     fields: Option<&'static str>,
     method_name: &'static str,
+    /// A 404 means an empty listing (a zone no object should name), not a failed refresh.
+    missing_ok: bool,
     token: Option<String>,
     items: Vec<Value>,
     done: bool,
@@ -395,6 +412,7 @@ impl Listing {
             filtered,
             fields: None,
             method_name,
+            missing_ok: false,
             token: None,
             items: Vec::new(),
             done: false,
@@ -475,13 +493,21 @@ pub(crate) async fn refresh(shared: &Arc<Shared>, zones: &[String]) -> Result<()
         ));
     }
     for zone in zones {
-        listings.push(Listing::new(
-            format!("projects/{project}/zones/{zone}/targetInstances"),
-            zone,
-            true,
-            "compute.targetInstances.list",
-        ));
-        listings.push(Listing::instances(project, zone));
+        // Zones come from what objects name; one object's unknown zone must not fail the
+        // refresh of the whole cloud.
+        listings.push(Listing {
+            missing_ok: true,
+            ..Listing::new(
+                format!("projects/{project}/zones/{zone}/targetInstances"),
+                zone,
+                true,
+                "compute.targetInstances.list",
+            )
+        });
+        listings.push(Listing {
+            missing_ok: true,
+            ..Listing::instances(project, zone)
+        });
     }
     let ticket = shared.inventory.begin_refresh();
     let fresh = load(
@@ -511,6 +537,42 @@ pub(crate) async fn refresh_instances(
     let fresh = load(shared, listings, Snapshot::default()).await?;
     shared.inventory.replace_instances(zones, fresh.instances);
     Ok(())
+}
+
+/// One read (a GET) through the read budget, retried like list pages: a rate limit waits for
+/// the budget, a retryable error backs off, up to the engine's `max_attempts`. The final error
+/// (e.g. 404) is returned as it came.
+pub(crate) async fn read(shared: &Arc<Shared>, call: &Call) -> Result<Answer, GcpError> {
+    let mut failures = 0u32;
+    loop {
+        if shared.stopped.load(Ordering::Relaxed) {
+            return Err(GcpError::Shutdown);
+        }
+        shared.budget.acquire(RateGroup::Read, "", 1).await;
+        match shared.client.send(call).await {
+            Ok(answer) => return Ok(answer),
+            Err(err) if err.is_rate_limited() => {
+                shared
+                    .budget
+                    .penalize(RateGroup::Read, "", err.retry_after());
+            }
+            Err(err) if err.is_retryable() => {
+                failures += 1;
+                if failures >= shared.settings.max_attempts.max(1) {
+                    return Err(GcpError::Exhausted {
+                        attempts: failures,
+                        last: Box::new(err),
+                    });
+                }
+                tokio::time::sleep(super::engine::backoff(
+                    failures - 1,
+                    shared.settings.time_scale,
+                ))
+                .await;
+            }
+            Err(err) => return Err(err),
+        }
+    }
 }
 
 /// Runs `listings` to their last page, through the read budget and the client's batching, and
@@ -550,6 +612,12 @@ async fn load(
                     shared
                         .budget
                         .penalize(RateGroup::Read, "", err.retry_after());
+                }
+                Err(err) if err.is_not_found() && listing.missing_ok => {
+                    // A zone Compute does not know (an object's typo) holds nothing: the
+                    // object that names it stalls on its own, the cloud's inventory goes on.
+                    failures[index] = 0;
+                    listing.done = true;
                 }
                 Err(err) if err.is_retryable() => {
                     failures[index] += 1;

@@ -9,6 +9,7 @@ pub mod engine;
 pub mod error;
 pub mod inventory;
 pub mod metrics;
+pub mod quota;
 pub mod target;
 pub mod tracker;
 pub mod types;
