@@ -43,6 +43,8 @@ pub struct Progress {
     /// The final error of an earlier attempt at one of the changes, still inside its retry
     /// delay (nothing is resent for that resource until the delay has passed).
     pub error: Option<GcpError>,
+    /// The last error of a change the engine is still retrying.
+    pub retrying: Option<GcpError>,
 }
 
 /// Hands the diff to the engine without waiting (make before break): inserts and replacements
@@ -107,6 +109,13 @@ pub fn advance(
             Lane::Urgent,
         ));
     }
+    progress.retrying = diff
+        .inserts
+        .iter()
+        .chain(&diff.replaces)
+        .map(|r| &r.target)
+        .chain(&diff.deletes)
+        .find_map(|target| engine.retrying(target));
     for (mutation, lane) in work {
         let insert = mutation.is_insert();
         if engine.begin(mutation, lane) {
@@ -186,6 +195,20 @@ pub fn error_phase(err: &GcpError) -> (super::status::Phase, std::time::Duration
             Phase::progressing("GcpError", err.to_string()),
             Duration::from_secs(15),
         )
+    }
+}
+
+/// The phase of an object whose changes are still under way: Applying, or GcpError with the
+/// error the engine is retrying (Ready=False says why it is taking long).
+pub fn applying_phase(progress: &Progress) -> super::status::Phase {
+    match &progress.retrying {
+        Some(err) => super::status::Phase::progressing(
+            "GcpError",
+            format!("retrying after a GCP error: {err}"),
+        ),
+        None => {
+            super::status::Phase::progressing("Applying", "waiting for GCP operations to finish")
+        }
     }
 }
 

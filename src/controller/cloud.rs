@@ -583,13 +583,23 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
             return Ok(Action::requeue(Duration::from_secs(30)));
         }
         runtime.ready.store(false, Ordering::Relaxed);
-        let phase = Phase::progressing(
-            "GcpUnreachable",
-            format!(
-                "cannot reach Compute for project '{}': {err}",
-                cloud.spec.project
+        let phase = match &err {
+            // A key Google refuses (invalid_grant, unparsable) needs a person, not a retry.
+            Error::Gcp(crate::gcp::GcpError::AuthRefused(_)) => Phase::stalled(
+                "CredentialsRefused",
+                format!(
+                    "the credentials for project '{}' were refused: {err}; fix spec.credentials or the key",
+                    cloud.spec.project
+                ),
             ),
-        );
+            _ => Phase::progressing(
+                "GcpUnreachable",
+                format!(
+                    "cannot reach Compute for project '{}': {err}",
+                    cloud.spec.project
+                ),
+            ),
+        };
         report(&api, &cloud, phase, None).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }

@@ -427,7 +427,7 @@ async fn apply_object(
         report(
             api,
             object,
-            Phase::progressing("Applying", "waiting for GCP operations to finish"),
+            super::apply::applying_phase(&progress),
             plan.vip.clone(),
             &plan.active_engines,
             Some(resources),

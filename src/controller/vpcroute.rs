@@ -180,7 +180,7 @@ async fn apply_object(
         report(
             api,
             object,
-            Phase::progressing("Applying", "waiting for GCP operations to finish"),
+            super::apply::applying_phase(&progress),
             Some(route_name),
         )
         .await?;

@@ -161,6 +161,8 @@ pub(crate) struct Shared {
     failures: std::sync::Mutex<HashMap<Target, Failure>>,
     /// Resource quotas GCP said are spent.
     quota: super::quota::QuotaGates,
+    /// The last error of work being retried, per resource, until it settles.
+    retrying: std::sync::Mutex<HashMap<Target, GcpError>>,
 }
 
 /// A mutation started with [`Engine::begin`] that failed for good.
@@ -226,6 +228,7 @@ impl Engine {
             stopped: AtomicBool::new(false),
             failures: Default::default(),
             quota: super::quota::QuotaGates::new(settings.scaled(QUOTA_PROBE_INTERVAL)),
+            retrying: Default::default(),
             client,
             transport,
             metrics,
@@ -352,6 +355,11 @@ impl Engine {
             .filter(|(_, slot)| slot.works.iter().any(|w| w.mutation.is_insert()))
             .map(|(t, _)| t.clone())
             .collect()
+    }
+
+    /// The last error of work for `target` that is being retried (still pending).
+    pub fn retrying(&self, target: &Target) -> Option<GcpError> {
+        lock_map(&self.shared.retrying).get(target).cloned()
     }
 
     /// Whether work for `target` is queued or in flight.
@@ -750,6 +758,13 @@ impl Shared {
                 .cloned()
                 .unwrap_or(GcpError::Shutdown);
             self.metrics.retry(&err.label());
+            if lock_map(&self.retrying)
+                .insert(dispatch.target.clone(), err.clone())
+                .is_none()
+            {
+                // The object says so while its work is retried, not only when it gives up.
+                self.inventory.announce_failure(dispatch.target.clone());
+            }
             let Some(work) = slot.works.front_mut() else {
                 return;
             };
@@ -777,6 +792,7 @@ impl Shared {
                 .delayed
                 .push(Reverse((at, seq, dispatch.target.clone())));
         } else {
+            lock_map(&self.retrying).remove(&dispatch.target);
             let Some(work) = slot.works.pop_front() else {
                 return;
             };
