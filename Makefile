@@ -9,7 +9,7 @@ TEST_THREADS ?= 2
 HELM ?= $(shell hack/envtest/build.sh --dir)/helm
 CHART := charts/adc-operator
 
-.PHONY: all build envtest crds crds-check helm-lint lint fmt fmt-check clippy test test-rust test-fidelity bench bench-emulator bench-engine bench-convergence demo cluster-up cluster-down clean toolchain
+.PHONY: all build envtest crds crds-check helm-lint lint fmt fmt-check clippy test test-rust test-fidelity soak bench bench-emulator bench-engine bench-convergence demo cluster-up cluster-down clean toolchain
 
 all: build
 
@@ -71,6 +71,13 @@ test-rust: envtest toolchain
 test-fidelity:
 	$(CARGO) build -p gce-emulator
 	GCE_EMULATOR_BIN=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/gce-emulator emulator/tests/fidelity/run.sh
+
+## soak: the reliability suite's long runs (tests/reliability.rs, `soak_*`): bigger fleets, more
+## operator kills, the emulator's gcp latency profile; bounded to ten minutes
+SOAK_TIMEOUT ?= 600
+soak: envtest toolchain
+	$(CARGO) build --tests -p adc-operator -p gce-emulator
+	timeout --foreground $(SOAK_TIMEOUT) $(CARGO) test --test reliability -- --ignored --test-threads=1 --nocapture
 
 ## bench: every benchmark (measured figures go into the READMEs). BENCH_QUICK=1 runs only a
 ## two-minute convergence benchmark that records nothing.

@@ -20,6 +20,15 @@ pub async fn admin_client() -> Client {
     Client::try_from(config).expect("building the client")
 }
 
+/// A client with the rights of `kubeconfig` (e.g. a control plane of the test's own).
+pub async fn client_for(kubeconfig: &std::path::Path) -> Client {
+    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("reading the kubeconfig");
+    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .expect("loading the kubeconfig");
+    Client::try_from(config).expect("building the client")
+}
+
 /// Creates a fresh namespace for one test. Namespaces are never reused: this control plane has
 /// no namespace controller, so a deleted one would stay Terminating.
 pub async fn test_namespace(client: &Client, prefix: &str) -> String {
@@ -66,10 +75,16 @@ where
 /// Established.
 pub fn install_crds() {
     let plane = adc_testenv::shared().unwrap_or_else(|err| panic!("control plane: {err}"));
+    install_crds_into(&plane.binaries.kubectl, &plane.kubeconfig);
+}
+
+/// Installs the checked-in CRDs into the control plane of `kubeconfig` and waits until they are
+/// Established.
+pub fn install_crds_into(kubectl_binary: &std::path::Path, kubeconfig: &std::path::Path) {
     let kubectl = |args: &[&str]| {
-        let output = std::process::Command::new(&plane.binaries.kubectl)
+        let output = std::process::Command::new(kubectl_binary)
             .args(args)
-            .env("KUBECONFIG", &plane.kubeconfig)
+            .env("KUBECONFIG", kubeconfig)
             .output()
             .expect("running kubectl");
         assert!(

@@ -48,7 +48,8 @@ impl OperatorSpec {
             cluster_id: cluster_id.to_string(),
             args: vec!["--metrics-addr".into(), "127.0.0.1:0".into()],
             env: Vec::new(),
-            log: "warn".into(),
+            // ADC_TEST_LOG=debug (for instance) when a test needs the operator's story.
+            log: std::env::var("ADC_TEST_LOG").unwrap_or_else(|_| "warn".into()),
         }
     }
 
