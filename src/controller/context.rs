@@ -290,6 +290,26 @@ pub fn owned_resources(
     owned
 }
 
+/// The subnet ranges (primary and secondary) of `network` in the inventory, as (subnetwork,
+/// range): a route may not point into one.
+pub fn subnet_ranges(snapshot: &Snapshot, network: &str) -> Vec<(String, String)> {
+    snapshot
+        .subnetworks
+        .values()
+        .filter(|s| crate::gcp::types::last_segment(&s.network) == network)
+        .flat_map(|s| {
+            std::iter::once((s.name.clone(), s.ip_cidr_range.clone())).chain(
+                s.secondary_ip_ranges.iter().map(|r| {
+                    (
+                        format!("{}/{}", s.name, r.range_name),
+                        r.ip_cidr_range.clone(),
+                    )
+                }),
+            )
+        })
+        .collect()
+}
+
 /// Every owner named in the inventory's markers of this cluster.
 pub fn owners_in(snapshot: &Snapshot, cluster_id: &str) -> Vec<(Owner, Target)> {
     let mut found = Vec::new();

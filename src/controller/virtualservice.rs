@@ -311,6 +311,28 @@ async fn apply_object(
             .as_deref()
             .and_then(|vip| address_claimed_by(ctx, cloud_name, vip, claim(object, vip))),
         missing_engines: missing,
+        // An allocated VIP comes from its subnetwork by design; a fixed one must stay out.
+        subnet_ranges: match object.spec.vip.address {
+            Some(_) => engine
+                .inventory()
+                .read(|s| super::context::subnet_ranges(s, &runtime.view.network)),
+            None => Vec::new(),
+        },
+        missing_subnetwork: object
+            .spec
+            .vip
+            .allocate
+            .as_ref()
+            .and_then(|a| a.subnetwork.clone())
+            .filter(|name| {
+                !engine.inventory().read(|s| {
+                    s.subnetworks
+                        .get(&(runtime.view.region.clone(), name.clone()))
+                        .is_some_and(|sub| {
+                            crate::gcp::types::last_segment(&sub.network) == runtime.view.network
+                        })
+                })
+            }),
     };
     let problems = check_virtual_service(plan.vip.as_deref(), &object.spec.source_ranges, &around);
     if !problems.is_empty() {

@@ -128,6 +128,10 @@ async fn apply_object(
                 )
             }),
         missing_engines: missing,
+        subnet_ranges: engine
+            .inventory()
+            .read(|s| super::context::subnet_ranges(s, &runtime.view.network)),
+        missing_subnetwork: None,
     };
     let problems = check_vpc_route(&object.spec.dest_range, &around);
     if !problems.is_empty() {

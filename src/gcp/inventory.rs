@@ -19,7 +19,8 @@ use super::engine::Shared;
 use super::error::GcpError;
 use super::target::{Change, Collection, Mutation, Target};
 use super::types::{
-    Address, Firewall, ForwardingRule, Instance, ListPage, Route, TargetInstance, last_segment,
+    Address, Firewall, ForwardingRule, Instance, ListPage, Route, Subnetwork, TargetInstance,
+    last_segment,
 };
 
 /// Resources keyed by (location, name); location is empty for global ones.
@@ -35,6 +36,8 @@ pub struct Snapshot {
     pub target_instances: ByLocation<TargetInstance>,
     /// Every instance of the zones asked for, keyed by (zone, name).
     pub instances: ByLocation<Instance>,
+    /// Every subnetwork of the cloud's regions (any network), keyed by (region, name).
+    pub subnetworks: ByLocation<Subnetwork>,
     /// Whether a full refresh has completed.
     pub loaded: bool,
 }
@@ -491,6 +494,13 @@ pub(crate) async fn refresh(shared: &Arc<Shared>, zones: &[String]) -> Result<()
             true,
             "compute.forwardingRules.list",
         ));
+        // Not the operator's: the guard rails keep routes out of their ranges.
+        listings.push(Listing::new(
+            format!("projects/{project}/regions/{region}/subnetworks"),
+            region,
+            false,
+            "compute.subnetworks.list",
+        ));
     }
     for zone in zones {
         // Zones come from what objects name; one object's unknown zone must not fail the
@@ -655,6 +665,7 @@ async fn load(
                 "addresses" => insert(&mut into.addresses, key, &item),
                 "forwardingRules" => insert(&mut into.forwarding_rules, key, &item),
                 "targetInstances" => insert(&mut into.target_instances, key, &item),
+                "subnetworks" => insert(&mut into.subnetworks, key, &item),
                 "instances" => {
                     let zone = item
                         .get("zone")

@@ -122,6 +122,29 @@ pub struct ForwardingRule {
     pub self_link: Option<String>,
 }
 
+/// A secondary range of a subnetwork.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SecondaryRange {
+    #[serde(default)]
+    pub range_name: String,
+    #[serde(default)]
+    pub ip_cidr_range: String,
+}
+
+/// A subnetwork (`compute#subnetwork`): GCP refuses routes into its ranges.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Subnetwork {
+    pub name: String,
+    #[serde(default)]
+    pub network: String,
+    #[serde(default)]
+    pub ip_cidr_range: String,
+    #[serde(default)]
+    pub secondary_ip_ranges: Vec<SecondaryRange>,
+}
+
 /// A target instance (`compute#targetInstance`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

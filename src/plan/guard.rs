@@ -36,6 +36,19 @@ pub struct Surroundings {
     pub vip_claimed_by: Option<String>,
     /// Engines with no instance in the inventory (`zone/name`).
     pub missing_engines: Vec<String>,
+    /// The network's subnet ranges as (subnetwork, range): GCP refuses a route whose
+    /// destination equals or lies inside one.
+    pub subnet_ranges: Vec<(String, String)>,
+    /// A subnetwork the object names that the region does not have.
+    pub missing_subnetwork: Option<String>,
+}
+
+/// The subnet range `range` lies in (equal or inside), as (subnetwork, range).
+fn inside_subnet<'a>(range: &str, subnets: &'a [(String, String)]) -> Option<&'a (String, String)> {
+    let range = parse_range(range)?;
+    subnets
+        .iter()
+        .find(|(_, cidr)| parse_range(cidr).is_some_and(|net| net.contains(&range)))
 }
 
 /// Whether `range` is a CIDR whose address has host bits set (`10.1.2.3/8`), which Compute
@@ -58,6 +71,10 @@ fn common(range: &str, what: &str, around: &Surroundings, problems: &mut Vec<Str
             problems.push(format!(
                 "{what} {range} is outside the GcpCloud's allowedDestinationRanges [{}]",
                 around.allowed_ranges.join(", ")
+            ));
+        } else if let Some((subnet, cidr)) = inside_subnet(range, &around.subnet_ranges) {
+            problems.push(format!(
+                "{what} {range} is inside subnetwork '{subnet}' ({cidr}); GCP refuses a route into a subnet range: choose a {what} outside the network's subnets"
             ));
         }
     }
@@ -100,6 +117,11 @@ pub fn check_virtual_service(
             around.missing_engines.join(", ")
         ));
     }
+    if let Some(subnetwork) = &around.missing_subnetwork {
+        problems.push(format!(
+            "subnetwork '{subnetwork}' does not exist in the GcpCloud's region and network; fix spec.vip.allocate.subnetwork"
+        ));
+    }
     problems
 }
 
@@ -134,6 +156,32 @@ pub fn check_vpc_route(dest_range: &str, around: &Surroundings) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routes_into_a_subnet_range_are_refused() {
+        let around = Surroundings {
+            subnet_ranges: vec![
+                ("default".into(), "10.128.0.0/20".into()),
+                ("pods".into(), "10.4.0.0/14".into()),
+            ],
+            ..allowed()
+        };
+        let vip = check_virtual_service(Some("10.128.0.79"), &[], &around);
+        assert!(
+            vip.iter()
+                .any(|p| p.contains("inside subnetwork 'default' (10.128.0.0/20)")),
+            "{vip:?}"
+        );
+        assert!(check_vpc_route("10.4.0.0/14", &around)[0].contains("'pods'"));
+        // A wider range than a subnet is a valid route; so is a range beside it.
+        assert!(check_vpc_route("10.0.0.0/8", &around).is_empty());
+        assert!(check_virtual_service(Some("10.129.0.1"), &[], &around).is_empty());
+        let missing = Surroundings {
+            missing_subnetwork: Some("no-such".into()),
+            ..allowed()
+        };
+        assert!(check_virtual_service(None, &[], &missing)[0].contains("'no-such'"));
+    }
 
     fn allowed() -> Surroundings {
         Surroundings {
