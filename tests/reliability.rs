@@ -775,7 +775,9 @@ fn control_plane_faults(objects: usize) {
     let cluster = "control-plane";
     let mut operator = scaled(OperatorSpec::new(&via_proxy, &emulator, cluster)).start();
     let started = Instant::now();
-    let first = objects * 2 / 3;
+    // A third before the cut, a third between the cut and the restart, a third after it.
+    let first = objects / 3;
+    let second = objects * 2 / 3;
     let mut fleet = runtime.block_on(async {
         let client = support::client_for(plane.kubeconfig()).await;
         let (ns, cloud) = tenant(
@@ -810,7 +812,8 @@ fn control_plane_faults(objects: usize) {
         started.elapsed().as_secs_f64()
     );
     runtime.block_on(async {
-        while fleet.ready_count().await < first / 2 {
+        fleet.apply((first..second).map(Member::new)).await;
+        while fleet.ready_count().await < second / 2 {
             assert!(
                 started.elapsed() < deadline_for(objects),
                 "no progress after the cut"
@@ -832,7 +835,7 @@ fn control_plane_faults(objects: usize) {
 
     runtime.block_on(async {
         // Objects created after the restart converge only if the operator's watches resumed.
-        fleet.apply((first..objects).map(Member::new)).await;
+        fleet.apply((second..objects).map(Member::new)).await;
         fleet.converge(deadline_for(objects)).await;
         assert_exact(
             "kube-apiserver restarted and the operator's connections cut mid-rollout",
