@@ -293,8 +293,10 @@ async fn resource_quota_failures_are_final_and_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn insert_then_delete_before_sending_cancels_both_and_inventory_pages() {
     let emulator = start(&world(100_000, ""), &[]);
+    // Both submissions must land inside one linger, also on a loaded CI machine that may
+    // deschedule this thread between them.
     let (engine, _) = engine(&emulator, DispatchMode::Batched, |s| {
-        s.linger = Duration::from_millis(200)
+        s.linger = Duration::from_secs(2)
     });
     let insert = engine.submit(route(1), Lane::Bulk);
     let delete = engine.submit(
