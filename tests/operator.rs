@@ -634,3 +634,52 @@ async fn an_operator_killed_mid_rollout_leaves_no_duplicate_and_no_leak() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_to_an_existing_ilb_is_made_and_to_a_missing_one_stalls() {
+    let (client, ns, cloud) = setup("vr-ilb").await;
+    let op = compute(
+        reqwest::Method::POST,
+        "regions/us-central1/forwardingRules",
+        json!({"name": "ilb-ok", "loadBalancingScheme": "INTERNAL", "IPProtocol": "TCP",
+               "ports": ["80"], "network": "global/networks/default"}),
+    )
+    .await;
+    assert_eq!(op["kind"], "compute#operation", "{op}");
+    for (name, ilb, dest) in [
+        ("to-ilb", "ilb-ok", "10.27.1.0/24"),
+        ("to-nowhere", "ilb-gone", "10.27.2.0/24"),
+    ] {
+        apply(
+            &client,
+            json!({
+                "apiVersion": "adc.dev/v1alpha1", "kind": "VpcRoute", "metadata": {"name": name},
+                "spec": {"cloudRef": cloud, "destRange": dest, "nextHop": {"ilb": ilb}}
+            }),
+            Some(&ns),
+        )
+        .await;
+    }
+    wait_ready::<VpcRoute>(&client, Some(&ns), "to-ilb").await;
+    let message = wait_stalled::<VpcRoute>(&client, Some(&ns), "to-nowhere").await;
+    assert!(
+        message.contains("us-central1/ilb-gone") && message.contains("spec.nextHop.ilb"),
+        "{message}"
+    );
+    let routes =
+        support::operator::emulator_collection(&fixture().emulator.base_url, "routes").await;
+    let made: Vec<_> = routes
+        .iter()
+        .filter(|r| r["destRange"] == "10.27.1.0/24" || r["destRange"] == "10.27.2.0/24")
+        .collect();
+    assert_eq!(
+        made.len(),
+        1,
+        "only the route to the ILB that exists: {made:?}"
+    );
+    assert!(
+        made[0]["nextHopIlb"]
+            .as_str()
+            .is_some_and(|hop| hop.ends_with("/regions/us-central1/forwardingRules/ilb-ok"))
+    );
+}

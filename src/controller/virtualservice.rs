@@ -333,6 +333,7 @@ async fn apply_object(
                         })
                 })
             }),
+        missing_ilb: None,
     };
     let problems = check_virtual_service(plan.vip.as_deref(), &object.spec.source_ranges, &around);
     if !problems.is_empty() {

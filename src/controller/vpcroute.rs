@@ -92,6 +92,34 @@ async fn apply_object(
         }
     }
     let owner = owner(ctx, object);
+    // A next-hop ILB of the cloud's own project must exist before the route is made. The
+    // inventory lists only the operator's own forwarding rules: one GET tells.
+    let missing_ilb = match object
+        .spec
+        .next_hop
+        .ilb
+        .as_deref()
+        .and_then(|ilb| vpcroute::own_forwarding_rule(&runtime.view, ilb))
+    {
+        Some((region, name))
+            if object
+                .status
+                .as_ref()
+                .and_then(|s| s.route_name.as_ref())
+                .is_none() =>
+        {
+            let rule = crate::gcp::Target {
+                collection: crate::gcp::Collection::ForwardingRules,
+                location: region.clone(),
+                name: name.clone(),
+            };
+            match engine.read_back(&rule).await? {
+                Some(_) => None,
+                None => Some(format!("{region}/{name}")),
+            }
+        }
+        _ => None,
+    };
     let (missing, owned) = engine.inventory().read(|snapshot| {
         let missing: Vec<String> = object
             .spec
@@ -132,6 +160,7 @@ async fn apply_object(
             .inventory()
             .read(|s| super::context::subnet_ranges(s, &runtime.view.network)),
         missing_subnetwork: None,
+        missing_ilb,
     };
     let problems = check_vpc_route(&object.spec.dest_range, &around);
     if !problems.is_empty() {

@@ -41,6 +41,8 @@ pub struct Surroundings {
     pub subnet_ranges: Vec<(String, String)>,
     /// A subnetwork the object names that the region does not have.
     pub missing_subnetwork: Option<String>,
+    /// A next-hop ILB (`region/name`) of the cloud's project that does not exist.
+    pub missing_ilb: Option<String>,
 }
 
 /// The subnet range `range` lies in (equal or inside), as (subnetwork, range).
@@ -148,6 +150,11 @@ pub fn check_vpc_route(dest_range: &str, around: &Surroundings) -> Vec<String> {
         problems.push(format!(
             "next-hop instance {} does not exist in the project; fix spec.nextHop.instance",
             around.missing_engines.join(", ")
+        ));
+    }
+    if let Some(ilb) = &around.missing_ilb {
+        problems.push(format!(
+            "next-hop ILB forwarding rule {ilb} does not exist in the project; fix spec.nextHop.ilb"
         ));
     }
     problems

@@ -70,9 +70,63 @@ fn ilb_reference(cloud: &CloudView, ilb: &str) -> String {
     }
 }
 
+/// The (region, name) of a next-hop ILB that is a forwarding rule of the cloud's own project
+/// (bare name, partial path or URL); None for an IP address or another project's rule.
+pub fn own_forwarding_rule(cloud: &CloudView, ilb: &str) -> Option<(String, String)> {
+    let reference = ilb_reference(cloud, ilb);
+    let path = &reference[reference.find("projects/")?..];
+    match path.split('/').collect::<Vec<_>>().as_slice() {
+        [
+            "projects",
+            project,
+            "regions",
+            region,
+            "forwardingRules",
+            name,
+        ] if *project == cloud.project => Some((region.to_string(), name.to_string())),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_clouds_own_ilbs_are_recognised_in_every_spelling() {
+        let cloud = CloudView {
+            cluster_id: "c".into(),
+            cloud: "prod".into(),
+            project: "acme".into(),
+            network: "vpc".into(),
+            region: "us-central1".into(),
+            resource_prefix: "adc-".into(),
+        };
+        let own = Some(("us-central1".to_string(), "ilb-1".to_string()));
+        assert_eq!(own_forwarding_rule(&cloud, "ilb-1"), own);
+        assert_eq!(
+            own_forwarding_rule(
+                &cloud,
+                "projects/acme/regions/us-central1/forwardingRules/ilb-1"
+            ),
+            own
+        );
+        assert_eq!(
+            own_forwarding_rule(
+                &cloud,
+                "https://www.googleapis.com/compute/v1/projects/acme/regions/us-central1/forwardingRules/ilb-1"
+            ),
+            own
+        );
+        assert_eq!(own_forwarding_rule(&cloud, "10.128.0.40"), None);
+        assert_eq!(
+            own_forwarding_rule(
+                &cloud,
+                "projects/other/regions/us-central1/forwardingRules/x"
+            ),
+            None
+        );
+    }
     use crate::api::{NextHop, VpcRouteSpec};
 
     #[test]
