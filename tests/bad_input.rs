@@ -42,26 +42,11 @@ use kube::{Client, Resource};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
+use support::free_port;
 use support::operator::{
-    OperatorSpec, apply, condition, emulator_collection, emulator_stats, label_tenant, routes_to,
-    tenant, virtual_service, wait_ready,
+    OperatorSpec, WORLD, apply, condition, emulator_collection, emulator_stats, label_tenant,
+    routes_to, tenant, virtual_service, wait_ready,
 };
-
-const WORLD: &str = "projects:
-  - id: demo-project
-    quotas: {ROUTES: 10000, STATIC_ROUTES_PER_NETWORK: 10000, FIREWALLS: 10000, STATIC_ADDRESSES: 1000}
-    networks:
-      - name: default
-        subnetworks:
-          - {name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}
-    instances:
-      - {name: se-1, zone: us-central1-a, networkIP: 10.128.0.10, canIpForward: true}
-      - {name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}
-      - {name: se-3, zone: us-central1-c, networkIP: 10.128.0.12, canIpForward: true}
-      - {name: se-4, zone: us-central1-a, networkIP: 10.128.0.13, canIpForward: true}
-      - {name: se-5, zone: us-central1-f, networkIP: 10.128.0.14, canIpForward: true}
-      - {name: se-6, zone: us-central1-b, networkIP: 10.128.0.15, canIpForward: true}
-";
 
 /// The operator's `--cluster-id`: part of every ownership marker it writes.
 const CLUSTER_ID: &str = "bad-input";
@@ -325,14 +310,6 @@ struct Fixture {
     emulator: EmulatorProcess,
     operator: Mutex<Child>,
     metrics_port: u16,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The CRDs, one emulator and one operator for this test binary.

@@ -24,8 +24,6 @@ use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -255,19 +253,13 @@ fn args(deployment: &Value) -> Vec<String> {
 }
 
 use support::eventually;
+use support::{assert_forbidden, token_kubeconfig};
 
 fn is_ready(status: &Value) -> bool {
     status["conditions"].as_array().is_some_and(|c| {
         c.iter()
             .any(|c| c["type"] == "Ready" && c["status"] == "True")
     })
-}
-
-fn assert_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) {
-    match result {
-        Err(kube::Error::Api(status)) if status.code == 403 => {}
-        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
-    }
 }
 
 #[test]
@@ -708,33 +700,6 @@ fn tempdir(what: &str) -> PathBuf {
     dir
 }
 
-/// A kubeconfig for this control plane that authenticates with `token`.
-fn token_kubeconfig(token: &str, path: &Path) {
-    let plane = adc_testenv::shared().unwrap();
-    let admin: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&plane.kubeconfig).unwrap()).unwrap();
-    let cluster = &admin["clusters"][0]["cluster"];
-    let kubeconfig = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "adc-testenv", "cluster": {
-            "server": cluster["server"].as_str().unwrap(),
-            "certificate-authority-data": cluster["certificate-authority-data"].as_str().unwrap(),
-        }}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "adc-testenv", "user": "operator"}}],
-        "current-context": "operator",
-    });
-    std::fs::write(path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
-}
-
-async fn client_from(kubeconfig: &Path) -> Client {
-    let kubeconfig = Kubeconfig::read_from(kubeconfig).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .unwrap();
-    Client::try_from(config).unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
     let admin = support::admin_client().await;
@@ -792,7 +757,7 @@ async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
     let dir = tempdir("rbac");
     let kubeconfig = dir.join("operator.kubeconfig");
     token_kubeconfig(token.trim(), &kubeconfig);
-    let operator_client = client_from(&kubeconfig).await;
+    let operator_client = support::client_for(&kubeconfig).await;
 
     // What the chart must refuse.
     assert_forbidden(

@@ -15,6 +15,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
+use support::free_port;
 
 const WORLD: &str = "projects:
   - id: demo-project
@@ -28,14 +29,6 @@ const WORLD: &str = "projects:
       - {name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}
 ";
 const LEASE_SECONDS: u64 = 4;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn start_replica(name: &str, emulator: &EmulatorProcess, metrics_port: u16) -> Child {
     let plane = adc_testenv::shared().unwrap();

@@ -17,24 +17,8 @@ use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 use support::eventually;
 use support::operator::{
-    OperatorSpec, PROJECT, apply, tenant, virtual_service, wait_ready, wait_stalled,
+    OperatorSpec, PROJECT, WORLD, apply, tenant, virtual_service, wait_ready, wait_stalled,
 };
-
-const WORLD: &str = "projects:
-  - id: demo-project
-    quotas: {ROUTES: 10000, STATIC_ROUTES_PER_NETWORK: 10000, FIREWALLS: 10000, STATIC_ADDRESSES: 1000}
-    networks:
-      - name: default
-        subnetworks:
-          - {name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}
-    instances:
-      - {name: se-1, zone: us-central1-a, networkIP: 10.128.0.10, canIpForward: true}
-      - {name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}
-      - {name: se-3, zone: us-central1-c, networkIP: 10.128.0.12, canIpForward: true}
-      - {name: se-4, zone: us-central1-a, networkIP: 10.128.0.13, canIpForward: true}
-      - {name: se-5, zone: us-central1-f, networkIP: 10.128.0.14, canIpForward: true}
-      - {name: se-6, zone: us-central1-b, networkIP: 10.128.0.15, canIpForward: true}
-";
 
 struct Fixture {
     emulator: EmulatorProcess,

@@ -130,6 +130,19 @@ struct Fleet {
 }
 
 impl Fleet {
+    /// An empty fleet in a fresh tenant namespace of the control plane of `kubeconfig`, with
+    /// a Ready GcpCloud on `emulator_url` (`spec` merged into the cloud's spec).
+    async fn new(kubeconfig: &Path, emulator_url: &str, prefix: &str, spec: Value) -> Self {
+        let client = support::client_for(kubeconfig).await;
+        let (ns, cloud) = tenant(&client, emulator_url, prefix, spec).await;
+        Self {
+            client,
+            ns,
+            cloud,
+            members: BTreeMap::new(),
+        }
+    }
+
     fn api(&self) -> Api<VirtualService> {
         Api::namespaced(self.client.clone(), &self.ns)
     }
@@ -388,9 +401,14 @@ impl Rig {
 }
 
 fn start_emulator(args: &[&str]) -> EmulatorProcess {
+    start_emulator_in(WORLD, args)
+}
+
+/// An emulator of `world` with token auth and `args`.
+fn start_emulator_in(world: &str, args: &[&str]) -> EmulatorProcess {
     let mut all = vec!["--auth", "token"];
     all.extend_from_slice(args);
-    EmulatorProcess::start(&emulator_binary().expect("emulator"), WORLD, &all).expect("emulator")
+    EmulatorProcess::start(&emulator_binary().expect("emulator"), world, &all).expect("emulator")
 }
 
 /// A converge deadline that grows with the fleet (two cores, shared with other tests).
@@ -412,14 +430,7 @@ async fn gcp_faults(kubeconfig: &Path, objects: usize, profile: &[&str], cloud_s
         spec = scaled(spec);
     }
     let mut operator = spec.start();
-    let client = support::client_for(kubeconfig).await;
-    let (ns, cloud) = tenant(&client, &emulator.base_url, "rel-faults", cloud_spec).await;
-    let mut fleet = Fleet {
-        client: client.clone(),
-        ns,
-        cloud,
-        members: BTreeMap::new(),
-    };
+    let mut fleet = Fleet::new(kubeconfig, &emulator.base_url, "rel-faults", cloud_spec).await;
 
     // Watch what objects say while GCP misbehaves: a GCP error must read as one.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(BTreeSet::new()));
@@ -557,20 +568,13 @@ async fn operator_crashes(kubeconfig: &Path, objects: usize, kills: usize) {
     let cluster = "crashes";
     let spec = scaled(OperatorSpec::new(kubeconfig, &emulator, cluster));
     let mut operator = spec.start();
-    let client = support::client_for(kubeconfig).await;
-    let (ns, cloud) = tenant(
-        &client,
+    let mut fleet = Fleet::new(
+        kubeconfig,
         &emulator.base_url,
         "rel-crash",
         json!({"resyncInterval": "20s"}),
     )
     .await;
-    let mut fleet = Fleet {
-        client: client.clone(),
-        ns,
-        cloud,
-        members: BTreeMap::new(),
-    };
     let mut rng = Rng::new(seed());
     let started = Instant::now();
     // The fleet arrives in as many parts as there are kills, so the kills fall all along the
@@ -671,20 +675,13 @@ async fn leader_killed(kubeconfig: &Path, objects: usize) {
         .iter()
         .map(|name| (name.to_string(), replica(name).start()))
         .collect();
-    let client = support::client_for(kubeconfig).await;
-    let (ns, cloud) = tenant(
-        &client,
+    let mut fleet = Fleet::new(
+        kubeconfig,
         &emulator.base_url,
         "rel-ha",
         json!({"resyncInterval": "20s"}),
     )
     .await;
-    let mut fleet = Fleet {
-        client: client.clone(),
-        ns,
-        cloud,
-        members: BTreeMap::new(),
-    };
     let started = Instant::now();
     // Half the fleet, and the kill while its rollout is young; the other half arrives after
     // the kill, for the standby alone.
@@ -694,7 +691,7 @@ async fn leader_killed(kubeconfig: &Path, objects: usize) {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), "default");
+        Api::namespaced(fleet.client.clone(), "default");
     let leader = leases
         .get("adc-operator-reliability")
         .await
@@ -779,20 +776,13 @@ fn control_plane_faults(objects: usize) {
     let first = objects / 3;
     let second = objects * 2 / 3;
     let mut fleet = runtime.block_on(async {
-        let client = support::client_for(plane.kubeconfig()).await;
-        let (ns, cloud) = tenant(
-            &client,
+        let mut fleet = Fleet::new(
+            plane.kubeconfig(),
             &emulator.base_url,
             "rel-cp",
             json!({"resyncInterval": "20s"}),
         )
         .await;
-        let mut fleet = Fleet {
-            client,
-            ns,
-            cloud,
-            members: BTreeMap::new(),
-        };
         fleet.apply((0..first).map(Member::new)).await;
         while fleet.ready_count().await < first / 10 {
             assert!(started.elapsed() < deadline_for(objects), "no progress");
@@ -885,28 +875,16 @@ async fn quota_exhaustion(kubeconfig: &Path) {
         "quotas: {ROUTES: 100000, STATIC_ROUTES_PER_NETWORK: 100000",
         &format!("quotas: {{ROUTES: {QUOTA}, STATIC_ROUTES_PER_NETWORK: 100000"),
     );
-    let emulator = EmulatorProcess::start(
-        &emulator_binary().expect("emulator"),
-        &world,
-        &["--auth", "token"],
-    )
-    .expect("emulator");
+    let emulator = start_emulator_in(&world, &[]);
     let cluster = "quota";
     let mut operator = OperatorSpec::new(kubeconfig, &emulator, cluster).start();
-    let client = support::client_for(kubeconfig).await;
-    let (ns, cloud) = tenant(
-        &client,
+    let mut fleet = Fleet::new(
+        kubeconfig,
         &emulator.base_url,
         "rel-quota",
         json!({"resyncInterval": "20s"}),
     )
     .await;
-    let mut fleet = Fleet {
-        client: client.clone(),
-        ns,
-        cloud,
-        members: BTreeMap::new(),
-    };
     let started = Instant::now();
     fleet.apply((0..OBJECTS).map(Member::new)).await;
 

@@ -39,27 +39,16 @@ use kube::{Client, Config};
 use serde_json::{Value, json};
 use support::eventually;
 use support::operator::{
-    OperatorSpec, PROJECT, apply, condition, emulator_collection, status_of, tenant,
+    OperatorSpec, PROJECT, WORLD, apply, condition, emulator_collection, status_of, tenant,
     virtual_service, wait_ready, wait_stalled,
 };
+use support::{assert_forbidden, free_port, token_kubeconfig};
 
 const CLUSTER_ID: &str = "sec-cluster";
 /// The Google service account of the operator's key (the emulator's world knows its public key).
 const EMAIL: &str = "adc-operator@demo-project.iam.gserviceaccount.com";
 /// The chart's release: its full name (ServiceAccount, ClusterRole) is the release name.
 const RELEASE: &str = "adc-operator-sec";
-
-const WORLD: &str = "projects:
-  - id: demo-project
-    quotas: {ROUTES: 1000, STATIC_ROUTES_PER_NETWORK: 1000, FIREWALLS: 1000, STATIC_ADDRESSES: 100}
-    networks:
-      - name: default
-        subnetworks:
-          - {name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}
-    instances:
-      - {name: se-1, zone: us-central1-a, networkIP: 10.128.0.10, canIpForward: true}
-      - {name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}
-";
 
 // ---------------------------------------------------------------------------------------------
 // Keys and the strings that would betray them
@@ -191,14 +180,6 @@ struct Fixture {
     operator: Mutex<Child>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// A directory inside the control plane's, which is removed when the test binary exits.
 fn scratch() -> PathBuf {
     let plane = adc_testenv::shared().expect("control plane");
@@ -244,25 +225,6 @@ fn kubectl(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
-/// A kubeconfig for this control plane that authenticates with `token`.
-fn token_kubeconfig(token: &str, path: &Path) {
-    let plane = adc_testenv::shared().unwrap();
-    let admin: serde_yaml::Value =
-        serde_yaml::from_str(&std::fs::read_to_string(&plane.kubeconfig).unwrap()).unwrap();
-    let cluster = &admin["clusters"][0]["cluster"];
-    let kubeconfig = json!({
-        "apiVersion": "v1", "kind": "Config",
-        "clusters": [{"name": "adc-testenv", "cluster": {
-            "server": cluster["server"].as_str().unwrap(),
-            "certificate-authority-data": cluster["certificate-authority-data"].as_str().unwrap(),
-        }}],
-        "users": [{"name": "operator", "user": {"token": token}}],
-        "contexts": [{"name": "operator", "context": {"cluster": "adc-testenv", "user": "operator"}}],
-        "current-context": "operator",
-    });
-    std::fs::write(path, serde_yaml::to_string(&kubeconfig).unwrap()).unwrap();
 }
 
 async fn create_secret(client: &Client, namespace: &str, name: &str, data: &[(&str, &str)]) {
@@ -432,14 +394,6 @@ async fn client_as(user: &str, groups: &[&str]) -> Client {
     config.auth_info.impersonate = Some(user.to_string());
     config.auth_info.impersonate_groups = Some(groups.iter().map(|g| g.to_string()).collect());
     Client::try_from(config).unwrap()
-}
-
-#[track_caller]
-fn assert_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) {
-    match result {
-        Err(kube::Error::Api(status)) if status.code == 403 => {}
-        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
-    }
 }
 
 /// Whether a watch is refused with 403 (the refusal comes with the first answer).

@@ -549,9 +549,38 @@ pub(crate) async fn refresh_instances(
     Ok(())
 }
 
-/// One read (a GET) through the read budget, retried like list pages: a rate limit waits for
-/// the budget, a retryable error backs off, up to the engine's `max_attempts`. The final error
-/// (e.g. 404) is returned as it came.
+/// What a failed read (a GET or a list page) does next: try again after the returned pause
+/// (none: a rate limit, the budget decides when), or give up with the error. A retryable error
+/// counts toward the engine's `max_attempts`.
+fn after_read_failure(
+    shared: &Shared,
+    err: GcpError,
+    failures: &mut u32,
+) -> Result<Option<std::time::Duration>, GcpError> {
+    if err.is_rate_limited() {
+        shared
+            .budget
+            .penalize(RateGroup::Read, "", err.retry_after());
+        return Ok(None);
+    }
+    if !err.is_retryable() {
+        return Err(err);
+    }
+    *failures += 1;
+    if *failures >= shared.settings.max_attempts.max(1) {
+        return Err(GcpError::Exhausted {
+            attempts: *failures,
+            last: Box::new(err),
+        });
+    }
+    Ok(Some(super::engine::backoff(
+        *failures - 1,
+        shared.settings.time_scale,
+    )))
+}
+
+/// One read (a GET) through the read budget, retried like list pages. The final error (e.g.
+/// 404) is returned as it came.
 pub(crate) async fn read(shared: &Arc<Shared>, call: &Call) -> Result<Answer, GcpError> {
     let mut failures = 0u32;
     loop {
@@ -561,26 +590,11 @@ pub(crate) async fn read(shared: &Arc<Shared>, call: &Call) -> Result<Answer, Gc
         shared.budget.acquire(RateGroup::Read, "", 1).await;
         match shared.client.send(call).await {
             Ok(answer) => return Ok(answer),
-            Err(err) if err.is_rate_limited() => {
-                shared
-                    .budget
-                    .penalize(RateGroup::Read, "", err.retry_after());
-            }
-            Err(err) if err.is_retryable() => {
-                failures += 1;
-                if failures >= shared.settings.max_attempts.max(1) {
-                    return Err(GcpError::Exhausted {
-                        attempts: failures,
-                        last: Box::new(err),
-                    });
+            Err(err) => {
+                if let Some(pause) = after_read_failure(shared, err, &mut failures)? {
+                    tokio::time::sleep(pause).await;
                 }
-                tokio::time::sleep(super::engine::backoff(
-                    failures - 1,
-                    shared.settings.time_scale,
-                ))
-                .await;
             }
-            Err(err) => return Err(err),
         }
     }
 }
@@ -604,7 +618,7 @@ async fn load(
         let round: Vec<usize> = open.into_iter().take(granted).collect();
         let calls: Vec<Call> = round.iter().map(|i| listings[*i].call(&filter)).collect();
         let answers = shared.client.exchange(shared.transport, calls).await;
-        let mut worst = 0;
+        let mut pause = None;
         for (index, answer) in round.into_iter().zip(answers) {
             let listing = &mut listings[index];
             match answer {
@@ -618,33 +632,21 @@ async fn load(
                         _ => listing.done = true,
                     }
                 }
-                Err(err) if err.is_rate_limited() => {
-                    shared
-                        .budget
-                        .penalize(RateGroup::Read, "", err.retry_after());
-                }
                 Err(err) if err.is_not_found() && listing.missing_ok => {
                     // A zone Compute does not know (an object's typo) holds nothing: the
                     // object that names it stalls on its own, the cloud's inventory goes on.
                     failures[index] = 0;
                     listing.done = true;
                 }
-                Err(err) if err.is_retryable() => {
-                    failures[index] += 1;
-                    if failures[index] >= shared.settings.max_attempts.max(1) {
-                        return Err(err);
-                    }
-                    worst = worst.max(failures[index]);
+                Err(err) => {
+                    // The round's pause is its longest one.
+                    let wait = after_read_failure(shared, err, &mut failures[index])?;
+                    pause = pause.max(wait);
                 }
-                Err(err) => return Err(err),
             }
         }
-        if worst > 0 {
-            tokio::time::sleep(super::engine::backoff(
-                worst - 1,
-                shared.settings.time_scale,
-            ))
-            .await;
+        if let Some(pause) = pause {
+            tokio::time::sleep(pause).await;
         }
     }
     for listing in listings {

@@ -13,11 +13,7 @@ use kube::{Api, Client, Config};
 /// A client with cluster-admin rights on this test binary's control plane.
 pub async fn admin_client() -> Client {
     let plane = adc_testenv::shared().unwrap_or_else(|err| panic!("control plane: {err}"));
-    let kubeconfig = Kubeconfig::read_from(&plane.kubeconfig).expect("reading the kubeconfig");
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("loading the kubeconfig");
-    Client::try_from(config).expect("building the client")
+    client_for(&plane.kubeconfig).await
 }
 
 /// A client with the rights of `kubeconfig` (e.g. a control plane of the test's own).
@@ -109,4 +105,48 @@ pub fn install_crds_into(kubectl_binary: &std::path::Path, kubeconfig: &std::pat
         "crd/virtualservices.adc.dev",
         "crd/vpcroutes.adc.dev",
     ]);
+}
+
+/// A free loopback port (for an operator's --metrics-addr).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("binding a free loopback port")
+        .local_addr()
+        .expect("reading the bound port")
+        .port()
+}
+
+/// A kubeconfig for this binary's control plane that authenticates with `token` (a
+/// ServiceAccount's), written to `path`.
+pub fn token_kubeconfig(token: &str, path: &std::path::Path) {
+    let plane = adc_testenv::shared().expect("control plane");
+    let admin: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(&plane.kubeconfig).expect("reading the kubeconfig"),
+    )
+    .expect("the kubeconfig is YAML");
+    let cluster = &admin["clusters"][0]["cluster"];
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "adc-testenv", "cluster": {
+            "server": cluster["server"].as_str().expect("a server"),
+            "certificate-authority-data": cluster["certificate-authority-data"].as_str().expect("a CA"),
+        }}],
+        "users": [{"name": "operator", "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "adc-testenv", "user": "operator"}}],
+        "current-context": "operator",
+    });
+    std::fs::write(
+        path,
+        serde_yaml::to_string(&kubeconfig).expect("serialising the kubeconfig"),
+    )
+    .expect("writing the kubeconfig");
+}
+
+/// Fails unless the API server refused the request with 403 Forbidden.
+#[track_caller]
+pub fn assert_forbidden<T: std::fmt::Debug>(result: Result<T, kube::Error>, what: &str) {
+    match result {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => panic!("{what}: expected 403 Forbidden, got {other:?}"),
+    }
 }

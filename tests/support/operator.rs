@@ -17,6 +17,24 @@ use super::eventually;
 /// The project of every test world.
 pub const PROJECT: &str = "demo-project";
 
+/// The emulator's world of the operator, bad-input and security tests: one project, a
+/// default network with its subnet, six service engines over four zones.
+pub const WORLD: &str = "projects:
+  - id: demo-project
+    quotas: {ROUTES: 10000, STATIC_ROUTES_PER_NETWORK: 10000, FIREWALLS: 10000, STATIC_ADDRESSES: 1000}
+    networks:
+      - name: default
+        subnetworks:
+          - {name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}
+    instances:
+      - {name: se-1, zone: us-central1-a, networkIP: 10.128.0.10, canIpForward: true}
+      - {name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}
+      - {name: se-3, zone: us-central1-c, networkIP: 10.128.0.12, canIpForward: true}
+      - {name: se-4, zone: us-central1-a, networkIP: 10.128.0.13, canIpForward: true}
+      - {name: se-5, zone: us-central1-f, networkIP: 10.128.0.14, canIpForward: true}
+      - {name: se-6, zone: us-central1-b, networkIP: 10.128.0.15, canIpForward: true}
+";
+
 /// How to start one operator process.
 #[derive(Debug, Clone)]
 pub struct OperatorSpec {
