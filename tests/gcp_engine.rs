@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use adc_operator::gcp::{
-    Credentials, DispatchMode, Engine, EngineSettings, GcpMetrics, Lane, Mutation, RateLimits,
-    Target,
+    Change, Credentials, DispatchMode, Engine, EngineSettings, GcpMetrics, Lane, Mutation,
+    RateLimits, Target,
 };
 use adc_testenv::{EmulatorProcess, emulator_binary};
 use serde_json::{Value, json};
@@ -381,6 +381,53 @@ async fn a_retry_after_a_lost_answer_acts_once() {
     assert_eq!(
         stats["operationsCreated"], N,
         "yet each route was acted on once: the requestId held"
+    );
+    assert_eq!(route_table(&emulator).await.len(), N);
+}
+
+/// What a standby meets when it takes over: the former leader's inserts still running. Their
+/// names are taken (409) but the routes cannot be read yet (404); the engine retries until the
+/// routes are there and counts them as done, never as a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_meeting_another_ones_operation_in_flight_waits_for_it() {
+    const N: usize = 6;
+    // Route operations of 2.5-7.5 s: long enough that the engine's inserts meet them running.
+    let emulator = start(
+        &world(1_000, ""),
+        &["--profile", "gcp", "--time-scale", "0.5"],
+    );
+    let http = reqwest::Client::new();
+    for i in 0..N {
+        let Change::Insert(body) = route(i).change else {
+            unreachable!("route() is an insert")
+        };
+        let answer = http
+            .post(format!(
+                "{}/compute/v1/projects/{PROJECT}/global/routes",
+                emulator.base_url
+            ))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert!(answer.status().is_success(), "{:?}", answer.text().await);
+        let op: Value = answer.json().await.unwrap();
+        assert_ne!(
+            op["status"], "DONE",
+            "the former leader's insert is still running"
+        );
+    }
+    let (engine, metrics) = engine(&emulator, DispatchMode::Batched, |s| s.time_scale = 0.5);
+    let outcomes = insert_all(&engine, N).await;
+    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+    assert!(
+        metrics.retried("being_created") >= 1,
+        "the engine met routes still being created"
+    );
+    let stats = admin(&emulator, "stats").await;
+    assert_eq!(
+        stats["operationsCreated"], N,
+        "only the former leader's inserts made anything"
     );
     assert_eq!(route_table(&emulator).await.len(), N);
 }

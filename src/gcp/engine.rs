@@ -689,10 +689,16 @@ impl Shared {
         self.budget
             .acquire(super::budget::RateGroup::Read, "", 1)
             .await;
-        let answer = self
+        let answer = match self
             .client
             .send(&dispatch.mutation.get_call(&self.settings.project))
-            .await?;
+            .await
+        {
+            Err(err) if err.is_not_found() => {
+                return Err(GcpError::BeingCreated(dispatch.target.to_string()));
+            }
+            other => other?,
+        };
         let actual: serde_json::Value = serde_json::from_slice(&answer.body)
             .map_err(|err| GcpError::Decode(err.to_string()))?;
         judge_existing(&dispatch.target, desired, &actual)

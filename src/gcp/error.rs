@@ -55,6 +55,13 @@ pub enum GcpError {
         /// The ownership marker its description carries (`adc.dev/owner=...`), if any.
         marker: Option<String>,
     },
+    /// An insert found its name taken (409) but the resource cannot be read (404): an operation
+    /// still creates it (a former leader's, or an attempt whose answer was lost). Retried: the
+    /// next insert either meets the finished resource or, if that operation failed, makes it.
+    #[error(
+        "{0} is being created by an operation in flight (its name is taken, it cannot be read yet)"
+    )]
+    BeingCreated(String),
     /// Retries ran out; carries the last error.
     #[error("gave up after {attempts} attempts: {last}")]
     Exhausted { attempts: u32, last: Box<GcpError> },
@@ -138,8 +145,7 @@ impl GcpError {
                     || self.is_not_ready()
             }
             GcpError::Operation { code, .. } => RETRYABLE_OPERATION_CODES.contains(&code.as_str()),
-            GcpError::Transport(_) => true,
-            GcpError::Auth(_) => true,
+            GcpError::Transport(_) | GcpError::Auth(_) | GcpError::BeingCreated(_) => true,
             _ => false,
         }
     }
@@ -206,6 +212,7 @@ impl GcpError {
             GcpError::Superseded => "superseded".into(),
             GcpError::Conflict(_) => "conflict".into(),
             GcpError::NotOwned { .. } => "not_owned".into(),
+            GcpError::BeingCreated(_) => "being_created".into(),
             GcpError::Exhausted { last, .. } => last.label(),
             GcpError::Shutdown => "shutdown".into(),
         }

@@ -145,6 +145,15 @@ impl GcpMetrics {
             .inc_by(seconds);
     }
 
+    /// Retries counted for one reason (a label of `GcpError::label`), for tests.
+    pub fn retried(&self, reason: &str) -> u64 {
+        self.retries
+            .get_or_create(&KindLabel {
+                kind: reason.to_string(),
+            })
+            .get()
+    }
+
     /// Total calls counted, by outcome "ok" or not, for tests and the benchmark.
     pub fn total_calls(&self, method: &str, outcome: &str) -> u64 {
         self.calls
