@@ -3,11 +3,12 @@
 //! rate-shaped for the whole fleet.
 //!
 //! The crate is laid out as in `ARCHITECTURE.md`: `api` (CRD types), `plan` (pure planning and
-//! diffing), `gcp` (all Compute I/O), `controller` (kube-runtime glue and status).
+//! diffing), `gcp` (all Compute I/O), `controller` (kube-runtime glue and status), `leader` (leader election).
 
 pub mod api;
 pub mod controller;
 pub mod gcp;
+pub mod leader;
 pub mod plan;
 pub mod telemetry;
 

@@ -61,7 +61,8 @@ struct RunArgs {
     /// The Lease's namespace; default: the pod's (POD_NAMESPACE), else `default`.
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
-    /// Seconds a leader's lease lasts without renewal before a standby may take over.
+    /// Seconds a leader's lease lasts without renewal before a standby may take over. The leader
+    /// renews at half of it and exits if no renewal lands shortly before the lapse.
     #[arg(long, default_value_t = 15)]
     lease_duration: u64,
 }
@@ -139,13 +140,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     };
     tracing::info!(version = adc_operator::VERSION, cluster_id = %args.cluster_id, "adc-operator starting");
-    let settings = OperatorSettings {
+    let operator = OperatorSettings {
         cluster_id: args.cluster_id.clone(),
         dispatch,
         gcp_time_scale: args.gcp_time_scale,
     };
     if !args.leader_election {
-        controller::run(client, settings, metrics, reconcile_metrics).await?;
+        controller::run(client, operator, metrics, reconcile_metrics).await?;
         return Ok(());
     }
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
@@ -155,40 +156,26 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             std::process::id()
         )
     });
-    let namespace = args
-        .lease_namespace
-        .clone()
-        .unwrap_or_else(|| "default".into());
-    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &args.lease_name)
-        .with_namespace(&namespace)
-        .with_identity(&identity)
-        .with_duration(args.lease_duration.max(2))
-        .with_grace((args.lease_duration / 3).max(1))
-        .with_field_manager("adc-operator")
-        .build()
-        .await
-        .with_context(|| format!("setting up the Lease {namespace}/{}", args.lease_name))?;
-    let (mut leader, _renewal) = lease.watch().await;
-    tracing::info!(%identity, lease = %format!("{namespace}/{}", args.lease_name), "standing by for leadership");
-    while !*leader.borrow_and_update() {
-        leader.changed().await.context("the lease watch ended")?;
-    }
-    tracing::info!(%identity, "leading: starting the controllers");
-    tokio::select! {
-        result = controller::run(client, settings, metrics, reconcile_metrics) => result?,
-        _ = async {
-            loop {
-                if leader.changed().await.is_err() || !*leader.borrow_and_update() {
-                    return;
-                }
-            }
-        } => {
-            // Lost the lease: stop reconciling at once; the pod restarts as a standby.
-            tracing::error!(%identity, "leadership lost: exiting so that no two replicas reconcile");
+    let settings = adc_operator::leader::LeaseSettings {
+        name: args.lease_name.clone(),
+        namespace: args
+            .lease_namespace
+            .clone()
+            .unwrap_or_else(|| "default".into()),
+        identity,
+        duration_seconds: args.lease_duration,
+    };
+    let identity = settings.identity.clone();
+    let work = controller::run(client.clone(), operator, metrics, reconcile_metrics);
+    match adc_operator::leader::lead(client, settings, work).await? {
+        Ok(result) => Ok(result?),
+        Err(lost) => {
+            // Stop reconciling at once: no two replicas may talk to GCP. The pod restarts as a
+            // standby.
+            tracing::error!(%identity, reason = %lost, "leadership lost: exiting so that no two replicas reconcile");
             std::process::exit(1);
         }
     }
-    Ok(())
 }
 
 fn crdgen(args: CrdgenArgs) -> anyhow::Result<()> {

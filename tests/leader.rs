@@ -6,60 +6,35 @@
 
 mod support;
 
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use adc_operator::api::{GcpCloud, VirtualService};
-use adc_testenv::{EmulatorProcess, emulator_binary, spawn_for_process_lifetime};
+use adc_testenv::{EmulatorProcess, emulator_binary};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::free_port;
+use support::operator::{OperatorSpec, Replicas, WORLD};
 
-const WORLD: &str = "projects:
-  - id: demo-project
-    quotas: {ROUTES: 10000, STATIC_ROUTES_PER_NETWORK: 10000, FIREWALLS: 10000}
-    networks:
-      - name: default
-        subnetworks:
-          - {name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}
-    instances:
-      - {name: se-1, zone: us-central1-a, networkIP: 10.128.0.10, canIpForward: true}
-      - {name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}
-";
-const LEASE_SECONDS: u64 = 4;
+const LEASE_SECONDS: u64 = 6;
 
-fn start_replica(name: &str, emulator: &EmulatorProcess, metrics_port: u16) -> Child {
-    let plane = adc_testenv::shared().unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_adc-operator"));
-    command
-        .args([
-            "run",
-            "--leader-election",
-            "--lease-namespace",
-            "default",
-            "--cluster-id",
-            "ha",
-            "--kubeconfig",
-        ])
-        .arg(&plane.kubeconfig)
-        .args([
-            "--lease-duration",
-            &LEASE_SECONDS.to_string(),
-            "--metrics-addr",
-            &format!("127.0.0.1:{metrics_port}"),
-        ])
-        .env("POD_NAME", name)
-        .env(
-            "GCE_METADATA_HOST",
-            emulator.base_url.trim_start_matches("http://"),
-        )
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
-    spawn_for_process_lifetime(command).unwrap()
+fn replica(name: &str, emulator: &EmulatorProcess, metrics_port: u16) -> (String, OperatorSpec) {
+    let mut spec = OperatorSpec::shared(emulator, "ha");
+    spec.args = [
+        "--leader-election",
+        "--lease-namespace",
+        "default",
+        "--lease-duration",
+        &LEASE_SECONDS.to_string(),
+        "--metrics-addr",
+        &format!("127.0.0.1:{metrics_port}"),
+    ]
+    .map(String::from)
+    .to_vec();
+    spec.env.push(("POD_NAME".into(), name.into()));
+    spec.log = "error".into();
+    (name.to_string(), spec)
 }
 
 /// Compute calls an operator replica made, from its own /metrics.
@@ -123,10 +98,13 @@ async fn one_leader_talks_to_gcp_and_a_standby_takes_over() {
     let emulator =
         EmulatorProcess::start(&emulator_binary().unwrap(), WORLD, &["--auth", "token"]).unwrap();
     let ports = [free_port(), free_port()];
-    let mut replicas = [
-        start_replica("replica-a", &emulator, ports[0]),
-        start_replica("replica-b", &emulator, ports[1]),
-    ];
+    let replicas = Replicas::start(
+        vec![
+            replica("replica-a", &emulator, ports[0]),
+            replica("replica-b", &emulator, ports[1]),
+        ],
+        &emulator.base_url,
+    );
 
     let client = support::admin_client().await;
     let ns = support::test_namespace(&client, "ha").await;
@@ -175,6 +153,8 @@ async fn one_leader_talks_to_gcp_and_a_standby_takes_over() {
     ] {
         assert!(metrics.contains(family), "/metrics has {family}");
     }
+    // The other replica has never led in its life: a leader that loses its lease exits (and
+    // is started again as a standby, with fresh metrics).
     assert_eq!(
         gcp_calls(ports[standby_index]).await,
         0,
@@ -183,8 +163,7 @@ async fn one_leader_talks_to_gcp_and_a_standby_takes_over() {
 
     // Kill the leader; the standby takes over within the lease duration and finishes the rollout.
     let killed_at = Instant::now();
-    replicas[leader_index].kill().unwrap();
-    replicas[leader_index].wait().unwrap();
+    replicas.kill9(&leader);
     apply_services(&client, &ns, 10..20).await;
     let standby = if leader_index == 0 {
         "replica-b"
@@ -207,8 +186,9 @@ async fn one_leader_talks_to_gcp_and_a_standby_takes_over() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     eprintln!(
-        "leader failover: lease taken over {takeover:?} after the kill (lease {LEASE_SECONDS} s); rollout finished {:?} after it",
-        killed_at.elapsed()
+        "leader failover: lease taken over {takeover:?} after the kill (lease {LEASE_SECONDS} s); rollout finished {:?} after it; {} restarts after a step-down",
+        killed_at.elapsed(),
+        replicas.restarts()
     );
     assert!(
         takeover <= Duration::from_secs(2 * LEASE_SECONDS + 2),

@@ -1,7 +1,7 @@
 //! Issue 8's reliability suite, on real parts only: kube-apiserver + etcd, gce-emulator as a
 //! process, the adc-operator binary. Each scenario runs a fleet of VirtualServices through a
 //! fault — GCP errors, operator crashes, a restarted or cut-off API server, a killed leader, a
-//! spent quota — and then demands the emulator's state equal the desired state exactly: every
+//! leader cut off from the API server, a spent quota — and then demands the emulator's state equal the desired state exactly: every
 //! route and firewall rule the fleet wants, once, and nothing else.
 //!
 //! `make test` runs the sizes below; `make soak` runs the `soak_*` variants (ignored here):
@@ -16,7 +16,6 @@ mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Child;
 use std::time::{Duration, Instant};
 
 use adc_operator::api::VirtualService;
@@ -26,8 +25,8 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 use support::operator::{
-    OperatorSpec, condition, emulator_collection, emulator_stats, kill9, tenant, try_apply,
-    virtual_service,
+    OperatorSpec, Replicas, condition, emulator_collection, emulator_stats, kill9, tenant,
+    try_apply, virtual_service,
 };
 
 /// Eight engines over four zones; quotas far above any fleet here.
@@ -651,30 +650,49 @@ fn soak_operator_killed_at_random_points() {
 // ---------------------------------------------------------------------------------------------
 // HA: the leader dies mid-rollout
 
+/// A replica of the HA scenarios: leader election on its own Lease, lease of 6 s.
+fn replica(
+    kubeconfig: &Path,
+    emulator: &EmulatorProcess,
+    cluster: &str,
+    name: &str,
+) -> OperatorSpec {
+    let mut spec = scaled(OperatorSpec::new(kubeconfig, emulator, cluster));
+    spec.args.extend(
+        [
+            "--leader-election",
+            "--lease-namespace",
+            "default",
+            "--lease-name",
+            LEASE,
+            "--lease-duration",
+            "6",
+        ]
+        .map(String::from),
+    );
+    spec.env.push(("POD_NAME".into(), name.into()));
+    spec
+}
+
+const LEASE: &str = "adc-operator-reliability";
+
+async fn lease(client: &Client) -> k8s_openapi::api::coordination::v1::LeaseSpec {
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(client.clone(), "default");
+    leases.get(LEASE).await.unwrap().spec.unwrap()
+}
+
 async fn leader_killed(kubeconfig: &Path, objects: usize) {
     let emulator = start_emulator(&GCP_PROFILE);
     let cluster = "ha";
-    let replica = |name: &str| {
-        let mut spec = scaled(OperatorSpec::new(kubeconfig, &emulator, cluster));
-        spec.args.extend(
-            [
-                "--leader-election",
-                "--lease-namespace",
-                "default",
-                "--lease-name",
-                "adc-operator-reliability",
-                "--lease-duration",
-                "4",
-            ]
-            .map(String::from),
-        );
-        spec.env.push(("POD_NAME".into(), name.into()));
-        spec
-    };
-    let mut replicas: Vec<(String, Child)> = ["replica-a", "replica-b"]
-        .iter()
-        .map(|name| (name.to_string(), replica(name).start()))
-        .collect();
+    let replica = |name: &str| replica(kubeconfig, &emulator, cluster, name);
+    let replicas = Replicas::start(
+        ["replica-a", "replica-b"]
+            .iter()
+            .map(|name| (name.to_string(), replica(name)))
+            .collect(),
+        &emulator.base_url,
+    );
     let mut fleet = Fleet::new(
         kubeconfig,
         &emulator.base_url,
@@ -690,20 +708,10 @@ async fn leader_killed(kubeconfig: &Path, objects: usize) {
         assert!(started.elapsed() < deadline_for(objects), "no progress");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(fleet.client.clone(), "default");
-    let leader = leases
-        .get("adc-operator-reliability")
-        .await
-        .unwrap()
-        .spec
-        .unwrap()
-        .holder_identity
-        .unwrap();
+    let leader = lease(&fleet.client).await.holder_identity.unwrap();
     let before = emulator_stats(&emulator.base_url).await;
     let in_flight = before["operationsPending"].as_u64().unwrap_or(0);
-    let index = replicas.iter().position(|(n, _)| *n == leader).unwrap();
-    kill9(&mut replicas[index].1);
+    replicas.kill9(&leader);
     let ready_at_kill = fleet.ready_count().await;
     eprintln!(
         "  killed leader {leader} at {:.1} s: {ready_at_kill}/{objects} Ready, {in_flight} operations in flight",
@@ -720,21 +728,122 @@ async fn leader_killed(kubeconfig: &Path, objects: usize) {
         started.elapsed(),
     )
     .await;
-    // Duplicated work: inserts beyond one per resource. Only operations in flight at the kill
-    // may be sent again (the standby cannot see a resource that is still being created).
+    // Duplicated work: inserts beyond one per resource. Only operations in flight when a leader
+    // died may be sent again (its successor cannot see a resource that is still being
+    // created): at the kill, and at any step-down of a leader that could not renew in time.
     let inserts = calls(&emulator.base_url, "compute.routes.insert").await
         + calls(&emulator.base_url, "compute.firewalls.insert").await;
     let needed = 3 * objects as u64;
+    let stepped_down = replicas.in_flight_at_exits();
     eprintln!(
-        "  inserts sent {inserts}, resources needed {needed}, in flight at the kill {in_flight}"
+        "  inserts sent {inserts}, resources needed {needed}, in flight at the kill {in_flight}, \
+         restarts after a step-down {} ({stepped_down} in flight then)",
+        replicas.restarts()
     );
     assert!(
-        inserts <= needed + in_flight,
-        "{inserts} inserts for {needed} resources: more duplicated than the {in_flight} in flight"
+        inserts <= needed + in_flight + stepped_down,
+        "{inserts} inserts for {needed} resources: more duplicated than the {} in flight",
+        in_flight + stepped_down
     );
-    for (_, child) in &mut replicas {
-        kill9(child);
-    }
+}
+
+/// The leader's own connections to kube-apiserver are cut and refused: it can no longer renew
+/// its Lease, so it must stop before the Lease lapses and a standby may take it, or two
+/// replicas would reconcile at once. The standby then finishes the rollout.
+fn cut_off_leader(objects: usize) {
+    let Rig { plane, runtime } = Rig::new();
+    let server: std::net::SocketAddr = plane
+        .server()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let proxy = adc_testenv::TcpProxy::start(server).unwrap();
+    let via_proxy = plane.dir().join("kubeconfig-via-proxy");
+    plane
+        .write_kubeconfig_via(&format!("https://{}", proxy.addr()), &via_proxy)
+        .unwrap();
+    runtime.block_on(async {
+        let emulator = start_emulator(&GCP_PROFILE);
+        let cluster = "fence";
+        let mut cut_off = replica(&via_proxy, &emulator, cluster, "replica-cut-off").start();
+        let mut fleet = Fleet::new(
+            plane.kubeconfig(),
+            &emulator.base_url,
+            "rel-fence",
+            json!({"resyncInterval": "20s"}),
+        )
+        .await;
+        let started = Instant::now();
+        fleet.apply((0..objects / 2).map(Member::new)).await;
+        while fleet.ready_count().await < objects / 10 {
+            assert!(started.elapsed() < deadline_for(objects), "no progress");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(
+            lease(&fleet.client).await.holder_identity.as_deref(),
+            Some("replica-cut-off")
+        );
+        // A standby beside it, from now on (started earlier, it might have led first).
+        let standby = Replicas::start(
+            vec![(
+                "replica-standby".into(),
+                replica(plane.kubeconfig(), &emulator, cluster, "replica-standby"),
+            )],
+            &emulator.base_url,
+        );
+        proxy.set_refusing(true);
+        let cut = proxy.cut();
+        // The last renewal that landed fixes the lapse; none can land any more.
+        let held = lease(&fleet.client).await;
+        let lapse = std::time::SystemTime::from(held.renew_time.unwrap().0)
+            + Duration::from_secs(held.lease_duration_seconds.unwrap() as u64);
+        let exited = loop {
+            if let Some(status) = cut_off.try_wait().unwrap() {
+                break (std::time::SystemTime::now(), status);
+            }
+            assert!(
+                std::time::SystemTime::now() < lapse + Duration::from_secs(30),
+                "the cut-off leader is still running 30 s after its Lease lapsed"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let Ok(early) = lapse.duration_since(exited.0) else {
+            panic!(
+                "the cut-off leader exited {:?} after its Lease lapsed: a standby could already lead",
+                exited.0.duration_since(lapse).unwrap_or_default()
+            )
+        };
+        eprintln!(
+            "  cut {cut} connections; the cut-off leader exited ({}) {early:?} before its Lease lapsed",
+            exited.1
+        );
+        assert!(!exited.1.success(), "a step-down is a failure exit");
+        fleet.apply((objects / 2..objects).map(Member::new)).await;
+        let took = fleet.converge(deadline_for(objects)).await;
+        let taken = lease(&fleet.client).await;
+        assert_eq!(taken.holder_identity.as_deref(), Some("replica-standby"));
+        let acquired = std::time::SystemTime::from(taken.acquire_time.unwrap().0);
+        assert!(
+            acquired > exited.0,
+            "the standby led from {acquired:?}, before the cut-off leader stopped at {:?}",
+            exited.0
+        );
+        assert_exact(
+            "leader cut off from kube-apiserver steps down before its Lease lapses",
+            1,
+            &emulator.base_url,
+            cluster,
+            &fleet,
+            took,
+        )
+        .await;
+        drop(standby);
+    });
+}
+
+#[test]
+fn a_leader_cut_off_from_the_api_server_steps_down_before_its_lease_lapses() {
+    cut_off_leader(200);
 }
 
 #[test]

@@ -3,6 +3,8 @@
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use adc_operator::api::{GcpCloud, VirtualService, VpcRoute};
@@ -97,6 +99,125 @@ impl OperatorSpec {
 pub fn kill9(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// Operator replicas run as a Deployment runs them: a replica that exits on its own (a leader
+/// that lost its lease steps down by exiting) is started again, as the kubelet restarts its
+/// container; a replica the test kills stays dead. The operations the emulator had in flight
+/// at each such exit are counted: a successor may send those inserts again.
+pub struct Replicas {
+    members: Arc<Mutex<Vec<Replica>>>,
+    in_flight_at_exits: Arc<AtomicU64>,
+    supervisor: tokio::task::JoinHandle<()>,
+}
+
+struct Replica {
+    name: String,
+    spec: OperatorSpec,
+    child: Option<Child>,
+    restarts: u32,
+}
+
+impl Replicas {
+    /// Starts one operator per (name, spec) and supervises them (needs a tokio runtime).
+    pub fn start(specs: Vec<(String, OperatorSpec)>, emulator_url: &str) -> Self {
+        let members: Vec<Replica> = specs
+            .into_iter()
+            .map(|(name, spec)| Replica {
+                child: Some(spec.start()),
+                name,
+                spec,
+                restarts: 0,
+            })
+            .collect();
+        let members = Arc::new(Mutex::new(members));
+        let in_flight_at_exits = Arc::new(AtomicU64::new(0));
+        let supervisor = tokio::spawn(supervise(
+            Arc::clone(&members),
+            Arc::clone(&in_flight_at_exits),
+            emulator_url.to_string(),
+        ));
+        Self {
+            members,
+            in_flight_at_exits,
+            supervisor,
+        }
+    }
+
+    /// Kills a replica with SIGKILL; it is not started again.
+    pub fn kill9(&self, name: &str) {
+        let mut members = self.members.lock().unwrap();
+        let replica = members
+            .iter_mut()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no replica {name}"));
+        if let Some(mut child) = replica.child.take() {
+            kill9(&mut child);
+        }
+    }
+
+    /// How often replicas exited on their own and were started again.
+    pub fn restarts(&self) -> u32 {
+        self.members
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| r.restarts)
+            .sum()
+    }
+
+    /// The emulator's pending operations summed over every exit of a replica on its own.
+    pub fn in_flight_at_exits(&self) -> u64 {
+        self.in_flight_at_exits.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Replicas {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+        if let Ok(mut members) = self.members.lock() {
+            for replica in members.iter_mut() {
+                if let Some(mut child) = replica.child.take() {
+                    kill9(&mut child);
+                }
+            }
+        }
+    }
+}
+
+async fn supervise(
+    members: Arc<Mutex<Vec<Replica>>>,
+    in_flight_at_exits: Arc<AtomicU64>,
+    emulator_url: String,
+) {
+    loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let exits = {
+            let mut members = members.lock().unwrap();
+            let mut exits = 0;
+            for replica in members.iter_mut() {
+                let exited = replica
+                    .child
+                    .as_mut()
+                    .and_then(|child| child.try_wait().ok().flatten());
+                if let Some(status) = exited {
+                    eprintln!(
+                        "  replica {} exited on its own ({status}); starting it again",
+                        replica.name
+                    );
+                    replica.child = Some(replica.spec.start());
+                    replica.restarts += 1;
+                    exits += 1;
+                }
+            }
+            exits
+        };
+        if exits > 0 {
+            let stats = emulator_stats(&emulator_url).await;
+            let pending = stats["operationsPending"].as_u64().unwrap_or(0);
+            in_flight_at_exits.fetch_add(pending, Ordering::SeqCst);
+        }
+    }
 }
 
 /// Makes `namespace` a tenant: a namespace every test cloud selects.

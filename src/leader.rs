@@ -1,0 +1,293 @@
+//! Leader election on a coordination.k8s.io Lease: one replica reconciles and talks to GCP, the
+//! others stand by.
+//!
+//! The lease manager renews the Lease `grace` seconds before it lapses, but it does not stop a
+//! leader whose renewal is late: a slow or unreachable API server would leave it reconciling
+//! after a standby took over. So a fence watches the Lease from the leader's side as well, and
+//! the leader steps down (the process exits; the pod restarts as a standby) as soon as the Lease
+//! names someone else, or shortly before it would lapse without a renewal seen (client-go's
+//! renew deadline). A standby takes over only after the lapse.
+
+use std::future::Future;
+use std::time::{Duration, SystemTime};
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::{Api, Client};
+
+/// How this replica takes part in the election.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    /// The Lease's name.
+    pub name: String,
+    /// The Lease's namespace.
+    pub namespace: String,
+    /// This replica's identity (the pod's name).
+    pub identity: String,
+    /// Seconds a lease lasts without renewal.
+    pub duration_seconds: u64,
+}
+
+impl LeaseSettings {
+    /// Seconds before the lapse at which the leader renews: half the lease, so that a renewal
+    /// held up by a busy process or a slow API server still has time to land.
+    pub fn grace_seconds(&self) -> u64 {
+        (self.duration_seconds / 2).max(1)
+    }
+
+    fn duration_seconds_at_least_2(&self) -> u64 {
+        self.duration_seconds.max(2)
+    }
+
+    /// How long before the lapse the leader gives up if no renewal was seen: a quarter of the
+    /// grace (the rest is the renewal's own time), within 250 ms to 2 s. It covers the clocks
+    /// of two nodes disagreeing; a standby acts only after the lapse, and only after two calls.
+    fn margin(&self) -> Duration {
+        (Duration::from_secs(self.grace_seconds()) / 4)
+            .clamp(Duration::from_millis(250), Duration::from_secs(2))
+    }
+
+    /// How often the fence reads the Lease: twice within the margin, at most once a second.
+    fn fence_period(&self) -> Duration {
+        (self.margin() / 2).min(Duration::from_secs(1))
+    }
+}
+
+/// Why a leader stopped leading.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LeadershipLost {
+    /// The Lease names another holder (or none).
+    #[error("the Lease is held by {0} now")]
+    TakenOver(String),
+    /// No renewal was seen in time: the Lease would lapse before one could land.
+    #[error("the Lease was not renewed in time (it lapses in {0:?})")]
+    NotRenewed(Duration),
+    /// The lease manager stopped reporting.
+    #[error("the lease manager stopped")]
+    ManagerStopped,
+}
+
+/// What the fence concludes from one look at the Lease (`None` if it could not be read) and the
+/// latest lapse time it has seen: go on (with the lapse time to remember) or step down.
+pub fn judge(
+    settings: &LeaseSettings,
+    lease: Option<&Lease>,
+    known_lapse: SystemTime,
+    now: SystemTime,
+) -> Result<SystemTime, LeadershipLost> {
+    let mut lapse = known_lapse;
+    if let Some(spec) = lease.and_then(|l| l.spec.as_ref()) {
+        if spec.holder_identity.as_deref() != Some(settings.identity.as_str()) {
+            let holder = spec.holder_identity.as_deref().unwrap_or("nobody");
+            return Err(LeadershipLost::TakenOver(format!("{holder:?}")));
+        }
+        if let Some(renewed) = &spec.renew_time {
+            let seconds = spec
+                .lease_duration_seconds
+                .and_then(|s| u64::try_from(s).ok())
+                .unwrap_or(settings.duration_seconds_at_least_2());
+            let seen = SystemTime::from(renewed.0) + Duration::from_secs(seconds);
+            lapse = lapse.max(seen);
+        }
+    }
+    let left = lapse.duration_since(now).unwrap_or(Duration::ZERO);
+    if left <= settings.margin() {
+        return Err(LeadershipLost::NotRenewed(left));
+    }
+    Ok(lapse)
+}
+
+/// The election could not take place.
+#[derive(Debug, thiserror::Error)]
+pub enum ElectionError {
+    #[error("setting up the Lease {lease}: {source}")]
+    Setup {
+        lease: String,
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    #[error("the lease manager stopped before this replica led")]
+    WatchEnded,
+}
+
+/// Stands by until this replica holds the Lease, then runs `work` while it does. Returns
+/// `Ok(Err(..))` when leadership is lost (the caller must stop at once), `Ok(Ok(output))` when
+/// the work ends on its own, and `Err` when the election could not take place.
+pub async fn lead<F: Future>(
+    client: Client,
+    settings: LeaseSettings,
+    work: F,
+) -> Result<Result<F::Output, LeadershipLost>, ElectionError> {
+    let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.name)
+        .with_namespace(&settings.namespace)
+        .with_identity(&settings.identity)
+        .with_duration(settings.duration_seconds_at_least_2())
+        .with_grace(settings.grace_seconds())
+        .with_field_manager("adc-operator")
+        .build()
+        .await
+        .map_err(|source| ElectionError::Setup {
+            lease: format!("{}/{}", settings.namespace, settings.name),
+            source,
+        })?;
+    let (mut leader, _renewal) = lease.watch().await;
+    tracing::info!(identity = %settings.identity, lease = %format!("{}/{}", settings.namespace, settings.name), "standing by for leadership");
+    while !*leader.borrow_and_update() {
+        leader
+            .changed()
+            .await
+            .map_err(|_| ElectionError::WatchEnded)?;
+    }
+    let mut fence = Fence::new(client, &settings);
+    // Two replicas that both found the Lease free may both have written it (the lease manager's
+    // takeover is not a conditional update): the later write wins. Let such a write land, and
+    // read who won, before leading.
+    tokio::time::sleep(settings.margin()).await;
+    if let Err(lost) = fence.check().await {
+        return Ok(Err(lost));
+    }
+    tracing::info!(identity = %settings.identity, "leading: starting the controllers");
+    let watched = async {
+        loop {
+            if leader.changed().await.is_err() {
+                return LeadershipLost::ManagerStopped;
+            }
+            if !*leader.borrow_and_update() {
+                return LeadershipLost::TakenOver("another replica".into());
+            }
+        }
+    };
+    tokio::select! {
+        output = work => Ok(Ok(output)),
+        lost = watched => Ok(Err(lost)),
+        lost = fence.run() => Ok(Err(lost)),
+    }
+}
+
+/// The leader's own watch on the Lease.
+struct Fence<'a> {
+    leases: Api<Lease>,
+    settings: &'a LeaseSettings,
+    /// When the Lease lapses, by the latest renewal seen.
+    lapse: SystemTime,
+}
+
+impl<'a> Fence<'a> {
+    fn new(client: Client, settings: &'a LeaseSettings) -> Self {
+        Self {
+            leases: Api::namespaced(client, &settings.namespace),
+            settings,
+            // Just acquired: the lease runs at least until its first renewal is due.
+            lapse: SystemTime::now() + Duration::from_secs(settings.duration_seconds_at_least_2())
+                - Duration::from_secs(settings.grace_seconds()),
+        }
+    }
+
+    /// Reads the Lease once (within a fence period) and judges.
+    async fn check(&mut self) -> Result<(), LeadershipLost> {
+        let period = self.settings.fence_period();
+        let lease = match tokio::time::timeout(period, self.leases.get(&self.settings.name)).await {
+            Ok(Ok(lease)) => Some(lease),
+            Ok(Err(err)) => {
+                tracing::warn!(error = %err, "reading the Lease failed");
+                None
+            }
+            Err(_) => None,
+        };
+        self.lapse = judge(self.settings, lease.as_ref(), self.lapse, SystemTime::now())?;
+        Ok(())
+    }
+
+    /// Checks every fence period until `judge` says to step down.
+    async fn run(mut self) -> LeadershipLost {
+        loop {
+            if let Err(lost) = self.check().await {
+                return lost;
+            }
+            tokio::time::sleep(self.settings.fence_period()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::coordination::v1::LeaseSpec;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    fn settings() -> LeaseSettings {
+        LeaseSettings {
+            name: "adc-operator".into(),
+            namespace: "default".into(),
+            identity: "pod-a".into(),
+            duration_seconds: 15,
+        }
+    }
+
+    fn lease(holder: &str, renewed: SystemTime) -> Lease {
+        Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                lease_duration_seconds: Some(15),
+                renew_time: Some(MicroTime(
+                    k8s_openapi::jiff::Timestamp::try_from(renewed).unwrap(),
+                )),
+                ..LeaseSpec::default()
+            }),
+            ..Lease::default()
+        }
+    }
+
+    #[test]
+    fn a_fresh_renewal_extends_the_lease() {
+        let now = SystemTime::now();
+        let seen = judge(&settings(), Some(&lease("pod-a", now)), now, now).unwrap();
+        assert_eq!(seen, now + Duration::from_secs(15));
+    }
+
+    #[test]
+    fn another_holder_means_stepping_down() {
+        let now = SystemTime::now();
+        assert_eq!(
+            judge(&settings(), Some(&lease("pod-b", now)), now, now),
+            Err(LeadershipLost::TakenOver("\"pod-b\"".into()))
+        );
+    }
+
+    #[test]
+    fn a_late_renewal_means_stepping_down_before_the_lapse() {
+        // grace 7 s: the renewal is due 7 s before the lapse; without one seen by 1.75 s
+        // before it, the leader steps down.
+        let renewed = SystemTime::now();
+        let lapse = renewed + Duration::from_secs(15);
+        let s = settings();
+        let on_time = lapse - Duration::from_secs(2);
+        assert_eq!(
+            judge(&s, Some(&lease("pod-a", renewed)), lapse, on_time),
+            Ok(lapse)
+        );
+        let late = lapse - Duration::from_secs(1);
+        assert!(matches!(
+            judge(&s, Some(&lease("pod-a", renewed)), lapse, late),
+            Err(LeadershipLost::NotRenewed(_))
+        ));
+    }
+
+    #[test]
+    fn an_unreadable_lease_counts_on_the_last_renewal_seen() {
+        let now = SystemTime::now();
+        let lapse = now + Duration::from_secs(10);
+        assert_eq!(judge(&settings(), None, lapse, now), Ok(lapse));
+        assert!(matches!(
+            judge(&settings(), None, lapse, lapse - Duration::from_millis(500)),
+            Err(LeadershipLost::NotRenewed(_))
+        ));
+    }
+
+    #[test]
+    fn an_older_read_never_shortens_what_was_seen() {
+        let now = SystemTime::now();
+        let lapse = now + Duration::from_secs(14);
+        let stale = lease("pod-a", now - Duration::from_secs(10));
+        assert_eq!(judge(&settings(), Some(&stale), lapse, now), Ok(lapse));
+    }
+}
