@@ -1,5 +1,7 @@
 //! What a reconcile can fail with; the variant names become metric labels.
 
+use kube::runtime::controller::Action;
+
 /// A reconcile failure.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -30,6 +32,21 @@ impl Error {
     }
 }
 
+/// The outcome of kube-runtime's finalizer helper. An object already gone when its finalizer is
+/// removed (a requeue ran on the cached copy after another run let the object go) is done, not
+/// a failure: nothing is logged or retried for it.
+pub fn finalizer_outcome(
+    result: Result<Action, kube::runtime::finalizer::Error<Error>>,
+) -> Result<Action, Error> {
+    use kube::runtime::finalizer::Error as F;
+    match result {
+        Err(F::RemoveFinalizer(kube::Error::Api(status))) if status.code == 404 => {
+            Ok(Action::await_change())
+        }
+        other => other.map_err(Error::from_finalizer),
+    }
+}
+
 impl Error {
     /// Unwraps kube-runtime's finalizer error: the reconcile's own error stays itself, and a
     /// finalizer patch refused because the cached object is stale (409, or 422 from the JSON
@@ -44,5 +61,33 @@ impl Error {
             }
             other => Error::Finalizer(other.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+    use kube::runtime::finalizer::Error as F;
+
+    fn api(code: u16) -> kube::Error {
+        kube::Error::Api(Box::new(Status::failure("m", "r").with_code(code)))
+    }
+
+    #[test]
+    fn an_object_gone_before_its_finalizer_is_removed_is_done() {
+        assert!(finalizer_outcome(Err(F::RemoveFinalizer(api(404)))).is_ok());
+        assert!(matches!(
+            finalizer_outcome(Err(F::RemoveFinalizer(api(409)))),
+            Err(Error::Conflict(_))
+        ));
+        assert!(matches!(
+            finalizer_outcome(Err(F::RemoveFinalizer(api(500)))),
+            Err(Error::Finalizer(_))
+        ));
+        assert!(matches!(
+            finalizer_outcome(Err(F::AddFinalizer(api(404)))),
+            Err(Error::Finalizer(_))
+        ));
     }
 }

@@ -26,14 +26,14 @@ use crate::plan::{diff::diff, vpcroute};
 pub async fn reconcile(object: Arc<VpcRoute>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = object.namespace().unwrap_or_default();
     let api: Api<VpcRoute> = Api::namespaced(ctx.client.clone(), &namespace);
-    finalizer(&api, FINALIZER, object, |event| async {
+    let outcome = finalizer(&api, FINALIZER, object, |event| async {
         match event {
             Finalizer::Apply(object) => apply_object(&api, &object, &ctx).await,
             Finalizer::Cleanup(object) => cleanup(&object, &ctx).await,
         }
     })
-    .await
-    .map_err(Error::from_finalizer)
+    .await;
+    super::error::finalizer_outcome(outcome)
 }
 
 fn owner(ctx: &Context, object: &VpcRoute) -> Owner {
