@@ -99,6 +99,10 @@ pub fn judge(
 /// The election could not take place.
 #[derive(Debug, thiserror::Error)]
 pub enum ElectionError {
+    #[error("starting the election's thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("the election's Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
     #[error("setting up the Lease {lease}: {source}")]
     Setup {
         lease: String,
@@ -109,14 +113,55 @@ pub enum ElectionError {
     WatchEnded,
 }
 
-/// Stands by until this replica holds the Lease, then runs `work` while it does. Returns
-/// `Ok(Err(..))` when leadership is lost (the caller must stop at once), `Ok(Ok(output))` when
-/// the work ends on its own, and `Err` when the election could not take place.
+/// Stands by until this replica holds the Lease, then runs `work`.
+///
+/// The election runs on a thread and a Kubernetes client of its own, so that a controller busy
+/// with thousands of objects cannot hold up its renewals or its fence. When leadership is lost
+/// `on_lost` runs on that thread; it must stop the work at once (the operator exits, and its
+/// pod restarts as a standby).
 pub async fn lead<F: Future>(
-    client: Client,
+    config: kube::Config,
     settings: LeaseSettings,
+    on_lost: impl FnOnce(LeadershipLost) + Send + 'static,
     work: F,
-) -> Result<Result<F::Output, LeadershipLost>, ElectionError> {
+) -> Result<F::Output, ElectionError> {
+    let (leading_tx, leading_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("leader-election".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(err) => {
+                    let _ = leading_tx.send(Err(ElectionError::Thread(err)));
+                    return;
+                }
+            };
+            if let Some(lost) = runtime.block_on(elect(config, &settings, leading_tx)) {
+                on_lost(lost);
+            }
+        })
+        .map_err(ElectionError::Thread)?;
+    leading_rx.await.map_err(|_| ElectionError::WatchEnded)??;
+    Ok(work.await)
+}
+
+/// The election itself, on its own thread: stands by, announces leadership through `leading`
+/// (or why there is none), then watches until leadership is lost.
+async fn elect(
+    config: kube::Config,
+    settings: &LeaseSettings,
+    leading: tokio::sync::oneshot::Sender<Result<(), ElectionError>>,
+) -> Option<LeadershipLost> {
+    let client = match Client::try_from(config) {
+        Ok(client) => client,
+        Err(err) => {
+            let _ = leading.send(Err(ElectionError::Client(err)));
+            return None;
+        }
+    };
     let lease = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &settings.name)
         .with_namespace(&settings.namespace)
         .with_identity(&settings.identity)
@@ -124,28 +169,35 @@ pub async fn lead<F: Future>(
         .with_grace(settings.grace_seconds())
         .with_field_manager("adc-operator")
         .build()
-        .await
-        .map_err(|source| ElectionError::Setup {
-            lease: format!("{}/{}", settings.namespace, settings.name),
-            source,
-        })?;
+        .await;
+    let lease = match lease {
+        Ok(lease) => lease,
+        Err(source) => {
+            let _ = leading.send(Err(ElectionError::Setup {
+                lease: format!("{}/{}", settings.namespace, settings.name),
+                source,
+            }));
+            return None;
+        }
+    };
     let (mut leader, _renewal) = lease.watch().await;
     tracing::info!(identity = %settings.identity, lease = %format!("{}/{}", settings.namespace, settings.name), "standing by for leadership");
     while !*leader.borrow_and_update() {
-        leader
-            .changed()
-            .await
-            .map_err(|_| ElectionError::WatchEnded)?;
+        if leader.changed().await.is_err() {
+            let _ = leading.send(Err(ElectionError::WatchEnded));
+            return None;
+        }
     }
-    let mut fence = Fence::new(client, &settings);
+    let mut fence = Fence::new(client, settings);
     // Two replicas that both found the Lease free may both have written it (the lease manager's
     // takeover is not a conditional update): the later write wins. Let such a write land, and
     // read who won, before leading.
     tokio::time::sleep(settings.margin()).await;
     if let Err(lost) = fence.check().await {
-        return Ok(Err(lost));
+        return Some(lost);
     }
     tracing::info!(identity = %settings.identity, "leading: starting the controllers");
+    let _ = leading.send(Ok(()));
     let watched = async {
         loop {
             if leader.changed().await.is_err() {
@@ -157,9 +209,8 @@ pub async fn lead<F: Future>(
         }
     };
     tokio::select! {
-        output = work => Ok(Ok(output)),
-        lost = watched => Ok(Err(lost)),
-        lost = fence.run() => Ok(Err(lost)),
+        lost = watched => Some(lost),
+        lost = fence.run() => Some(lost),
     }
 }
 
@@ -182,10 +233,16 @@ impl<'a> Fence<'a> {
         }
     }
 
-    /// Reads the Lease once (within a fence period) and judges.
+    /// Reads the Lease once and judges. A slow read is waited for until the moment the leader
+    /// would step down anyway, so that a busy API server's late answer still counts.
     async fn check(&mut self) -> Result<(), LeadershipLost> {
-        let period = self.settings.fence_period();
-        let lease = match tokio::time::timeout(period, self.leases.get(&self.settings.name)).await {
+        let patience = self
+            .lapse
+            .duration_since(SystemTime::now())
+            .unwrap_or(Duration::ZERO)
+            .saturating_sub(self.settings.margin());
+        let read = tokio::time::timeout(patience, self.leases.get(&self.settings.name));
+        let lease = match read.await {
             Ok(Ok(lease)) => Some(lease),
             Ok(Err(err)) => {
                 tracing::warn!(error = %err, "reading the Lease failed");

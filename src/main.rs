@@ -113,7 +113,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
             .context("no in-cluster configuration and no kubeconfig")?,
     };
-    let client = kube::Client::try_from(config)?;
+    let client = kube::Client::try_from(config.clone())?;
     let metrics = std::sync::Arc::new(GcpMetrics::default());
     // process_* unprefixed, as every Prometheus client names them; ours under adc_operator_.
     let mut registry = prometheus_client::registry::Registry::default();
@@ -166,16 +166,15 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         duration_seconds: args.lease_duration,
     };
     let identity = settings.identity.clone();
-    let work = controller::run(client.clone(), operator, metrics, reconcile_metrics);
-    match adc_operator::leader::lead(client, settings, work).await? {
-        Ok(result) => Ok(result?),
-        Err(lost) => {
-            // Stop reconciling at once: no two replicas may talk to GCP. The pod restarts as a
-            // standby.
-            tracing::error!(%identity, reason = %lost, "leadership lost: exiting so that no two replicas reconcile");
-            std::process::exit(1);
-        }
-    }
+    let step_down = move |lost: adc_operator::leader::LeadershipLost| {
+        // Stop reconciling at once: no two replicas may talk to GCP. The pod restarts as a
+        // standby.
+        tracing::error!(%identity, reason = %lost, "leadership lost: exiting so that no two replicas reconcile");
+        std::process::exit(1);
+    };
+    let work = controller::run(client, operator, metrics, reconcile_metrics);
+    adc_operator::leader::lead(config, settings, step_down, work).await??;
+    Ok(())
 }
 
 fn crdgen(args: CrdgenArgs) -> anyhow::Result<()> {
