@@ -14,6 +14,10 @@ use std::time::{Duration, SystemTime};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::{Api, Client};
 
+/// The exit status of a replica that stepped down (lost or could not keep its lease): the pod
+/// restarts as a standby. Distinct from 1 (an error) and 101 (a panic).
+pub const STEP_DOWN_EXIT_CODE: i32 = 3;
+
 /// How this replica takes part in the election.
 #[derive(Debug, Clone)]
 pub struct LeaseSettings {

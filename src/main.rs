@@ -170,7 +170,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         // Stop reconciling at once: no two replicas may talk to GCP. The pod restarts as a
         // standby.
         tracing::error!(%identity, reason = %lost, "leadership lost: exiting so that no two replicas reconcile");
-        std::process::exit(1);
+        std::process::exit(adc_operator::leader::STEP_DOWN_EXIT_CODE);
     };
     let work = controller::run(client, operator, metrics, reconcile_metrics);
     adc_operator::leader::lead(config, settings, step_down, work).await??;

@@ -116,6 +116,8 @@ struct Replica {
     spec: OperatorSpec,
     child: Option<Child>,
     restarts: u32,
+    /// Exit statuses other than the step-down one.
+    crashes: Vec<std::process::ExitStatus>,
 }
 
 impl Replicas {
@@ -128,6 +130,7 @@ impl Replicas {
                 name,
                 spec,
                 restarts: 0,
+                crashes: Vec::new(),
             })
             .collect();
         let members = Arc::new(Mutex::new(members));
@@ -156,14 +159,19 @@ impl Replicas {
         }
     }
 
-    /// How often replicas exited on their own and were started again.
+    /// How often replicas stepped down (exited with the step-down status) and were started
+    /// again. Panics if one exited any other way: a crash is never taken for a step-down.
     pub fn restarts(&self) -> u32 {
-        self.members
-            .lock()
-            .unwrap()
-            .iter()
-            .map(|r| r.restarts)
-            .sum()
+        let members = self.members.lock().unwrap();
+        for replica in members.iter() {
+            assert!(
+                replica.crashes.is_empty(),
+                "replica {} exited other than by stepping down: {:?}",
+                replica.name,
+                replica.crashes
+            );
+        }
+        members.iter().map(|r| r.restarts).sum()
     }
 
     /// The emulator's pending operations summed over every exit of a replica on its own.
@@ -205,6 +213,9 @@ async fn supervise(
                         "  replica {} exited on its own ({status}); starting it again",
                         replica.name
                     );
+                    if status.code() != Some(adc_operator::leader::STEP_DOWN_EXIT_CODE) {
+                        replica.crashes.push(status);
+                    }
                     replica.child = Some(replica.spec.start());
                     replica.restarts += 1;
                     exits += 1;
