@@ -6,7 +6,9 @@
 //! after a standby took over. So a fence watches the Lease from the leader's side as well, and
 //! the leader steps down (the process exits; the pod restarts as a standby) as soon as the Lease
 //! names someone else, or shortly before it would lapse without a renewal seen (client-go's
-//! renew deadline). A standby takes over only after the lapse.
+//! renew deadline). A standby takes over only after the lapse. The election runs on a thread
+//! and a client of its own, so that a controller busy with thousands of objects cannot hold up
+//! its renewals or its fence.
 
 use std::future::Future;
 use std::time::{Duration, SystemTime};

@@ -63,7 +63,7 @@ struct RunArgs {
     lease_namespace: Option<String>,
     /// Seconds a leader's lease lasts without renewal before a standby may take over. The leader
     /// renews at half of it and exits if no renewal lands shortly before the lapse.
-    #[arg(long, default_value_t = 15)]
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
     lease_duration: u64,
 }
 
