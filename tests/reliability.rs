@@ -473,18 +473,26 @@ async fn gcp_faults(kubeconfig: &Path, objects: usize, profile: &[&str], cloud_s
         "objects whose work GCP failed say so (Ready=False, reason GcpError) until they heal"
     );
     let stats = emulator_stats(&emulator.base_url).await;
+    let requests = stats["httpRequests"].as_u64().unwrap_or(0);
+    let resets = stats["connectionResets"].as_u64().unwrap_or(0);
     eprintln!(
-        "  faults served: errors {}, connection resets {}",
-        stats["errorsByReason"], stats["connectionResets"]
+        "  faults served: errors {}, connection resets {resets} over {requests} HTTP requests",
+        stats["errorsByReason"]
     );
-    assert!(
-        stats["connectionResets"].as_u64().unwrap_or(0) > 0
-            && stats["errorsByReason"]["backendError"]
-                .as_u64()
-                .unwrap_or(0)
-                > 0,
-        "the faults were really injected: {stats}"
-    );
+    // Errors are drawn per call (thousands of draws): they must all have been served.
+    for reason in ["backendError", "rateLimitExceeded"] {
+        assert!(
+            stats["errorsByReason"][reason].as_u64().unwrap_or(0) > 0,
+            "the {reason} faults were really injected: {stats}"
+        );
+    }
+    // Resets are drawn per HTTP request, and batching keeps those few (200-400 for 2,000
+    // objects, where no reset at all has odds of up to 1 in 65): demanded only where their
+    // absence would be a 1-in-10,000 event. The engine's handling of lost answers is proven
+    // at a high reset rate in tests/gcp_engine.rs.
+    if requests >= 460 {
+        assert!(resets > 0, "the reset faults were really injected: {stats}");
+    }
     assert!(
         operator.try_wait().unwrap().is_none(),
         "the operator never exits"
