@@ -248,13 +248,8 @@ async fn faults_lose_and_duplicate_nothing() {
         "exactly the desired routes, no duplicate, none missing"
     );
     assert!(
-        metrics
-            .retries
-            .get_or_create(&adc_operator::gcp::metrics::KindLabel {
-                kind: "backendError".into()
-            })
-            .get()
-            > 0
+        metrics.retried("backendError") > 0,
+        "the backend errors were retried"
     );
     // The inventory the engine keeps agrees with GCP.
     let snapshot = engine.inventory().snapshot();
