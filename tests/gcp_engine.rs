@@ -380,19 +380,14 @@ async fn a_retry_after_a_lost_answer_acts_once() {
     assert_eq!(route_table(&emulator).await.len(), N);
 }
 
-/// What a standby meets when it takes over: the former leader's inserts still running. Their
-/// names are taken (409) but the routes cannot be read yet (404); the engine retries until the
-/// routes are there and counts them as done, never as a refusal.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_insert_meeting_another_ones_operation_in_flight_waits_for_it() {
-    const N: usize = 6;
-    // Route operations of 2.5-7.5 s: long enough that the engine's inserts meet them running.
-    let emulator = start(
-        &world(1_000, ""),
-        &["--profile", "gcp", "--time-scale", "0.5"],
-    );
+/// Inserts routes as a former leader would have: straight to the API, their operations left
+/// running (the emulator's `gcp` profile must be on).
+async fn insert_behind_the_engines_back(
+    emulator: &EmulatorProcess,
+    routes: std::ops::Range<usize>,
+) {
     let http = reqwest::Client::new();
-    for i in 0..N {
+    for i in routes {
         let Change::Insert(body) = route(i).change else {
             unreachable!("route() is an insert")
         };
@@ -412,6 +407,72 @@ async fn an_insert_meeting_another_ones_operation_in_flight_waits_for_it() {
             "the former leader's insert is still running"
         );
     }
+}
+
+/// After a restart or a takeover, the inventory cannot list what a former leader's operations
+/// are still inserting: the settling refresh counts those operations (and not the engine's
+/// own), so that the caller refreshes again until they are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_settling_refresh_counts_the_operations_sent_before_the_engine_started() {
+    // Route operations of 2.5-7.5 s.
+    let emulator = start(
+        &world(1_000, ""),
+        &["--profile", "gcp", "--time-scale", "0.5"],
+    );
+    insert_behind_the_engines_back(&emulator, 0..3).await;
+    // Operation times have millisecond resolution: the engine starts strictly after them.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let (engine, _) = engine(&emulator, DispatchMode::Batched, |s| s.time_scale = 0.5);
+    let own = engine.submit(route(10), Lane::Bulk);
+    let zones = ["us-central1-a".to_string()];
+    let counted = engine.refresh_inventory_settling(&zones).await.unwrap();
+    assert_eq!(
+        counted, 3,
+        "the former leader's three inserts, not the engine's own"
+    );
+    assert!(
+        engine.inventory().snapshot().routes.is_empty(),
+        "nothing of theirs is listed yet"
+    );
+    own.await.unwrap().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let counted = engine.refresh_inventory_settling(&zones).await.unwrap();
+        if counted == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "their operations never finished"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let listed: Vec<String> = engine
+        .inventory()
+        .snapshot()
+        .routes
+        .keys()
+        .cloned()
+        .collect();
+    assert_eq!(
+        listed,
+        ["adc-r-00000", "adc-r-00001", "adc-r-00002", "adc-r-00010"],
+        "once they are done, the refresh lists what they made"
+    );
+}
+
+/// What a standby meets when it takes over: the former leader's inserts still running. Their
+/// names are taken (409) but the routes cannot be read yet (404); the engine retries until the
+/// routes are there and counts them as done, never as a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_insert_meeting_another_ones_operation_in_flight_waits_for_it() {
+    const N: usize = 6;
+    // Route operations of 2.5-7.5 s: long enough that the engine's inserts meet them running.
+    let emulator = start(
+        &world(1_000, ""),
+        &["--profile", "gcp", "--time-scale", "0.5"],
+    );
+    insert_behind_the_engines_back(&emulator, 0..N).await;
     let (engine, metrics) = engine(&emulator, DispatchMode::Batched, |s| s.time_scale = 0.5);
     let outcomes = insert_all(&engine, N).await;
     assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");

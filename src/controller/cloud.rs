@@ -98,6 +98,7 @@ async fn build_runtime(ctx: &Context, cloud: &GcpCloud) -> Result<Arc<CloudRunti
         adding_zones: Default::default(),
         ready: Default::default(),
         refresh_failures: Default::default(),
+        settling: std::sync::atomic::AtomicBool::new(true),
         engine,
     });
     forward_inventory_events(ctx, &runtime);
@@ -108,6 +109,9 @@ async fn build_runtime(ctx: &Context, cloud: &GcpCloud) -> Result<Arc<CloudRunti
 /// Failed inventory refreshes in a row a Ready cloud stays Ready through (each retried in 30 s);
 /// the next one makes it not Ready, and its objects wait.
 const STALE_REFRESHES_TOLERATED: u32 = 3;
+/// How soon the inventory is refreshed again while operations this engine did not send still
+/// run (see `CloudRuntime::settling`).
+const SETTLING_REFRESH: Duration = Duration::from_secs(5);
 
 /// Used when `instancePollInterval` does not parse.
 const DEFAULT_INSTANCE_POLL: Duration = Duration::from_secs(5);
@@ -410,10 +414,16 @@ pub async fn refresh_inventory(
     runtime: &CloudRuntime,
 ) -> Result<(), Error> {
     let zones = zones_in_use(ctx, name, &runtime.spec.region);
-    runtime
-        .engine
-        .refresh_inventory(&zones.iter().cloned().collect::<Vec<_>>())
-        .await?;
+    let listed: Vec<String> = zones.iter().cloned().collect();
+    if runtime.settling.load(Ordering::Relaxed) {
+        let in_flight = runtime.engine.refresh_inventory_settling(&listed).await?;
+        if in_flight > 0 {
+            tracing::info!(cloud = %name, operations = in_flight, "operations sent before this engine started still run; refreshing again soon");
+        }
+        runtime.settling.store(in_flight > 0, Ordering::Relaxed);
+    } else {
+        runtime.engine.refresh_inventory(&listed).await?;
+    }
     match runtime.zones.write() {
         Ok(mut guard) => *guard = zones,
         Err(poisoned) => *poisoned.into_inner() = zones,
@@ -642,6 +652,11 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
         ),
     );
     report(&api, &cloud, phase, Some(counts)).await?;
+    if runtime.settling.load(Ordering::Relaxed) {
+        let soon =
+            Duration::from_secs_f64(SETTLING_REFRESH.as_secs_f64() * ctx.settings.gcp_time_scale);
+        return Ok(Action::requeue(resync.min(soon)));
+    }
     Ok(Action::requeue(resync))
 }
 

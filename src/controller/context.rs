@@ -44,6 +44,10 @@ pub struct CloudRuntime {
     pub ready: std::sync::atomic::AtomicBool,
     /// Inventory refreshes that failed in a row since the last one that succeeded.
     pub refresh_failures: std::sync::atomic::AtomicU32,
+    /// Operations this engine did not send may still run on the operator's resources (a
+    /// former leader's, or this process's before a restart): until a refresh sees none, the
+    /// inventory is refreshed again soon, so that what they make is collected or adopted.
+    pub settling: std::sync::atomic::AtomicBool,
 }
 
 /// Sends every object of the stores that references `cloud` to its controller's trigger.

@@ -147,6 +147,8 @@ pub(crate) struct Dispatch {
 
 pub(crate) struct Shared {
     pub settings: EngineSettings,
+    /// When this engine started: operations inserted before it are not its own.
+    pub started: std::time::SystemTime,
     pub client: ComputeClient,
     pub budget: Budget,
     pub metrics: Arc<GcpMetrics>,
@@ -219,6 +221,7 @@ impl Engine {
         };
         let window = settings.scaled(Duration::from_secs(60));
         let shared = Arc::new(Shared {
+            started: std::time::SystemTime::now(),
             budget: Budget::new(settings.rate_limits, window),
             inventory: Inventory::new(),
             tracker: Tracker::new(),
@@ -265,7 +268,18 @@ impl Engine {
 
     /// Reloads the inventory by paged list calls.
     pub async fn refresh_inventory(&self, zones: &[String]) -> Result<(), GcpError> {
-        super::inventory::refresh(&self.shared, zones).await
+        super::inventory::refresh(&self.shared, zones, false)
+            .await
+            .map(|_| ())
+    }
+
+    /// A full refresh that also counts the operations still running on the operator's resources
+    /// that were sent before this engine started (a former leader's, or this process's before a
+    /// restart):
+    /// what they insert is listed only once they finish, so while the count is not 0 the
+    /// caller refreshes again soon.
+    pub async fn refresh_inventory_settling(&self, zones: &[String]) -> Result<usize, GcpError> {
+        super::inventory::refresh(&self.shared, zones, true).await
     }
 
     /// Reloads only the instances of `zones` (one paged `instances.list` per zone, trimmed with

@@ -402,6 +402,8 @@ struct Listing {
     method_name: &'static str,
     /// A 404 means an empty listing (a zone no object should name), not a failed refresh.
     missing_ok: bool,
+    /// A filter of its own instead of the resource-prefix one.
+    own_filter: Option<&'static str>,
     token: Option<String>,
     items: Vec<Value>,
     done: bool,
@@ -416,6 +418,7 @@ impl Listing {
             fields: None,
             method_name,
             missing_ok: false,
+            own_filter: None,
             token: None,
             items: Vec::new(),
             done: false,
@@ -437,7 +440,9 @@ impl Listing {
 
     fn call(&self, filter: &str) -> Call {
         let mut query = vec![("maxResults".to_string(), "500".to_string())];
-        if self.filtered {
+        if let Some(own) = self.own_filter {
+            query.push(("filter".to_string(), own.to_string()));
+        } else if self.filtered {
             query.push(("filter".to_string(), filter.to_string()));
         }
         if let Some(fields) = self.fields {
@@ -457,9 +462,44 @@ impl Listing {
     }
 }
 
+/// Whether an operation was inserted before `started` (by its `insertTime`). One without a
+/// readable insertTime counts as earlier: a spare refresh costs less than a missed one.
+fn sent_before(operation: &Value, started: std::time::SystemTime) -> bool {
+    operation
+        .get("insertTime")
+        .and_then(Value::as_str)
+        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+        .is_none_or(|inserted| std::time::SystemTime::from(inserted) < started)
+}
+
+/// Operations not DONE yet, of one scope (`global` or `regions/{region}`).
+fn operations_in_flight(project: &str, scope: &str, location: &str) -> Listing {
+    let method_name = if scope == "global" {
+        "compute.globalOperations.list"
+    } else {
+        "compute.regionOperations.list"
+    };
+    Listing {
+        own_filter: Some("status != DONE"),
+        ..Listing::new(
+            format!("projects/{project}/{scope}/operations"),
+            location,
+            false,
+            method_name,
+        )
+    }
+}
+
 /// Loads every collection by pages; the pages of all collections travel together, a round at a
-/// time.
-pub(crate) async fn refresh(shared: &Arc<Shared>, zones: &[String]) -> Result<(), GcpError> {
+/// time. With `operations`, also counts the operations still running on resources of the
+/// operator's prefix that were sent before this engine started (a former leader's or
+/// incarnation's): a resource they insert is not listed until they finish, so the caller
+/// refreshes again soon.
+pub(crate) async fn refresh(
+    shared: &Arc<Shared>,
+    zones: &[String],
+    operations: bool,
+) -> Result<usize, GcpError> {
     let project = &shared.settings.project;
     let mut listings = vec![
         Listing::new(
@@ -519,7 +559,18 @@ pub(crate) async fn refresh(shared: &Arc<Shared>, zones: &[String]) -> Result<()
             ..Listing::instances(project, zone)
         });
     }
+    if operations {
+        listings.push(operations_in_flight(project, "global", ""));
+        for region in &shared.settings.regions {
+            listings.push(operations_in_flight(
+                project,
+                &format!("regions/{region}"),
+                region,
+            ));
+        }
+    }
     let ticket = shared.inventory.begin_refresh();
+    let mut in_flight = 0;
     let fresh = load(
         shared,
         listings,
@@ -527,10 +578,11 @@ pub(crate) async fn refresh(shared: &Arc<Shared>, zones: &[String]) -> Result<()
             loaded: true,
             ..Snapshot::default()
         },
+        &mut in_flight,
     )
     .await?;
     shared.inventory.replace(fresh, &ticket);
-    Ok(())
+    Ok(in_flight)
 }
 
 /// Reloads only the instances of `zones` (one paged, trimmed list per zone) and announces the
@@ -544,7 +596,7 @@ pub(crate) async fn refresh_instances(
         .iter()
         .map(|zone| Listing::instances(project, zone))
         .collect();
-    let fresh = load(shared, listings, Snapshot::default()).await?;
+    let fresh = load(shared, listings, Snapshot::default(), &mut 0).await?;
     shared.inventory.replace_instances(zones, fresh.instances);
     Ok(())
 }
@@ -605,6 +657,7 @@ async fn load(
     shared: &Arc<Shared>,
     mut listings: Vec<Listing>,
     mut into: Snapshot,
+    operations_in_flight: &mut usize,
 ) -> Result<Snapshot, GcpError> {
     let filter = prefix_filter(&shared.settings.resource_prefix);
     // Consecutive failed attempts at the page each listing is on.
@@ -668,6 +721,18 @@ async fn load(
                 "forwardingRules" => insert(&mut into.forwarding_rules, key, &item),
                 "targetInstances" => insert(&mut into.target_instances, key, &item),
                 "subnetworks" => insert(&mut into.subnetworks, key, &item),
+                "operations" => {
+                    let target = item
+                        .get("targetLink")
+                        .and_then(Value::as_str)
+                        .map(last_segment)
+                        .unwrap_or_default();
+                    if target.starts_with(&shared.settings.resource_prefix)
+                        && sent_before(&item, shared.started)
+                    {
+                        *operations_in_flight += 1;
+                    }
+                }
                 "instances" => {
                     let zone = item
                         .get("zone")
@@ -685,6 +750,20 @@ async fn load(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operations_count_as_earlier_by_their_insert_time() {
+        let started =
+            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        // 2027-01-15T08:00:00Z is 1_800_000_000 s after the epoch.
+        let op = |time: &str| serde_json::json!({"insertTime": time});
+        assert!(sent_before(&op("2027-01-15T00:59:59.000-07:00"), started));
+        assert!(!sent_before(&op("2027-01-15T01:00:01.000-07:00"), started));
+        assert!(
+            sent_before(&serde_json::json!({}), started),
+            "unreadable: earlier"
+        );
+    }
 
     #[test]
     fn prefix_filter_is_an_anchored_regex() {
