@@ -48,6 +48,10 @@ struct RunArgs {
     /// with the same --time-scale.
     #[arg(long, default_value_t = 1.0, hide = true)]
     gcp_time_scale: f64,
+    /// Kubernetes API requests the controllers have waiting for an answer, at most (watches
+    /// count only until their answer starts).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
+    kube_api_concurrency: u64,
     /// Log format.
     #[arg(long, value_enum, default_value_t = adc_operator::telemetry::LogFormat::Text)]
     log_format: adc_operator::telemetry::LogFormat,
@@ -113,7 +117,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             .await
             .context("no in-cluster configuration and no kubeconfig")?,
     };
-    let client = kube::Client::try_from(config.clone())?;
+    // Requests the controllers have waiting for an answer, at most: a new leader's burst of
+    // thousands of status writes queues here rather than in the API server (a watch holds its
+    // permit only until its answer starts). The election has a client of its own.
+    let client = kube::client::ClientBuilder::try_from(config.clone())?
+        .with_layer(&tower::limit::ConcurrencyLimitLayer::new(
+            usize::try_from(args.kube_api_concurrency).unwrap_or(usize::MAX),
+        ))
+        .build();
     let metrics = std::sync::Arc::new(GcpMetrics::default());
     // process_* unprefixed, as every Prometheus client names them; ours under adc_operator_.
     let mut registry = prometheus_client::registry::Registry::default();
