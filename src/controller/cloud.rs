@@ -653,8 +653,7 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
     );
     report(&api, &cloud, phase, Some(counts)).await?;
     if runtime.settling.load(Ordering::Relaxed) {
-        let soon =
-            Duration::from_secs_f64(SETTLING_REFRESH.as_secs_f64() * ctx.settings.gcp_time_scale);
+        let soon = SETTLING_REFRESH.mul_f64(ctx.settings.gcp_time_scale.clamp(0.001, 1.0));
         return Ok(Action::requeue(resync.min(soon)));
     }
     Ok(Action::requeue(resync))

@@ -696,18 +696,12 @@ impl Shared {
         self.settle(dispatch, outcome);
     }
 
-    async fn verify_existing(&self, dispatch: &Dispatch) -> Result<(), GcpError> {
+    async fn verify_existing(self: &Arc<Self>, dispatch: &Dispatch) -> Result<(), GcpError> {
         let Change::Insert(desired) = &dispatch.mutation.change else {
             return Ok(());
         };
-        self.budget
-            .acquire(super::budget::RateGroup::Read, "", 1)
-            .await;
-        let answer = match self
-            .client
-            .send(&dispatch.mutation.get_call(&self.settings.project))
-            .await
-        {
+        let call = dispatch.mutation.get_call(&self.settings.project);
+        let answer = match super::inventory::read(self, &call).await {
             Err(err) if err.is_not_found() => {
                 return Err(GcpError::BeingCreated(dispatch.target.to_string()));
             }
