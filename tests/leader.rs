@@ -10,29 +10,19 @@ use std::time::{Duration, Instant};
 
 use adc_operator::api::{GcpCloud, VirtualService};
 use adc_testenv::{EmulatorProcess, emulator_binary};
-use k8s_openapi::api::coordination::v1::Lease;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::free_port;
-use support::operator::{OperatorSpec, Replicas, WORLD};
+use support::operator::{OperatorSpec, Replicas, WORLD, lease};
 
 const LEASE_SECONDS: u64 = 6;
+const LEASE: &str = "adc-operator";
 
 fn replica(name: &str, emulator: &EmulatorProcess, metrics_port: u16) -> (String, OperatorSpec) {
-    let mut spec = OperatorSpec::shared(emulator, "ha");
-    spec.args = [
-        "--leader-election",
-        "--lease-namespace",
-        "default",
-        "--lease-duration",
-        &LEASE_SECONDS.to_string(),
-        "--metrics-addr",
-        &format!("127.0.0.1:{metrics_port}"),
-    ]
-    .map(String::from)
-    .to_vec();
-    spec.env.push(("POD_NAME".into(), name.into()));
+    let mut spec = OperatorSpec::shared(emulator, "ha")
+        .leader_elected(name, LEASE, LEASE_SECONDS)
+        .metrics_port(metrics_port);
     spec.log = "error".into();
     (name.to_string(), spec)
 }
@@ -52,13 +42,7 @@ async fn gcp_calls(metrics_port: u16) -> u64 {
 }
 
 async fn holder(client: &Client) -> Option<String> {
-    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
-    leases
-        .get_opt("adc-operator")
-        .await
-        .unwrap()?
-        .spec?
-        .holder_identity
+    lease(client, LEASE).await?.holder_identity
 }
 
 async fn all_ready(client: &Client, ns: &str, count: usize) -> bool {

@@ -26,28 +26,11 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 use support::operator::{
-    OperatorSpec, Replicas, condition, emulator_collection, emulator_stats, kill9, tenant,
+    OperatorSpec, Replicas, condition, emulator_collection, emulator_stats, kill9, lease, tenant,
     try_apply, virtual_service,
 };
 
-/// Eight engines over four zones; quotas far above any fleet here.
-const WORLD: &str = "projects:
-  - id: demo-project
-    quotas: {ROUTES: 100000, STATIC_ROUTES_PER_NETWORK: 100000, FIREWALLS: 100000}
-    networks:
-      - name: default
-        subnetworks:
-          - {name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}
-    instances:
-      - {name: se-1, zone: us-central1-a, networkIP: 10.128.0.10, canIpForward: true}
-      - {name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}
-      - {name: se-3, zone: us-central1-c, networkIP: 10.128.0.12, canIpForward: true}
-      - {name: se-4, zone: us-central1-f, networkIP: 10.128.0.13, canIpForward: true}
-      - {name: se-5, zone: us-central1-a, networkIP: 10.128.0.14, canIpForward: true}
-      - {name: se-6, zone: us-central1-b, networkIP: 10.128.0.15, canIpForward: true}
-      - {name: se-7, zone: us-central1-c, networkIP: 10.128.0.16, canIpForward: true}
-      - {name: se-8, zone: us-central1-f, networkIP: 10.128.0.17, canIpForward: true}
-";
+/// Eight engines over four zones.
 const ENGINES: [(&str, &str); 8] = [
     ("se-1", "us-central1-a"),
     ("se-2", "us-central1-b"),
@@ -58,6 +41,29 @@ const ENGINES: [(&str, &str); 8] = [
     ("se-7", "us-central1-c"),
     ("se-8", "us-central1-f"),
 ];
+
+/// The emulator's world: the [`ENGINES`] on one network, a ROUTES quota of `routes_quota` and
+/// every other quota far above any fleet here.
+fn world(routes_quota: u64) -> String {
+    let mut world = format!(
+        "projects:
+  - id: demo-project
+    quotas: {{ROUTES: {routes_quota}, STATIC_ROUTES_PER_NETWORK: 100000, FIREWALLS: 100000}}
+    networks:
+      - name: default
+        subnetworks:
+          - {{name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}}
+    instances:
+"
+    );
+    for (i, (name, zone)) in ENGINES.iter().enumerate() {
+        world.push_str(&format!(
+            "      - {{name: {name}, zone: {zone}, networkIP: 10.128.0.{}, canIpForward: true}}\n",
+            10 + i
+        ));
+    }
+    world
+}
 /// The emulator's `gcp` profile (§11 latencies, operation durations and rate quotas) at this
 /// time scale: operations take 0.25-0.75 s and a rate window lasts 3 s.
 const GCP_PROFILE: [&str; 4] = ["--profile", "gcp", "--time-scale", "0.05"];
@@ -419,7 +425,7 @@ impl Rig {
 }
 
 fn start_emulator(args: &[&str]) -> EmulatorProcess {
-    start_emulator_in(WORLD, args)
+    start_emulator_in(&world(100_000), args)
 }
 
 /// An emulator of `world` with token auth and `args`.
@@ -689,30 +695,10 @@ fn replica(
     cluster: &str,
     name: &str,
 ) -> OperatorSpec {
-    let mut spec = scaled(OperatorSpec::new(kubeconfig, emulator, cluster));
-    spec.args.extend(
-        [
-            "--leader-election",
-            "--lease-namespace",
-            "default",
-            "--lease-name",
-            LEASE,
-            "--lease-duration",
-            "6",
-        ]
-        .map(String::from),
-    );
-    spec.env.push(("POD_NAME".into(), name.into()));
-    spec
+    scaled(OperatorSpec::new(kubeconfig, emulator, cluster)).leader_elected(name, LEASE, 6)
 }
 
 const LEASE: &str = "adc-operator-reliability";
-
-async fn lease(client: &Client) -> k8s_openapi::api::coordination::v1::LeaseSpec {
-    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
-        Api::namespaced(client.clone(), "default");
-    leases.get(LEASE).await.unwrap().spec.unwrap()
-}
 
 async fn leader_killed(kubeconfig: &Path, objects: usize) {
     let emulator = start_emulator(&GCP_PROFILE);
@@ -740,7 +726,11 @@ async fn leader_killed(kubeconfig: &Path, objects: usize) {
         assert!(started.elapsed() < deadline_for(objects), "no progress");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let leader = lease(&fleet.client).await.holder_identity.unwrap();
+    let leader = lease(&fleet.client, LEASE)
+        .await
+        .unwrap()
+        .holder_identity
+        .unwrap();
     let before = emulator_stats(&emulator.base_url).await;
     let in_flight = before["operationsPending"].as_u64().unwrap_or(0);
     replicas.kill9(&leader);
@@ -812,7 +802,7 @@ fn cut_off_leader(objects: usize) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert_eq!(
-            lease(&fleet.client).await.holder_identity.as_deref(),
+            lease(&fleet.client, LEASE).await.unwrap().holder_identity.as_deref(),
             Some("replica-cut-off")
         );
         // A standby beside it, from now on (started earlier, it might have led first).
@@ -826,7 +816,7 @@ fn cut_off_leader(objects: usize) {
         proxy.set_refusing(true);
         let cut = proxy.cut();
         // The last renewal that landed fixes the lapse; none can land any more.
-        let held = lease(&fleet.client).await;
+        let held = lease(&fleet.client, LEASE).await.unwrap();
         let lapse = std::time::SystemTime::from(held.renew_time.unwrap().0)
             + Duration::from_secs(held.lease_duration_seconds.unwrap() as u64);
         let exited = loop {
@@ -856,7 +846,7 @@ fn cut_off_leader(objects: usize) {
         );
         fleet.apply((objects / 2..objects).map(Member::new)).await;
         let took = fleet.converge(deadline_for(objects)).await;
-        let taken = lease(&fleet.client).await;
+        let taken = lease(&fleet.client, LEASE).await.unwrap();
         assert_eq!(taken.holder_identity.as_deref(), Some("replica-standby"));
         let acquired = std::time::SystemTime::from(taken.acquire_time.unwrap().0);
         assert!(
@@ -1023,11 +1013,7 @@ fn soak_watches_resume_after_an_apiserver_restart_and_a_cut_connection() {
 async fn quota_exhaustion(kubeconfig: &Path) {
     const QUOTA: u64 = 40;
     const OBJECTS: usize = 30; // 60 routes wanted
-    let world = WORLD.replace(
-        "quotas: {ROUTES: 100000, STATIC_ROUTES_PER_NETWORK: 100000",
-        &format!("quotas: {{ROUTES: {QUOTA}, STATIC_ROUTES_PER_NETWORK: 100000"),
-    );
-    let emulator = start_emulator_in(&world, &[]);
+    let emulator = start_emulator_in(&world(QUOTA), &[]);
     let cluster = "quota";
     let mut operator = OperatorSpec::new(kubeconfig, &emulator, cluster).start();
     let mut fleet = Fleet::new(

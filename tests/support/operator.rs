@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use adc_operator::api::{GcpCloud, VirtualService, VpcRoute};
 use adc_testenv::EmulatorProcess;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
@@ -71,6 +72,30 @@ impl OperatorSpec {
             // ADC_TEST_LOG=debug (for instance) when a test needs the operator's story.
             log: std::env::var("ADC_TEST_LOG").unwrap_or_else(|_| "warn".into()),
         }
+    }
+
+    /// A replica under leader election on the Lease `default/{lease}` of `seconds`, as pod
+    /// `pod`.
+    pub fn leader_elected(mut self, pod: &str, lease: &str, seconds: u64) -> Self {
+        self.args.extend([
+            "--leader-election".into(),
+            "--lease-namespace".into(),
+            "default".into(),
+            "--lease-name".into(),
+            lease.into(),
+            "--lease-duration".into(),
+            seconds.to_string(),
+        ]);
+        self.env.push(("POD_NAME".into(), pod.into()));
+        self
+    }
+
+    /// Serves /metrics on `127.0.0.1:{port}` instead of a port of its own choosing.
+    pub fn metrics_port(mut self, port: u16) -> Self {
+        if let Some(at) = self.args.iter().position(|a| a == "--metrics-addr") {
+            self.args[at + 1] = format!("127.0.0.1:{port}");
+        }
+        self
     }
 
     /// Starts the operator binary; stdout is dropped, stderr goes to `stderr`.
@@ -229,6 +254,12 @@ async fn supervise(
             in_flight_at_exits.fetch_add(pending, Ordering::SeqCst);
         }
     }
+}
+
+/// The Lease `default/{name}` of the replicas' election, if it exists.
+pub async fn lease(client: &Client, name: &str) -> Option<LeaseSpec> {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
+    leases.get_opt(name).await.expect("reading the Lease")?.spec
 }
 
 /// Makes `namespace` a tenant: a namespace every test cloud selects.
