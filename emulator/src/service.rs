@@ -86,6 +86,12 @@ enum Target {
     Operations(String),
     Operation(String, String),
     OperationWait(String, String),
+    /// `projects/{p}`: the Project resource.
+    Project,
+    /// `projects/{p}/regions`.
+    Regions,
+    /// `projects/{p}/regions/{region}`.
+    Region(String),
 }
 
 /// The emulated Compute API.
@@ -340,6 +346,16 @@ impl Emulator {
             ("POST", Target::OperationWait(scope, name)) => {
                 self.wait(project, &scope, &name).await.map(Some)
             }
+            ("GET", Target::Project) => lock(&self.state).project_resource(project, now).map(Some),
+            ("GET", Target::Regions) => {
+                let params = list_params(&call.query)?;
+                lock(&self.state)
+                    .list_regions(project, &params, now)
+                    .map(Some)
+            }
+            ("GET", Target::Region(region)) => lock(&self.state)
+                .region_resource(project, &region, now)
+                .map(Some),
             (method, _) => Err(ApiError::method_not_allowed(method, &call.path)),
         }
     }
@@ -503,6 +519,9 @@ fn route(method: &str, path: &str) -> Result<(String, Target), ApiError> {
         location: location.to_string(),
     };
     let target = match rest {
+        [] => Target::Project,
+        ["regions"] => Target::Regions,
+        ["regions", region] => Target::Region((*region).into()),
         ["global", "operations"] => Target::Operations("global".into()),
         ["global", "operations", name] => Target::Operation("global".into(), (*name).into()),
         ["global", "operations", name, "wait"] => {
@@ -642,6 +661,22 @@ fn describe(method: &str, target: &Target) -> (String, RateGroup, String) {
             RateGroup::OperationReads,
             String::new(),
         ),
+        // Reads like any get or list (RATE: projects.get and regions.get are global reads).
+        Target::Project => (
+            "compute.projects.get".into(),
+            RateGroup::Reads,
+            String::new(),
+        ),
+        Target::Regions => (
+            "compute.regions.list".into(),
+            RateGroup::Reads,
+            String::new(),
+        ),
+        Target::Region(_) => (
+            "compute.regions.get".into(),
+            RateGroup::Reads,
+            String::new(),
+        ),
     }
 }
 
@@ -668,6 +703,20 @@ mod tests {
         );
         assert_eq!(name, "compute.routes.insert");
         assert_eq!(group, RateGroup::Writes);
+        for (path, method) in [
+            ("projects/p", "compute.projects.get"),
+            ("projects/p/", "compute.projects.get"),
+            ("projects/p/regions", "compute.regions.list"),
+            ("projects/p/regions/us-central1", "compute.regions.get"),
+        ] {
+            let (project, target) = route("GET", path).unwrap();
+            assert_eq!(project, "p");
+            let (name, group, _) = describe("GET", &target);
+            assert_eq!((name.as_str(), group), (method, RateGroup::Reads), "{path}");
+        }
+        assert!(
+            matches!(route("GET", "projects/p/regions/r").unwrap().1, Target::Region(ref r) if r == "r")
+        );
     }
 
     #[test]

@@ -74,6 +74,8 @@ pub enum RateGroup {
 pub struct Project {
     pub id: String,
     pub number: u64,
+    /// When the world was loaded, as the project's `creationTimestamp`.
+    pub created: String,
     pub quotas: Quotas,
     pub rate_limits: RateLimits,
     networks: BTreeMap<String, NetworkSlots>,
@@ -145,6 +147,9 @@ pub struct State {
     default_busy: BusyBehavior,
     pub ops_created: u64,
     pub ops_done: u64,
+    /// Every region of the world and its numeric id (a region's id is the same in every
+    /// project, as in Compute).
+    region_ids: BTreeMap<String, u64>,
 }
 
 impl State {
@@ -166,11 +171,20 @@ impl State {
             default_busy,
             ops_created: 0,
             ops_done: 0,
+            region_ids: BTreeMap::new(),
         };
         for (index, spec) in world.projects.iter().enumerate() {
             let project = state.seed_project(spec, index as u64);
             state.projects.insert(spec.id.clone(), project);
         }
+        // Compute's region ids are small numbers (us-central1 is 1000); here 1000, 1010, ... in
+        // name order over the whole world: stable for a world file, unique, project-independent.
+        let regions: BTreeSet<String> = state
+            .projects
+            .values()
+            .flat_map(|p| p.regions.iter().cloned())
+            .collect();
+        state.region_ids = regions.into_iter().zip((1000u64..).step_by(10)).collect();
         state
     }
 
@@ -185,6 +199,7 @@ impl State {
         let mut project = Project {
             id: spec.id.clone(),
             number: 100_000_000_000 + index,
+            created: created.clone(),
             quotas: spec.quotas,
             rate_limits: spec.rate_limits,
             networks: BTreeMap::new(),
@@ -798,6 +813,53 @@ impl State {
         render_list(key.kind.list_kind(), &key.path(project_id), iter, params)
     }
 
+    /// `projects.get`: the Project resource with its project-wide quotas and their live usage.
+    pub fn project_resource(&mut self, project_id: &str, now: Instant) -> Result<String, ApiError> {
+        self.advance(now);
+        let project = self.project_mut(project_id)?;
+        Ok(project.project_json())
+    }
+
+    /// `regions.get`: a Region resource of a region the world knows, with its regional quotas
+    /// and their live usage.
+    pub fn region_resource(
+        &mut self,
+        project_id: &str,
+        region: &str,
+        now: Instant,
+    ) -> Result<String, ApiError> {
+        self.advance(now);
+        let region_id = self.region_ids.get(region).copied().unwrap_or(0);
+        let project = self.project_mut(project_id)?;
+        project.check_region(region)?;
+        Ok(project.region_json(region, region_id))
+    }
+
+    /// `regions.list`: the regions the world knows for the project, paged and filtered like
+    /// every other list.
+    pub fn list_regions(
+        &mut self,
+        project_id: &str,
+        params: &ListParams,
+        now: Instant,
+    ) -> Result<String, ApiError> {
+        self.advance(now);
+        let region_ids = &self.region_ids;
+        let project = self
+            .projects
+            .get(project_id)
+            .ok_or_else(|| ApiError::not_found(&format!("projects/{project_id}")))?;
+        let iter = project.regions.iter().map(|region| {
+            let id = region_ids.get(region).copied().unwrap_or(0);
+            (
+                region.as_str(),
+                ItemText::Text(project.region_json(region, id)),
+            )
+        });
+        let list_path = format!("projects/{project_id}/regions");
+        render_list("compute#regionList", &list_path, iter, params)
+    }
+
     /// Every resource and operation, for the admin API.
     pub fn dump(&mut self, now: Instant) -> Value {
         self.advance(now);
@@ -909,10 +971,11 @@ impl State {
     }
 }
 
-/// One list item: raw stored JSON text, or a JSON value built on the fly.
+/// One list item: raw stored JSON text, or a JSON value or text built on the fly.
 enum ItemText<'a> {
     Raw(&'a str),
     Value(Value),
+    Text(String),
 }
 
 fn render_list<'a>(
@@ -940,6 +1003,7 @@ fn render_list<'a>(
         let parsed = if filter.is_some() || by_creation {
             Some(match &item {
                 ItemText::Raw(text) => serde_json::from_str::<Value>(text).unwrap_or(Value::Null),
+                ItemText::Text(text) => serde_json::from_str::<Value>(text).unwrap_or(Value::Null),
                 ItemText::Value(value) => value.clone(),
             })
         } else {
@@ -998,6 +1062,7 @@ fn render_list<'a>(
             }
             match item {
                 ItemText::Raw(text) => out.push_str(text),
+                ItemText::Text(text) => out.push_str(text),
                 ItemText::Value(value) => out.push_str(&value.to_string()),
             }
         }
@@ -1047,6 +1112,54 @@ fn order_fields(mut body: Map<String, Value>) -> Box<str> {
     }
     text.push('}');
     text.into()
+}
+
+/// A JSON object with its fields in the given order (serde_json's maps sort their keys; Compute
+/// sends `kind`, `id`, ... first); each value is JSON text.
+fn ordered_object(fields: &[(&str, String)]) -> String {
+    let mut text = String::from("{");
+    for (i, (key, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&json!(key).to_string());
+        text.push(':');
+        text.push_str(value);
+    }
+    text.push('}');
+    text
+}
+
+/// A JSON string literal.
+fn text(value: &str) -> String {
+    Value::String(value.to_string()).to_string()
+}
+
+/// `[{metric, limit, usage}, ...]`: `limit` and `usage` are doubles in Compute's `Quota`
+/// (discovery `"type": "number", "format": "double"`) and are sent as `250.0`.
+fn quota_list(quotas: &[(&str, u64, u64)]) -> String {
+    let items: Vec<String> = quotas
+        .iter()
+        .map(|(metric, limit, usage)| {
+            ordered_object(&[
+                ("metric", json!(metric).to_string()),
+                ("limit", json!(*limit as f64).to_string()),
+                ("usage", json!(*usage as f64).to_string()),
+            ])
+        })
+        .collect();
+    format!("[{}]", items.join(","))
+}
+
+/// A 64-bit id derived from a name (FNV-1a): stable across runs, like a real resource's id.
+fn stable_id(name: &str) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in name.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    // Compute's ids are 19-digit numbers below 2^63.
+    1_000_000_000_000_000_000 + hash % 8_000_000_000_000_000_000
 }
 
 impl Project {
@@ -1221,17 +1334,23 @@ impl Project {
         }
     }
 
+    /// How many resources of `kind` (in `location`, or anywhere) count against its quota: every
+    /// stored one whatever its phase, since an accepted insert holds its place at once and a
+    /// delete frees it when its operation is DONE. The quota check on insert and the usage that
+    /// `projects.get` and `regions.get` report both count this way, so a usage below the limit
+    /// means the next insert passes.
+    fn quota_usage(&self, kind: Kind, location: Option<&str>) -> u64 {
+        self.collections
+            .iter()
+            .filter(|(k, _)| k.kind == kind && location.is_none_or(|l| k.location == l))
+            .map(|(_, slots)| slots.len() as u64)
+            .sum()
+    }
+
     fn quota_failure(&self, key: &CollectionKey, network: Option<&str>) -> Option<Failure> {
-        let count = |kind: Kind, location: Option<&str>| -> u64 {
-            self.collections
-                .iter()
-                .filter(|(k, _)| k.kind == kind && location.is_none_or(|l| k.location == l))
-                .map(|(_, slots)| slots.len() as u64)
-                .sum()
-        };
         match key.kind {
             Kind::Route => {
-                if count(Kind::Route, None) >= self.quotas.routes {
+                if self.quota_usage(Kind::Route, None) >= self.quotas.routes {
                     return Some(Failure::quota("ROUTES", self.quotas.routes, None));
                 }
                 let per_network = network
@@ -1246,9 +1365,9 @@ impl Project {
                 }
                 None
             }
-            Kind::Firewall => (count(Kind::Firewall, None) >= self.quotas.firewalls)
+            Kind::Firewall => (self.quota_usage(Kind::Firewall, None) >= self.quotas.firewalls)
                 .then(|| Failure::quota("FIREWALLS", self.quotas.firewalls, None)),
-            Kind::Address => (count(Kind::Address, Some(&key.location))
+            Kind::Address => (self.quota_usage(Kind::Address, Some(&key.location))
                 >= self.quotas.static_addresses)
                 .then(|| {
                     Failure::quota(
@@ -1257,7 +1376,7 @@ impl Project {
                         Some(&key.location),
                     )
                 }),
-            Kind::ForwardingRule => (count(Kind::ForwardingRule, Some(&key.location))
+            Kind::ForwardingRule => (self.quota_usage(Kind::ForwardingRule, Some(&key.location))
                 >= self.quotas.forwarding_rules)
                 .then(|| {
                     Failure::quota(
@@ -1268,6 +1387,101 @@ impl Project {
                 }),
             _ => None,
         }
+    }
+
+    /// The project-wide quotas `projects.get` reports, in Compute's order: those this emulator
+    /// enforces project-wide. STATIC_ROUTES_PER_NETWORK is per network and not a metric of
+    /// Compute's `Quota` resource, so neither `projects.get` nor `regions.get` reports it.
+    fn project_quotas(&self) -> [(&'static str, u64, u64); 2] {
+        [
+            (
+                "FIREWALLS",
+                self.quotas.firewalls,
+                self.quota_usage(Kind::Firewall, None),
+            ),
+            (
+                "ROUTES",
+                self.quotas.routes,
+                self.quota_usage(Kind::Route, None),
+            ),
+        ]
+    }
+
+    /// The quotas `regions.get` reports for `region`: those this emulator enforces per region.
+    fn region_quotas(&self, region: &str) -> [(&'static str, u64, u64); 2] {
+        [
+            (
+                "STATIC_ADDRESSES",
+                self.quotas.static_addresses,
+                self.quota_usage(Kind::Address, Some(region)),
+            ),
+            (
+                "FORWARDING_RULES",
+                self.quotas.forwarding_rules,
+                self.quota_usage(Kind::ForwardingRule, Some(region)),
+            ),
+        ]
+    }
+
+    /// The Project resource (field order as Compute sends it).
+    fn project_json(&self) -> String {
+        let id = stable_id(&format!("projects/{}", self.id));
+        let fingerprint = {
+            use base64::Engine as _;
+            let bytes = stable_id(&format!("projects/{}/commonInstanceMetadata", self.id));
+            base64::engine::general_purpose::STANDARD.encode(bytes.to_be_bytes())
+        };
+        // No project metadata is modelled; Compute omits an empty `items`.
+        let metadata = ordered_object(&[
+            ("kind", text("compute#metadata")),
+            ("fingerprint", text(&fingerprint)),
+        ]);
+        ordered_object(&[
+            ("kind", text("compute#project")),
+            ("id", text(&id.to_string())),
+            ("creationTimestamp", text(&self.created)),
+            ("name", text(&self.id)),
+            ("commonInstanceMetadata", metadata),
+            ("quotas", quota_list(&self.project_quotas())),
+            ("selfLink", text(&link(&format!("projects/{}", self.id)))),
+            (
+                "defaultServiceAccount",
+                text(&format!(
+                    "{}-compute@developer.gserviceaccount.com",
+                    self.number
+                )),
+            ),
+            ("xpnProjectStatus", text("UNSPECIFIED_XPN_PROJECT_STATUS")),
+            ("defaultNetworkTier", text("PREMIUM")),
+            ("vmDnsSetting", text("ZONAL_ONLY")),
+        ])
+    }
+
+    /// A Region resource (field order and fixed values as Compute sends them).
+    fn region_json(&self, region: &str, region_id: u64) -> String {
+        let p = &self.id;
+        let zones: Vec<String> = self
+            .zones
+            .iter()
+            .filter(|zone| region_of_zone(zone) == region)
+            .map(|zone| link(&format!("projects/{p}/zones/{zone}")))
+            .collect();
+        ordered_object(&[
+            ("kind", text("compute#region")),
+            ("id", text(&region_id.to_string())),
+            // Compute dates every region at the Unix epoch, in Pacific time.
+            ("creationTimestamp", text("1969-12-31T16:00:00.000-08:00")),
+            ("name", text(region)),
+            ("description", text(region)),
+            ("status", text("UP")),
+            ("zones", json!(zones).to_string()),
+            ("quotas", quota_list(&self.region_quotas(region))),
+            (
+                "selfLink",
+                text(&link(&format!("projects/{p}/regions/{region}"))),
+            ),
+            ("supportsPzs", "false".to_string()),
+        ])
     }
 
     /// Refuses with `resourceNotReady` when the network is at its limit and refuses when busy.

@@ -761,3 +761,316 @@ fn a_bad_world_is_refused_naming_the_line() {
         "{stderr}"
     );
 }
+
+/// `quotas[]` of a Project or Region as `metric → (limit, usage)`; both must be JSON doubles
+/// (`250.0`), as Compute sends them.
+fn quotas_of(resource: &Value) -> std::collections::BTreeMap<String, (f64, f64)> {
+    resource["quotas"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no quotas in {resource}"))
+        .iter()
+        .map(|q| {
+            assert!(q["limit"].is_f64() && q["usage"].is_f64(), "{q}");
+            (
+                q["metric"].as_str().unwrap().to_string(),
+                (q["limit"].as_f64().unwrap(), q["usage"].as_f64().unwrap()),
+            )
+        })
+        .collect()
+}
+
+fn firewall(name: &str) -> Value {
+    json!({"name": name, "network": "global/networks/default", "sourceRanges": ["0.0.0.0/0"], "allowed": [{"IPProtocol": "tcp", "ports": ["80"]}]})
+}
+
+#[tokio::test]
+async fn project_and_region_quotas_follow_inserts_and_deletes() {
+    let emu = Emulator::start(
+        &world("").replace(
+            "FIREWALLS: 1000}",
+            "FIREWALLS: 1000, STATIC_ADDRESSES: 2, FORWARDING_RULES: 15}",
+        ),
+        &[],
+    );
+    let project_url = format!("{}/compute/v1/projects/{PROJECT}", emu.base);
+    let get_project = || async {
+        let response = emu.client.get(&project_url).send().await.unwrap();
+        support::decode(response).await
+    };
+
+    let (status, project) = get_project().await;
+    assert_eq!(status, 200, "{project}");
+    assert_eq!(project["kind"], "compute#project");
+    assert_eq!(project["name"], PROJECT);
+    assert_eq!(project["selfLink"], format!("{}{PROJECT}", LINK));
+    assert!(project["id"].as_str().unwrap().parse::<u64>().is_ok());
+    assert!(project["creationTimestamp"].is_string());
+    assert_eq!(
+        project["commonInstanceMetadata"]["kind"],
+        "compute#metadata"
+    );
+    assert!(project["commonInstanceMetadata"]["fingerprint"].is_string());
+    assert_eq!(
+        project["xpnProjectStatus"],
+        "UNSPECIFIED_XPN_PROJECT_STATUS"
+    );
+    assert_eq!(project["defaultNetworkTier"], "PREMIUM");
+    let quotas = quotas_of(&project);
+    assert_eq!(quotas["ROUTES"], (5000.0, 0.0), "the world's limit");
+    assert_eq!(quotas["FIREWALLS"], (1000.0, 0.0));
+    assert_eq!(
+        quotas.keys().collect::<Vec<_>>(),
+        ["FIREWALLS", "ROUTES"],
+        "only the project-wide quotas; STATIC_ROUTES_PER_NETWORK is not a Compute quota metric"
+    );
+
+    for (i, dest) in ["10.10.1.0/24", "10.10.2.0/24"].iter().enumerate() {
+        let (_, op) = emu
+            .post("global/routes", route(&format!("q{i}"), dest))
+            .await;
+        assert!(op["error"].is_null(), "{op}");
+    }
+    let (_, op) = emu.post("global/firewalls", firewall("fw")).await;
+    assert!(op["error"].is_null(), "{op}");
+    let quotas = quotas_of(&get_project().await.1);
+    assert_eq!(quotas["ROUTES"], (5000.0, 2.0));
+    assert_eq!(quotas["FIREWALLS"], (1000.0, 1.0));
+    emu.delete("global/routes/q0").await;
+    assert_eq!(quotas_of(&get_project().await.1)["ROUTES"], (5000.0, 1.0));
+
+    // A limit raised or lowered at run time shows at once; an insert refused for quota leaves
+    // the usage alone; usage == limit is exactly when the next insert fails.
+    emu.admin(
+        Method::POST,
+        "quotas",
+        Some(json!({"project": PROJECT, "quotas": {"ROUTES": 1}})),
+    )
+    .await;
+    let (_, op) = emu.post("global/routes", route("q2", "10.10.3.0/24")).await;
+    assert_eq!(op["error"]["errors"][0]["code"], "QUOTA_EXCEEDED");
+    assert_eq!(quotas_of(&get_project().await.1)["ROUTES"], (1.0, 1.0));
+
+    // The region: its zones, and the regional quotas.
+    let (status, region) = emu.get("regions/us-central1").await;
+    assert_eq!(status, 200, "{region}");
+    assert_eq!(region["kind"], "compute#region");
+    assert_eq!(region["name"], "us-central1");
+    assert_eq!(region["status"], "UP");
+    assert_eq!(
+        region["selfLink"],
+        format!("{LINK}{PROJECT}/regions/us-central1")
+    );
+    let zones: Vec<&str> = region["zones"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|z| z.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        zones,
+        ["a", "b", "c", "f"]
+            .iter()
+            .map(|s| format!("{LINK}{PROJECT}/zones/us-central1-{s}"))
+            .collect::<Vec<_>>()
+    );
+    let quotas = quotas_of(&region);
+    assert_eq!(
+        quotas.keys().collect::<Vec<_>>(),
+        ["FORWARDING_RULES", "STATIC_ADDRESSES"]
+    );
+    assert_eq!(quotas["STATIC_ADDRESSES"], (2.0, 0.0));
+    assert_eq!(quotas["FORWARDING_RULES"], (15.0, 0.0));
+
+    emu.post("regions/us-central1/addresses", json!({"name": "a1"}))
+        .await;
+    emu.post("global/addresses", json!({"name": "g1"})).await;
+    emu.post(
+        "regions/us-central1/forwardingRules",
+        json!({"name": "fr1"}),
+    )
+    .await;
+    let quotas = quotas_of(&emu.get("regions/us-central1").await.1);
+    assert_eq!(
+        quotas["STATIC_ADDRESSES"],
+        (2.0, 1.0),
+        "global addresses do not count in a region"
+    );
+    assert_eq!(quotas["FORWARDING_RULES"], (15.0, 1.0));
+    emu.post("regions/us-central1/addresses", json!({"name": "a2"}))
+        .await;
+    let (_, op) = emu
+        .post("regions/us-central1/addresses", json!({"name": "a3"}))
+        .await;
+    assert_eq!(
+        op["error"]["errors"][0]["message"],
+        "Quota 'STATIC_ADDRESSES' exceeded.  Limit: 2.0 in region us-central1."
+    );
+    let quotas = quotas_of(&emu.get("regions/us-central1").await.1);
+    assert_eq!(quotas["STATIC_ADDRESSES"], (2.0, 2.0));
+    emu.delete("regions/us-central1/addresses/a1").await;
+    emu.delete("regions/us-central1/forwardingRules/fr1").await;
+    let quotas = quotas_of(&emu.get("regions/us-central1").await.1);
+    assert_eq!(quotas["STATIC_ADDRESSES"], (2.0, 1.0));
+    assert_eq!(quotas["FORWARDING_RULES"], (15.0, 0.0));
+
+    // `fields` works as on every other get.
+    let (_, partial) = emu
+        .get("regions/us-central1?fields=name,quotas(metric)")
+        .await;
+    assert_eq!(
+        partial,
+        json!({"name": "us-central1", "quotas": [{"metric": "STATIC_ADDRESSES"}, {"metric": "FORWARDING_RULES"}]})
+    );
+}
+
+const LINK: &str = "https://www.googleapis.com/compute/v1/projects/";
+
+#[tokio::test]
+async fn regions_list_and_unknown_project_or_region_are_404() {
+    let emu = Emulator::start(
+        &world("").replace(
+            "      - name: other\n",
+            "      - name: other\n        subnetworks:\n          - {name: eu, region: europe-west1, ipCidrRange: 10.132.0.0/20}\n",
+        ),
+        &[],
+    );
+    let (status, list) = emu.get("regions").await;
+    assert_eq!(status, 200, "{list}");
+    assert_eq!(list["kind"], "compute#regionList");
+    let names: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["europe-west1", "us-central1"]);
+    let ids: HashSet<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 2, "unique ids");
+    let (_, page) = emu.get("regions?maxResults=1").await;
+    assert_eq!(page["items"][0]["name"], "europe-west1");
+    let token = page["nextPageToken"].as_str().unwrap();
+    let (_, next) = emu
+        .get(&format!("regions?maxResults=1&pageToken={token}"))
+        .await;
+    assert_eq!(next["items"][0]["name"], "us-central1");
+    assert!(next["nextPageToken"].is_null());
+    let (_, filtered) = emu.get("regions?filter=name%20eq%20europe-.*").await;
+    assert_eq!(filtered["items"].as_array().unwrap().len(), 1);
+
+    for (path, resource) in [
+        ("projects/nope".to_string(), "projects/nope".to_string()),
+        (
+            format!("projects/{PROJECT}/regions/mars-north1"),
+            format!("projects/{PROJECT}/regions/mars-north1"),
+        ),
+        (
+            "projects/nope/regions/us-central1".to_string(),
+            "projects/nope".to_string(),
+        ),
+        (
+            "projects/nope/regions".to_string(),
+            "projects/nope".to_string(),
+        ),
+    ] {
+        let response = emu
+            .client
+            .get(format!("{}/compute/v1/{path}", emu.base))
+            .send()
+            .await
+            .unwrap();
+        let (status, error) = support::decode(response).await;
+        assert_eq!(status, 404, "{path}: {error}");
+        assert_eq!(error["error"]["errors"][0]["reason"], "notFound");
+        assert_eq!(
+            error["error"]["message"],
+            format!("The resource '{resource}' was not found")
+        );
+    }
+    let stats = emu.admin(Method::GET, "stats", None).await;
+    assert_eq!(stats["callsByMethod"]["compute.projects.get"], 1);
+    assert_eq!(stats["callsByMethod"]["compute.regions.get"], 2);
+    assert_eq!(stats["callsByMethod"]["compute.regions.list"], 5);
+}
+
+#[tokio::test]
+async fn project_and_region_gets_are_reads_with_rates_faults_and_auth() {
+    // The gcp profile charges them to the read group (RATE: get and list are reads).
+    let emu = Emulator::start(
+        &world("    rateLimits: {readsPerMinute: 3}"),
+        &["--profile", "gcp", "--time-scale", "0.1"],
+    );
+    // A scaled window is 6 s: start early in one.
+    let into_window = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 6000
+    };
+    while into_window() > 1000 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let project_url = format!("{}/compute/v1/projects/{PROJECT}", emu.base);
+    let mut statuses = Vec::new();
+    for url in [
+        project_url.clone(),
+        emu.url("regions/us-central1"),
+        emu.url("regions"),
+        project_url.clone(),
+    ] {
+        let response = emu.client.get(&url).send().await.unwrap();
+        let (status, body) = support::decode(response).await;
+        if status == 403 {
+            assert_eq!(body["error"]["errors"][0]["reason"], "rateLimitExceeded");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("read_requests"),
+                "{body}"
+            );
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 403], "3 reads per window");
+    let stats = emu.admin(Method::GET, "stats", None).await;
+    assert_eq!(stats["callsByGroup"]["read"], 4);
+
+    // In the gcp profile an accepted insert counts at once (as the quota check counts it),
+    // before its operation is DONE.
+    emu.admin(
+        Method::POST,
+        "quotas",
+        Some(json!({"project": PROJECT, "rateLimits": {"readsPerMinute": 1500}})),
+    )
+    .await;
+    let (_, op) = emu
+        .post("global/routes", route("slow", "10.30.0.0/24"))
+        .await;
+    assert_ne!(op["status"], "DONE");
+    let response = emu.client.get(&project_url).send().await.unwrap();
+    let (status, project) = support::decode(response).await;
+    assert_eq!(status, 200, "{project}");
+    assert_eq!(quotas_of(&project)["ROUTES"].1, 1.0);
+
+    let emu = Emulator::start(&world(""), &["--faults", "http500=1.0"]);
+    let (status, error) = emu.get("regions/us-central1").await;
+    assert_eq!(
+        (status, error["error"]["errors"][0]["reason"].as_str()),
+        (500, Some("backendError"))
+    );
+
+    let emu = Emulator::start(&world(""), &["--auth", "token"]);
+    let response = emu
+        .client
+        .get(format!("{}/compute/v1/projects/{PROJECT}", emu.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 401);
+}
