@@ -20,6 +20,31 @@ use kube::{Api, Client};
 /// restarts as a standby. Distinct from 1 (an error) and 101 (a panic).
 pub const STEP_DOWN_EXIT_CODE: i32 = 3;
 
+/// What the election exports on /metrics: whether this replica leads, and how often the Lease
+/// changed hands (its `spec.leaseTransitions`, as the leader's fence last read it; standbys do
+/// not read the Lease and leave it at 0).
+#[derive(Debug, Default)]
+pub struct LeaderMetrics {
+    pub leader: prometheus_client::metrics::gauge::Gauge,
+    pub lease_transitions: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl LeaderMetrics {
+    /// Registers `leader` and `lease_transitions`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "leader",
+            "1 on the replica that leads (reconciles and talks to GCP), 0 on a standby",
+            self.leader.clone(),
+        );
+        registry.register(
+            "lease_transitions",
+            "How often the leader Lease changed hands (spec.leaseTransitions as the leader last read it)",
+            self.lease_transitions.clone(),
+        );
+    }
+}
+
 /// How this replica takes part in the election.
 #[derive(Debug, Clone)]
 pub struct LeaseSettings {
@@ -128,6 +153,7 @@ pub enum ElectionError {
 pub async fn lead<F: Future>(
     config: kube::Config,
     settings: LeaseSettings,
+    metrics: std::sync::Arc<LeaderMetrics>,
     on_lost: impl FnOnce(LeadershipLost) + Send + 'static,
     work: F,
 ) -> Result<F::Output, ElectionError> {
@@ -145,7 +171,8 @@ pub async fn lead<F: Future>(
                     return;
                 }
             };
-            if let Some(lost) = runtime.block_on(elect(config, &settings, leading_tx)) {
+            if let Some(lost) = runtime.block_on(elect(config, &settings, &metrics, leading_tx)) {
+                metrics.leader.set(0);
                 on_lost(lost);
             }
         })
@@ -159,6 +186,7 @@ pub async fn lead<F: Future>(
 async fn elect(
     config: kube::Config,
     settings: &LeaseSettings,
+    metrics: &LeaderMetrics,
     leading: tokio::sync::oneshot::Sender<Result<(), ElectionError>>,
 ) -> Option<LeadershipLost> {
     let client = match Client::try_from(config) {
@@ -194,7 +222,7 @@ async fn elect(
             return None;
         }
     }
-    let mut fence = Fence::new(client, settings);
+    let mut fence = Fence::new(client, settings, metrics);
     // Two replicas that both found the Lease free may both have written it (the lease manager's
     // takeover is not a conditional update): the later write wins. Let such a write land, and
     // read who won, before leading.
@@ -203,6 +231,7 @@ async fn elect(
         return Some(lost);
     }
     tracing::info!(identity = %settings.identity, "leading: starting the controllers");
+    metrics.leader.set(1);
     let _ = leading.send(Ok(()));
     let watched = async {
         loop {
@@ -224,15 +253,17 @@ async fn elect(
 struct Fence<'a> {
     leases: Api<Lease>,
     settings: &'a LeaseSettings,
+    metrics: &'a LeaderMetrics,
     /// When the Lease lapses, by the latest renewal seen.
     lapse: SystemTime,
 }
 
 impl<'a> Fence<'a> {
-    fn new(client: Client, settings: &'a LeaseSettings) -> Self {
+    fn new(client: Client, settings: &'a LeaseSettings, metrics: &'a LeaderMetrics) -> Self {
         Self {
             leases: Api::namespaced(client, &settings.namespace),
             settings,
+            metrics,
             // Just acquired: the lease runs at least until its first renewal is due.
             lapse: SystemTime::now() + Duration::from_secs(settings.duration_seconds_at_least_2())
                 - Duration::from_secs(settings.grace_seconds()),
@@ -256,6 +287,13 @@ impl<'a> Fence<'a> {
             }
             Err(_) => None,
         };
+        if let Some(transitions) = lease
+            .as_ref()
+            .and_then(|l| l.spec.as_ref())
+            .and_then(|s| s.lease_transitions)
+        {
+            self.metrics.lease_transitions.set(i64::from(transitions));
+        }
         self.lapse = judge(self.settings, lease.as_ref(), self.lapse, SystemTime::now())?;
         Ok(())
     }

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod controller;
 pub mod gcp;
+pub mod kubectl;
 pub mod leader;
 pub mod plan;
 pub mod telemetry;

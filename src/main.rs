@@ -85,7 +85,68 @@ struct CrdgenArgs {
     out: Option<PathBuf>,
 }
 
+/// `kubectl adc ...`: the same binary installed or linked as `kubectl-adc`.
+#[derive(Parser)]
+#[command(
+    name = "kubectl adc",
+    version,
+    about = "adc-operator's kubectl plugin: what the operator is doing with your fleet"
+)]
+struct PluginCli {
+    /// Kubeconfig file; default: KUBECONFIG, then ~/.kube/config, then in-cluster.
+    #[arg(long, global = true)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context; default: the current one.
+    #[arg(long, global = true)]
+    context: Option<String>,
+    #[command(subcommand)]
+    command: PluginCommand,
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// A fleet summary per GcpCloud: objects by condition and reason, progress, quota use, the
+    /// replica that leads, the latest errors.
+    Status(StatusArgs),
+}
+
+#[derive(Args)]
+struct StatusArgs {
+    /// Only this GcpCloud (and the objects that name it); default: every cloud.
+    cloud: Option<String>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Text)]
+    output: Output,
+    /// Latest errors shown per cloud.
+    #[arg(long, default_value_t = 5)]
+    errors: usize,
+    /// Name of the operator's leader Lease (the chart's leaderElection.leaseName).
+    #[arg(long, default_value = "adc-operator")]
+    lease_name: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+/// Whether the binary runs as the kubectl plugin (its file is named `kubectl-adc`).
+fn invoked_as_plugin() -> bool {
+    std::env::args_os()
+        .next()
+        .map(PathBuf::from)
+        .and_then(|path| {
+            path.file_stem()
+                .map(|stem| stem == adc_operator::kubectl::PLUGIN_NAME)
+        })
+        .unwrap_or(false)
+}
+
 fn main() -> anyhow::Result<()> {
+    if invoked_as_plugin() {
+        return plugin(PluginCli::parse());
+    }
     match Cli::parse().command {
         Command::Version => println!("adc-operator {}", adc_operator::VERSION),
         Command::Crdgen(args) => crdgen(args)?,
@@ -131,10 +192,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let process = std::sync::Arc::new(adc_operator::telemetry::ProcessMetrics::default());
     process.register(&mut registry);
     let reconcile_metrics = std::sync::Arc::new(controller::ControllerMetrics::default());
+    let leader_metrics = std::sync::Arc::new(adc_operator::leader::LeaderMetrics::default());
     {
         let ours = registry.sub_registry_with_prefix("adc_operator");
         metrics.register(ours);
         reconcile_metrics.register(ours);
+        leader_metrics.register(ours);
     }
     let registry = std::sync::Arc::new(std::sync::Mutex::new(registry));
     let addr = args.metrics_addr;
@@ -157,6 +220,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         gcp_time_scale: args.gcp_time_scale,
     };
     if !args.leader_election {
+        // The only replica: it leads.
+        leader_metrics.leader.set(1);
         controller::run(client, operator, metrics, reconcile_metrics).await?;
         return Ok(());
     }
@@ -184,8 +249,45 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         std::process::exit(adc_operator::leader::STEP_DOWN_EXIT_CODE);
     };
     let work = controller::run(client, operator, metrics, reconcile_metrics);
-    adc_operator::leader::lead(config, settings, step_down, work).await??;
+    adc_operator::leader::lead(config, settings, leader_metrics, step_down, work).await??;
     Ok(())
+}
+
+fn plugin(cli: PluginCli) -> anyhow::Result<()> {
+    use adc_operator::kubectl;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    runtime.block_on(async {
+        let client = match &cli.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+                let options = kube::config::KubeConfigOptions {
+                    context: cli.context.clone(),
+                    ..Default::default()
+                };
+                let config = kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?;
+                kube::Client::try_from(config)?
+            }
+            None => kubectl::client(cli.context.clone()).await?,
+        };
+        match cli.command {
+            PluginCommand::Status(args) => {
+                let text = kubectl::status(
+                    client,
+                    args.cloud.as_deref(),
+                    &args.lease_name,
+                    args.errors,
+                    args.output == Output::Json,
+                )
+                .await?;
+                print!("{text}");
+            }
+        }
+        Ok(())
+    })
 }
 
 fn crdgen(args: CrdgenArgs) -> anyhow::Result<()> {

@@ -667,3 +667,207 @@ async fn a_route_to_an_existing_ilb_is_made_and_to_a_missing_one_stalls() {
             .is_some_and(|hop| hop.ends_with("/regions/us-central1/forwardingRules/ilb-ok"))
     );
 }
+
+/// The fleet's progress in GcpCloud.status.progress (and the printer columns), the quota use in
+/// status.quota, writes only when something changed, and `kubectl adc status` found by kubectl
+/// on PATH as a plugin, against the real API server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_progress_and_kubectl_adc_status() {
+    use adc_operator::api::GcpCloud;
+
+    let (client, ns, cloud) = setup_with("progress", json!({})).await;
+    let good: Vec<String> = (1..=12).map(|i| format!("web-{i}")).collect();
+    for (i, name) in good.iter().enumerate() {
+        apply(
+            &client,
+            virtual_service(
+                name,
+                &cloud,
+                &format!("10.29.0.{}", i + 1),
+                &[("se-1", "us-central1-a"), ("se-2", "us-central1-b")],
+                "ActiveActive",
+            ),
+            Some(&ns),
+        )
+        .await;
+    }
+    // Outside the cloud's allowedDestinationRanges: Stalled (GuardRail).
+    apply(
+        &client,
+        virtual_service(
+            "outside",
+            &cloud,
+            "192.168.29.1",
+            &[("se-1", "us-central1-a")],
+            "ActiveActive",
+        ),
+        Some(&ns),
+    )
+    .await;
+    apply(
+        &client,
+        json!({
+            "apiVersion": "adc.dev/v1alpha1", "kind": "VpcRoute", "metadata": {"name": "onprem"},
+            "spec": {"cloudRef": cloud, "destRange": "10.29.8.0/24",
+                     "nextHop": {"instance": {"name": "se-3", "zone": "us-central1-c"}}}
+        }),
+        Some(&ns),
+    )
+    .await;
+    for name in &good {
+        wait_ready::<VirtualService>(&client, Some(&ns), name).await;
+    }
+    wait_ready::<VpcRoute>(&client, Some(&ns), "onprem").await;
+    wait_stalled::<VirtualService>(&client, Some(&ns), "outside").await;
+
+    // 14 objects, 13 Ready, 1 Stalled, nothing queued: the progress says so within a few
+    // seconds (it is looked at every 5 s).
+    let clouds: Api<GcpCloud> = Api::all(client.clone());
+    eventually("the cloud's progress shows the settled fleet", || {
+        let clouds = clouds.clone();
+        let cloud = cloud.clone();
+        async move {
+            let status = clouds.get(&cloud).await.unwrap().status.unwrap_or_default();
+            let progress = status.progress.ok_or("no progress yet")?;
+            let seen = (
+                progress.objects,
+                progress.ready,
+                progress.stalled,
+                progress.writes_queued,
+                progress.operations_in_flight,
+                progress.estimated_time_left.clone(),
+                progress.summary.clone(),
+            );
+            let want = (14, 13, 1, 0, 0, None, "[#########.] 92% 13/14".to_string());
+            if seen == want {
+                Ok(())
+            } else {
+                Err(format!("{seen:?}"))
+            }
+        }
+    })
+    .await;
+    let status = clouds.get(&cloud).await.unwrap().status.unwrap();
+    let routes = status
+        .quota
+        .iter()
+        .find(|q| q.metric == "ROUTES" && q.scope == "global")
+        .unwrap_or_else(|| panic!("no ROUTES quota in {:?}", status.quota));
+    assert_eq!(routes.limit, 10000.0);
+    // This cloud's 25 routes at least (other tests share the project).
+    assert!(routes.usage >= 25.0, "{routes:?}");
+    assert!(
+        status
+            .quota
+            .iter()
+            .any(|q| q.metric == "STATIC_ADDRESSES" && q.scope == "us-central1"),
+        "{:?}",
+        status.quota
+    );
+
+    // The printer columns, as `kubectl get gcpcloud -w` prints them.
+    let plane = adc_testenv::shared().unwrap();
+    let kubectl = |args: &[&str], path: Option<&std::ffi::OsStr>| {
+        let mut command = Command::new(&plane.binaries.kubectl);
+        command.args(args).env("KUBECONFIG", &plane.kubeconfig);
+        if let Some(path) = path {
+            command.env("PATH", path);
+        }
+        let output = command.output().expect("running kubectl");
+        assert!(
+            output.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let table = kubectl(&["get", "gcpcloud", &cloud], None);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(
+        header,
+        [
+            "NAME", "PROJECT", "NETWORK", "READY", "OBJECTS", "PROGRESS", "QUEUED", "LEFT", "AGE"
+        ]
+    );
+    assert!(table.contains("[#########.] 92% 13/14"), "{table}");
+
+    // Nothing changes: no progress write. The progress task's own field manager records when
+    // it last changed the object.
+    let progress_written = |cloud: GcpCloud| {
+        cloud
+            .metadata
+            .managed_fields
+            .unwrap_or_default()
+            .into_iter()
+            .find(|m| m.manager.as_deref() == Some("adc-operator-progress"))
+            .and_then(|m| m.time)
+            .map(|t| t.0)
+    };
+    let before = progress_written(clouds.get(&cloud).await.unwrap());
+    assert!(
+        before.is_some(),
+        "the progress was written by its own field manager"
+    );
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    assert_eq!(
+        progress_written(clouds.get(&cloud).await.unwrap()),
+        before,
+        "an idle fleet's progress is not written again"
+    );
+
+    // The plugin: the operator's binary linked as kubectl-adc on PATH.
+    let bin = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(
+        env!("CARGO_BIN_EXE_adc-operator"),
+        bin.path().join("kubectl-adc"),
+    )
+    .unwrap();
+    let path = std::env::join_paths(std::iter::once(bin.path().to_path_buf()).chain(
+        std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()),
+    ))
+    .unwrap();
+    let plugins = kubectl(&["plugin", "list"], Some(&path));
+    assert!(plugins.contains("kubectl-adc"), "{plugins}");
+    let json_text = kubectl(&["adc", "status", &cloud, "-o", "json"], Some(&path));
+    let summary: Value = serde_json::from_str(&json_text).unwrap();
+    let clouds_seen = summary["clouds"].as_array().unwrap();
+    assert_eq!(clouds_seen.len(), 1, "only the cloud asked for: {summary}");
+    let mine = &clouds_seen[0];
+    assert_eq!(mine["name"], cloud.as_str());
+    assert_eq!(mine["project"], PROJECT);
+    assert_eq!(mine["ready"]["status"], "True");
+    let count = |kind: &str, state: &str| -> u64 {
+        mine["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["kind"] == kind && c["state"] == state)
+            .map(|c| c["count"].as_u64().unwrap())
+            .sum()
+    };
+    assert_eq!(count("VirtualService", "ready"), 12, "{mine}");
+    assert_eq!(count("VirtualService", "stalled"), 1, "{mine}");
+    assert_eq!(count("VpcRoute", "ready"), 1, "{mine}");
+    let errors = mine["lastErrors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{mine}");
+    assert_eq!(errors[0]["name"], "outside");
+    assert_eq!(errors[0]["reason"], "GuardRail");
+    assert_eq!(mine["progress"]["summary"], "[#########.] 92% 13/14");
+
+    let text = kubectl(&["adc", "status", &cloud], Some(&path));
+    for expected in [
+        format!("GcpCloud {cloud}: project {PROJECT}, network default, region us-central1"),
+        "Progress:  [#########.] 92% 13/14, 1 stalled; 0 GCP writes queued".to_string(),
+        "  Quota:     ".to_string(),
+        format!("VirtualService {ns}/outside  stalled GuardRail: "),
+        // This test binary's operator runs without leader election.
+        "Leader: no leader Lease found".to_string(),
+    ] {
+        assert!(text.contains(&expected), "missing {expected:?} in:\n{text}");
+    }
+    let quota_line = text.lines().find(|l| l.starts_with("  Quota:")).unwrap();
+    assert!(
+        quota_line.contains("ROUTES ") && quota_line.contains("/10000 (0%)"),
+        "{quota_line}"
+    );
+}

@@ -73,9 +73,122 @@ pub fn condition_true(conditions: &[Condition], type_: &str) -> bool {
     find_condition(conditions, type_).is_some_and(|c| c.status == "True")
 }
 
+/// Where an object stands, read off its conditions the way kstatus reads them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ObjectState {
+    /// Ready=True for the object's current generation.
+    Ready,
+    /// The operator is working on it (or has not looked at this generation yet).
+    Reconciling,
+    /// Stalled=True: it waits for a change of its spec or of its cloud.
+    Stalled,
+}
+
+impl ObjectState {
+    /// The lower-case label used in metrics and summaries.
+    pub fn label(self) -> &'static str {
+        match self {
+            ObjectState::Ready => "ready",
+            ObjectState::Reconciling => "reconciling",
+            ObjectState::Stalled => "stalled",
+        }
+    }
+}
+
+/// Where an object with `conditions` at `generation` stands, and the reason its deciding
+/// condition gives (`Pending` when the operator has written no condition yet).
+///
+/// Stalled=True wins over everything; Ready=True counts only for the current generation (an
+/// older Ready is a change not yet reconciled); anything else is reconciling, with the reason of
+/// the Reconciling condition, else the Ready one's.
+pub fn object_state(conditions: &[Condition], generation: Option<i64>) -> (ObjectState, &str) {
+    if let Some(stalled) = find_condition(conditions, STALLED).filter(|c| c.status == "True") {
+        return (ObjectState::Stalled, stalled.reason.as_str());
+    }
+    let ready = find_condition(conditions, READY);
+    if let Some(ready) = ready.filter(|c| c.status == "True" && c.observed_generation == generation)
+    {
+        return (ObjectState::Ready, ready.reason.as_str());
+    }
+    let reason = find_condition(conditions, RECONCILING)
+        .filter(|c| c.status == "True")
+        .or(ready)
+        .map_or("Pending", |c| c.reason.as_str());
+    (ObjectState::Reconciling, reason)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn object_state_follows_kstatus() {
+        assert_eq!(
+            object_state(&[], Some(1)),
+            (ObjectState::Reconciling, "Pending")
+        );
+        let mut conditions = Vec::new();
+        set_condition(&mut conditions, READY, true, "Synced", "ok", Some(1), T0);
+        set_condition(
+            &mut conditions,
+            RECONCILING,
+            false,
+            "Synced",
+            "",
+            Some(1),
+            T0,
+        );
+        set_condition(&mut conditions, STALLED, false, "Synced", "", Some(1), T0);
+        assert_eq!(
+            object_state(&conditions, Some(1)),
+            (ObjectState::Ready, "Synced")
+        );
+        // A newer generation is not Ready until the operator has seen it.
+        assert_eq!(
+            object_state(&conditions, Some(2)),
+            (ObjectState::Reconciling, "Synced")
+        );
+        set_condition(&mut conditions, READY, false, "GcpError", "x", Some(2), T1);
+        set_condition(
+            &mut conditions,
+            RECONCILING,
+            true,
+            "Applying",
+            "",
+            Some(2),
+            T1,
+        );
+        assert_eq!(
+            object_state(&conditions, Some(2)),
+            (ObjectState::Reconciling, "Applying")
+        );
+        set_condition(
+            &mut conditions,
+            RECONCILING,
+            false,
+            "Applying",
+            "",
+            Some(2),
+            T1,
+        );
+        assert_eq!(
+            object_state(&conditions, Some(2)),
+            (ObjectState::Reconciling, "GcpError")
+        );
+        set_condition(
+            &mut conditions,
+            STALLED,
+            true,
+            "QuotaExceeded",
+            "q",
+            Some(2),
+            T1,
+        );
+        assert_eq!(
+            object_state(&conditions, Some(2)),
+            (ObjectState::Stalled, "QuotaExceeded")
+        );
+    }
 
     const T0: &str = "2025-01-02T03:04:05Z";
     const T1: &str = "2025-01-02T03:09:05Z";

@@ -40,6 +40,30 @@ use super::conditions::Condition;
         description = "Whether the operator can reach the network"
     ),
     printcolumn(
+        name = "OBJECTS",
+        type_ = "integer",
+        json_path = ".status.progress.objects",
+        description = "VirtualServices and VpcRoutes that use this cloud"
+    ),
+    printcolumn(
+        name = "PROGRESS",
+        type_ = "string",
+        json_path = ".status.progress.summary",
+        description = "Objects Ready of all, as a bar and a percentage"
+    ),
+    printcolumn(
+        name = "QUEUED",
+        type_ = "integer",
+        json_path = ".status.progress.writesQueued",
+        description = "GCP writes waiting to be sent"
+    ),
+    printcolumn(
+        name = "LEFT",
+        type_ = "string",
+        json_path = ".status.progress.estimatedTimeLeft",
+        description = "Estimated time until the queued GCP work is done"
+    ),
+    printcolumn(
         name = "AGE",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -251,10 +275,73 @@ pub struct GcpCloudStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub inventory: Option<InventoryCounts>,
 
+    /// The Compute resource quotas the operator's resources count against, as Compute reported
+    /// them at the last inventory refresh (`projects.get`, `regions.get`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quota: Vec<QuotaStatus>,
+
+    /// How far the objects that use this cloud are, and the GCP work still queued for them;
+    /// updated every few seconds while anything changes, never when nothing does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<CloudProgress>,
+
     /// Objects deleted with `adc.dev/deletion-policy: abandon` (`Kind/namespace/name`): their
     /// GCP resources were left in place on purpose and garbage collection never deletes them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub abandoned: Vec<String>,
+}
+
+/// One resource quota's use.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct QuotaStatus {
+    /// The quota's metric, e.g. `ROUTES`, `FIREWALLS`, `STATIC_ADDRESSES`.
+    pub metric: String,
+
+    /// `global` for a project-wide quota, else the region it applies to.
+    pub scope: String,
+
+    /// How much of it is in use.
+    pub usage: f64,
+
+    /// The limit; Compute refuses inserts beyond it (`QUOTA_EXCEEDED`).
+    pub limit: f64,
+}
+
+/// The fleet of one cloud at a glance: what `kubectl get gcpcloud -w` shows as it converges.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct CloudProgress {
+    /// VirtualServices and VpcRoutes that name this cloud in `spec.cloudRef`.
+    #[serde(default)]
+    pub objects: u32,
+
+    /// Of them, Ready for their current generation.
+    #[serde(default)]
+    pub ready: u32,
+
+    /// Of them, Stalled: they wait for a change of their spec or of the cloud (their
+    /// conditions say which).
+    #[serde(default)]
+    pub stalled: u32,
+
+    /// GCP writes (inserts, deletes) waiting to be sent.
+    #[serde(default)]
+    pub writes_queued: u32,
+
+    /// GCP operations sent and not yet seen DONE.
+    #[serde(default)]
+    pub operations_in_flight: u32,
+
+    /// Estimated time until the GCP work queued now is done, e.g. `1m30s`, from the write quota
+    /// per minute and how long operations take here (the queued writes spread over the rate
+    /// windows, plus one operation); absent when no work is queued or in flight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_time_left: Option<String>,
+
+    /// Ready of all, as a bar and a percentage, e.g. `[#######...] 70% 700/1000`.
+    #[serde(default)]
+    pub summary: String,
 }
 
 /// Resource counts in the network, from the last inventory.

@@ -16,8 +16,8 @@ use kube::CustomResourceExt;
 
 pub use conditions::Condition;
 pub use gcpcloud::{
-    BatchingSpec, CloudCredentials, GcpCloud, GcpCloudSpec, GcpCloudStatus, InventoryCounts,
-    RateLimitSpec, SecretKeySelector, WorkloadIdentity,
+    BatchingSpec, CloudCredentials, CloudProgress, GcpCloud, GcpCloudSpec, GcpCloudStatus,
+    InventoryCounts, QuotaStatus, RateLimitSpec, SecretKeySelector, WorkloadIdentity,
 };
 pub use virtualservice::{
     AllocationType, GcpResources, HaMode, Protocol, ServiceEngineRef, ServicePort, Vip,

@@ -17,7 +17,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use super::context::{CloudRuntime, Context, owners_in};
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
-use crate::api::{GcpCloud, GcpCloudStatus, InventoryCounts, parse_duration};
+use crate::api::{GcpCloud, GcpCloudStatus, InventoryCounts, QuotaStatus, parse_duration};
 use crate::gcp::{Credentials, EngineSettings, InventoryEvent, Lane, Mutation, RateLimits};
 use crate::plan::CloudView;
 use crate::plan::owner::Owner;
@@ -382,6 +382,8 @@ pub async fn forget_deleted(ctx: Weak<Context>, clouds: Store<GcpCloud>) {
         for (name, runtime) in gone {
             tracing::info!(cloud = %name, "GcpCloud deleted: its engine stops");
             runtime.engine.shutdown();
+            // Their cloud is gone: they say so (CloudNotFound) rather than wait for a resync.
+            ctx.requeue_users_of(&name);
         }
     }
 }
@@ -541,6 +543,11 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
         Some(runtime) => runtime,
         None => match build_runtime(&ctx, &cloud).await {
             Ok(runtime) => {
+                super::progress::watch(
+                    &ctx,
+                    &runtime,
+                    cloud.status.as_ref().and_then(|s| s.progress.clone()),
+                );
                 let previous = match ctx.clouds.write() {
                     Ok(mut guard) => guard.insert(name.clone(), Arc::clone(&runtime)),
                     Err(poisoned) => poisoned
@@ -554,7 +561,7 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
             }
             Err(err) => {
                 let phase = Phase::stalled("InvalidCredentials", err.to_string());
-                report(&api, &cloud, phase, None).await?;
+                report(&api, &cloud, phase, None, None).await?;
                 return Ok(Action::requeue(Duration::from_secs(60)));
             }
         },
@@ -570,7 +577,7 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
                 ),
             );
             runtime.ready.store(false, Ordering::Relaxed);
-            report(&api, &cloud, phase, None).await?;
+            report(&api, &cloud, phase, None, None).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
         Err(err) => Err(err.into()),
@@ -610,7 +617,7 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
                 ),
             ),
         };
-        report(&api, &cloud, phase, None).await?;
+        report(&api, &cloud, phase, None, None).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     runtime.refresh_failures.store(0, Ordering::Relaxed);
@@ -644,6 +651,25 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
         forwarding_rules: s.forwarding_rules.len() as u32,
         instances: s.instances.len() as u32,
     });
+    // The quotas are worth knowing, not worth stopping for (a role without compute.projects.get
+    // still manages routes): a failed read keeps the last figures.
+    let quota = match runtime.engine.read_quotas().await {
+        Ok(quotas) => Some(
+            quotas
+                .into_iter()
+                .map(|q| QuotaStatus {
+                    metric: q.metric,
+                    scope: q.scope,
+                    usage: q.usage,
+                    limit: q.limit,
+                })
+                .collect(),
+        ),
+        Err(err) => {
+            tracing::warn!(cloud = %name, error = %err, "reading the project's resource quotas failed; keeping the last figures");
+            None
+        }
+    };
     let phase = Phase::ready(
         "Connected",
         format!(
@@ -651,7 +677,7 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
             cloud.spec.project, cloud.spec.network
         ),
     );
-    report(&api, &cloud, phase, Some(counts)).await?;
+    report(&api, &cloud, phase, Some(counts), quota).await?;
     if runtime.settling.load(Ordering::Relaxed) {
         let soon = SETTLING_REFRESH.mul_f64(ctx.settings.gcp_time_scale.clamp(0.001, 1.0));
         return Ok(Action::requeue(resync.min(soon)));
@@ -664,18 +690,25 @@ async fn report(
     cloud: &GcpCloud,
     phase: Phase,
     inventory: Option<InventoryCounts>,
+    quota: Option<Vec<QuotaStatus>>,
 ) -> Result<(), Error> {
     let mut status = cloud.status.clone().unwrap_or_default();
-    // Written by mark_abandoned, never by this apply: leaving it out keeps it.
+    // Written by mark_abandoned and the progress task, never by this apply: leaving them out
+    // keeps them.
     status.abandoned.clear();
+    status.progress = None;
     let mut current = cloud.status.clone();
     if let Some(current) = current.as_mut() {
         current.abandoned.clear();
+        current.progress = None;
     }
     status.observed_generation = cloud.metadata.generation;
     apply_phase(&mut status.conditions, &phase, cloud.metadata.generation);
     if inventory.is_some() {
         status.inventory = inventory;
+    }
+    if let Some(quota) = quota {
+        status.quota = quota;
     }
     write_status::<GcpCloud, GcpCloudStatus>(api, cloud, current.as_ref(), &status).await?;
     Ok(())

@@ -97,6 +97,8 @@ pub struct Context {
     pub client: Client,
     pub settings: OperatorSettings,
     pub metrics: Arc<GcpMetrics>,
+    /// The controllers' own metrics (reconciles, objects by state, progress).
+    pub reconcile_metrics: Arc<super::ControllerMetrics>,
     pub clouds: RwLock<HashMap<String, Arc<CloudRuntime>>>,
     pub recorder: Recorder,
     pub virtual_services: Store<VirtualService>,

@@ -1,10 +1,12 @@
 //! Reconcile metrics per kind: totals, durations, failures by error.
 
+use std::sync::atomic::AtomicU64;
 use std::time::Instant;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -21,12 +23,29 @@ pub struct FailureLabels {
     pub error: String,
 }
 
+/// Objects of a cloud in one state.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ObjectLabels {
+    pub cloud: String,
+    pub kind: String,
+    pub state: String,
+    pub reason: String,
+}
+
+/// A cloud label.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloudLabel {
+    pub cloud: String,
+}
+
 /// The controllers' metric families.
 #[derive(Debug)]
 pub struct ControllerMetrics {
     pub reconciles: Family<KindLabel, Counter>,
     pub failures: Family<FailureLabels, Counter>,
     pub duration: Family<KindLabel, Histogram>,
+    pub objects: Family<ObjectLabels, Gauge>,
+    pub eta_seconds: Family<CloudLabel, Gauge<f64, AtomicU64>>,
 }
 
 impl Default for ControllerMetrics {
@@ -37,6 +56,8 @@ impl Default for ControllerMetrics {
             duration: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.005, 2.0, 14))
             }),
+            objects: Family::default(),
+            eta_seconds: Family::default(),
         }
     }
 }
@@ -55,6 +76,54 @@ impl ControllerMetrics {
             "Reconcile durations by kind",
             self.duration.clone(),
         );
+        registry.register(
+            "objects",
+            "VirtualServices and VpcRoutes by cloud, kind, state (ready, reconciling, stalled) and the reason of their deciding condition",
+            self.objects.clone(),
+        );
+        registry.register(
+            "cloud_eta_seconds",
+            "Estimated seconds until the GCP work queued for a cloud is done (0 when idle)",
+            self.eta_seconds.clone(),
+        );
+    }
+
+    fn object_labels(cloud: &str, kind: &str, state: &str, reason: &str) -> ObjectLabels {
+        ObjectLabels {
+            cloud: cloud.to_string(),
+            kind: kind.to_string(),
+            state: state.to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Sets how many objects of `cloud` and `kind` are in `state` for `reason`.
+    pub fn set_objects(&self, cloud: &str, kind: &str, state: &str, reason: &str, count: u32) {
+        self.objects
+            .get_or_create(&Self::object_labels(cloud, kind, state, reason))
+            .set(i64::from(count));
+    }
+
+    /// Drops a series of [`Self::set_objects`].
+    pub fn remove_objects(&self, cloud: &str, kind: &str, state: &str, reason: &str) {
+        self.objects
+            .remove(&Self::object_labels(cloud, kind, state, reason));
+    }
+
+    /// Sets a cloud's estimate of the time left, seconds.
+    pub fn set_eta(&self, cloud: &str, seconds: f64) {
+        self.eta_seconds
+            .get_or_create(&CloudLabel {
+                cloud: cloud.to_string(),
+            })
+            .set(seconds);
+    }
+
+    /// Drops a cloud's estimate (the cloud is gone).
+    pub fn remove_eta(&self, cloud: &str) {
+        self.eta_seconds.remove(&CloudLabel {
+            cloud: cloud.to_string(),
+        });
     }
 
     /// Records one reconcile of `kind` that started at `start`.

@@ -6,6 +6,7 @@ pub mod cloud;
 pub mod context;
 pub mod error;
 pub mod metrics;
+pub mod progress;
 pub mod status;
 pub mod virtualservice;
 pub mod vpcroute;
@@ -30,6 +31,45 @@ pub use metrics::ControllerMetrics;
 
 use crate::api::{GcpCloud, VirtualService, VpcRoute};
 use crate::gcp::GcpMetrics;
+
+/// What of a GcpCloud its objects and its own reconcile react to: everything but
+/// `status.progress`, which the progress task rewrites every few seconds during a rollout and
+/// which no reconcile reads. Without this filter each progress write would reconcile the cloud
+/// (a full inventory refresh) and every object that uses it.
+fn cloud_change(cloud: &GcpCloud) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut status = cloud.status.clone();
+    if let Some(status) = status.as_mut() {
+        status.progress = None;
+    }
+    let meta = &cloud.metadata;
+    let seen = serde_json::to_string(&(
+        meta.generation,
+        &meta.deletion_timestamp,
+        &meta.labels,
+        &meta.annotations,
+        &status,
+    ))
+    .ok()?;
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    seen.hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// GcpCloud changes as triggers, without the progress-only ones ([`cloud_change`]). A deleted
+/// cloud's last state hashes like its state before, so this stream may drop the deletion: the
+/// sweep that stops a deleted cloud's engine requeues its objects instead.
+fn cloud_triggers(
+    client: &Client,
+) -> impl futures::Stream<Item = Result<GcpCloud, watcher::Error>> + Send + 'static {
+    watcher(
+        Api::<GcpCloud>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .default_backoff()
+    .touched_objects()
+    .predicate_filter(cloud_change, Default::default())
+}
 
 fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
     if let Error::Conflict(_) = error {
@@ -105,24 +145,21 @@ pub async fn run(
         client: client.clone(),
         settings,
         metrics,
+        reconcile_metrics: Arc::clone(&reconcile_metrics),
     });
 
     let vs_store = ctx.virtual_services.clone();
     let vs = vs_controller
         // A GcpCloud change concerns every object that references it.
-        .watches(
-            Api::<GcpCloud>::all(client.clone()),
-            watcher::Config::default(),
-            move |cloud| {
-                let name = cloud.name_any();
-                vs_store
-                    .state()
-                    .into_iter()
-                    .filter(|o| o.spec.cloud_ref == name)
-                    .map(|o| ObjectRef::from_obj(&*o))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(cloud_triggers(&client), move |cloud: GcpCloud| {
+            let name = cloud.name_any();
+            vs_store
+                .state()
+                .into_iter()
+                .filter(|o| o.spec.cloud_ref == name)
+                .map(|o| ObjectRef::from_obj(&*o))
+                .collect::<Vec<_>>()
+        })
         // Inventory changes (drift, engines stopping or coming back) and cloud readiness.
         .reconcile_on(UnboundedReceiverStream::new(vs_rx))
         .shutdown_on_signal()
@@ -139,19 +176,15 @@ pub async fn run(
 
     let vr_store = ctx.vpc_routes.clone();
     let vr = vr_controller
-        .watches(
-            Api::<GcpCloud>::all(client.clone()),
-            watcher::Config::default(),
-            move |cloud| {
-                let name = cloud.name_any();
-                vr_store
-                    .state()
-                    .into_iter()
-                    .filter(|o| o.spec.cloud_ref == name)
-                    .map(|o| ObjectRef::from_obj(&*o))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(cloud_triggers(&client), move |cloud: GcpCloud| {
+            let name = cloud.name_any();
+            vr_store
+                .state()
+                .into_iter()
+                .filter(|o| o.spec.cloud_ref == name)
+                .map(|o| ObjectRef::from_obj(&*o))
+                .collect::<Vec<_>>()
+        })
         .reconcile_on(UnboundedReceiverStream::new(vr_rx))
         .shutdown_on_signal()
         .run(
@@ -165,15 +198,18 @@ pub async fn run(
         )
         .for_each(|_| futures::future::ready(()));
 
-    let cloud_controller = Controller::new(
+    let (cloud_store, cloud_writer) = reflector::store::<GcpCloud>();
+    let cloud_stream = watcher(
         Api::<GcpCloud>::all(client.clone()),
         watcher::Config::default(),
-    );
+    )
+    .default_backoff()
+    .reflect(cloud_writer)
+    .applied_objects()
+    .predicate_filter(cloud_change, Default::default());
+    let cloud_controller = Controller::for_stream(cloud_stream, cloud_store.clone());
     // A deleted GcpCloud is never reconciled (it has no finalizer): its engine is stopped here.
-    tokio::spawn(cloud::forget_deleted(
-        Arc::downgrade(&ctx),
-        cloud_controller.store(),
-    ));
+    tokio::spawn(cloud::forget_deleted(Arc::downgrade(&ctx), cloud_store));
     let clouds = cloud_controller
         .shutdown_on_signal()
         .run(

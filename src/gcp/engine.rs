@@ -439,6 +439,56 @@ impl Engine {
         super::inventory::read(shared, &call).await.map(|_| ())
     }
 
+    /// Reads the resource quotas Compute reports for the project (`projects.get`) and for each
+    /// region of the engine (`regions.get`): one GET of the read group each. The quotas the
+    /// operator's resources consume ([`super::types::QUOTA_METRICS`]) are recorded in the
+    /// `adc_operator_gcp_quota_usage` / `_limit` metrics and returned.
+    pub async fn read_quotas(&self) -> Result<Vec<super::types::QuotaUse>, GcpError> {
+        let shared = &self.shared;
+        let project = &shared.settings.project;
+        let mut scopes = vec![(
+            "global".to_string(),
+            format!("projects/{project}"),
+            "compute.projects.get",
+        )];
+        for region in &shared.settings.regions {
+            scopes.push((
+                region.clone(),
+                format!("projects/{project}/regions/{region}"),
+                "compute.regions.get",
+            ));
+        }
+        let mut quotas = Vec::new();
+        for (scope, path, method_name) in scopes {
+            let call = Call {
+                method: reqwest::Method::GET,
+                path,
+                query: vec![("fields".into(), "quotas".into())],
+                body: None,
+                group: super::budget::RateGroup::Read,
+                method_name,
+            };
+            let answer = super::inventory::read(shared, &call).await?;
+            let listed: super::types::QuotaList = serde_json::from_slice(&answer.body)
+                .map_err(|err| GcpError::Decode(format!("{method_name}: {err}")))?;
+            for quota in listed.quotas {
+                if !super::types::QUOTA_METRICS.contains(&quota.metric.as_str()) {
+                    continue;
+                }
+                shared
+                    .metrics
+                    .quota(project, &scope, &quota.metric, quota.usage, quota.limit);
+                quotas.push(super::types::QuotaUse {
+                    scope: scope.clone(),
+                    metric: quota.metric,
+                    usage: quota.usage,
+                    limit: quota.limit,
+                });
+            }
+        }
+        Ok(quotas)
+    }
+
     /// Mutations queued or in flight.
     pub fn pending(&self) -> usize {
         self.shared
@@ -448,6 +498,35 @@ impl Engine {
             .map(|slot| slot.works.len())
             .sum()
     }
+
+    /// How much work the engine holds now: what a progress report needs.
+    pub fn progress(&self) -> EngineProgress {
+        let pending = self.pending();
+        let (in_flight, typical_operation) = self.shared.tracker.snapshot();
+        EngineProgress {
+            queued: pending.saturating_sub(in_flight),
+            in_flight,
+            typical_operation,
+            writes_per_minute: self.shared.settings.rate_limits.writes_per_minute,
+            time_scale: self.shared.settings.time_scale,
+        }
+    }
+}
+
+/// A snapshot of an engine's work, for progress reports.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EngineProgress {
+    /// Mutations waiting to be sent (or being sent, their operation not yet known).
+    pub queued: usize,
+    /// Operations sent and not yet seen DONE.
+    pub in_flight: usize,
+    /// How long an operation typically takes here (smoothed), once one was seen DONE; in the
+    /// engine's own time (scaled by `time_scale`).
+    pub typical_operation: Option<Duration>,
+    /// The write quota per minute the engine spends.
+    pub writes_per_minute: u64,
+    /// The engine's time scale (1.0 against GCP).
+    pub time_scale: f64,
 }
 
 fn lock_map<K, V>(

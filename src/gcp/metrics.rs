@@ -33,6 +33,23 @@ pub struct GcpMetrics {
     pub rate_wait_seconds: Family<KindLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     pub operations_pending: Gauge,
     pub retries: Family<KindLabel, Counter>,
+    pub operations: Family<OutcomeLabel, Counter>,
+    pub quota_usage: Family<QuotaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    pub quota_limit: Family<QuotaLabels, Gauge<f64, std::sync::atomic::AtomicU64>>,
+}
+
+/// The outcome of an operation: `ok` or its error code.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+/// One resource quota of a project (`region` is `global` for the project-wide ones).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QuotaLabels {
+    pub project: String,
+    pub region: String,
+    pub metric: String,
 }
 
 impl Default for GcpMetrics {
@@ -45,6 +62,9 @@ impl Default for GcpMetrics {
             rate_wait_seconds: Family::default(),
             operations_pending: Gauge::default(),
             retries: Family::default(),
+            operations: Family::default(),
+            quota_usage: Family::default(),
+            quota_limit: Family::default(),
         }
     }
 }
@@ -88,6 +108,43 @@ impl GcpMetrics {
             "Calls sent again, by reason",
             self.retries.clone(),
         );
+        registry.register(
+            "operations",
+            "Operations seen DONE, by outcome (ok or the operation's error code)",
+            self.operations.clone(),
+        );
+        registry.register(
+            "quota_usage",
+            "Compute resource quota in use, by project, region (global: project-wide) and metric",
+            self.quota_usage.clone(),
+        );
+        registry.register(
+            "quota_limit",
+            "Compute resource quota limit, by project, region (global: project-wide) and metric",
+            self.quota_limit.clone(),
+        );
+    }
+
+    /// Counts an operation seen DONE.
+    pub fn operation(&self, outcome: &Result<(), GcpError>) {
+        let outcome = match outcome {
+            Ok(()) => "ok".to_string(),
+            Err(err) => err.label(),
+        };
+        self.operations
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc();
+    }
+
+    /// Records a resource quota as Compute reported it.
+    pub fn quota(&self, project: &str, region: &str, metric: &str, usage: f64, limit: f64) {
+        let labels = QuotaLabels {
+            project: project.to_string(),
+            region: region.to_string(),
+            metric: metric.to_string(),
+        };
+        self.quota_usage.get_or_create(&labels).set(usage);
+        self.quota_limit.get_or_create(&labels).set(limit);
     }
 
     /// Counts a call's outcome.

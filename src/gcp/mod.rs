@@ -16,7 +16,7 @@ pub mod types;
 
 pub use auth::Credentials;
 pub use budget::{RateGroup, RateLimits};
-pub use engine::{DispatchMode, Engine, EngineSettings, Failure, Lane};
+pub use engine::{DispatchMode, Engine, EngineProgress, EngineSettings, Failure, Lane};
 pub use error::GcpError;
 pub use inventory::{Inventory, InventoryEvent, Snapshot};
 pub use metrics::GcpMetrics;

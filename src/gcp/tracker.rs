@@ -51,6 +51,13 @@ impl Tracker {
         Self::default()
     }
 
+    /// Operations being waited for, and how long one typically takes (smoothed), if any was
+    /// seen DONE yet.
+    pub(crate) fn snapshot(&self) -> (usize, Option<Duration>) {
+        let state = self.lock();
+        (state.ops.len(), state.typical.map(Duration::from_secs_f64))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, TrackerState> {
         match self.state.lock() {
             Ok(guard) => guard,
@@ -170,7 +177,9 @@ fn deliver(shared: &Arc<Shared>, scope: String, op: &Operation) {
         tracked
     };
     if let Some(tracked) = tracked {
-        shared.finish(&tracked.dispatch, op.failure().map_or(Ok(()), Err));
+        let outcome = op.failure().map_or(Ok(()), Err);
+        shared.metrics.operation(&outcome);
+        shared.finish(&tracked.dispatch, outcome);
     }
 }
 

@@ -268,6 +268,43 @@ impl Operation {
     }
 }
 
+/// The resource quotas that the operator's resources (routes, firewall rules, addresses,
+/// forwarding rules) count against, project-wide or per region as Compute reports them.
+pub const QUOTA_METRICS: &[&str] = &[
+    "ROUTES",
+    "FIREWALLS",
+    "STATIC_ADDRESSES",
+    "IN_USE_ADDRESSES",
+    "INTERNAL_ADDRESSES",
+    "FORWARDING_RULES",
+];
+
+/// The `quotas` of a Project or Region resource (`projects.get`, `regions.get`).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct QuotaList {
+    #[serde(default)]
+    pub quotas: Vec<Quota>,
+}
+
+/// One quota as Compute reports it: `limit` and `usage` are doubles on the wire.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Quota {
+    pub metric: String,
+    #[serde(default)]
+    pub limit: f64,
+    #[serde(default)]
+    pub usage: f64,
+}
+
+/// A quota of a project (`scope` = `global`) or of one of its regions (`scope` = the region).
+#[derive(Debug, Clone, PartialEq)]
+pub struct QuotaUse {
+    pub scope: String,
+    pub metric: String,
+    pub usage: f64,
+    pub limit: f64,
+}
+
 /// The last path segment of a URL or path.
 pub fn last_segment(url: &str) -> &str {
     url.rsplit('/').next().unwrap_or(url)
