@@ -199,6 +199,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         reconcile_metrics.register(ours);
         leader_metrics.register(ours);
     }
+    metrics.prime();
+    reconcile_metrics.prime(&["VirtualService", "VpcRoute", "GcpCloud"]);
     let registry = std::sync::Arc::new(std::sync::Mutex::new(registry));
     let addr = args.metrics_addr;
     tokio::spawn(async move {

@@ -3,6 +3,11 @@
 //! and the operator binary run out of cluster with the chart's ServiceAccount token, so that the
 //! chart's RBAC is proven to be enough for the whole loop and to refuse everything else.
 //!
+//! The chart's Grafana dashboard and PrometheusRule are rendered and checked too: the rules and
+//! the dashboard's queries with promtool (`check rules`, and `test rules` with
+//! tests/fixtures/prometheus/alerts-test.yaml), every metric they name against the running
+//! operator's /metrics.
+//!
 //! Every test installs its own release (the release name is also the name of the cluster-scoped
 //! ClusterRole) into its own namespace; only one test starts an operator process.
 
@@ -348,7 +353,7 @@ fn chart_lints_and_renders_with_the_schema() {
         "RuntimeDefault"
     );
     let c = container(deployment);
-    assert_eq!(c["image"], "ghcr.io/adc-operator/adc-operator:0.1.0");
+    assert_eq!(c["image"], "adc-operator:0.1.0");
     assert_eq!(
         c["securityContext"],
         json!({"runAsNonRoot": true, "runAsUser": 65532, "runAsGroup": 65532,
@@ -815,11 +820,13 @@ async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
     let binary = env!("CARGO_BIN_EXE_adc-operator");
     let pod_name = format!("{release}-0");
     let log_path = dir.join("operator.log");
+    let metrics_port = support::free_port();
     let mut command = Command::new(binary);
     command
         .args(["run", "--kubeconfig"])
         .arg(&kubeconfig)
-        .args(["--metrics-addr", "127.0.0.1:0", "--cluster-id", "helm-test"]);
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics_port}")])
+        .args(["--cluster-id", "helm-test"]);
     // As the chart runs it: leader election with the Lease in the release namespace, under the
     // chart's Role.
     command.args([
@@ -945,16 +952,90 @@ async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
         "the operator holds the Lease in the release namespace"
     );
 
+    // Every metric the chart's dashboard and alerts name is on the running operator's
+    // /metrics (checked at the end, so that the rest of this test runs either way). A family
+    // without series is not exposed at all (not even its `# TYPE`), and some get series only
+    // once something happened (a retry, a refused call): a second VirtualService is made under
+    // GCP faults while /metrics is read, then heals. The progress gauges are refreshed every
+    // few seconds.
+    let wanted = monitored_metric_names();
+    let metrics_url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let set_faults = |spec: &'static str| {
+        let url = format!("{}/_emulator/faults", emulator.base_url);
+        async move {
+            let answer = reqwest::Client::new()
+                .post(url)
+                .json(&json!({"spec": spec}))
+                .send()
+                .await
+                .expect("setting the emulator's faults");
+            assert!(answer.status().is_success(), "{answer:?}");
+        }
+    };
+    set_faults("http500=0.2,ratelimit=0.2,opfail=0.5").await;
+    let faulted = "helm-faulted";
+    services
+        .patch(
+            faulted,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "adc.dev/v1alpha1", "kind": "VirtualService", "metadata": {"name": faulted},
+                "spec": {"cloudRef": cloud, "vip": {"address": "10.31.0.2"}, "ports": [{"port": 443}],
+                         "sourceRanges": ["10.0.0.0/8"], "mode": "ActiveActive",
+                         "serviceEngines": [{"name": "se-1", "zone": "us-central1-a"},
+                                            {"name": "se-2", "zone": "us-central1-b"}]}
+            })),
+        )
+        .await
+        .unwrap();
+    let mut missing = Vec::new();
+    let mut exposed = String::new();
+    for _ in 0..90 {
+        let text = reqwest::get(&metrics_url)
+            .await
+            .expect("scraping /metrics")
+            .text()
+            .await
+            .unwrap();
+        missing = missing_metrics(&text, &wanted);
+        exposed = text
+            .lines()
+            .filter(|l| l.starts_with("# TYPE ") || l.contains("_total{"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        if missing.is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    set_faults("").await;
+    eventually("the VirtualService made under faults Ready", || async {
+        let status =
+            serde_json::to_value(services.get(faulted).await.unwrap()).unwrap()["status"].clone();
+        if is_ready(&status) {
+            Ok(())
+        } else {
+            Err(format!("{status}; {}", operator_note()))
+        }
+    })
+    .await;
+    services
+        .delete(faulted, &DeleteParams::default())
+        .await
+        .unwrap();
+
     // Deleting the object: the finalizer's cleanup runs and removes the finalizer.
     services
         .delete(vs_name, &DeleteParams::default())
         .await
         .unwrap();
-    eventually("the VirtualService gone", || async {
-        match services.get_opt(vs_name).await.unwrap() {
-            None => Ok(()),
-            Some(vs) => Err(format!("{:?}", vs.metadata.finalizers)),
+    eventually("the VirtualServices gone", || async {
+        for name in [vs_name, faulted] {
+            if let Some(vs) = services.get_opt(name).await.unwrap() {
+                return Err(format!("{name}: {:?}", vs.metadata.finalizers));
+            }
         }
+        Ok(())
     })
     .await;
     clouds
@@ -971,6 +1052,11 @@ async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
         "the operator was refused something it needs:\n{log}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        missing.is_empty(),
+        "the dashboard or the alerts name metrics the operator does not export: {missing:?} \
+         (of {wanted:?}); its families and counters:\n{exposed}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1145,4 +1231,680 @@ async fn upgrade_changes_the_deployment_and_uninstall_keeps_the_crds() {
             "{name} is being deleted"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Monitoring: the Grafana dashboard and the PrometheusRule (metrics.dashboard,
+// metrics.prometheusRule), checked with promtool and against a running operator's /metrics.
+
+/// Values that switch the dashboard and the alerts on.
+const MONITORING: [&str; 2] = [
+    "metrics.dashboard.enabled=true",
+    "metrics.prometheusRule.enabled=true",
+];
+
+/// Every alert of the chart (metrics.prometheusRule.alerts), by name.
+const ALERTS: [&str; 14] = [
+    "AdcOperatorDown",
+    "AdcOperatorNoLeader",
+    "AdcOperatorMultipleLeaders",
+    "AdcOperatorLeaderFlapping",
+    "AdcOperatorReconcileErrors",
+    "AdcOperatorObjectsStalled",
+    "AdcOperatorObjectsNotReady",
+    "AdcOperatorGcpRateLimited",
+    "AdcOperatorGcpRateBudgetSaturated",
+    "AdcOperatorGcpRetries",
+    "AdcOperatorGcpCallsFailing",
+    "AdcOperatorGcpOperationsFailing",
+    "AdcOperatorGcpQuotaNearLimit",
+    "AdcOperatorGcpQuotaExhausted",
+];
+
+const RUNBOOK_BASE: &str =
+    "https://github.com/adc-operator/adc-operator/blob/main/docs/operations.md";
+
+/// The promtool unit tests of the alerts; `rule_files: [rules.yaml]` is the rendered rule.
+const ALERT_TESTS: &str = "tests/fixtures/prometheus/alerts-test.yaml";
+
+fn promtool_binary() -> PathBuf {
+    adc_testenv::Binaries::locate()
+        .expect("envtest binaries (make envtest)")
+        .promtool
+}
+
+/// Runs promtool in `dir`.
+fn promtool(args: &[&str], dir: &Path) -> Output {
+    Command::new(promtool_binary())
+        .args(args)
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running promtool (make envtest builds it)")
+}
+
+fn output_text(output: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// The rendered PrometheusRule (release adc-operator in adc-system) with `sets` on top of the
+/// monitoring values.
+fn rendered_rule(sets: &[&str]) -> Value {
+    let all: Vec<&str> = MONITORING.iter().chain(sets).copied().collect();
+    find(
+        &render("adc-operator", "adc-system", &all),
+        "PrometheusRule",
+        "adc-operator",
+    )
+    .clone()
+}
+
+/// The alerting rules of a PrometheusRule, every group's in order.
+fn alert_rules(rule: &Value) -> Vec<&Value> {
+    rule["spec"]["groups"]
+        .as_array()
+        .expect("spec.groups")
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("a group's rules"))
+        .collect()
+}
+
+fn alert<'a>(rule: &'a Value, name: &str) -> &'a Value {
+    alert_rules(rule)
+        .into_iter()
+        .find(|r| r["alert"] == name)
+        .unwrap_or_else(|| panic!("no alert {name}"))
+}
+
+/// The dashboard of the rendered ConfigMap, parsed.
+fn rendered_dashboard(objects: &[Value], name: &str) -> Value {
+    let config_map = find(objects, "ConfigMap", name);
+    serde_json::from_str(
+        config_map["data"]["adc-operator.json"]
+            .as_str()
+            .expect("the dashboard in data"),
+    )
+    .expect("the dashboard is JSON")
+}
+
+/// Every panel of a dashboard, rows' nested panels included.
+fn dashboard_panels(dashboard: &Value) -> Vec<&Value> {
+    fn walk<'a>(panels: &'a Value, out: &mut Vec<&'a Value>) {
+        for panel in panels.as_array().into_iter().flatten() {
+            out.push(panel);
+            walk(&panel["panels"], out);
+        }
+    }
+    let mut out = Vec::new();
+    walk(&dashboard["panels"], &mut out);
+    out
+}
+
+/// Every PromQL expression of a dashboard: the panels' targets and the query variables.
+fn dashboard_exprs(dashboard: &Value) -> Vec<String> {
+    let mut exprs: Vec<String> = dashboard_panels(dashboard)
+        .into_iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .map(|t| t["expr"].as_str().expect("a target's expr").to_string())
+        .collect();
+    for variable in dashboard["templating"]["list"].as_array().unwrap() {
+        if variable["type"] == "query" {
+            let query = &variable["query"];
+            exprs.push(
+                query["query"]
+                    .as_str()
+                    .or(query.as_str())
+                    .expect("a variable's query")
+                    .to_string(),
+            );
+        }
+    }
+    exprs
+}
+
+/// The metric names a PromQL expression names: identifiers starting with `adc_operator_` or
+/// `process_`.
+fn metric_names(expr: &str) -> BTreeSet<String> {
+    let name = regex::Regex::new(r"\b(?:adc_operator|process)_[a-zA-Z0-9_]*").unwrap();
+    name.find_iter(expr)
+        .map(|m| m.as_str().to_string())
+        .collect()
+}
+
+/// Every metric name the chart's dashboard and alerts use.
+fn monitored_metric_names() -> BTreeSet<String> {
+    let objects = render("adc-operator", "adc-system", &MONITORING);
+    let dashboard = rendered_dashboard(&objects, "adc-operator-dashboard");
+    let rule = find(&objects, "PrometheusRule", "adc-operator");
+    dashboard_exprs(&dashboard)
+        .iter()
+        .map(String::as_str)
+        .chain(
+            alert_rules(rule)
+                .iter()
+                .map(|r| r["expr"].as_str().unwrap()),
+        )
+        .flat_map(metric_names)
+        .collect()
+}
+
+/// The names of `wanted` that a /metrics text does not expose, as a sample or as a `# TYPE`
+/// family (`_total`, `_bucket`, `_sum`, `_count` name a counter's or histogram's samples).
+fn missing_metrics(text: &str, wanted: &BTreeSet<String>) -> Vec<String> {
+    let mut samples = BTreeSet::new();
+    let mut families = BTreeSet::new();
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            if let Some(family) = rest.split_whitespace().next() {
+                families.insert(family.to_string());
+            }
+        } else if !line.starts_with('#') && !line.is_empty() {
+            let end = line.find(['{', ' ']).unwrap_or(line.len());
+            samples.insert(line[..end].to_string());
+        }
+    }
+    wanted
+        .iter()
+        .filter(|name| {
+            !samples.contains(*name)
+                && !families.contains(*name)
+                && !["_total", "_bucket", "_sum", "_count"]
+                    .iter()
+                    .any(|suffix| {
+                        name.strip_suffix(suffix)
+                            .is_some_and(|f| families.contains(f))
+                    })
+        })
+        .cloned()
+        .collect()
+}
+
+/// GitHub's anchor of a Markdown heading: lower case, punctuation dropped, spaces to hyphens.
+fn heading_anchor(heading: &str) -> String {
+    heading
+        .trim()
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+#[test]
+fn the_dashboard_and_alerts_render_only_when_enabled() {
+    let chart = chart();
+    let chart = chart.to_str().unwrap();
+    // helm lint, with them off (the default) and on.
+    for sets in [
+        &[][..],
+        &MONITORING[..],
+        &[
+            "metrics.dashboard.enabled=true",
+            "metrics.dashboard.annotations.grafana_folder=ADC",
+            "metrics.prometheusRule.enabled=true",
+            "metrics.prometheusRule.labels.release=kube-prometheus-stack",
+        ][..],
+    ] {
+        let mut args = vec!["lint", "--strict", chart];
+        for set in sets {
+            args.extend(["--set", set]);
+        }
+        let lint = helm_ok(&args, false);
+        assert!(lint.contains("0 chart(s) failed"), "{sets:?}: {lint}");
+    }
+
+    // Neither by default.
+    let objects = render("adc-operator", "adc-system", &[]);
+    assert!(
+        !kinds(&objects).contains("ConfigMap"),
+        "{:?}",
+        kinds(&objects)
+    );
+    assert!(!kinds(&objects).contains("PrometheusRule"));
+
+    // Both when enabled, with the sidecar's label and the extra labels and annotations.
+    let objects = render(
+        "adc-operator",
+        "adc-system",
+        &[
+            "metrics.dashboard.enabled=true",
+            "metrics.dashboard.annotations.grafana_folder=ADC",
+            "metrics.dashboard.labels.team=platform",
+            "metrics.prometheusRule.enabled=true",
+            "metrics.prometheusRule.labels.release=kube-prometheus-stack",
+            "metrics.prometheusRule.alertLabels.team=platform",
+        ],
+    );
+    let config_map = find(&objects, "ConfigMap", "adc-operator-dashboard");
+    assert_eq!(config_map["metadata"]["namespace"], "adc-system");
+    let labels = &config_map["metadata"]["labels"];
+    assert_eq!(labels["grafana_dashboard"], "1", "{labels}");
+    assert_eq!(labels["team"], "platform", "{labels}");
+    assert_eq!(
+        labels["app.kubernetes.io/instance"], "adc-operator",
+        "{labels}"
+    );
+    assert_eq!(
+        config_map["metadata"]["annotations"],
+        json!({"grafana_folder": "ADC"})
+    );
+    // The ConfigMap carries the chart's file as it is.
+    let file = std::fs::read_to_string(
+        adc_testenv::repo_root().join("charts/adc-operator/dashboards/adc-operator.json"),
+    )
+    .unwrap();
+    let dashboard = rendered_dashboard(&objects, "adc-operator-dashboard");
+    assert_eq!(dashboard, serde_json::from_str::<Value>(&file).unwrap());
+    assert_dashboard_is_valid(&dashboard);
+
+    let rule = find(&objects, "PrometheusRule", "adc-operator");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(rule["metadata"]["namespace"], "adc-system");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"], "kube-prometheus-stack",
+        "{}",
+        rule["metadata"]
+    );
+    assert_eq!(
+        rule["metadata"]["labels"]["app.kubernetes.io/instance"],
+        "adc-operator"
+    );
+    // The alerts pick the series of the job the ServiceMonitor scrapes: the metrics Service's
+    // name, in the release namespace.
+    let service = find(&objects, "Service", "adc-operator-metrics");
+    let selector = format!(
+        "job=\"{}\", namespace=\"adc-system\"",
+        service["metadata"]["name"].as_str().unwrap()
+    );
+    let rules = alert_rules(rule);
+    let names: Vec<&str> = rules.iter().map(|r| r["alert"].as_str().unwrap()).collect();
+    assert_eq!(names, ALERTS, "every alert once, in order");
+    let by = regex::Regex::new(r"\bby \(([^)]*)\)").unwrap();
+    let templated = regex::Regex::new(r"\{\{ \$labels\.([a-z_]+) \}\}").unwrap();
+    let duration = regex::Regex::new(r"^([0-9]+(ms|s|m|h|d|w|y))+$").unwrap();
+    for rule in &rules {
+        let name = rule["alert"].as_str().unwrap();
+        let expr = rule["expr"].as_str().unwrap();
+        assert!(expr.contains(&selector), "{name} picks {selector}: {expr}");
+        assert!(
+            duration.is_match(rule["for"].as_str().unwrap_or_default()),
+            "{name}: for {}",
+            rule["for"]
+        );
+        let severity = rule["labels"]["severity"].as_str().unwrap_or_default();
+        assert!(
+            ["warning", "critical"].contains(&severity),
+            "{name}: severity {severity}"
+        );
+        assert_eq!(rule["labels"]["team"], "platform", "{name}: alertLabels");
+        let annotations = &rule["annotations"];
+        let summary = annotations["summary"].as_str().unwrap_or_default();
+        let description = annotations["description"].as_str().unwrap_or_default();
+        assert!(
+            summary.len() > 10 && description.len() > summary.len(),
+            "{name}: {annotations}"
+        );
+        assert_eq!(
+            annotations["runbook_url"],
+            format!("{RUNBOOK_BASE}#{}", name.to_lowercase()),
+            "{name}"
+        );
+        // Every label the alert carries (its outermost aggregation's) is named in its text.
+        let text = format!("{summary} {description}");
+        let mentioned: BTreeSet<&str> = templated
+            .captures_iter(&text)
+            .map(|c| c.get(1).unwrap().as_str())
+            .collect();
+        if let Some(outer) = by.captures(expr) {
+            for label in outer[1].split(',').map(str::trim) {
+                assert!(
+                    label == "namespace" || mentioned.contains(label),
+                    "{name}: label {label} is not in its summary or description: {annotations}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        alert(rule, "AdcOperatorDown")["labels"]["severity"],
+        "critical"
+    );
+    assert_eq!(
+        alert(rule, "AdcOperatorDown")["expr"],
+        "absent(up{job=\"adc-operator-metrics\", namespace=\"adc-system\"} == 1)"
+    );
+    assert_eq!(alert(rule, "AdcOperatorObjectsStalled")["for"], "15m");
+    assert_eq!(
+        alert(rule, "AdcOperatorObjectsStalled")["labels"]["severity"],
+        "warning"
+    );
+
+    // Thresholds, durations, severities, the selector and the rates' window come from values;
+    // a disabled alert is gone, and so is a group left without alerts.
+    let rule = rendered_rule(&[
+        "metrics.prometheusRule.alerts.objectsStalled.for=1h",
+        "metrics.prometheusRule.alerts.objectsStalled.severity=critical",
+        "metrics.prometheusRule.alerts.objectsNotReady.enabled=false",
+        "metrics.prometheusRule.alerts.gcpRetries.ratio=0.25",
+        "metrics.prometheusRule.alerts.quotaNearLimit.ratio=0.75",
+        "metrics.prometheusRule.alerts.leaderFlapping.window=3h",
+        "metrics.prometheusRule.alerts.operatorDown.enabled=false",
+        "metrics.prometheusRule.rateInterval=5m",
+        "metrics.prometheusRule.selector=job=\"adc\"",
+        "metrics.prometheusRule.runbookUrl=https://wiki.example.com/adc",
+    ]);
+    let stalled = alert(&rule, "AdcOperatorObjectsStalled");
+    assert_eq!(stalled["for"], "1h");
+    assert_eq!(stalled["labels"]["severity"], "critical");
+    assert!(
+        stalled["annotations"]["description"]
+            .as_str()
+            .unwrap()
+            .contains("for 1h"),
+        "{stalled}"
+    );
+    assert_eq!(
+        stalled["annotations"]["runbook_url"],
+        "https://wiki.example.com/adc#adcoperatorobjectsstalled"
+    );
+    let names: BTreeSet<&str> = alert_rules(&rule)
+        .iter()
+        .map(|r| r["alert"].as_str().unwrap())
+        .collect();
+    assert!(!names.contains("AdcOperatorObjectsNotReady") && !names.contains("AdcOperatorDown"));
+    assert_eq!(names.len(), ALERTS.len() - 2);
+    let retries = alert(&rule, "AdcOperatorGcpRetries")["expr"]
+        .as_str()
+        .unwrap();
+    assert!(retries.ends_with("> 0.25"), "{retries}");
+    assert!(
+        retries.contains("[5m]") && !retries.contains("[10m]"),
+        "{retries}"
+    );
+    assert!(retries.contains("{job=\"adc\"}"), "{retries}");
+    assert!(!retries.contains("adc-system"), "{retries}");
+    let quota = alert(&rule, "AdcOperatorGcpQuotaNearLimit")["expr"]
+        .as_str()
+        .unwrap();
+    assert!(quota.ends_with("> 0.75"), "{quota}");
+    let flapping = alert(&rule, "AdcOperatorLeaderFlapping")["expr"]
+        .as_str()
+        .unwrap();
+    assert!(flapping.contains("offset 3h"), "{flapping}");
+    let rule = rendered_rule(&[
+        "metrics.prometheusRule.alerts.objectsStalled.enabled=false",
+        "metrics.prometheusRule.alerts.objectsNotReady.enabled=false",
+    ]);
+    let groups: Vec<&str> = rule["spec"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(groups, ["adc-operator.operator", "adc-operator.gcp"]);
+
+    // The sidecar's label and the ConfigMap's namespace are configurable; an extra label
+    // cannot override the sidecar's.
+    let objects = render(
+        "ops",
+        "platform",
+        &[
+            "metrics.dashboard.enabled=true",
+            "metrics.dashboard.sidecarLabel=dashboards.example.com/grafana",
+            "metrics.dashboard.sidecarLabelValue=yes",
+            "metrics.dashboard.labels.dashboards\\.example\\.com/grafana=no",
+            "metrics.dashboard.namespace=monitoring",
+        ],
+    );
+    let config_map = find(&objects, "ConfigMap", "ops-adc-operator-dashboard");
+    assert_eq!(config_map["metadata"]["namespace"], "monitoring");
+    let labels = &config_map["metadata"]["labels"];
+    assert_eq!(labels["dashboards.example.com/grafana"], "yes", "{labels}");
+    assert!(labels["grafana_dashboard"].is_null(), "{labels}");
+    assert!(!kinds(&objects).contains("PrometheusRule"));
+
+    // The schema refuses unknown keys and bad values under both.
+    for (set, names) in [
+        ("metrics.dashboard.typo=1", "typo"),
+        ("metrics.prometheusRule.alerts.bogus.enabled=true", "bogus"),
+        (
+            "metrics.prometheusRule.alerts.objectsStalled.severity=page",
+            "severity",
+        ),
+        (
+            "metrics.prometheusRule.alerts.objectsStalled.for=soon",
+            "for",
+        ),
+        ("metrics.prometheusRule.alerts.gcpRetries.ratio=-1", "ratio"),
+        ("metrics.prometheusRule.rateInterval=10", "rateInterval"),
+    ] {
+        let output = helm(&["template", "adc-operator", chart, "--set", set], false);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "--set {set} rendered");
+        assert!(stderr.contains(names), "--set {set}: {stderr}");
+        assert!(stderr.contains("schema"), "--set {set}: {stderr}");
+    }
+}
+
+/// A Grafana dashboard the sidecar can load, with the panels and variables asked of it.
+fn assert_dashboard_is_valid(dashboard: &Value) {
+    let schema = dashboard["schemaVersion"].as_u64().expect("schemaVersion");
+    assert!((36..=41).contains(&schema), "schemaVersion {schema}");
+    let uid = dashboard["uid"].as_str().expect("uid");
+    assert!(!uid.is_empty() && uid.len() <= 40, "uid {uid}");
+    assert!(dashboard["title"].as_str().is_some_and(|t| !t.is_empty()));
+    assert!(dashboard["id"].is_null(), "no id: Grafana assigns it");
+
+    // A data-source variable, and the namespace and job variables every query filters by.
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating");
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no variable {name}"))
+    };
+    assert_eq!(variable("datasource")["type"], "datasource");
+    assert_eq!(variable("datasource")["query"], "prometheus");
+    for name in ["namespace", "job", "cloud"] {
+        assert_eq!(variable(name)["type"], "query", "{name}");
+        assert_eq!(
+            variable(name)["datasource"]["uid"],
+            "${datasource}",
+            "{name}"
+        );
+    }
+
+    let panels = dashboard_panels(dashboard);
+    let mut ids = BTreeSet::new();
+    for panel in &panels {
+        let title = panel["title"].as_str().unwrap_or_default();
+        assert!(!title.is_empty(), "a panel without a title: {panel}");
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("a panel id")),
+            "id of {title} twice"
+        );
+        let grid = &panel["gridPos"];
+        let (x, w) = (grid["x"].as_u64().unwrap(), grid["w"].as_u64().unwrap());
+        assert!(
+            x + w <= 24 && grid["h"].as_u64().unwrap() > 0,
+            "{title}: {grid}"
+        );
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(panel["datasource"]["uid"], "${datasource}", "{title}");
+        let targets = panel["targets"].as_array().expect("targets");
+        assert!(!targets.is_empty(), "{title} has no query");
+        for target in targets {
+            assert_eq!(target["datasource"]["uid"], "${datasource}", "{title}");
+            let expr = target["expr"].as_str().unwrap_or_default();
+            assert!(
+                expr.contains("namespace=~\"$namespace\"") && expr.contains("job=~\"$job\""),
+                "{title}: {expr} does not filter by $namespace and $job"
+            );
+        }
+    }
+    // The panels asked for: fleet progress, GCP calls, batching, queues, operations, rate
+    // waits, retries, quotas, reconciles, leader election and the process.
+    let named: BTreeSet<String> = dashboard_exprs(dashboard)
+        .iter()
+        .flat_map(|e| metric_names(e))
+        .collect();
+    for metric in [
+        "adc_operator_objects",
+        "adc_operator_cloud_eta_seconds",
+        "adc_operator_gcp_calls_total",
+        "adc_operator_gcp_http_requests_total",
+        "adc_operator_gcp_batch_size_bucket",
+        "adc_operator_gcp_queue_depth",
+        "adc_operator_gcp_operations_pending",
+        "adc_operator_gcp_operations_total",
+        "adc_operator_gcp_rate_wait_seconds_total",
+        "adc_operator_gcp_retries_total",
+        "adc_operator_gcp_quota_usage",
+        "adc_operator_gcp_quota_limit",
+        "adc_operator_reconciles_total",
+        "adc_operator_reconcile_failures_total",
+        "adc_operator_reconcile_duration_seconds_bucket",
+        "adc_operator_leader",
+        "adc_operator_lease_transitions",
+        "process_resident_memory_bytes",
+        "process_cpu_seconds",
+    ] {
+        assert!(named.contains(metric), "no panel shows {metric}");
+    }
+}
+
+#[test]
+fn the_rendered_alerts_pass_promtool_and_their_unit_tests() {
+    let dir = tempdir("promtool");
+    let run = |args: &[&str]| -> Output { promtool(args, &dir) };
+
+    // promtool check rules on the rendered rule's spec (a Prometheus rule file), lints fatal.
+    let rule = rendered_rule(&[]);
+    std::fs::write(
+        dir.join("rules.yaml"),
+        serde_yaml::to_string(&rule["spec"]).unwrap(),
+    )
+    .unwrap();
+    let check = run(&["check", "rules", "--lint=all", "--lint-fatal", "rules.yaml"]);
+    let text = output_text(&check);
+    assert!(check.status.success(), "promtool check rules: {text}");
+    assert!(
+        text.contains(&format!("SUCCESS: {} rules found", ALERTS.len())),
+        "{text}"
+    );
+
+    // The unit tests: each alert fires on series that should trigger it and stays silent on
+    // healthy ones.
+    let tests_file = adc_testenv::repo_root().join(ALERT_TESTS);
+    let tests_text = std::fs::read_to_string(&tests_file).unwrap();
+    std::fs::write(dir.join("alerts-test.yaml"), &tests_text).unwrap();
+    let unit = run(&["test", "rules", "alerts-test.yaml"]);
+    assert!(
+        unit.status.success(),
+        "promtool test rules {ALERT_TESTS}: {}",
+        output_text(&unit)
+    );
+    // ... for every alert, both ways.
+    let tests: Value = serde_yaml::from_str(&tests_text).unwrap();
+    assert_eq!(tests["rule_files"], json!(["rules.yaml"]));
+    let mut fires = BTreeSet::new();
+    let mut silent = BTreeSet::new();
+    for group in tests["tests"].as_array().unwrap() {
+        for case in group["alert_rule_test"].as_array().unwrap() {
+            let name = case["alertname"].as_str().unwrap().to_string();
+            if case["exp_alerts"].as_array().is_some_and(|a| !a.is_empty()) {
+                fires.insert(name);
+            } else {
+                silent.insert(name);
+            }
+        }
+    }
+    let all: BTreeSet<String> = ALERTS.iter().map(|s| s.to_string()).collect();
+    assert_eq!(fires, all, "every alert has a case where it fires");
+    assert_eq!(silent, all, "every alert has a case where it stays silent");
+
+    // The unit tests can fail: with a threshold no input reaches, or an alert gone, they do.
+    for set in [
+        "metrics.prometheusRule.alerts.objectsStalled.threshold=100",
+        "metrics.prometheusRule.alerts.operatorDown.enabled=false",
+        "metrics.prometheusRule.alerts.gcpCallsFailing.ignoredOutcomes=ok",
+    ] {
+        let rule = rendered_rule(&[set]);
+        std::fs::write(
+            dir.join("rules.yaml"),
+            serde_yaml::to_string(&rule["spec"]).unwrap(),
+        )
+        .unwrap();
+        let unit = run(&["test", "rules", "alerts-test.yaml"]);
+        assert!(
+            !unit.status.success(),
+            "--set {set}: the unit tests still pass: {}",
+            output_text(&unit)
+        );
+    }
+
+    // The dashboard's queries are PromQL too: promtool checks them as recording rules, with
+    // Grafana's variables put in.
+    let objects = render("adc-operator", "adc-system", &MONITORING);
+    let dashboard = rendered_dashboard(&objects, "adc-operator-dashboard");
+    let rules: Vec<Value> = dashboard_exprs(&dashboard)
+        .iter()
+        .filter(|e| !e.starts_with("label_values("))
+        .enumerate()
+        .map(|(i, expr)| {
+            let expr = expr
+                .replace("$__rate_interval", "2m")
+                .replace("$__interval", "1m")
+                .replace("$namespace", "adc-system")
+                .replace("$job", "adc-operator-metrics")
+                .replace("$cloud", ".*");
+            json!({"record": format!("dashboard:query_{i}"), "expr": expr})
+        })
+        .collect();
+    assert!(rules.len() > 30, "{} queries", rules.len());
+    std::fs::write(
+        dir.join("dashboard.yaml"),
+        serde_yaml::to_string(&json!({"groups": [{"name": "dashboard", "rules": rules}]})).unwrap(),
+    )
+    .unwrap();
+    let check = run(&["check", "rules", "dashboard.yaml"]);
+    assert!(
+        check.status.success(),
+        "the dashboard's queries: {}",
+        output_text(&check)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn every_alert_runbook_is_a_section_of_the_operations_guide() {
+    let guide =
+        std::fs::read_to_string(adc_testenv::repo_root().join("docs/operations.md")).unwrap();
+    let anchors: BTreeSet<String> = guide
+        .lines()
+        .filter_map(|line| line.strip_prefix('#'))
+        .map(|heading| heading_anchor(heading.trim_start_matches('#')))
+        .collect();
+    let rule = rendered_rule(&[]);
+    let missing: Vec<String> = alert_rules(&rule)
+        .iter()
+        .map(|r| {
+            let url = r["annotations"]["runbook_url"].as_str().unwrap();
+            let (base, anchor) = url.split_once('#').unwrap();
+            assert_eq!(base, RUNBOOK_BASE);
+            anchor.to_string()
+        })
+        .filter(|anchor| !anchors.contains(anchor))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/operations.md has no section for the runbook anchors {missing:?}"
+    );
 }

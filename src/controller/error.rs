@@ -20,6 +20,9 @@ pub enum Error {
 }
 
 impl Error {
+    /// Every value [`Self::label`] gives.
+    pub const LABELS: [&'static str; 5] = ["kube", "gcp", "finalizer", "conflict", "config"];
+
     /// A short label for metrics.
     pub fn label(&self) -> &'static str {
         match self {

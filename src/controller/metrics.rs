@@ -88,6 +88,24 @@ impl ControllerMetrics {
         );
     }
 
+    /// Creates the reconcile series of every kind at zero (failures for every error label), so
+    /// that a rate over them is 0 rather than absent before the first failure.
+    pub fn prime(&self, kinds: &[&str]) {
+        for kind in kinds {
+            let label = KindLabel {
+                kind: kind.to_string(),
+            };
+            let _ = self.reconciles.get_or_create(&label);
+            let _ = self.duration.get_or_create(&label);
+            for error in super::Error::LABELS {
+                let _ = self.failures.get_or_create(&FailureLabels {
+                    kind: kind.to_string(),
+                    error: error.to_string(),
+                });
+            }
+        }
+    }
+
     fn object_labels(cloud: &str, kind: &str, state: &str, reason: &str) -> ObjectLabels {
         ObjectLabels {
             cloud: cloud.to_string(),

@@ -135,6 +135,9 @@ struct Queues {
     delayed: BinaryHeap<Reverse<(Instant, u64, Target)>>,
     delayed_seq: u64,
     networks: HashMap<String, NetworkState>,
+    /// Since when work of a rate group (and region) has waited for budget: the wait is counted
+    /// in `adc_operator_gcp_rate_wait_seconds_total` when the group sends again.
+    waiting_for_budget: HashMap<(super::budget::RateGroup, String), Instant>,
 }
 
 /// A mutation taken for sending.
@@ -719,9 +722,17 @@ impl Shared {
                 if self.budget.take(group, &region, 1, lane == Lane::Bulk) == 0 {
                     let chance = self.budget.next_chance(group, &region, lane == Lane::Bulk);
                     next = Some(next.map_or(chance, |n| n.min(chance)));
+                    queues
+                        .waiting_for_budget
+                        .entry((group, region.clone()))
+                        .or_insert(now);
                     blocked_groups.push((group, region));
                     skipped.push_back(target);
                     continue;
+                }
+                if let Some(since) = queues.waiting_for_budget.remove(&(group, region)) {
+                    self.metrics
+                        .rate_wait(group.label(), now.duration_since(since).as_secs_f64());
                 }
                 let Some(slot) = queues.slots.get_mut(&target) else {
                     continue;

@@ -125,6 +125,22 @@ impl GcpMetrics {
         );
     }
 
+    /// Creates the series that exist from the start at zero, so that dashboards and alerts see
+    /// a zero rather than nothing (Prometheus clients leave a family without series out).
+    pub fn prime(&self) {
+        for group in ["read", "write", "operation_read", "regional_write"] {
+            let _ = self.rate_wait_seconds.get_or_create(&KindLabel {
+                kind: group.to_string(),
+            });
+        }
+        let _ = self.operations.get_or_create(&OutcomeLabel {
+            outcome: "ok".to_string(),
+        });
+        for lane in ["urgent", "bulk"] {
+            self.queue_depth(lane, 0);
+        }
+    }
+
     /// Counts an operation seen DONE.
     pub fn operation(&self, outcome: &Result<(), GcpError>) {
         let outcome = match outcome {

@@ -1,4 +1,5 @@
-//! Where the etcd, kube-apiserver, kubectl and helm binaries built by `make envtest` live.
+//! Where the etcd, kube-apiserver, kubectl, helm and promtool binaries built by `make envtest`
+//! live.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,6 +14,8 @@ pub struct Binaries {
     pub kube_apiserver: PathBuf,
     pub kubectl: PathBuf,
     pub helm: PathBuf,
+    /// Prometheus' promtool: checks and unit-tests the chart's alerting rules.
+    pub promtool: PathBuf,
 }
 
 /// The repository root, known at compile time from this crate's manifest directory.
@@ -55,6 +58,7 @@ impl Binaries {
             kube_apiserver: dir.join("kube-apiserver"),
             kubectl: dir.join("kubectl"),
             helm: dir.join("helm"),
+            promtool: dir.join("promtool"),
             dir,
         };
         for path in [&binaries.etcd, &binaries.kube_apiserver] {
