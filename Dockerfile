@@ -1,11 +1,20 @@
-# adc-operator container image: build with cargo in the official Rust image, run the static
-# binary on distroless as a non-root user. (No container engine runs where this project is
-# developed; this file is kept simple and is not built in CI.)
+# adc-operator container image: build with cargo in the official Rust image, run the binary
+# (linked against glibc) on distroless cc as a non-root user.
+#
+#   docker build -t REGISTRY/adc-operator:TAG .
+#
+# The build stage copies every workspace member (Cargo.toml's [workspace] members) and every
+# target file a member's Cargo.toml declares, or cargo refuses the workspace. CI proves it
+# without a container engine: `make image-check` (part of `make lint`, hack/image-check.sh)
+# stages exactly what the build stage's COPY lines copy and runs its RUN line, and
+# `make image-demo` (hack/image-assemble.sh) assembles the final stage from that binary and runs
+# the demo with the operator inside the image.
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY batch ./batch
+COPY bench ./bench
 COPY emulator ./emulator
 COPY testenv ./testenv
 COPY benches ./benches

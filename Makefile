@@ -9,7 +9,7 @@ TEST_THREADS ?= 2
 HELM ?= $(shell hack/envtest/build.sh --dir)/helm
 CHART := charts/adc-operator
 
-.PHONY: all build envtest crds crds-check helm-lint lint fmt fmt-check clippy test test-rust test-fidelity soak bench bench-emulator bench-engine bench-convergence demo cluster-up cluster-down clean toolchain
+.PHONY: all build envtest crds crds-check helm-lint lint fmt fmt-check clippy test test-rust test-fidelity soak bench bench-emulator bench-engine bench-convergence demo cluster-up cluster-down clean toolchain image-check image-tools image-demo
 
 all: build
 
@@ -49,7 +49,7 @@ helm-lint: envtest
 	$(HELM) lint $(CHART)
 
 ## lint: generated files up to date, the Helm chart, formatting and clippy, warnings are errors
-lint: toolchain crds-check helm-lint fmt-check clippy
+lint: toolchain crds-check helm-lint fmt-check clippy image-check
 
 fmt:
 	$(CARGO) fmt --all
@@ -64,7 +64,7 @@ clippy:
 ## emulator's fidelity test with Google's own Python client
 test: test-rust test-fidelity
 
-test-rust: envtest toolchain
+test-rust: envtest toolchain image-tools
 	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
 
 ## test-fidelity: google-api-python-client against the emulator (sets up .venv by itself)
@@ -106,6 +106,27 @@ bench-emulator:
 ## demo: the main job on a local control plane (DEMO_KEEP=1 keeps it running)
 demo: envtest
 	@hack/demo.sh
+
+## image-check: the Dockerfile's build stage builds, without a container engine: what its COPY
+## lines copy is a workspace cargo loads, and its RUN line makes the binary the final stage copies
+image-check:
+	hack/image-check.sh
+
+## image-tools: buildah (assembles the image), podman and runc (run it), from apt when missing
+image-tools:
+	@missing=""; for tool in buildah podman runc; do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" = 0 ] || sudo=sudo; \
+	  echo "image-tools: installing$$missing"; \
+	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q$$missing || \
+	    { $$sudo apt-get update -q && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q$$missing; }; \
+	fi
+
+## image-demo: the final stage assembled from scratch with buildah from the image-check binary
+## (hack/image-assemble.sh), then `make demo` with the operator run from inside that image
+image-demo: envtest image-tools
+	hack/image-assemble.sh
+	ADC_OPERATOR_CMD="hack/image-assemble.sh exec" hack/demo.sh
 
 ## cluster-up / cluster-down: a local control plane for exploring by hand
 cluster-up: envtest

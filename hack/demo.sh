@@ -46,8 +46,11 @@ step "installing the CRDs"
 kubectl apply --server-side -f crds/ >/dev/null
 kubectl wait --for=condition=Established --timeout=60s crd/gcpclouds.adc.dev crd/virtualservices.adc.dev crd/vpcroutes.adc.dev >/dev/null
 
-step "running adc-operator (log: $ADC_CLUSTER_DIR/operator.log)"
-GCE_METADATA_HOST=$emulator_addr setsid target/debug/adc-operator run --kubeconfig "$KUBECONFIG" \
+# ADC_OPERATOR_CMD replaces the operator binary, e.g. "hack/image-assemble.sh exec" runs it from
+# inside the container image (`make image-demo`); it is split on spaces.
+read -r -a operator_cmd <<<"${ADC_OPERATOR_CMD:-target/debug/adc-operator}"
+step "running adc-operator: ${operator_cmd[*]} (log: $ADC_CLUSTER_DIR/operator.log)"
+GCE_METADATA_HOST=$emulator_addr setsid "${operator_cmd[@]}" run --kubeconfig "$KUBECONFIG" \
   --metrics-addr 127.0.0.1:0 --cluster-id demo >"$ADC_CLUSTER_DIR/operator.log" 2>&1 </dev/null &
 pids+=($!)
 
@@ -56,10 +59,20 @@ kubectl apply --server-side -f examples/tenant.yaml
 sed "s|endpoint: http://127.0.0.1:8085 .*|endpoint: $emulator|" examples/gcpcloud.yaml | kubectl apply --server-side -f -
 kubectl apply --server-side -f examples/virtualservices.yaml -f examples/vpcroutes.yaml
 
-step "waiting until everything is Ready"
-kubectl wait --for=condition=Ready --timeout=120s gcpcloud/demo
-kubectl wait --for=condition=Ready --timeout=120s -n team-a virtualservice --all
-kubectl wait --for=condition=Ready --timeout=120s -n team-a vpcroute --all
+step "waiting until everything is Ready, watching the fleet's progress: kubectl get gcpcloud -w"
+kubectl get gcpcloud -w &
+watch_pid=$!
+pids+=("$watch_pid")
+kubectl wait --for=condition=Ready --timeout=120s gcpcloud/demo >/dev/null
+kubectl wait --for=condition=Ready --timeout=120s -n team-a virtualservice --all >/dev/null
+kubectl wait --for=condition=Ready --timeout=120s -n team-a vpcroute --all >/dev/null
+# The progress is written every few seconds: wait until it shows every object Ready.
+for _ in $(seq 1 40); do
+  [ "$(kubectl get gcpcloud demo -o jsonpath='{.status.progress.summary}')" = "[##########] 100% 5/5" ] && break
+  sleep 0.5
+done
+kill "$watch_pid" 2>/dev/null || true
+wait "$watch_pid" 2>/dev/null || true
 
 step "in Kubernetes: kubectl get adc -A"
 kubectl get adc -A
@@ -81,6 +94,11 @@ print("%-26s %-18s %s" % ("FIREWALL", "TO", "ALLOWS"))
 for f in json.load(sys.stdin).get("items", []):
     allowed = " ".join(a["IPProtocol"] + ":" + ",".join(a.get("ports", [])) for a in f.get("allowed", []))
     print("%-26s %-18s %s" % (f["name"], ",".join(f.get("destinationRanges", [])), allowed))'
+
+step "the fleet as an SRE sees it: kubectl adc status (the operator binary linked as kubectl-adc)"
+mkdir -p "$ADC_CLUSTER_DIR/bin"
+ln -sf "$root/target/debug/adc-operator" "$ADC_CLUSTER_DIR/bin/kubectl-adc"
+PATH=$ADC_CLUSTER_DIR/bin:$PATH kubectl adc status
 
 step "done in $((SECONDS - start))s"
 if [ "${DEMO_KEEP:-0}" = 1 ]; then

@@ -208,7 +208,11 @@ pub fn watch(ctx: &Arc<Context>, runtime: &Arc<CloudRuntime>, stored: Option<Clo
                 }
             }
         }
-        if let Some(ctx) = weak_ctx.upgrade() {
+        // A runtime replaced by a new one (the cloud's spec changed) leaves the series to the
+        // new runtime's task; a cloud that is gone takes them along.
+        if let Some(ctx) = weak_ctx.upgrade()
+            && ctx.cloud(&cloud).is_none()
+        {
             forget(&ctx.reconcile_metrics, &cloud, &mut series);
         }
     });
