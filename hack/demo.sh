@@ -29,9 +29,11 @@ step "starting a local control plane (etcd + kube-apiserver built from Go module
 eval "$(hack/local-cluster.sh up)"
 kubectl version 2>/dev/null | grep Server
 
-step "starting gce-emulator (the local Compute Engine API) with examples/world.yaml"
+step "starting gce-emulator (the local Compute Engine API) with examples/world.yaml, at GCP's pace"
 mkdir -p "$ADC_CLUSTER_DIR"
-setsid target/debug/gce-emulator --listen 127.0.0.1:0 --world examples/world.yaml --auth token \
+# The gcp profile: Compute's latencies, 5-15 s operations and per-minute rate quotas, so that
+# the progress below is worth watching.
+setsid target/debug/gce-emulator --listen 127.0.0.1:0 --world examples/world.yaml --auth token --profile gcp \
   >"$ADC_CLUSTER_DIR/emulator.out" 2>"$ADC_CLUSTER_DIR/emulator.log" </dev/null &
 pids+=($!)
 for _ in $(seq 1 50); do

@@ -339,7 +339,8 @@ pub struct CloudProgress {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_time_left: Option<String>,
 
-    /// Ready of all, as a bar and a percentage, e.g. `[#######...] 70% 700/1000`.
+    /// Ready of all, as a bar and a percentage, e.g. `[#######...] 70% 700/1000`; `no objects`
+    /// while no object uses the cloud.
     #[serde(default)]
     pub summary: String,
 }

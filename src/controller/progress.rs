@@ -92,13 +92,13 @@ pub fn format_duration(duration: Duration) -> String {
     text
 }
 
-/// `[#######...] 70% 700/1000`: ten cells, the percentage rounded down so that 100% means all.
+/// `[#######...] 70% 700/1000`: ten cells, the percentage rounded down so that 100% means all;
+/// `no objects` for a cloud nothing uses yet.
 pub fn summary(ready: u32, objects: u32) -> String {
-    let percent = if objects == 0 {
-        100
-    } else {
-        u64::from(ready) * 100 / u64::from(objects)
-    };
+    if objects == 0 {
+        return "no objects".to_string();
+    }
+    let percent = u64::from(ready) * 100 / u64::from(objects);
     let cells = (percent / 10) as usize;
     format!(
         "[{}{}] {percent}% {ready}/{objects}",
@@ -314,7 +314,7 @@ mod tests {
 
     #[test]
     fn the_summary_is_a_bar() {
-        assert_eq!(summary(0, 0), "[##########] 100% 0/0");
+        assert_eq!(summary(0, 0), "no objects");
         assert_eq!(summary(0, 10), "[..........] 0% 0/10");
         assert_eq!(summary(700, 1000), "[#######...] 70% 700/1000");
         assert_eq!(summary(999, 1000), "[#########.] 99% 999/1000");
