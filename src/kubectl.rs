@@ -447,6 +447,18 @@ fn table<const N: usize>(out: &mut String, header: [&str; N], rows: &[[String; N
     }
 }
 
+/// Every object of a kind, in all namespaces.
+async fn list_all<K>(client: &Client, what: &'static str) -> Result<Vec<K>, PluginError>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    Api::<K>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map(|list| list.items)
+        .map_err(|source| PluginError::List { what, source })
+}
+
 /// Lists what the summary needs and prints it, as text or JSON.
 pub async fn status(
     client: Client,
@@ -455,31 +467,9 @@ pub async fn status(
     max_errors: usize,
     json: bool,
 ) -> Result<String, PluginError> {
-    let list = ListParams::default();
-    let clouds = Api::<GcpCloud>::all(client.clone())
-        .list(&list)
-        .await
-        .map_err(|source| PluginError::List {
-            what: "GcpClouds",
-            source,
-        })?
-        .items;
-    let virtual_services = Api::<VirtualService>::all(client.clone())
-        .list(&list)
-        .await
-        .map_err(|source| PluginError::List {
-            what: "VirtualServices",
-            source,
-        })?
-        .items;
-    let vpc_routes = Api::<VpcRoute>::all(client.clone())
-        .list(&list)
-        .await
-        .map_err(|source| PluginError::List {
-            what: "VpcRoutes",
-            source,
-        })?
-        .items;
+    let clouds: Vec<GcpCloud> = list_all(&client, "GcpClouds").await?;
+    let virtual_services: Vec<VirtualService> = list_all(&client, "VirtualServices").await?;
+    let vpc_routes: Vec<VpcRoute> = list_all(&client, "VpcRoutes").await?;
     // The Lease may live in any namespace (the chart's release namespace); one that cannot be
     // listed only leaves the leader line out.
     let leases = Api::<Lease>::all(client)

@@ -675,7 +675,8 @@ async fn a_route_to_an_existing_ilb_is_made_and_to_a_missing_one_stalls() {
 async fn fleet_progress_and_kubectl_adc_status() {
     use adc_operator::api::GcpCloud;
 
-    let (client, ns, cloud) = setup_with("progress", json!({})).await;
+    // A resync every second: status.quota is read at each inventory refresh.
+    let (client, ns, cloud) = setup("progress").await;
     let good: Vec<String> = (1..=12).map(|i| format!("web-{i}")).collect();
     for (i, name) in good.iter().enumerate() {
         apply(
@@ -747,15 +748,24 @@ async fn fleet_progress_and_kubectl_adc_status() {
         }
     })
     .await;
+    // This cloud's 25 routes at least (other tests share the project), at the next refresh.
+    eventually("status.quota counts this cloud's routes", || {
+        let clouds = clouds.clone();
+        let cloud = cloud.clone();
+        async move {
+            let status = clouds.get(&cloud).await.unwrap().status.unwrap_or_default();
+            match status
+                .quota
+                .iter()
+                .find(|q| q.metric == "ROUTES" && q.scope == "global")
+            {
+                Some(q) if q.limit == 10000.0 && q.usage >= 25.0 => Ok(()),
+                other => Err(format!("{other:?} in {:?}", status.quota)),
+            }
+        }
+    })
+    .await;
     let status = clouds.get(&cloud).await.unwrap().status.unwrap();
-    let routes = status
-        .quota
-        .iter()
-        .find(|q| q.metric == "ROUTES" && q.scope == "global")
-        .unwrap_or_else(|| panic!("no ROUTES quota in {:?}", status.quota));
-    assert_eq!(routes.limit, 10000.0);
-    // This cloud's 25 routes at least (other tests share the project).
-    assert!(routes.usage >= 25.0, "{routes:?}");
     assert!(
         status
             .quota
