@@ -788,6 +788,18 @@ async fn bad_input_is_refused_or_stalled_and_nothing_else_suffers() {
     // rewritten, no GCP call but the instance poll (and the stalled clouds' network check).
     let port = fixture.metrics_port;
     let stuck: Vec<&(Case, String)> = accepted.iter().copied().filter(|(c, _)| c.bad()).collect();
+    // A GcpCloud's status.progress follows its objects within one progress period (5 s): the
+    // stalled clouds' last counts may still be on their way. Settled means no write for longer
+    // than that; the quiet window then proves nothing is written again.
+    let mut settled = resource_versions(&client, &stuck).await;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_secs(6)).await;
+        let now = resource_versions(&client, &stuck).await;
+        if now == settled {
+            break;
+        }
+        settled = now;
+    }
     let reconciles_before = metric_total(port, "adc_operator_reconciles_total").await;
     let failures_before = metric_total(port, "adc_operator_reconcile_failures_total").await;
     let calls_before = calls_by_method(&url).await;
