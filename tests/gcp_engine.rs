@@ -293,6 +293,9 @@ async fn insert_then_delete_before_sending_cancels_both_and_inventory_pages() {
     let (engine, _) = engine(&emulator, DispatchMode::Batched, |s| {
         s.linger = Duration::from_secs(2)
     });
+    // The dispatcher lingers after it wakes for work; one that has not yet run its first look
+    // when the insert arrives sends it at once. Let it reach its wait first.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let insert = engine.submit(route(1), Lane::Bulk);
     let delete = engine.submit(
         Mutation::delete(Target::route("adc-r-00001"), Some("default".into())),
@@ -300,10 +303,11 @@ async fn insert_then_delete_before_sending_cancels_both_and_inventory_pages() {
     );
     let same = engine.submit(route(2), Lane::Bulk);
     let joined = engine.submit(route(2), Lane::Bulk);
-    assert!(matches!(
-        insert.await.unwrap(),
-        Err(adc_operator::gcp::GcpError::Superseded)
-    ));
+    let inserted = insert.await.unwrap();
+    assert!(
+        matches!(inserted, Err(adc_operator::gcp::GcpError::Superseded)),
+        "{inserted:?}"
+    );
     delete.await.unwrap().unwrap();
     same.await.unwrap().unwrap();
     joined.await.unwrap().unwrap();
