@@ -877,7 +877,8 @@ async fn fleet_progress_and_kubectl_adc_status() {
     }
     let quota_line = text.lines().find(|l| l.starts_with("  Quota:")).unwrap();
     assert!(
-        quota_line.contains("ROUTES ") && quota_line.contains("/10000 (0%)"),
+        // Other tests of this binary share the project: the usage is theirs too.
+        quota_line.contains("ROUTES ") && quota_line.contains("/10000 ("),
         "{quota_line}"
     );
 }
