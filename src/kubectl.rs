@@ -18,7 +18,9 @@ use serde::Serialize;
 use crate::api::conditions::{
     Condition, ObjectState, READY, STALLED, find_condition, object_state,
 };
-use crate::api::{CloudProgress, GcpCloud, InventoryCounts, QuotaStatus, VirtualService, VpcRoute};
+use crate::api::{
+    CloudProgress, FleetObject, GcpCloud, InventoryCounts, QuotaStatus, VirtualService, VpcRoute,
+};
 
 /// The name the plugin is installed under; kubectl finds `kubectl-adc` on PATH for `kubectl adc`.
 pub const PLUGIN_NAME: &str = "kubectl-adc";
@@ -127,13 +129,28 @@ pub struct ObjectView<'a> {
     pub generation: Option<i64>,
 }
 
-/// Reasons that say an object is simply being worked on, not failing.
+impl<'a> ObjectView<'a> {
+    /// The view of a VirtualService or VpcRoute.
+    pub fn of<K: FleetObject>(object: &'a K) -> Self {
+        ObjectView {
+            kind: K::KIND,
+            namespace: object.namespace().unwrap_or_default(),
+            name: object.name_any(),
+            cloud: object.cloud_ref(),
+            conditions: object.conditions(),
+            generation: object.meta().generation,
+        }
+    }
+}
+
+/// Ready reasons that say an object is being worked on or waits its turn, not that it fails
+/// (docs/operations.md lists them).
 const NOT_ERRORS: &[&str] = &[
     "Pending",
-    "Progressing",
     "Applying",
-    "Reconciling",
     "Synced",
+    "AllocatingVip",
+    "WaitingForCloud",
 ];
 
 /// Builds the fleet summary.
@@ -479,22 +496,8 @@ pub async fn status(
         .unwrap_or_default();
     let objects = virtual_services
         .iter()
-        .map(|o| ObjectView {
-            kind: crate::plan::virtualservice::KIND,
-            namespace: o.namespace().unwrap_or_default(),
-            name: o.name_any(),
-            cloud: &o.spec.cloud_ref,
-            conditions: o.status.as_ref().map_or(&[][..], |s| &s.conditions),
-            generation: o.metadata.generation,
-        })
-        .chain(vpc_routes.iter().map(|o| ObjectView {
-            kind: crate::plan::vpcroute::KIND,
-            namespace: o.namespace().unwrap_or_default(),
-            name: o.name_any(),
-            cloud: &o.spec.cloud_ref,
-            conditions: o.status.as_ref().map_or(&[][..], |s| &s.conditions),
-            generation: o.metadata.generation,
-        }));
+        .map(ObjectView::of)
+        .chain(vpc_routes.iter().map(ObjectView::of));
     let mut summary = summarize(&clouds, objects, &leases, max_errors);
     if let Some(cloud) = cloud {
         summary.clouds.retain(|c| c.name == cloud);

@@ -25,6 +25,37 @@ pub use virtualservice::{
 };
 pub use vpcroute::{InstanceRef, NextHop, VpcRoute, VpcRouteSpec, VpcRouteStatus};
 
+/// What the namespaced kinds (VirtualService, VpcRoute) say about themselves to fleet summaries:
+/// the cloud they use and their conditions.
+pub trait FleetObject: kube::Resource<DynamicType = ()> {
+    /// The kind's name, as in ownership markers and metrics.
+    const KIND: &'static str;
+    /// `spec.cloudRef`.
+    fn cloud_ref(&self) -> &str;
+    /// `status.conditions`, empty before the operator wrote any.
+    fn conditions(&self) -> &[Condition];
+}
+
+impl FleetObject for VirtualService {
+    const KIND: &'static str = "VirtualService";
+    fn cloud_ref(&self) -> &str {
+        &self.spec.cloud_ref
+    }
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
+impl FleetObject for VpcRoute {
+    const KIND: &'static str = "VpcRoute";
+    fn cloud_ref(&self) -> &str {
+        &self.spec.cloud_ref
+    }
+    fn conditions(&self) -> &[Condition] {
+        self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+}
+
 /// The API group of every kind here.
 pub const GROUP: &str = "adc.dev";
 /// The API version of every kind here.

@@ -16,7 +16,7 @@ use kube::runtime::reflector::Store;
 use super::context::{CloudRuntime, Context};
 use super::metrics::ControllerMetrics;
 use crate::api::conditions::{ObjectState, object_state};
-use crate::api::{CloudProgress, Condition, GcpCloud, VirtualService, VpcRoute};
+use crate::api::{CloudProgress, Condition, FleetObject, GcpCloud, VirtualService, VpcRoute};
 use crate::gcp::engine::EngineProgress;
 
 /// How often a cloud's progress is looked at. A status write happens only when what it shows
@@ -133,33 +133,19 @@ pub fn progress(tally: &Tally, work: Option<&EngineProgress>) -> CloudProgress {
 
 /// The tally of the objects that name `cloud`.
 fn tally_of(cloud: &str, vs: &Store<VirtualService>, vr: &Store<VpcRoute>) -> Tally {
-    let virtual_services = vs.state();
-    let vpc_routes = vr.state();
-    let of_vs = virtual_services
+    let (virtual_services, vpc_routes) = (vs.state(), vr.state());
+    tally(using(cloud, &virtual_services).chain(using(cloud, &vpc_routes)))
+}
+
+/// `(kind, conditions, generation)` of the objects of one kind that name `cloud`.
+fn using<'a, K: FleetObject>(
+    cloud: &'a str,
+    objects: &'a [Arc<K>],
+) -> impl Iterator<Item = (&'static str, &'a [Condition], Option<i64>)> + 'a {
+    objects
         .iter()
-        .filter(|o| o.spec.cloud_ref == cloud)
-        .map(|o| {
-            (
-                crate::plan::virtualservice::KIND,
-                o.status
-                    .as_ref()
-                    .map_or(&[][..], |s| s.conditions.as_slice()),
-                o.metadata.generation,
-            )
-        });
-    let of_vr = vpc_routes
-        .iter()
-        .filter(|o| o.spec.cloud_ref == cloud)
-        .map(|o| {
-            (
-                crate::plan::vpcroute::KIND,
-                o.status
-                    .as_ref()
-                    .map_or(&[][..], |s| s.conditions.as_slice()),
-                o.metadata.generation,
-            )
-        });
-    tally(of_vs.chain(of_vr))
+        .filter(move |o| o.cloud_ref() == cloud)
+        .map(|o| (K::KIND, o.conditions(), o.meta().generation))
 }
 
 /// Looks at a cloud's progress every [`PROGRESS_PERIOD`] while its runtime lives: sets the

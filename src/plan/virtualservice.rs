@@ -13,7 +13,7 @@ use crate::api::{AllocationType, HaMode, Protocol, VirtualServiceSpec};
 use crate::gcp::{Collection, Target};
 
 /// The kind name in ownership markers.
-pub const KIND: &str = "VirtualService";
+pub const KIND: &str = <crate::api::VirtualService as crate::api::FleetObject>::KIND;
 
 /// The plan of one VirtualService.
 #[derive(Debug, Clone, PartialEq)]

@@ -9,7 +9,7 @@ use crate::api::VpcRouteSpec;
 use crate::gcp::Target;
 
 /// The kind name in ownership markers.
-pub const KIND: &str = "VpcRoute";
+pub const KIND: &str = <crate::api::VpcRoute as crate::api::FleetObject>::KIND;
 
 /// Plans a VpcRoute: its one route.
 pub fn plan(
