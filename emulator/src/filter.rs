@@ -1,7 +1,7 @@
 //! The `filter` query parameter of Compute Engine `list` methods: parsing and evaluation against a
 //! resource's JSON (as the API returns it).
 //!
-//! Two syntaxes are accepted; one filter may not mix them (see ../shared/reference/gce-api.md §9):
+//! Two syntaxes are accepted; one filter may not mix them (see docs/compute-api.md §9):
 //!
 //! * **AIP-160 comparisons** — `field op value` with `op` one of `=`, `!=`, `<`, `<=`, `>`, `>=`,
 //!   `:`. Grammar (AIP-160 precedence: negation binds tightest, then `OR`, then `AND`):

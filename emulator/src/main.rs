@@ -20,7 +20,8 @@ use gce_emulator::world::World;
 enum Profile {
     /// No added latency; operations DONE at once; no rate quotas (unit and integration tests).
     Instant,
-    /// Latencies, operation durations and per-minute rate quotas of the reference model (§11).
+    /// Latencies, operation durations and per-minute rate quotas of the reference model
+    /// (docs/compute-api.md §11).
     Gcp,
 }
 
@@ -57,7 +58,7 @@ struct ServeArgs {
     #[arg(long)]
     world: Option<PathBuf>,
     /// `instant` (no latency, operations DONE at once) or `gcp` (the reference model's latencies,
-    /// operation durations and rate quotas).
+    /// operation durations and rate quotas, docs/compute-api.md §11).
     #[arg(long, value_enum, default_value_t = Profile::Instant)]
     profile: Profile,
     /// Multiplies every duration of the gcp profile (0.01 = a hundred times faster); per-minute

@@ -1,6 +1,6 @@
-//! The `gcp` profile's model (../shared/reference/gce-api.md §11): latencies, operation
-//! durations, rate quotas and resource quotas. Every value here is a model value unless §11 cites
-//! a source for it; every duration is multiplied by `--time-scale`.
+//! The `gcp` profile's model (docs/compute-api.md §11): latencies, operation durations, rate
+//! quotas and resource quotas. Every value here is a model value unless §11 cites a source for it;
+//! every duration is multiplied by `--time-scale`. §N below are sections of docs/compute-api.md.
 
 use std::time::Duration;
 

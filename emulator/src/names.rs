@@ -1,6 +1,6 @@
 //! Resource names, and the URLs Compute uses to refer to resources.
 
-/// The host Compute uses in `selfLink` and other resource URLs (observed, §1).
+/// The host Compute uses in `selfLink` and other resource URLs (observed, docs/compute-api.md §1).
 pub const LINK_PREFIX: &str = "https://www.googleapis.com/compute/v1/";
 
 /// Whether `name` is a valid Compute resource name: `[a-z]([-a-z0-9]{0,61}[a-z0-9])?`.

@@ -176,7 +176,8 @@ impl Emulator {
         }
     }
 
-    /// Shuffles the parts of a batch answer: Compute answers them in any order (§6).
+    /// Shuffles the parts of a batch answer: Compute answers them in any order
+    /// (docs/compute-api.md §6).
     pub fn shuffle<T>(&self, items: &mut [T]) {
         use rand::seq::SliceRandom;
         items.shuffle(&mut *lock(&self.rng));

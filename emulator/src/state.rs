@@ -49,7 +49,7 @@ pub struct Subnet {
     pub cidr: Cidr,
 }
 
-/// A VPC network's mutation slots (the serialisation knob of §11).
+/// A VPC network's mutation slots (the serialisation knob of docs/compute-api.md §11).
 #[derive(Debug, Clone)]
 struct NetworkSlots {
     concurrency: Option<u32>,

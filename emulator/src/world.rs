@@ -29,7 +29,7 @@ pub struct World {
 pub struct ProjectSpec {
     /// Project id, e.g. `demo-project`.
     pub id: String,
-    /// Resource quotas (defaults: the model values of §11).
+    /// Resource quotas (defaults: the model values of docs/compute-api.md §11).
     #[serde(default)]
     pub quotas: Quotas,
     /// Per-minute API rate quotas, enforced by `--profile gcp`.
