@@ -1,4 +1,4 @@
-//! gce-emulator: a local Compute Engine API v1 that follows ../shared/reference/gce-api.md.
+//! gce-emulator: a local Compute Engine API v1 that follows docs/compute-api.md.
 
 pub mod auth;
 pub mod error;
