@@ -6,10 +6,12 @@
 //! urgent work (failover, deletes) arriving mid-window still finds budget.
 //!
 //! A `rateLimitExceeded` answer that says the window is spent — most calls of the window refused,
-//! or a tenth of its quota refused — closes the group until the next window (§5: "wait a minute
+//! or a tenth of its quota refused — closes the group until the next window (§4: "wait a minute
 //! then try again"), as does the server's Retry-After. A stray refusal among answers that go
 //! through (a blip, or another client's burst) only pauses the group for a moment: closing the
 //! group for up to a minute on each one would stall the whole fleet on noise.
+//!
+//! §N in this file are sections of docs/compute-api.md.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -75,28 +77,45 @@ struct Group {
     pace_at: Instant,
 }
 
-/// The budget of one project.
+/// The budget of one project. Every method takes the time it is asked at (`now`): the budget
+/// never reads the clock after it is made, so the queue that spends it is deterministic.
 #[derive(Debug)]
 pub struct Budget {
     limits: RateLimits,
     window: Duration,
+    /// One instant and the wall-clock time at it, in milliseconds since the Unix epoch: windows
+    /// are aligned to wall-clock minutes like GCP's.
+    anchor: (Instant, u128),
     groups: Mutex<HashMap<(RateGroup, String), Group>>,
-}
-
-fn unix_millis() -> u128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis())
 }
 
 impl Budget {
     /// A budget with the quotas per `window` (60 s, times the engine's time scale).
     pub fn new(limits: RateLimits, window: Duration) -> Self {
+        let unix = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        Self::anchored(limits, window, Instant::now(), unix)
+    }
+
+    /// A budget whose clock reads `unix_millis` at `at` (tests choose where in a window they are).
+    pub fn anchored(limits: RateLimits, window: Duration, at: Instant, unix_millis: u128) -> Self {
         Self {
             limits,
             window: window.max(Duration::from_millis(10)),
+            anchor: (at, unix_millis),
             groups: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The length of a rate window.
+    pub fn window(&self) -> Duration {
+        self.window
+    }
+
+    fn unix_millis(&self, now: Instant) -> u128 {
+        let (at, unix) = self.anchor;
+        unix + now.saturating_duration_since(at).as_millis()
     }
 
     fn limit(&self, group: RateGroup) -> u64 {
@@ -109,24 +128,25 @@ impl Budget {
         .max(1)
     }
 
-    fn window_index(&self) -> u64 {
-        (unix_millis() / self.window.as_millis().max(1)) as u64
+    fn window_index(&self, now: Instant) -> u64 {
+        (self.unix_millis(now) / self.window.as_millis().max(1)) as u64
     }
 
-    /// When the current window ends.
-    fn window_end(&self) -> Instant {
+    /// When the window `now` is in ends.
+    pub fn window_end(&self, now: Instant) -> Instant {
         let window_ms = self.window.as_millis().max(1);
-        let into = unix_millis() % window_ms;
-        Instant::now() + Duration::from_millis((window_ms - into) as u64)
+        let into = self.unix_millis(now) % window_ms;
+        now + Duration::from_millis((window_ms - into) as u64)
     }
 
     fn with_group<R>(
         &self,
         group: RateGroup,
         region: &str,
+        now: Instant,
         f: impl FnOnce(&mut Group, u64) -> R,
     ) -> R {
-        let index = self.window_index();
+        let index = self.window_index(now);
         let limit = self.limit(group);
         let mut groups = match self.groups.lock() {
             Ok(guard) => guard,
@@ -141,7 +161,7 @@ impl Budget {
                 blocked_until: None,
                 refused: 0,
                 pace_tokens: (limit as f64 / 20.0).max(1.0),
-                pace_at: Instant::now(),
+                pace_at: now,
             });
         if state.window_index != index {
             state.window_index = index;
@@ -153,10 +173,16 @@ impl Budget {
 
     /// Takes up to `wanted` calls' worth of budget now and returns how many were granted.
     /// `paced` work (bulk) is also held to an even rate across the window.
-    pub fn take(&self, group: RateGroup, region: &str, wanted: usize, paced: bool) -> usize {
-        let now = Instant::now();
+    pub fn take(
+        &self,
+        group: RateGroup,
+        region: &str,
+        wanted: usize,
+        paced: bool,
+        now: Instant,
+    ) -> usize {
         let window = self.window;
-        self.with_group(group, region, |state, _| {
+        self.with_group(group, region, now, |state, _| {
             if state.blocked_until.is_some_and(|until| until > now) {
                 return 0;
             }
@@ -177,8 +203,15 @@ impl Budget {
     }
 
     /// Returns budget taken for calls that were not sent after all.
-    pub fn give_back(&self, group: RateGroup, region: &str, count: usize, paced: bool) {
-        self.with_group(group, region, |state, _| {
+    pub fn give_back(
+        &self,
+        group: RateGroup,
+        region: &str,
+        count: usize,
+        paced: bool,
+        now: Instant,
+    ) {
+        self.with_group(group, region, now, |state, _| {
             state.used = state.used.saturating_sub(count as u64);
             if paced {
                 state.pace_tokens += count as f64;
@@ -187,11 +220,16 @@ impl Budget {
     }
 
     /// When taking budget of this group may succeed again.
-    pub fn next_chance(&self, group: RateGroup, region: &str, paced: bool) -> Instant {
-        let now = Instant::now();
-        let window_end = self.window_end();
+    pub fn next_chance(
+        &self,
+        group: RateGroup,
+        region: &str,
+        paced: bool,
+        now: Instant,
+    ) -> Instant {
+        let window_end = self.window_end(now);
         let window = self.window;
-        self.with_group(group, region, |state, _| {
+        self.with_group(group, region, now, |state, _| {
             if let Some(until) = state.blocked_until.filter(|u| *u > now) {
                 return until;
             }
@@ -212,18 +250,26 @@ impl Budget {
     }
 
     /// GCP refused a call of this group as rate-limited. When the window looks spent (see the
-    /// module doc) nothing more is sent until the next window (plus a little jitter) or the
-    /// server's Retry-After; otherwise the group pauses for a 120th of a window.
-    pub fn penalize(&self, group: RateGroup, region: &str, retry_after: Option<Duration>) {
-        let jitter = self.window.mul_f64(rand::random::<f64>() * 0.02);
-        let window_end = self.window_end() + jitter;
-        let pause = Instant::now() + self.window / 120;
-        self.with_group(group, region, |state, _| {
+    /// module doc) nothing more is sent until the next window (plus `jitter`, a fraction in
+    /// 0..1 of 2 % of a window, so that clients do not return at once) or the server's
+    /// Retry-After; otherwise the group pauses for a 120th of a window.
+    pub fn penalize(
+        &self,
+        group: RateGroup,
+        region: &str,
+        retry_after: Option<Duration>,
+        jitter: f64,
+        now: Instant,
+    ) {
+        let jitter = self.window.mul_f64(jitter.clamp(0.0, 1.0) * 0.02);
+        let window_end = self.window_end(now) + jitter;
+        let pause = now + self.window / 120;
+        self.with_group(group, region, now, |state, _| {
             state.refused += 1;
             let spent = (state.refused >= 3 && 2 * state.refused >= state.used)
                 || state.refused >= (state.limit / 10).max(3);
             let until = match retry_after {
-                Some(wait) => Instant::now() + wait,
+                Some(wait) => now + wait,
                 None if spent => window_end,
                 None => pause,
             };
@@ -242,11 +288,12 @@ impl Budget {
     /// returns how many were.
     pub async fn acquire(&self, group: RateGroup, region: &str, wanted: usize) -> usize {
         loop {
-            let granted = self.take(group, region, wanted, true);
+            let now = Instant::now();
+            let granted = self.take(group, region, wanted, true, now);
             if granted > 0 {
                 return granted;
             }
-            tokio::time::sleep_until(self.next_chance(group, region, true)).await;
+            tokio::time::sleep_until(self.next_chance(group, region, true, now)).await;
         }
     }
 }
@@ -255,6 +302,12 @@ impl Budget {
 mod tests {
     use super::*;
 
+    /// A budget at the start of a window, and that instant.
+    fn at_start(limits: RateLimits, window: Duration) -> (Budget, Instant) {
+        let t0 = Instant::now();
+        (Budget::anchored(limits, window, t0, 0), t0)
+    }
+
     fn limits(writes: u64) -> RateLimits {
         RateLimits {
             writes_per_minute: writes,
@@ -262,78 +315,79 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_window_grants_its_quota_and_no_more() {
-        let budget = Budget::new(limits(100), Duration::from_secs(3600));
-        assert_eq!(budget.take(RateGroup::Write, "", 60, false), 60);
-        assert_eq!(budget.take(RateGroup::Write, "", 60, false), 40);
-        assert_eq!(budget.take(RateGroup::Write, "", 1, false), 0);
-        assert!(budget.next_chance(RateGroup::Write, "", false) > Instant::now());
-        budget.give_back(RateGroup::Write, "", 10, false);
-        assert_eq!(budget.take(RateGroup::Write, "", 50, false), 10);
+    #[test]
+    fn a_window_grants_its_quota_and_no_more() {
+        let (budget, t0) = at_start(limits(100), Duration::from_secs(3600));
+        assert_eq!(budget.take(RateGroup::Write, "", 60, false, t0), 60);
+        assert_eq!(budget.take(RateGroup::Write, "", 60, false, t0), 40);
+        assert_eq!(budget.take(RateGroup::Write, "", 1, false, t0), 0);
+        assert!(budget.next_chance(RateGroup::Write, "", false, t0) > t0);
+        budget.give_back(RateGroup::Write, "", 10, false, t0);
+        assert_eq!(budget.take(RateGroup::Write, "", 50, false, t0), 10);
         assert_eq!(
-            budget.take(RateGroup::Read, "", 5, false),
+            budget.take(RateGroup::Read, "", 5, false, t0),
             5,
             "groups are separate"
         );
     }
 
-    #[tokio::test]
-    async fn paced_work_is_held_to_an_even_rate() {
-        let budget = Budget::new(limits(1200), Duration::from_secs(3600));
+    #[test]
+    fn paced_work_is_held_to_an_even_rate() {
+        let (budget, t0) = at_start(limits(1200), Duration::from_secs(3600));
         // Pacing allows a burst of 5 % of the window's quota, not the whole quota.
-        assert_eq!(budget.take(RateGroup::Write, "", 1000, true), 60);
-        assert_eq!(budget.take(RateGroup::Write, "", 1000, true), 0);
+        assert_eq!(budget.take(RateGroup::Write, "", 1000, true, t0), 60);
+        assert_eq!(budget.take(RateGroup::Write, "", 1000, true, t0), 0);
         // Urgent work is not paced: it still finds the rest of the window.
-        assert_eq!(budget.take(RateGroup::Write, "", 2000, false), 1140);
+        assert_eq!(budget.take(RateGroup::Write, "", 2000, false, t0), 1140);
     }
 
-    #[tokio::test]
-    async fn a_stray_refusal_pauses_and_a_spent_window_closes() {
+    #[test]
+    fn a_stray_refusal_pauses_and_a_spent_window_closes() {
         let window = Duration::from_secs(3600);
         // Whether the group's window counts as spent (closed until its end).
-        let spent =
-            |budget: &Budget| budget.with_group(RateGroup::Write, "", |s, _| s.used == s.limit);
-        let budget = Budget::new(limits(1000), window);
-        assert_eq!(budget.take(RateGroup::Write, "", 400, false), 400);
+        let spent = |budget: &Budget, t0: Instant| {
+            budget.with_group(RateGroup::Write, "", t0, |s, _| s.used == s.limit)
+        };
+        let (budget, t0) = at_start(limits(1000), window);
+        assert_eq!(budget.take(RateGroup::Write, "", 400, false, t0), 400);
         // A few refusals among 400 answers: a pause of a 120th of the window, no more.
         for _ in 0..5 {
-            budget.penalize(RateGroup::Write, "", None);
+            budget.penalize(RateGroup::Write, "", None, 0.5, t0);
         }
-        assert!(!spent(&budget));
-        assert!(budget.next_chance(RateGroup::Write, "", false) <= Instant::now() + window / 120);
+        assert!(!spent(&budget, t0));
+        assert!(budget.next_chance(RateGroup::Write, "", false, t0) <= t0 + window / 120);
 
         // Early in a window, most calls refused: someone else spent it.
-        let budget = Budget::new(limits(1000), window);
-        assert_eq!(budget.take(RateGroup::Write, "", 4, false), 4);
+        let (budget, t0) = at_start(limits(1000), window);
+        assert_eq!(budget.take(RateGroup::Write, "", 4, false, t0), 4);
         for _ in 0..2 {
-            budget.penalize(RateGroup::Write, "", None);
+            budget.penalize(RateGroup::Write, "", None, 0.5, t0);
         }
-        assert!(!spent(&budget), "two refusals are not yet a pattern");
-        budget.penalize(RateGroup::Write, "", None);
-        assert!(spent(&budget));
-        assert_eq!(budget.take(RateGroup::Write, "", 1, false), 0);
+        assert!(!spent(&budget, t0), "two refusals are not yet a pattern");
+        budget.penalize(RateGroup::Write, "", None, 0.5, t0);
+        assert!(spent(&budget, t0));
+        assert_eq!(budget.take(RateGroup::Write, "", 1, false, t0), 0);
 
         // Late in a window, a tenth of the quota refused: spent as well.
-        let budget = Budget::new(limits(100), window);
-        assert_eq!(budget.take(RateGroup::Write, "", 90, false), 90);
+        let (budget, t0) = at_start(limits(100), window);
+        assert_eq!(budget.take(RateGroup::Write, "", 90, false, t0), 90);
         for _ in 0..9 {
-            budget.penalize(RateGroup::Write, "", None);
+            budget.penalize(RateGroup::Write, "", None, 0.5, t0);
         }
-        assert!(!spent(&budget));
-        budget.penalize(RateGroup::Write, "", None);
-        assert!(spent(&budget));
+        assert!(!spent(&budget, t0));
+        budget.penalize(RateGroup::Write, "", None, 0.5, t0);
+        assert!(spent(&budget, t0));
     }
 
-    #[tokio::test]
-    async fn rate_limited_answers_close_the_group() {
-        let budget = Budget::new(limits(100), Duration::from_secs(3600));
-        budget.penalize(RateGroup::Write, "", Some(Duration::from_secs(30)));
-        assert_eq!(budget.take(RateGroup::Write, "", 1, false), 0);
-        let next = budget.next_chance(RateGroup::Write, "", false);
-        assert!(next >= Instant::now() + Duration::from_secs(29));
+    #[test]
+    fn rate_limited_answers_close_the_group() {
+        let (budget, t0) = at_start(limits(100), Duration::from_secs(3600));
+        budget.penalize(RateGroup::Write, "", Some(Duration::from_secs(30)), 0.5, t0);
+        assert_eq!(budget.take(RateGroup::Write, "", 1, false, t0), 0);
+        let next = budget.next_chance(RateGroup::Write, "", false, t0);
+        assert!(next >= t0 + Duration::from_secs(29));
         assert_eq!(
-            budget.take(RateGroup::RegionalWrite, "us-central1", 1, false),
+            budget.take(RateGroup::RegionalWrite, "us-central1", 1, false, t0),
             1
         );
     }

@@ -5,23 +5,16 @@
 //! own, more often than the full load, so that a stopped service engine is noticed quickly.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
-use std::sync::{Arc, RwLock};
+use std::sync::RwLock;
 
-use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-use super::budget::RateGroup;
-use super::client::{Answer, Call};
-use super::engine::Shared;
-use super::error::GcpError;
-use super::target::{Change, Collection, Mutation, Target};
 use super::types::{
-    Address, Firewall, ForwardingRule, Instance, ListPage, Route, Subnetwork, TargetInstance,
-    last_segment,
+    Address, Firewall, ForwardingRule, Instance, Route, Subnetwork, TargetInstance,
 };
+use crate::plan::resource::{Change, Collection, Mutation, Target};
 
 /// Resources keyed by (location, name); location is empty for global ones.
 pub type ByLocation<T> = BTreeMap<(String, String), T>;
@@ -200,7 +193,7 @@ impl Inventory {
     }
 
     /// Replaces the view with a fresh full load and announces what changed.
-    fn replace(&self, mut fresh: Snapshot, ticket: &RefreshTicket<'_>) {
+    pub(crate) fn replace(&self, mut fresh: Snapshot, ticket: &RefreshTicket<'_>) {
         let mut guard = match self.current.write() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -262,7 +255,7 @@ impl Inventory {
     /// Replaces the instances of `zones` with a fresh load of them and announces every instance
     /// whose status changed. Instances of other zones and every other collection stay as they
     /// are; this is not a full refresh, so [`InventoryEvent::Refreshed`] is not sent.
-    fn replace_instances(&self, zones: &[String], fresh: ByLocation<Instance>) {
+    pub(crate) fn replace_instances(&self, zones: &[String], fresh: ByLocation<Instance>) {
         let mut events = Vec::new();
         self.update(|snapshot| {
             diff_instance_status(&snapshot.instances, &fresh, &mut events);
@@ -338,7 +331,7 @@ fn apply_to(snapshot: &mut Snapshot, mutation: &Mutation) {
     }
 }
 
-fn insert<K: Ord, T: DeserializeOwned>(map: &mut BTreeMap<K, T>, key: K, body: &Value) {
+pub(crate) fn insert<K: Ord, T: DeserializeOwned>(map: &mut BTreeMap<K, T>, key: K, body: &Value) {
     if let Ok(resource) = serde_json::from_value(body.clone()) {
         map.insert(key, resource);
     }
@@ -351,7 +344,7 @@ fn insert<K: Ord, T: DeserializeOwned>(map: &mut BTreeMap<K, T>, key: K, body: &
 fn unchanged<T: PartialEq + serde::Serialize>(before: &T, after: &T) -> bool {
     before == after
         || match (serde_json::to_value(before), serde_json::to_value(after)) {
-            (Ok(before), Ok(after)) => super::target::same_content(&before, &after),
+            (Ok(before), Ok(after)) => crate::plan::resource::same_content(&before, &after),
             _ => false,
         }
 }
@@ -372,404 +365,9 @@ fn diff_keys<K: Ord, T: PartialEq + serde::Serialize>(
     }
 }
 
-/// A regular expression matching names that start with `prefix`.
-fn prefix_filter(prefix: &str) -> String {
-    let escaped: String = prefix
-        .chars()
-        .flat_map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                vec![c]
-            } else {
-                vec!['\\', c]
-            }
-        })
-        .collect();
-    format!("name eq {escaped}.*")
-}
-
-/// What an instance list asks for: every field [`Instance`] reads, and nothing else (an
-/// instance's disks, metadata and tags are most of its size).
-const INSTANCE_FIELDS: &str = "items(name,zone,status,canIpForward,selfLink,networkInterfaces(network,subnetwork,networkIP)),nextPageToken";
-
-/// One paged list in progress.
-struct Listing {
-    path: String,
-    location: String,
-    /// Only resources whose name starts with the resource prefix.
-    filtered: bool,
-    /// A partial-response `fields` selection.
-    fields: Option<&'static str>,
-    method_name: &'static str,
-    /// A 404 means an empty listing (a zone no object should name), not a failed refresh.
-    missing_ok: bool,
-    /// A filter of its own instead of the resource-prefix one.
-    own_filter: Option<&'static str>,
-    token: Option<String>,
-    items: Vec<Value>,
-    done: bool,
-}
-
-impl Listing {
-    fn new(path: String, location: &str, filtered: bool, method_name: &'static str) -> Self {
-        Self {
-            path,
-            location: location.to_string(),
-            filtered,
-            fields: None,
-            method_name,
-            missing_ok: false,
-            own_filter: None,
-            token: None,
-            items: Vec::new(),
-            done: false,
-        }
-    }
-
-    /// Every instance of `zone`, whatever its name.
-    fn instances(project: &str, zone: &str) -> Self {
-        Self {
-            fields: Some(INSTANCE_FIELDS),
-            ..Self::new(
-                format!("projects/{project}/zones/{zone}/instances"),
-                zone,
-                false,
-                "compute.instances.list",
-            )
-        }
-    }
-
-    fn call(&self, filter: &str) -> Call {
-        let mut query = vec![("maxResults".to_string(), "500".to_string())];
-        if let Some(own) = self.own_filter {
-            query.push(("filter".to_string(), own.to_string()));
-        } else if self.filtered {
-            query.push(("filter".to_string(), filter.to_string()));
-        }
-        if let Some(fields) = self.fields {
-            query.push(("fields".to_string(), fields.to_string()));
-        }
-        if let Some(token) = &self.token {
-            query.push(("pageToken".to_string(), token.clone()));
-        }
-        Call {
-            method: Method::GET,
-            path: self.path.clone(),
-            query,
-            body: None,
-            group: RateGroup::Read,
-            method_name: self.method_name,
-        }
-    }
-}
-
-/// Whether an operation was inserted before `started` (by its `insertTime`). One without a
-/// readable insertTime counts as earlier: a spare refresh costs less than a missed one.
-fn sent_before(operation: &Value, started: std::time::SystemTime) -> bool {
-    operation
-        .get("insertTime")
-        .and_then(Value::as_str)
-        .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
-        .is_none_or(|inserted| std::time::SystemTime::from(inserted) < started)
-}
-
-/// Operations not DONE yet, of one scope (`global` or `regions/{region}`).
-fn operations_in_flight(project: &str, scope: &str, location: &str) -> Listing {
-    let method_name = if scope == "global" {
-        "compute.globalOperations.list"
-    } else {
-        "compute.regionOperations.list"
-    };
-    Listing {
-        own_filter: Some("status != DONE"),
-        ..Listing::new(
-            format!("projects/{project}/{scope}/operations"),
-            location,
-            false,
-            method_name,
-        )
-    }
-}
-
-/// Loads every collection by pages; the pages of all collections travel together, a round at a
-/// time. With `operations`, also counts the operations still running on resources of the
-/// operator's prefix that were sent before this engine started (a former leader's or
-/// incarnation's): a resource they insert is not listed until they finish, so the caller
-/// refreshes again soon.
-pub(crate) async fn refresh(
-    shared: &Arc<Shared>,
-    zones: &[String],
-    operations: bool,
-) -> Result<usize, GcpError> {
-    let project = &shared.settings.project;
-    let mut listings = vec![
-        Listing::new(
-            format!("projects/{project}/global/routes"),
-            "",
-            true,
-            "compute.routes.list",
-        ),
-        Listing::new(
-            format!("projects/{project}/global/firewalls"),
-            "",
-            true,
-            "compute.firewalls.list",
-        ),
-        Listing::new(
-            format!("projects/{project}/global/addresses"),
-            "",
-            true,
-            "compute.globalAddresses.list",
-        ),
-    ];
-    for region in &shared.settings.regions {
-        listings.push(Listing::new(
-            format!("projects/{project}/regions/{region}/addresses"),
-            region,
-            true,
-            "compute.addresses.list",
-        ));
-        listings.push(Listing::new(
-            format!("projects/{project}/regions/{region}/forwardingRules"),
-            region,
-            true,
-            "compute.forwardingRules.list",
-        ));
-        // Not the operator's: the guard rails keep routes out of their ranges.
-        listings.push(Listing::new(
-            format!("projects/{project}/regions/{region}/subnetworks"),
-            region,
-            false,
-            "compute.subnetworks.list",
-        ));
-    }
-    for zone in zones {
-        // Zones come from what objects name; one object's unknown zone must not fail the
-        // refresh of the whole cloud.
-        listings.push(Listing {
-            missing_ok: true,
-            ..Listing::new(
-                format!("projects/{project}/zones/{zone}/targetInstances"),
-                zone,
-                true,
-                "compute.targetInstances.list",
-            )
-        });
-        listings.push(Listing {
-            missing_ok: true,
-            ..Listing::instances(project, zone)
-        });
-    }
-    if operations {
-        listings.push(operations_in_flight(project, "global", ""));
-        for region in &shared.settings.regions {
-            listings.push(operations_in_flight(
-                project,
-                &format!("regions/{region}"),
-                region,
-            ));
-        }
-    }
-    let ticket = shared.inventory.begin_refresh();
-    let mut in_flight = 0;
-    let fresh = load(
-        shared,
-        listings,
-        Snapshot {
-            loaded: true,
-            ..Snapshot::default()
-        },
-        &mut in_flight,
-    )
-    .await?;
-    shared.inventory.replace(fresh, &ticket);
-    Ok(in_flight)
-}
-
-/// Reloads only the instances of `zones` (one paged, trimmed list per zone) and announces the
-/// ones whose status changed: how a stopped service engine is noticed between full refreshes.
-pub(crate) async fn refresh_instances(
-    shared: &Arc<Shared>,
-    zones: &[String],
-) -> Result<(), GcpError> {
-    let project = &shared.settings.project;
-    let listings = zones
-        .iter()
-        .map(|zone| Listing::instances(project, zone))
-        .collect();
-    let fresh = load(shared, listings, Snapshot::default(), &mut 0).await?;
-    shared.inventory.replace_instances(zones, fresh.instances);
-    Ok(())
-}
-
-/// What a failed read (a GET or a list page) does next: try again after the returned pause
-/// (none: a rate limit, the budget decides when), or give up with the error. A retryable error
-/// counts toward the engine's `max_attempts`.
-fn after_read_failure(
-    shared: &Shared,
-    err: GcpError,
-    failures: &mut u32,
-) -> Result<Option<std::time::Duration>, GcpError> {
-    if err.is_rate_limited() {
-        shared
-            .budget
-            .penalize(RateGroup::Read, "", err.retry_after());
-        return Ok(None);
-    }
-    if !err.is_retryable() {
-        return Err(err);
-    }
-    *failures += 1;
-    if *failures >= shared.settings.max_attempts.max(1) {
-        return Err(GcpError::Exhausted {
-            attempts: *failures,
-            last: Box::new(err),
-        });
-    }
-    Ok(Some(super::engine::backoff(
-        *failures - 1,
-        shared.settings.time_scale,
-    )))
-}
-
-/// One read (a GET) through the read budget, retried like list pages. The final error (e.g.
-/// 404) is returned as it came.
-pub(crate) async fn read(shared: &Arc<Shared>, call: &Call) -> Result<Answer, GcpError> {
-    let mut failures = 0u32;
-    loop {
-        if shared.stopped.load(Ordering::Relaxed) {
-            return Err(GcpError::Shutdown);
-        }
-        shared.budget.acquire(RateGroup::Read, "", 1).await;
-        match shared.client.send(call).await {
-            Ok(answer) => return Ok(answer),
-            Err(err) => {
-                if let Some(pause) = after_read_failure(shared, err, &mut failures)? {
-                    tokio::time::sleep(pause).await;
-                }
-            }
-        }
-    }
-}
-
-/// Runs `listings` to their last page, through the read budget and the client's batching, and
-/// files what they found into `into`.
-async fn load(
-    shared: &Arc<Shared>,
-    mut listings: Vec<Listing>,
-    mut into: Snapshot,
-    operations_in_flight: &mut usize,
-) -> Result<Snapshot, GcpError> {
-    let filter = prefix_filter(&shared.settings.resource_prefix);
-    // Consecutive failed attempts at the page each listing is on.
-    let mut failures = vec![0u32; listings.len()];
-    while listings.iter().any(|l| !l.done) {
-        if shared.stopped.load(Ordering::Relaxed) {
-            return Err(GcpError::Shutdown);
-        }
-        let open: Vec<usize> = (0..listings.len()).filter(|i| !listings[*i].done).collect();
-        let granted = shared.budget.acquire(RateGroup::Read, "", open.len()).await;
-        let round: Vec<usize> = open.into_iter().take(granted).collect();
-        let calls: Vec<Call> = round.iter().map(|i| listings[*i].call(&filter)).collect();
-        let answers = shared.client.exchange(shared.transport, calls).await;
-        let mut pause = None;
-        for (index, answer) in round.into_iter().zip(answers) {
-            let listing = &mut listings[index];
-            match answer {
-                Ok(answer) => {
-                    failures[index] = 0;
-                    let page: ListPage<Value> = serde_json::from_slice(&answer.body)
-                        .map_err(|err| GcpError::Decode(format!("{}: {err}", listing.path)))?;
-                    listing.items.extend(page.items);
-                    match page.next_page_token {
-                        Some(token) if !token.is_empty() => listing.token = Some(token),
-                        _ => listing.done = true,
-                    }
-                }
-                Err(err) if err.is_not_found() && listing.missing_ok => {
-                    // A zone Compute does not know (an object's typo) holds nothing: the
-                    // object that names it stalls on its own, the cloud's inventory goes on.
-                    failures[index] = 0;
-                    listing.done = true;
-                }
-                Err(err) => {
-                    // The round's pause is its longest one.
-                    let wait = after_read_failure(shared, err, &mut failures[index])?;
-                    pause = pause.max(wait);
-                }
-            }
-        }
-        if let Some(pause) = pause {
-            tokio::time::sleep(pause).await;
-        }
-    }
-    for listing in listings {
-        let collection = listing
-            .path
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        for item in listing.items {
-            let Some(name) = item.get("name").and_then(Value::as_str).map(str::to_string) else {
-                continue;
-            };
-            let key = (listing.location.clone(), name.clone());
-            match collection.as_str() {
-                "routes" => insert(&mut into.routes, name, &item),
-                "firewalls" => insert(&mut into.firewalls, name, &item),
-                "addresses" => insert(&mut into.addresses, key, &item),
-                "forwardingRules" => insert(&mut into.forwarding_rules, key, &item),
-                "targetInstances" => insert(&mut into.target_instances, key, &item),
-                "subnetworks" => insert(&mut into.subnetworks, key, &item),
-                "operations" => {
-                    let target = item
-                        .get("targetLink")
-                        .and_then(Value::as_str)
-                        .map(last_segment)
-                        .unwrap_or_default();
-                    if target.starts_with(&shared.settings.resource_prefix)
-                        && sent_before(&item, shared.started)
-                    {
-                        *operations_in_flight += 1;
-                    }
-                }
-                "instances" => {
-                    let zone = item
-                        .get("zone")
-                        .and_then(Value::as_str)
-                        .map_or(listing.location.clone(), |z| last_segment(z).to_string());
-                    insert(&mut into.instances, (zone, name), &item);
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(into)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn operations_count_as_earlier_by_their_insert_time() {
-        let started =
-            std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
-        // 2027-01-15T08:00:00Z is 1_800_000_000 s after the epoch.
-        let op = |time: &str| serde_json::json!({"insertTime": time});
-        assert!(sent_before(&op("2027-01-15T00:59:59.000-07:00"), started));
-        assert!(!sent_before(&op("2027-01-15T01:00:01.000-07:00"), started));
-        assert!(
-            sent_before(&serde_json::json!({}), started),
-            "unreadable: earlier"
-        );
-    }
-
-    #[test]
-    fn prefix_filter_is_an_anchored_regex() {
-        assert_eq!(prefix_filter("adc-"), "name eq adc-.*");
-        assert_eq!(prefix_filter("a.b"), "name eq a\\.b.*");
-    }
 
     #[test]
     fn a_listed_resource_equals_the_insert_it_came_from() {
@@ -952,38 +550,6 @@ mod tests {
                 },
                 InventoryEvent::Refreshed,
             ]
-        );
-    }
-
-    #[test]
-    fn instance_lists_ask_for_every_field_an_instance_reads() {
-        let listing = Listing::instances("p", "z-a");
-        let call = listing.call("name eq adc-.*");
-        assert_eq!(call.path, "projects/p/zones/z-a/instances");
-        assert!(
-            !call.query.iter().any(|(k, _)| k == "filter"),
-            "every instance, whatever its name"
-        );
-        let fields = call
-            .query
-            .iter()
-            .find(|(k, _)| k == "fields")
-            .map(|(_, v)| v.as_str());
-        assert_eq!(fields, Some(INSTANCE_FIELDS));
-        let full = serde_json::json!({"kind": "compute#instance", "id": "1", "name": "se-1",
-            "zone": "https://compute.googleapis.com/compute/v1/projects/p/zones/z-a", "status": "RUNNING",
-            "canIpForward": true, "machineType": "zones/z-a/machineTypes/e2-standard-4",
-            "networkInterfaces": [{"name": "nic0", "network": "global/networks/default", "networkIP": "10.0.0.2"}],
-            "selfLink": "projects/p/zones/z-a/instances/se-1"});
-        // What Compute's partial response keeps of it decodes to the same instance.
-        let trimmed = serde_json::json!({"name": "se-1",
-            "zone": "https://compute.googleapis.com/compute/v1/projects/p/zones/z-a", "status": "RUNNING",
-            "canIpForward": true,
-            "networkInterfaces": [{"network": "global/networks/default", "networkIP": "10.0.0.2"}],
-            "selfLink": "projects/p/zones/z-a/instances/se-1"});
-        assert_eq!(
-            serde_json::from_value::<Instance>(trimmed).unwrap(),
-            serde_json::from_value::<Instance>(full).unwrap()
         );
     }
 }

@@ -4,20 +4,26 @@
 
 pub mod auth;
 pub mod budget;
+pub mod calls;
 pub mod client;
 pub mod engine;
 pub mod error;
 pub mod inventory;
 pub mod metrics;
+pub mod queue;
 pub mod quota;
-pub mod target;
+pub mod reader;
+pub mod refresh;
+pub mod settings;
 pub mod tracker;
 pub mod types;
 
+pub use crate::plan::resource::{Change, Collection, Mutation, Target};
 pub use auth::Credentials;
 pub use budget::{RateGroup, RateLimits};
-pub use engine::{DispatchMode, Engine, EngineProgress, EngineSettings, Failure, Lane};
+pub use engine::{Engine, EngineProgress};
 pub use error::GcpError;
 pub use inventory::{Inventory, InventoryEvent, Snapshot};
 pub use metrics::GcpMetrics;
-pub use target::{Change, Collection, Mutation, Target};
+pub use queue::{Failure, Lane};
+pub use settings::{DispatchMode, EngineSettings};

@@ -3,16 +3,16 @@
 //! budget other objects need. The gate of that collection (and location) closes: inserts fail at
 //! once with the error GCP gave, without a call, except one probe per interval. A probe that
 //! goes through, or a delete that frees room, opens the gate again, and the objects that waited
-//! are told to retry (§4: quota errors "need a quota change", nobody announces one).
+//! are told to retry (docs/compute-api.md §4: quota errors "need a quota change", nobody
+//! announces one).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::error::GcpError;
-use super::target::{Collection, Mutation, Target};
+use crate::plan::resource::{Collection, Mutation, Target};
 
 /// What to do with an insert.
 #[derive(Debug, Clone)]
@@ -36,7 +36,7 @@ struct Gate {
 #[derive(Debug)]
 pub struct QuotaGates {
     probe_every: Duration,
-    gates: Mutex<HashMap<(Collection, String), Gate>>,
+    gates: HashMap<(Collection, String), Gate>,
 }
 
 fn key(target: &Target) -> (Collection, String) {
@@ -48,21 +48,13 @@ impl QuotaGates {
     pub fn new(probe_every: Duration) -> Self {
         Self {
             probe_every,
-            gates: Mutex::new(HashMap::new()),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(Collection, String), Gate>> {
-        match self.gates.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
+            gates: HashMap::new(),
         }
     }
 
     /// Whether an insert of `target` may be sent now.
-    pub fn admit(&self, target: &Target, now: Instant) -> Admission {
-        let mut gates = self.lock();
-        let Some(gate) = gates.get_mut(&key(target)) else {
+    pub fn admit(&mut self, target: &Target, now: Instant) -> Admission {
+        let Some(gate) = self.gates.get_mut(&key(target)) else {
             return Admission::Open;
         };
         if !gate.probing && now >= gate.next_probe {
@@ -76,24 +68,25 @@ impl QuotaGates {
     /// Learns from a finished mutation. Returns the collection and location whose gate opened
     /// (an insert went through, or a delete made room), if one did.
     pub fn record(
-        &self,
+        &mut self,
         mutation: &Mutation,
         outcome: &Result<(), GcpError>,
         now: Instant,
     ) -> Option<(Collection, String)> {
         let key = key(&mutation.target);
-        let mut gates = self.lock();
+        let probe_every = self.probe_every;
+        let gates = &mut self.gates;
         match outcome {
             Err(err) if mutation.is_insert() && err.is_quota_exceeded() => {
                 let gate = gates.entry(key).or_insert_with(|| Gate {
                     error: err.clone(),
-                    next_probe: now + self.probe_every,
+                    next_probe: now + probe_every,
                     probing: false,
                 });
                 gate.error = err.clone();
                 if gate.probing {
                     gate.probing = false;
-                    gate.next_probe = now + self.probe_every;
+                    gate.next_probe = now + probe_every;
                 }
                 None
             }
@@ -128,7 +121,7 @@ mod tests {
 
     #[test]
     fn a_quota_error_closes_the_gate_and_probes_reopen_it() {
-        let gates = QuotaGates::new(Duration::from_secs(30));
+        let mut gates = QuotaGates::new(Duration::from_secs(30));
         let t0 = Instant::now();
         assert!(matches!(
             gates.admit(&Target::route("a"), t0),
@@ -178,7 +171,7 @@ mod tests {
 
     #[test]
     fn a_delete_that_makes_room_opens_the_gate() {
-        let gates = QuotaGates::new(Duration::from_secs(30));
+        let mut gates = QuotaGates::new(Duration::from_secs(30));
         let t0 = Instant::now();
         gates.record(&insert("a"), &Err(quota_error()), t0);
         assert!(matches!(

@@ -3,22 +3,26 @@
 //! several are pending in a scope it lists that scope's operations that are DONE since the oldest
 //! pending one was inserted (one read per 500 operations, results and errors included), and falls
 //! back to batched `operations.get` for a few pending ones or one the list did not show. The poll
-//! interval follows how long operations have been taking.
+//! interval follows how long operations have been taking. It reads through the engine's one
+//! read path ([`Reader`]) and hands each DONE operation's outcome back through a channel.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use reqwest::Method;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 use super::budget::RateGroup;
 use super::client::Call;
-use super::engine::{Dispatch, Shared};
 use super::error::GcpError;
+use super::queue::Dispatch;
+use super::reader::Reader;
 use super::types::{ListPage, Operation};
+
+/// A sent mutation's outcome, once its operation is DONE (or cannot be read any more).
+pub type Outcome = (Dispatch, Result<(), GcpError>);
 
 /// Below this many pending operations in a scope, individual gets cost no more than a list.
 const LIST_FROM: usize = 4;
@@ -82,6 +86,16 @@ impl Tracker {
         self.wake.notify_waiters();
     }
 
+    fn take(&self, scope: String, name: String) -> Option<Tracked> {
+        let mut state = self.lock();
+        let tracked = state.ops.remove(&(scope, name));
+        if let Some(tracked) = &tracked {
+            let took = tracked.since.elapsed().as_secs_f64();
+            state.typical = Some(state.typical.map_or(took, |t| 0.8 * t + 0.2 * took));
+        }
+        tracked
+    }
+
     /// Operations being waited for.
     pub fn pending(&self) -> usize {
         self.lock().ops.len()
@@ -134,163 +148,167 @@ fn list_done_call(project: &str, scope: &str, since: &str, page_token: Option<&s
     }
 }
 
-/// The tracker's loop: poll, deliver, sleep as long as operations typically take.
-pub(crate) async fn run(shared: Arc<Shared>) {
-    let initial = shared.settings.scaled(Duration::from_millis(500));
-    let floor = Duration::from_millis(5);
-    loop {
-        if shared.stopped.load(Ordering::Relaxed) {
-            return;
+/// What the tracker's loop works with.
+pub(crate) struct Poller {
+    pub tracker: Arc<Tracker>,
+    pub reader: Arc<Reader>,
+    pub project: String,
+    /// Where outcomes go; the loop ends when nobody listens or the reader stops.
+    pub done: mpsc::UnboundedSender<Outcome>,
+}
+
+impl Poller {
+    /// The tracker's loop: poll, deliver, sleep as long as operations typically take.
+    pub(crate) async fn run(self) {
+        let initial = self.reader.scaled(Duration::from_millis(500));
+        let floor = Duration::from_millis(5);
+        loop {
+            if self.reader.is_stopped() || self.done.is_closed() {
+                return;
+            }
+            let (pending, typical) = {
+                let state = self.tracker.lock();
+                (state.ops.len(), state.typical)
+            };
+            self.reader
+                .metrics
+                .operations_pending
+                .set(i64::try_from(pending).unwrap_or(i64::MAX));
+            if pending == 0 {
+                self.tracker.wake.notified().await;
+                continue;
+            }
+            let interval = typical
+                .map_or(initial, |t| Duration::from_secs_f64(t / 4.0))
+                .clamp(floor, self.reader.scaled(Duration::from_secs(5)).max(floor));
+            tokio::time::sleep(interval).await;
+            self.poll_once().await;
         }
-        let (pending, typical) = {
-            let state = shared.tracker.lock();
-            (state.ops.len(), state.typical)
+    }
+
+    /// Hands a DONE operation's outcome to the engine.
+    fn deliver(&self, scope: String, op: &Operation) {
+        if let Some(tracked) = self.tracker.take(scope, op.name.clone()) {
+            let outcome = op.failure().map_or(Ok(()), Err);
+            self.reader.metrics.operation(&outcome);
+            let _ = self.done.send((tracked.dispatch, outcome));
+        }
+    }
+
+    async fn poll_once(&self) {
+        let reader = &self.reader;
+        let project = self.project.as_str();
+        let (by_scope, typical) = {
+            let state = self.tracker.lock();
+            let mut by_scope: BTreeMap<String, Vec<(String, Option<String>, Instant)>> =
+                BTreeMap::new();
+            for ((scope, name), tracked) in &state.ops {
+                by_scope.entry(scope.clone()).or_default().push((
+                    name.clone(),
+                    tracked.insert_time.clone(),
+                    tracked.since,
+                ));
+            }
+            (by_scope, state.typical)
         };
-        shared
-            .metrics
-            .operations_pending
-            .set(i64::try_from(pending).unwrap_or(i64::MAX));
-        if pending == 0 {
-            shared.tracker.wake.notified().await;
-            continue;
-        }
-        let interval = typical
-            .map_or(initial, |t| Duration::from_secs_f64(t / 4.0))
-            .clamp(
-                floor,
-                shared.settings.scaled(Duration::from_secs(5)).max(floor),
-            );
-        tokio::time::sleep(interval).await;
-        poll_once(&shared).await;
-    }
-}
-
-/// Hands a DONE operation's outcome to its caller.
-fn deliver(shared: &Arc<Shared>, scope: String, op: &Operation) {
-    let tracked = {
-        let mut state = shared.tracker.lock();
-        let tracked = state.ops.remove(&(scope, op.name.clone()));
-        if let Some(tracked) = &tracked {
-            let took = tracked.since.elapsed().as_secs_f64();
-            state.typical = Some(state.typical.map_or(took, |t| 0.8 * t + 0.2 * took));
-        }
-        tracked
-    };
-    if let Some(tracked) = tracked {
-        let outcome = op.failure().map_or(Ok(()), Err);
-        shared.metrics.operation(&outcome);
-        shared.finish(&tracked.dispatch, outcome);
-    }
-}
-
-async fn poll_once(shared: &Arc<Shared>) {
-    let project = shared.settings.project.clone();
-    let (by_scope, typical) = {
-        let state = shared.tracker.lock();
-        let mut by_scope: BTreeMap<String, Vec<(String, Option<String>, Instant)>> =
-            BTreeMap::new();
-        for ((scope, name), tracked) in &state.ops {
-            by_scope.entry(scope.clone()).or_default().push((
-                name.clone(),
-                tracked.insert_time.clone(),
-                tracked.since,
-            ));
-        }
-        (by_scope, state.typical)
-    };
-    // An operation the lists have not shown for this long is read on its own.
-    let overdue =
-        Duration::from_secs_f64(typical.map_or(30.0 * shared.settings.time_scale, |t| 3.0 * t));
-    let mut to_get: Vec<(String, String)> = Vec::new();
-    for (scope, pending) in by_scope {
-        let since = pending.iter().filter_map(|(_, t, _)| t.clone()).min();
-        match since.filter(|_| pending.len() >= LIST_FROM) {
-            Some(since) => match done_since(shared, &project, &scope, &since).await {
-                Ok(done) => {
-                    for op in &done {
-                        deliver(shared, scope.clone(), op);
+        // An operation the lists have not shown for this long is read on its own.
+        let overdue =
+            Duration::from_secs_f64(typical.map_or(30.0 * reader.time_scale(), |t| 3.0 * t));
+        let mut to_get: Vec<(String, String)> = Vec::new();
+        for (scope, pending) in by_scope {
+            let since = pending.iter().filter_map(|(_, t, _)| t.clone()).min();
+            match since.filter(|_| pending.len() >= LIST_FROM) {
+                Some(since) => match done_since(reader, project, &scope, &since).await {
+                    Ok(done) => {
+                        for op in &done {
+                            self.deliver(scope.clone(), op);
+                        }
+                        let still = self.tracker.lock();
+                        to_get.extend(
+                            pending
+                                .into_iter()
+                                .filter(|(name, _, at)| {
+                                    at.elapsed() > overdue
+                                        && still.ops.contains_key(&(scope.clone(), name.clone()))
+                                })
+                                .map(|(name, _, _)| (scope.clone(), name)),
+                        );
                     }
-                    let still = shared.tracker.lock();
-                    to_get.extend(
+                    Err(_) => to_get.extend(
                         pending
                             .into_iter()
-                            .filter(|(name, _, at)| {
-                                at.elapsed() > overdue
-                                    && still.ops.contains_key(&(scope.clone(), name.clone()))
-                            })
                             .map(|(name, _, _)| (scope.clone(), name)),
-                    );
-                }
-                Err(_) => to_get.extend(
+                    ),
+                },
+                None => to_get.extend(
                     pending
                         .into_iter()
                         .map(|(name, _, _)| (scope.clone(), name)),
                 ),
-            },
-            None => to_get.extend(
-                pending
-                    .into_iter()
-                    .map(|(name, _, _)| (scope.clone(), name)),
-            ),
+            }
         }
-    }
-    if to_get.is_empty() {
-        return;
-    }
-    // Paced: a round never takes a whole window's budget at once, so no window of GCP's
-    // receives more than its quota even when the round straddles a boundary.
-    let granted = shared
-        .budget
-        .take(RateGroup::OperationRead, "", to_get.len(), true);
-    if granted == 0 {
-        let wait_from = Instant::now();
-        tokio::time::sleep_until(
-            shared
-                .budget
-                .next_chance(RateGroup::OperationRead, "", true),
-        )
-        .await;
-        shared
-            .metrics
-            .rate_wait("operation_read", wait_from.elapsed().as_secs_f64());
-        return;
-    }
-    to_get.truncate(granted);
-    let calls: Vec<Call> = to_get
-        .iter()
-        .map(|(scope, name)| get_call(&project, scope, name))
-        .collect();
-    let answers = shared.client.exchange(shared.transport, calls).await;
-    for ((scope, name), answer) in to_get.into_iter().zip(answers) {
-        match answer {
-            Ok(answer) => {
-                if let Ok(op) = serde_json::from_slice::<Operation>(&answer.body)
-                    && op.is_done()
-                {
-                    deliver(shared, scope, &op);
+        if to_get.is_empty() {
+            return;
+        }
+        // Paced: a round never takes a whole window's budget at once, so no window of GCP's
+        // receives more than its quota even when the round straddles a boundary.
+        let now = Instant::now();
+        let granted = reader
+            .budget
+            .take(RateGroup::OperationRead, "", to_get.len(), true, now);
+        if granted == 0 {
+            tokio::time::sleep_until(reader.budget.next_chance(
+                RateGroup::OperationRead,
+                "",
+                true,
+                now,
+            ))
+            .await;
+            reader
+                .metrics
+                .rate_wait("operation_read", now.elapsed().as_secs_f64());
+            return;
+        }
+        to_get.truncate(granted);
+        let calls: Vec<Call> = to_get
+            .iter()
+            .map(|(scope, name)| get_call(project, scope, name))
+            .collect();
+        let answers = reader.exchange(calls).await;
+        for ((scope, name), answer) in to_get.into_iter().zip(answers) {
+            match answer {
+                Ok(answer) => {
+                    if let Ok(op) = serde_json::from_slice::<Operation>(&answer.body)
+                        && op.is_done()
+                    {
+                        self.deliver(scope, &op);
+                    }
                 }
-            }
-            Err(err) if err.is_rate_limited() => {
-                shared
-                    .budget
-                    .penalize(RateGroup::OperationRead, "", err.retry_after());
-            }
-            Err(err) if err.is_not_found() => {
-                // The operation record is gone (deleted or past retention): the caller sees the
-                // error and its reconcile retries against a fresh inventory.
-                let tracked = shared.tracker.lock().ops.remove(&(scope, name));
-                if let Some(tracked) = tracked {
-                    shared.finish(&tracked.dispatch, Err(err));
+                Err(err) if err.is_rate_limited() => {
+                    reader.budget.penalize(
+                        RateGroup::OperationRead,
+                        "",
+                        err.retry_after(),
+                        rand::random(),
+                        Instant::now(),
+                    );
                 }
+                Err(err) if err.is_not_found() => {
+                    // The operation record is gone (deleted or past retention): the caller sees
+                    // the error and its reconcile retries against a fresh inventory.
+                    if let Some(tracked) = self.tracker.lock().ops.remove(&(scope, name)) {
+                        let _ = self.done.send((tracked.dispatch, Err(err)));
+                    }
+                }
+                Err(_) => {}
             }
-            Err(_) => {}
         }
     }
 }
 
 /// The scope's operations that are DONE and were inserted at or after `since`, by pages.
 async fn done_since(
-    shared: &Arc<Shared>,
+    reader: &Reader,
     project: &str,
     scope: &str,
     since: &str,
@@ -298,8 +316,8 @@ async fn done_since(
     let mut done = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        shared.budget.acquire(RateGroup::OperationRead, "", 1).await;
-        let answer = shared
+        reader.budget.acquire(RateGroup::OperationRead, "", 1).await;
+        let answer = reader
             .client
             .send(&list_done_call(project, scope, since, token.as_deref()))
             .await?;

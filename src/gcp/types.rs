@@ -305,10 +305,7 @@ pub struct QuotaUse {
     pub limit: f64,
 }
 
-/// The last path segment of a URL or path.
-pub fn last_segment(url: &str) -> &str {
-    url.rsplit('/').next().unwrap_or(url)
-}
+pub use crate::plan::resource::last_segment;
 
 /// One page of a list call.
 #[derive(Debug, Clone, Deserialize)]

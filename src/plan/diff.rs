@@ -3,8 +3,7 @@
 use serde_json::Value;
 
 use super::DesiredResource;
-use crate::gcp::Target;
-use crate::gcp::target::same_content;
+use super::resource::{Target, same_content};
 
 /// The changes that take an object's GCP resources from observed to desired.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -6,12 +6,13 @@ pub mod diff;
 pub mod guard;
 pub mod names;
 pub mod owner;
+pub mod resource;
 pub mod virtualservice;
 pub mod vpcroute;
 
 use serde_json::Value;
 
-use crate::gcp::Target;
+use resource::Target;
 
 /// One GCP resource an object wants: where it lives and its insert body.
 #[derive(Debug, Clone, PartialEq)]

@@ -25,6 +25,13 @@ impl Owner {
 
 const MARKER: &str = "adc.dev/owner=";
 
+/// The marker token of a description as written (`adc.dev/owner=...` up to the first blank),
+/// whether or not it names a valid owner: what an error about someone else's resource quotes.
+pub fn marker(description: &str) -> Option<&str> {
+    let start = description.find(MARKER)?;
+    description[start..].split_whitespace().next()
+}
+
 impl Owner {
     /// An owner.
     pub fn new(cluster_id: &str, cloud: &str, kind: &str, namespace: &str, name: &str) -> Self {
@@ -47,8 +54,7 @@ impl Owner {
 
     /// Reads the marker out of a description; None when there is none.
     pub fn parse(description: &str) -> Option<Owner> {
-        let rest = &description[description.find(MARKER)? + MARKER.len()..];
-        let token = rest.split_whitespace().next()?;
+        let token = marker(description)?.strip_prefix(MARKER)?;
         let mut parts = token.split('/');
         let owner = Owner {
             cluster_id: parts.next()?.to_string(),

@@ -8,9 +8,9 @@ use serde_json::{Value, json};
 
 use super::names::{content_hash, object_hash, resource_name};
 use super::owner::Owner;
+use super::resource::{Collection, Target};
 use super::{CloudView, DesiredResource, EngineHealth};
 use crate::api::{AllocationType, HaMode, Protocol, VirtualServiceSpec};
-use crate::gcp::{Collection, Target};
 
 /// The kind name in ownership markers.
 pub const KIND: &str = <crate::api::VirtualService as crate::api::FleetObject>::KIND;

@@ -4,9 +4,9 @@ use serde_json::json;
 
 use super::names::{content_hash, object_hash, resource_name};
 use super::owner::Owner;
+use super::resource::Target;
 use super::{CloudView, DesiredResource};
 use crate::api::VpcRouteSpec;
-use crate::gcp::Target;
 
 /// The kind name in ownership markers.
 pub const KIND: &str = <crate::api::VpcRoute as crate::api::FleetObject>::KIND;

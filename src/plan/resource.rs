@@ -1,10 +1,8 @@
-//! What a mutation is about: a resource address, and the mutation itself.
+//! The vocabulary of desired resources: a resource address ([`Target`]), what to do to it
+//! ([`Mutation`]), and how a desired body compares with what Compute holds. Pure data: `gcp`
+//! turns these into calls (`gcp::calls`), never the reverse.
 
-use reqwest::Method;
 use serde_json::Value;
-
-use super::budget::RateGroup;
-use super::client::Call;
 
 /// The collections the operator writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -30,62 +28,8 @@ impl Collection {
         }
     }
 
-    /// The quota group of a write, and the region it is charged in.
-    pub fn write_group(self, location: &str) -> (RateGroup, String) {
-        match self {
-            Collection::Routes | Collection::Firewalls | Collection::GlobalAddresses => {
-                (RateGroup::Write, String::new())
-            }
-            Collection::Addresses | Collection::ForwardingRules => {
-                (RateGroup::RegionalWrite, location.to_string())
-            }
-            Collection::TargetInstances => (
-                RateGroup::RegionalWrite,
-                location
-                    .rsplit_once('-')
-                    .map_or(location, |(region, _)| region)
-                    .to_string(),
-            ),
-        }
-    }
-
-    /// Discovery method names: (insert, delete, get).
-    pub fn method_names(self) -> (&'static str, &'static str, &'static str) {
-        match self {
-            Collection::Routes => (
-                "compute.routes.insert",
-                "compute.routes.delete",
-                "compute.routes.get",
-            ),
-            Collection::Firewalls => (
-                "compute.firewalls.insert",
-                "compute.firewalls.delete",
-                "compute.firewalls.get",
-            ),
-            Collection::GlobalAddresses => (
-                "compute.globalAddresses.insert",
-                "compute.globalAddresses.delete",
-                "compute.globalAddresses.get",
-            ),
-            Collection::Addresses => (
-                "compute.addresses.insert",
-                "compute.addresses.delete",
-                "compute.addresses.get",
-            ),
-            Collection::ForwardingRules => (
-                "compute.forwardingRules.insert",
-                "compute.forwardingRules.delete",
-                "compute.forwardingRules.get",
-            ),
-            Collection::TargetInstances => (
-                "compute.targetInstances.insert",
-                "compute.targetInstances.delete",
-                "compute.targetInstances.get",
-            ),
-        }
-    }
-
-    /// Whether mutations of this collection occupy their VPC network (§11 serialisation).
+    /// Whether mutations of this collection occupy their VPC network (a VPC network runs only so many route and firewall
+    /// mutations at once: docs/compute-api.md §11).
     pub fn holds_network(self) -> bool {
         matches!(self, Collection::Routes | Collection::Firewalls)
     }
@@ -128,20 +72,6 @@ impl Target {
     }
 }
 
-impl Target {
-    /// The GET of this resource.
-    pub fn get_call(&self, project: &str) -> Call {
-        Call {
-            method: Method::GET,
-            path: self.path(project),
-            query: Vec::new(),
-            body: None,
-            group: RateGroup::Read,
-            method_name: self.collection.method_names().2,
-        }
-    }
-}
-
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}/{}", self.collection.path(&self.location), self.name)
@@ -171,7 +101,7 @@ impl Mutation {
         let network = body
             .get("network")
             .and_then(Value::as_str)
-            .map(|n| super::types::last_segment(n).to_string())
+            .map(|n| last_segment(n).to_string())
             .filter(|_| target.collection.holds_network());
         Self {
             target,
@@ -194,39 +124,11 @@ impl Mutation {
     pub fn is_insert(&self) -> bool {
         matches!(self.change, Change::Insert(_))
     }
+}
 
-    /// The Compute call for it, with `requestId` so a retry never acts twice.
-    pub fn call(&self, project: &str, request_id: &str) -> Call {
-        let (group, _) = self.target.collection.write_group(&self.target.location);
-        let (insert, delete, _) = self.target.collection.method_names();
-        let query = vec![("requestId".to_string(), request_id.to_string())];
-        match &self.change {
-            Change::Insert(body) => Call {
-                method: Method::POST,
-                path: format!(
-                    "projects/{project}/{}",
-                    self.target.collection.path(&self.target.location)
-                ),
-                query,
-                body: Some(body.clone()),
-                group,
-                method_name: insert,
-            },
-            Change::Delete => Call {
-                method: Method::DELETE,
-                path: self.target.path(project),
-                query,
-                body: None,
-                group,
-                method_name: delete,
-            },
-        }
-    }
-
-    /// The GET that reads the resource back.
-    pub fn get_call(&self, project: &str) -> Call {
-        self.target.get_call(project)
-    }
+/// The last path segment of a URL or path: the name in a resource link.
+pub fn last_segment(url: &str) -> &str {
+    url.rsplit('/').next().unwrap_or(url)
 }
 
 /// A reference (full URL or partial path) reduced to the part after `projects/P/`, so that
@@ -301,20 +203,23 @@ mod tests {
     }
 
     #[test]
-    fn calls_carry_the_request_id() {
+    fn an_insert_knows_its_network_and_a_delete_keeps_it() {
         let mutation = Mutation::insert(
             Target::route("r"),
             json!({"name": "r", "network": "global/networks/vpc"}),
         );
         assert_eq!(mutation.network.as_deref(), Some("vpc"));
-        let call = mutation.call("p", "id-1");
-        assert_eq!(call.path, "projects/p/global/routes");
-        assert_eq!(
-            call.query,
-            vec![("requestId".to_string(), "id-1".to_string())]
+        let address = Mutation::insert(
+            Target {
+                collection: Collection::Addresses,
+                location: "us-central1".into(),
+                name: "a".into(),
+            },
+            json!({"name": "a", "network": "global/networks/vpc"}),
         );
-        let delete = Mutation::delete(Target::route("r"), Some("vpc".into())).call("p", "id-2");
-        assert_eq!(delete.path, "projects/p/global/routes/r");
-        assert_eq!(delete.method, Method::DELETE);
+        assert_eq!(address.network, None, "addresses do not hold their network");
+        let delete = Mutation::delete(Target::route("r"), Some("vpc".into()));
+        assert_eq!(delete.network.as_deref(), Some("vpc"));
+        assert!(!delete.is_insert());
     }
 }
