@@ -257,7 +257,7 @@ async fn faults_lose_and_duplicate_nothing() {
     // The inventory the engine keeps agrees with GCP.
     let snapshot = engine.inventory().snapshot();
     assert_eq!(
-        snapshot.routes.keys().cloned().collect::<Vec<_>>(),
+        snapshot.routes().keys().cloned().collect::<Vec<_>>(),
         expected
     );
 }
@@ -331,7 +331,7 @@ async fn insert_then_delete_before_sending_cancels_both_and_inventory_pages() {
         .await
         .unwrap();
     let snapshot = engine.inventory().snapshot();
-    assert_eq!(snapshot.routes.len(), 1200);
+    assert_eq!(snapshot.routes().len(), 1200);
     assert!(
         snapshot
             .instance("us-central1-a", "se-1")
@@ -434,7 +434,7 @@ async fn a_settling_refresh_counts_the_operations_sent_before_the_engine_started
         "the former leader's three inserts, not the engine's own"
     );
     assert!(
-        engine.inventory().snapshot().routes.is_empty(),
+        engine.inventory().snapshot().routes().is_empty(),
         "nothing of theirs is listed yet"
     );
     own.await.unwrap().unwrap();
@@ -453,7 +453,7 @@ async fn a_settling_refresh_counts_the_operations_sent_before_the_engine_started
     let listed: Vec<String> = engine
         .inventory()
         .snapshot()
-        .routes
+        .routes()
         .keys()
         .cloned()
         .collect();
@@ -611,7 +611,8 @@ async fn the_instance_poll_reads_only_instances_and_sees_a_stop() {
         }
     );
     assert_eq!(
-        after.routes, before.routes,
+        after.routes(),
+        before.routes(),
         "the routes are left as they were"
     );
     assert_eq!(

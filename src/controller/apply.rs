@@ -6,15 +6,7 @@ use crate::gcp::{Collection, Engine, GcpError, Lane, Mutation, Target};
 use crate::plan::diff::Diff;
 
 fn network_of(engine: &Engine, target: &Target) -> Option<String> {
-    engine
-        .inventory()
-        .read(|s| {
-            s.routes
-                .get(&target.name)
-                .map(|r| r.network.clone())
-                .or_else(|| s.firewalls.get(&target.name).map(|f| f.network.clone()))
-        })
-        .map(|n| crate::gcp::types::last_segment(&n).to_string())
+    engine.inventory().read(|s| s.network_of(target))
 }
 
 /// Inserts the engine still holds for `owner` (queued or in flight) that `desired` no longer
@@ -142,17 +134,18 @@ pub async fn delete_owned(
         tracing::warn!(owner = %super::context::owner_key(owner), "GcpCloud unavailable at deletion; leaving cleanup to garbage collection");
         return Ok(());
     };
-    let owned = runtime
-        .engine
-        .inventory()
-        .read(|s| super::context::owned_resources(s, owner, &runtime.view.resource_prefix));
+    let owned = runtime.engine.inventory().read(|s| {
+        s.owned_by(owner, &runtime.view.resource_prefix)
+            .into_iter()
+            .map(|(target, _)| {
+                let network = s.network_of(&target);
+                (target, network)
+            })
+            .collect::<Vec<_>>()
+    });
     let receivers: Vec<_> = owned
         .into_iter()
-        .map(|(target, body)| {
-            let network = body
-                .get("network")
-                .and_then(|n| n.as_str())
-                .map(|n| crate::gcp::types::last_segment(n).to_string());
+        .map(|(target, network)| {
             runtime
                 .engine
                 .submit(Mutation::delete(target, network), Lane::Urgent)

@@ -14,7 +14,7 @@ use kube::api::Api;
 use kube::runtime::controller::Action;
 use kube::runtime::reflector::{ObjectRef, Store};
 
-use super::context::{CloudRuntime, Context, owners_in};
+use super::context::{CloudRuntime, Context};
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
 use crate::api::{GcpCloud, GcpCloudStatus, InventoryCounts, QuotaStatus, parse_duration};
@@ -298,22 +298,10 @@ fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime>) {
                 InventoryEvent::Resource(target) => {
                     // The owner of a resource that exists says itself; one that vanished is
                     // found among the objects that reference this cloud by their planned names.
-                    let description =
-                        runtime
-                            .engine
-                            .inventory()
-                            .read(|s| match target.collection {
-                                crate::gcp::Collection::Routes => {
-                                    s.routes.get(&target.name).map(|r| r.description.clone())
-                                }
-                                crate::gcp::Collection::Firewalls => {
-                                    s.firewalls.get(&target.name).map(|f| f.description.clone())
-                                }
-                                _ => s
-                                    .addresses
-                                    .get(&(target.location.clone(), target.name.clone()))
-                                    .map(|a| a.description.clone()),
-                            });
+                    let description = runtime
+                        .engine
+                        .inventory()
+                        .read(|s| s.description_of(&target).map(str::to_string));
                     match description.as_deref().and_then(Owner::parse) {
                         Some(owner) if owner.cluster_id == cluster => match owner.kind.as_str() {
                             crate::plan::virtualservice::KIND => {
@@ -483,7 +471,7 @@ async fn collect_garbage(
     let owners = runtime
         .engine
         .inventory()
-        .read(|s| owners_in(s, &ctx.settings.cluster_id));
+        .read(|s| s.owners(&ctx.settings.cluster_id));
     let mut receivers = Vec::new();
     for (owner, target) in owners {
         // Several clouds may share a project: each collects only what was made through it.
@@ -502,11 +490,7 @@ async fn collect_garbage(
             _ => true,
         };
         if !exists {
-            let network = runtime.engine.inventory().read(|s| {
-                s.routes
-                    .get(&target.name)
-                    .map(|r| crate::gcp::types::last_segment(&r.network).to_string())
-            });
+            let network = runtime.engine.inventory().read(|s| s.network_of(&target));
             tracing::info!(resource = %target, owner = %format!("{}/{}/{}", owner.kind, owner.namespace, owner.name), "collecting an orphan");
             receivers.push(
                 runtime
@@ -644,13 +628,15 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
         )
         .await;
     }
-    let counts = runtime.engine.inventory().read(|s| InventoryCounts {
-        routes: s.routes.len() as u32,
-        firewalls: s.firewalls.len() as u32,
-        addresses: s.addresses.len() as u32,
-        forwarding_rules: s.forwarding_rules.len() as u32,
-        instances: s.instances.len() as u32,
-    });
+    let counts = runtime.engine.inventory().read(|s| s.counts());
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let counts = InventoryCounts {
+        routes: count(counts.routes),
+        firewalls: count(counts.firewalls),
+        addresses: count(counts.addresses),
+        forwarding_rules: count(counts.forwarding_rules),
+        instances: count(counts.instances),
+    };
     // The quotas are worth knowing, not worth stopping for (a role without compute.projects.get
     // still manages routes): a failed read keeps the last figures.
     let quota = match runtime.engine.read_quotas().await {

@@ -10,11 +10,10 @@ use kube::Client;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
-use serde_json::Value;
 use tokio::sync::mpsc;
 
 use crate::api::{VirtualService, VpcRoute};
-use crate::gcp::{DispatchMode, Engine, GcpMetrics, Snapshot, Target};
+use crate::gcp::{DispatchMode, Engine, GcpMetrics};
 use crate::plan::CloudView;
 use crate::plan::owner::Owner;
 
@@ -239,115 +238,6 @@ pub fn selector_matches(
     by_labels && by_expressions
 }
 
-/// Every GCP resource in the inventory whose ownership marker names `owner`, as (target, JSON).
-pub fn owned_resources(
-    snapshot: &Snapshot,
-    owner: &Owner,
-    resource_prefix: &str,
-) -> Vec<(Target, Value)> {
-    let mine = |description: &str| Owner::parse(description).as_ref() == Some(owner);
-    // Every name planned for the owner starts with its prefix (and the inventory lists only
-    // names with the cloud's resource prefix): a range of the sorted maps, not a scan of the
-    // whole fleet's resources on every reconcile.
-    let start = owner.name_prefix(resource_prefix);
-    let named = |name: &String| name.starts_with(&start);
-    let mut owned = Vec::new();
-    for (name, route) in snapshot
-        .routes
-        .range(start.clone()..)
-        .take_while(|(n, _)| named(n))
-    {
-        if mine(&route.description) {
-            owned.push((
-                Target::route(name.clone()),
-                serde_json::to_value(route).unwrap_or(Value::Null),
-            ));
-        }
-    }
-    for (name, firewall) in snapshot
-        .firewalls
-        .range(start.clone()..)
-        .take_while(|(n, _)| named(n))
-    {
-        if mine(&firewall.description) {
-            owned.push((
-                Target::firewall(name.clone()),
-                serde_json::to_value(firewall).unwrap_or(Value::Null),
-            ));
-        }
-    }
-    for ((location, name), address) in &snapshot.addresses {
-        if mine(&address.description) {
-            let collection = if location.is_empty() {
-                crate::gcp::Collection::GlobalAddresses
-            } else {
-                crate::gcp::Collection::Addresses
-            };
-            owned.push((
-                Target {
-                    collection,
-                    location: location.clone(),
-                    name: name.clone(),
-                },
-                serde_json::to_value(address).unwrap_or(Value::Null),
-            ));
-        }
-    }
-    owned
-}
-
-/// The subnet ranges (primary and secondary) of `network` in the inventory, as (subnetwork,
-/// range): a route may not point into one.
-pub fn subnet_ranges(snapshot: &Snapshot, network: &str) -> Vec<(String, String)> {
-    snapshot
-        .subnetworks
-        .values()
-        .filter(|s| crate::gcp::types::last_segment(&s.network) == network)
-        .flat_map(|s| {
-            std::iter::once((s.name.clone(), s.ip_cidr_range.clone())).chain(
-                s.secondary_ip_ranges.iter().map(|r| {
-                    (
-                        format!("{}/{}", s.name, r.range_name),
-                        r.ip_cidr_range.clone(),
-                    )
-                }),
-            )
-        })
-        .collect()
-}
-
-/// Every owner named in the inventory's markers of this cluster.
-pub fn owners_in(snapshot: &Snapshot, cluster_id: &str) -> Vec<(Owner, Target)> {
-    let mut found = Vec::new();
-    let mut push = |description: &str, target: Target| {
-        if let Some(owner) = Owner::parse(description).filter(|o| o.cluster_id == cluster_id) {
-            found.push((owner, target));
-        }
-    };
-    for (name, route) in &snapshot.routes {
-        push(&route.description, Target::route(name.clone()));
-    }
-    for (name, firewall) in &snapshot.firewalls {
-        push(&firewall.description, Target::firewall(name.clone()));
-    }
-    for ((location, name), address) in &snapshot.addresses {
-        let collection = if location.is_empty() {
-            crate::gcp::Collection::GlobalAddresses
-        } else {
-            crate::gcp::Collection::Addresses
-        };
-        push(
-            &address.description,
-            Target {
-                collection,
-                location: location.clone(),
-                name: name.clone(),
-            },
-        );
-    }
-    found
-}
-
 /// The reporter of the operator's events.
 pub fn reporter() -> Reporter {
     Reporter {
@@ -404,46 +294,4 @@ pub async fn mark_abandoned(ctx: &Context, cloud: &str, owner: &Owner) -> Result
         }
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-    use crate::gcp::Snapshot;
-
-    fn route(name: &str, description: &str) -> (String, crate::gcp::types::Route) {
-        let body = serde_json::json!({"name": name, "network": "global/networks/default",
-            "destRange": "10.0.0.1/32", "priority": 2000, "nextHopIp": "10.128.0.9",
-            "description": description});
-        (name.to_string(), serde_json::from_value(body).unwrap())
-    }
-
-    #[test]
-    fn owned_resources_are_found_by_name_prefix_and_marker() {
-        let web = Owner::new("c", "cloud", "VirtualService", "ns", "web");
-        let api = Owner::new("c", "cloud", "VirtualService", "ns", "api");
-        let web_prefix = web.name_prefix("adc-");
-        let mut snapshot = Snapshot::default();
-        snapshot.routes.extend([
-            route(&format!("{web_prefix}aaaa"), &web.description()),
-            route(&format!("{web_prefix}bbbb"), &web.description()),
-            // The name looks like web's, the marker is not ours: never owned.
-            route(&format!("{web_prefix}cccc"), "made by hand"),
-            route(
-                &format!("{}aaaa", api.name_prefix("adc-")),
-                &api.description(),
-            ),
-        ]);
-        let owned: Vec<String> = owned_resources(&snapshot, &web, "adc-")
-            .into_iter()
-            .map(|(t, _)| t.name)
-            .collect();
-        assert_eq!(
-            owned,
-            [format!("{web_prefix}aaaa"), format!("{web_prefix}bbbb")]
-        );
-        assert_eq!(owned_resources(&snapshot, &api, "adc-").len(), 1);
-        assert!(owned_resources(&snapshot, &web, "other-").is_empty());
-    }
 }

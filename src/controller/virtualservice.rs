@@ -10,7 +10,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Resource, ResourceExt};
 
 use super::apply::{advance, superseded_inserts};
-use super::context::{Context, owned_resources};
+use super::context::Context;
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
 use crate::api::{GcpCloud, GcpResources, VirtualService, VirtualServiceStatus};
@@ -274,16 +274,11 @@ async fn apply_object(
             .filter(|s| s.2 == EngineHealth::Missing)
             .map(|s| format!("{}/{}", s.0, s.1))
             .collect();
-        let allocated = snapshot
-            .addresses
-            .iter()
-            .find(|((_, _), a)| Owner::parse(&a.description).as_ref() == Some(&owner))
-            .and_then(|(_, a)| a.address.clone());
         (
             states,
             missing,
-            allocated,
-            owned_resources(snapshot, &owner, &runtime.view.resource_prefix),
+            snapshot.address_of(&owner).map(str::to_string),
+            snapshot.owned_by(&owner, &runtime.view.resource_prefix),
         )
     });
     let engine_health = |zone: &str, name: &str| {
@@ -315,7 +310,7 @@ async fn apply_object(
         subnet_ranges: match object.spec.vip.address {
             Some(_) => engine
                 .inventory()
-                .read(|s| super::context::subnet_ranges(s, &runtime.view.network)),
+                .read(|s| s.subnets(&runtime.view.network)),
             None => Vec::new(),
         },
         missing_subnetwork: object
@@ -325,13 +320,9 @@ async fn apply_object(
             .as_ref()
             .and_then(|a| a.subnetwork.clone())
             .filter(|name| {
-                !engine.inventory().read(|s| {
-                    s.subnetworks
-                        .get(&(runtime.view.region.clone(), name.clone()))
-                        .is_some_and(|sub| {
-                            crate::gcp::types::last_segment(&sub.network) == runtime.view.network
-                        })
-                })
+                !engine
+                    .inventory()
+                    .read(|s| s.has_subnetwork(&runtime.view.region, name, &runtime.view.network))
             }),
         missing_ilb: None,
     };

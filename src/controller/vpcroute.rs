@@ -10,7 +10,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 
 use super::apply::{advance, superseded_inserts};
-use super::context::{Context, owned_resources};
+use super::context::Context;
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
 use super::virtualservice::{
@@ -131,7 +131,7 @@ async fn apply_object(
             .collect();
         (
             missing,
-            owned_resources(snapshot, &owner, &runtime.view.resource_prefix),
+            snapshot.owned_by(&owner, &runtime.view.resource_prefix),
         )
     });
     let around = Surroundings {
@@ -158,7 +158,7 @@ async fn apply_object(
         missing_engines: missing,
         subnet_ranges: engine
             .inventory()
-            .read(|s| super::context::subnet_ranges(s, &runtime.view.network)),
+            .read(|s| s.subnets(&runtime.view.network)),
         missing_subnetwork: None,
         missing_ilb,
     };

@@ -14,7 +14,8 @@ use tokio::sync::broadcast;
 use super::types::{
     Address, Firewall, ForwardingRule, Instance, Route, Subnetwork, TargetInstance,
 };
-use crate::plan::resource::{Change, Collection, Mutation, Target};
+use crate::plan::owner::Owner;
+use crate::plan::resource::{Change, Collection, Mutation, Target, last_segment};
 
 /// Resources keyed by (location, name); location is empty for global ones.
 pub type ByLocation<T> = BTreeMap<(String, String), T>;
@@ -22,17 +23,17 @@ pub type ByLocation<T> = BTreeMap<(String, String), T>;
 /// One consistent view of the project.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub routes: BTreeMap<String, Route>,
-    pub firewalls: BTreeMap<String, Firewall>,
-    pub addresses: ByLocation<Address>,
-    pub forwarding_rules: ByLocation<ForwardingRule>,
-    pub target_instances: ByLocation<TargetInstance>,
+    pub(crate) routes: BTreeMap<String, Route>,
+    pub(crate) firewalls: BTreeMap<String, Firewall>,
+    pub(crate) addresses: ByLocation<Address>,
+    pub(crate) forwarding_rules: ByLocation<ForwardingRule>,
+    pub(crate) target_instances: ByLocation<TargetInstance>,
     /// Every instance of the zones asked for, keyed by (zone, name).
-    pub instances: ByLocation<Instance>,
+    pub(crate) instances: ByLocation<Instance>,
     /// Every subnetwork of the cloud's regions (any network), keyed by (region, name).
-    pub subnetworks: ByLocation<Subnetwork>,
+    pub(crate) subnetworks: ByLocation<Subnetwork>,
     /// Whether a full refresh has completed.
-    pub loaded: bool,
+    pub(crate) loaded: bool,
 }
 
 impl Snapshot {
@@ -54,6 +55,185 @@ impl Snapshot {
             Collection::TargetInstances => serde_json::to_value(self.target_instances.get(&key())?),
         };
         value.ok()
+    }
+}
+
+/// Resource counts of a snapshot (what `GcpCloud.status.inventory` shows).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub routes: usize,
+    pub firewalls: usize,
+    pub addresses: usize,
+    pub forwarding_rules: usize,
+    pub instances: usize,
+}
+
+/// The questions reconciles ask of the inventory. Callers never index its maps or parse links.
+impl Snapshot {
+    /// The routes, by name.
+    pub fn routes(&self) -> &BTreeMap<String, Route> {
+        &self.routes
+    }
+
+    /// The firewall rules, by name.
+    pub fn firewalls(&self) -> &BTreeMap<String, Firewall> {
+        &self.firewalls
+    }
+
+    /// Whether it is the result of a full refresh (not the empty view before the first one).
+    pub fn is_loaded(&self) -> bool {
+        self.loaded
+    }
+
+    /// How many resources of each kind it holds.
+    pub fn counts(&self) -> Counts {
+        Counts {
+            routes: self.routes.len(),
+            firewalls: self.firewalls.len(),
+            addresses: self.addresses.len(),
+            forwarding_rules: self.forwarding_rules.len(),
+            instances: self.instances.len(),
+        }
+    }
+
+    /// The description of a route, firewall rule or address (where ownership markers live).
+    pub fn description_of(&self, target: &Target) -> Option<&str> {
+        match target.collection {
+            Collection::Routes => self
+                .routes
+                .get(&target.name)
+                .map(|r| r.description.as_str()),
+            Collection::Firewalls => self
+                .firewalls
+                .get(&target.name)
+                .map(|f| f.description.as_str()),
+            Collection::Addresses | Collection::GlobalAddresses => self
+                .addresses
+                .get(&(target.location.clone(), target.name.clone()))
+                .map(|a| a.description.as_str()),
+            Collection::ForwardingRules | Collection::TargetInstances => None,
+        }
+    }
+
+    /// The VPC network (its name) a route or firewall rule is on.
+    pub fn network_of(&self, target: &Target) -> Option<String> {
+        let link = match target.collection {
+            Collection::Routes => self.routes.get(&target.name)?.network.as_str(),
+            Collection::Firewalls => self.firewalls.get(&target.name)?.network.as_str(),
+            _ => return None,
+        };
+        Some(last_segment(link).to_string())
+    }
+
+    /// The IP address reserved for `owner`, if the inventory holds one.
+    pub fn address_of(&self, owner: &Owner) -> Option<&str> {
+        self.addresses
+            .values()
+            .find(|a| Owner::parse(&a.description).as_ref() == Some(owner))
+            .and_then(|a| a.address.as_deref())
+    }
+
+    /// The subnet ranges (primary and secondary) of `network`, as (subnetwork, range): a route
+    /// may not point into one.
+    pub fn subnets(&self, network: &str) -> Vec<(String, String)> {
+        self.subnetworks
+            .values()
+            .filter(|s| last_segment(&s.network) == network)
+            .flat_map(|s| {
+                std::iter::once((s.name.clone(), s.ip_cidr_range.clone())).chain(
+                    s.secondary_ip_ranges.iter().map(|r| {
+                        (
+                            format!("{}/{}", s.name, r.range_name),
+                            r.ip_cidr_range.clone(),
+                        )
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    /// Whether subnetwork `name` of `region` exists on `network`.
+    pub fn has_subnetwork(&self, region: &str, name: &str, network: &str) -> bool {
+        self.subnetworks
+            .get(&(region.to_string(), name.to_string()))
+            .is_some_and(|s| last_segment(&s.network) == network)
+    }
+
+    /// Every resource whose ownership marker names `owner`, as (target, JSON).
+    pub fn owned_by(&self, owner: &Owner, resource_prefix: &str) -> Vec<(Target, Value)> {
+        let mine = |description: &str| Owner::parse(description).as_ref() == Some(owner);
+        // Every name planned for the owner starts with its prefix (and the inventory lists only
+        // names with the cloud's resource prefix): a range of the sorted maps, not a scan of the
+        // whole fleet's resources on every reconcile.
+        let start = owner.name_prefix(resource_prefix);
+        let named = |name: &String| name.starts_with(&start);
+        let mut owned = Vec::new();
+        for (name, route) in self
+            .routes
+            .range(start.clone()..)
+            .take_while(|(n, _)| named(n))
+        {
+            if mine(&route.description) {
+                owned.push((
+                    Target::route(name.clone()),
+                    serde_json::to_value(route).unwrap_or(Value::Null),
+                ));
+            }
+        }
+        for (name, firewall) in self
+            .firewalls
+            .range(start.clone()..)
+            .take_while(|(n, _)| named(n))
+        {
+            if mine(&firewall.description) {
+                owned.push((
+                    Target::firewall(name.clone()),
+                    serde_json::to_value(firewall).unwrap_or(Value::Null),
+                ));
+            }
+        }
+        for ((location, name), address) in &self.addresses {
+            if mine(&address.description) {
+                owned.push((
+                    address_target(location, name),
+                    serde_json::to_value(address).unwrap_or(Value::Null),
+                ));
+            }
+        }
+        owned
+    }
+
+    /// Every owner of `cluster_id` named in the markers of routes, firewall rules and
+    /// addresses, with the resource that names it.
+    pub fn owners(&self, cluster_id: &str) -> Vec<(Owner, Target)> {
+        let mut found = Vec::new();
+        let mut push = |description: &str, target: Target| {
+            if let Some(owner) = Owner::parse(description).filter(|o| o.cluster_id == cluster_id) {
+                found.push((owner, target));
+            }
+        };
+        for (name, route) in &self.routes {
+            push(&route.description, Target::route(name.clone()));
+        }
+        for (name, firewall) in &self.firewalls {
+            push(&firewall.description, Target::firewall(name.clone()));
+        }
+        for ((location, name), address) in &self.addresses {
+            push(&address.description, address_target(location, name));
+        }
+        found
+    }
+}
+
+fn address_target(location: &str, name: &str) -> Target {
+    Target {
+        collection: if location.is_empty() {
+            Collection::GlobalAddresses
+        } else {
+            Collection::Addresses
+        },
+        location: location.to_string(),
+        name: name.to_string(),
     }
 }
 
@@ -551,5 +731,41 @@ mod tests {
                 InventoryEvent::Refreshed,
             ]
         );
+    }
+
+    fn owned_route(name: &str, description: &str) -> (String, Route) {
+        let body = serde_json::json!({"name": name, "network": "global/networks/default",
+            "destRange": "10.0.0.1/32", "priority": 2000, "nextHopIp": "10.128.0.9",
+            "description": description});
+        (name.to_string(), serde_json::from_value(body).unwrap())
+    }
+
+    #[test]
+    fn owned_resources_are_found_by_name_prefix_and_marker() {
+        let web = Owner::new("c", "cloud", "VirtualService", "ns", "web");
+        let api = Owner::new("c", "cloud", "VirtualService", "ns", "api");
+        let web_prefix = web.name_prefix("adc-");
+        let mut snapshot = Snapshot::default();
+        snapshot.routes.extend([
+            owned_route(&format!("{web_prefix}aaaa"), &web.description()),
+            owned_route(&format!("{web_prefix}bbbb"), &web.description()),
+            // The name looks like web's, the marker is not ours: never owned.
+            owned_route(&format!("{web_prefix}cccc"), "made by hand"),
+            owned_route(
+                &format!("{}aaaa", api.name_prefix("adc-")),
+                &api.description(),
+            ),
+        ]);
+        let owned: Vec<String> = snapshot
+            .owned_by(&web, "adc-")
+            .into_iter()
+            .map(|(t, _)| t.name)
+            .collect();
+        assert_eq!(
+            owned,
+            [format!("{web_prefix}aaaa"), format!("{web_prefix}bbbb")]
+        );
+        assert_eq!(snapshot.owned_by(&api, "adc-").len(), 1);
+        assert!(snapshot.owned_by(&web, "other-").is_empty());
     }
 }
