@@ -49,30 +49,6 @@ pub struct CloudRuntime {
     pub settling: std::sync::atomic::AtomicBool,
 }
 
-/// Sends every object of the stores that references `cloud` to its controller's trigger.
-pub fn requeue_users(
-    cloud: &str,
-    (virtual_services, vs_trigger): (
-        &Store<VirtualService>,
-        &mpsc::UnboundedSender<ObjectRef<VirtualService>>,
-    ),
-    (vpc_routes, vr_trigger): (
-        &Store<VpcRoute>,
-        &mpsc::UnboundedSender<ObjectRef<VpcRoute>>,
-    ),
-) {
-    for vs in virtual_services.state() {
-        if vs.spec.cloud_ref == cloud {
-            let _ = vs_trigger.send(ObjectRef::from_obj(&*vs));
-        }
-    }
-    for vr in vpc_routes.state() {
-        if vr.spec.cloud_ref == cloud {
-            let _ = vr_trigger.send(ObjectRef::from_obj(&*vr));
-        }
-    }
-}
-
 /// Waits until a reflector store holds its first full list; false when its writer is gone.
 ///
 /// kube-runtime's `Store::wait_until_ready` sits on a oneshot channel that keeps only the waker
@@ -158,31 +134,75 @@ impl Context {
 
     /// Reconciles every object that references `cloud`.
     pub fn requeue_users_of(&self, cloud: &str) {
-        requeue_users(
-            cloud,
-            (&self.virtual_services, &self.vs_trigger),
-            (&self.vpc_routes, &self.vr_trigger),
-        );
+        self.triggers().requeue_users(cloud);
     }
 
-    /// Requeues the owner of a GCP resource (from its ownership marker).
+    /// What turns GCP-side changes into reconciles, for a task of its own.
+    pub fn triggers(&self) -> Triggers {
+        Triggers {
+            cluster_id: self.settings.cluster_id.clone(),
+            virtual_services: self.virtual_services.clone(),
+            vpc_routes: self.vpc_routes.clone(),
+            vs: self.vs_trigger.clone(),
+            vr: self.vr_trigger.clone(),
+        }
+    }
+}
+
+/// The stores and the controllers' triggers: requeues objects by what they reference.
+#[derive(Clone)]
+pub struct Triggers {
+    cluster_id: String,
+    pub virtual_services: Store<VirtualService>,
+    pub vpc_routes: Store<VpcRoute>,
+    vs: mpsc::UnboundedSender<ObjectRef<VirtualService>>,
+    vr: mpsc::UnboundedSender<ObjectRef<VpcRoute>>,
+}
+
+impl Triggers {
+    /// Requeues every object that references `cloud`.
+    pub fn requeue_users(&self, cloud: &str) {
+        for vs in self.virtual_services.state() {
+            if vs.spec.cloud_ref == cloud {
+                let _ = self.vs.send(ObjectRef::from_obj(&*vs));
+            }
+        }
+        for vr in self.vpc_routes.state() {
+            if vr.spec.cloud_ref == cloud {
+                let _ = self.vr.send(ObjectRef::from_obj(&*vr));
+            }
+        }
+    }
+
+    /// Requeues the owner of a GCP resource (from its ownership marker), if it is this
+    /// cluster's.
     pub fn requeue_owner(&self, owner: &Owner) {
-        if owner.cluster_id != self.settings.cluster_id {
+        if owner.cluster_id != self.cluster_id {
             return;
         }
         match owner.kind.as_str() {
             crate::plan::virtualservice::KIND => {
                 let _ = self
-                    .vs_trigger
+                    .vs
                     .send(ObjectRef::new(&owner.name).within(&owner.namespace));
             }
             crate::plan::vpcroute::KIND => {
                 let _ = self
-                    .vr_trigger
+                    .vr
                     .send(ObjectRef::new(&owner.name).within(&owner.namespace));
             }
             _ => {}
         }
+    }
+
+    /// Requeues a VirtualService found by reference.
+    pub fn requeue_virtual_service(&self, object: ObjectRef<VirtualService>) {
+        let _ = self.vs.send(object);
+    }
+
+    /// Requeues a VpcRoute found by reference.
+    pub fn requeue_vpc_route(&self, object: ObjectRef<VpcRoute>) {
+        let _ = self.vr.send(object);
     }
 
     /// Requeues every object that uses instance `zone/name` as an engine or next hop.
@@ -194,7 +214,7 @@ impl Context {
                 .iter()
                 .any(|e| e.zone == zone && e.name == name)
             {
-                let _ = self.vs_trigger.send(ObjectRef::from_obj(&*vs));
+                let _ = self.vs.send(ObjectRef::from_obj(&*vs));
             }
         }
         for vr in self.vpc_routes.state() {
@@ -205,37 +225,20 @@ impl Context {
                 .as_ref()
                 .is_some_and(|i| i.zone == zone && i.name == name)
             {
-                let _ = self.vr_trigger.send(ObjectRef::from_obj(&*vr));
+                let _ = self.vr.send(ObjectRef::from_obj(&*vr));
             }
         }
     }
 }
 
-/// Whether a label selector selects `labels`.
+/// Whether a label selector selects `labels` (kube's own matcher). A selector kube cannot read
+/// (an unknown operator) selects nothing: a namespace is never let in by a typo.
 pub fn selector_matches(
     selector: &k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector,
     labels: &std::collections::BTreeMap<String, String>,
 ) -> bool {
-    let by_labels = selector
-        .match_labels
-        .as_ref()
-        .is_none_or(|wanted| wanted.iter().all(|(k, v)| labels.get(k) == Some(v)));
-    let by_expressions = selector
-        .match_expressions
-        .as_ref()
-        .is_none_or(|expressions| {
-            expressions.iter().all(|e| {
-                let values = e.values.clone().unwrap_or_default();
-                match e.operator.as_str() {
-                    "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
-                    "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
-                    "Exists" => labels.contains_key(&e.key),
-                    "DoesNotExist" => !labels.contains_key(&e.key),
-                    _ => false,
-                }
-            })
-        });
-    by_labels && by_expressions
+    use kube::core::{Selector, SelectorExt};
+    Selector::try_from(selector.clone()).is_ok_and(|selector| selector.matches(labels))
 }
 
 /// The reporter of the operator's events.
@@ -294,4 +297,36 @@ pub async fn mark_abandoned(ctx: &Context, cloud: &str, owner: &Owner) -> Result
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn selectors_match_labels_and_expressions_and_a_bad_one_matches_nothing() {
+        let labels = BTreeMap::from([("team".to_string(), "a".to_string())]);
+        let expression = |operator: &str, values: &[&str]| LabelSelector {
+            match_expressions: Some(vec![LabelSelectorRequirement {
+                key: "team".into(),
+                operator: operator.into(),
+                values: Some(values.iter().map(|v| v.to_string()).collect()),
+            }]),
+            match_labels: None,
+        };
+        assert!(selector_matches(&LabelSelector::default(), &labels));
+        let by_label = LabelSelector {
+            match_labels: Some(labels.clone()),
+            match_expressions: None,
+        };
+        assert!(selector_matches(&by_label, &labels));
+        assert!(!selector_matches(&by_label, &BTreeMap::new()));
+        assert!(selector_matches(&expression("In", &["a", "b"]), &labels));
+        assert!(!selector_matches(&expression("NotIn", &["a"]), &labels));
+        assert!(selector_matches(&expression("Exists", &[]), &labels));
+        assert!(!selector_matches(&expression("DoesNotExist", &[]), &labels));
+        assert!(!selector_matches(&expression("Bogus", &["a"]), &labels));
+    }
 }

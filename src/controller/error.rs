@@ -20,17 +20,19 @@ pub enum Error {
 }
 
 impl Error {
-    /// Every value [`Self::label`] gives.
-    pub const LABELS: [&'static str; 5] = ["kube", "gcp", "finalizer", "conflict", "config"];
+    /// The labels [`Self::label`] gives besides GCP's (the series are primed at zero).
+    pub const LABELS: [&'static str; 4] = ["kube", "finalizer", "conflict", "config"];
 
-    /// A short label for metrics.
-    pub fn label(&self) -> &'static str {
+    /// A short label for metrics: the kind of failure, and for a GCP error GCP's own reason
+    /// (`gcp/rateLimitExceeded`, `gcp/QUOTA_EXCEEDED`, `gcp/transport`…), so that a dashboard
+    /// tells a spent quota from a flaky network.
+    pub fn label(&self) -> std::borrow::Cow<'static, str> {
         match self {
-            Error::Kube(_) => "kube",
-            Error::Gcp(_) => "gcp",
-            Error::Finalizer(_) => "finalizer",
-            Error::Conflict(_) => "conflict",
-            Error::Config(_) => "config",
+            Error::Kube(_) => "kube".into(),
+            Error::Gcp(err) => format!("gcp/{}", err.label()).into(),
+            Error::Finalizer(_) => "finalizer".into(),
+            Error::Conflict(_) => "conflict".into(),
+            Error::Config(_) => "config".into(),
         }
     }
 }

@@ -2,11 +2,13 @@
 //! a reconcile is declared here, in one place.
 
 pub mod apply;
+pub mod claims;
 pub mod cloud;
 pub mod context;
 pub mod error;
 pub mod metrics;
 pub mod progress;
+pub mod reconcile;
 pub mod status;
 pub mod virtualservice;
 pub mod vpcroute;
@@ -77,7 +79,7 @@ fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action
         tracing::debug!(error = %error, "reconcile raced a newer version of the object");
         return Action::requeue(Duration::from_millis(500));
     }
-    tracing::warn!(error = %error, kind = error.label(), "reconcile failed");
+    tracing::warn!(error = %error, kind = %error.label(), "reconcile failed");
     Action::requeue(Duration::from_secs(10))
 }
 
@@ -167,7 +169,7 @@ pub async fn run(
             measured(
                 "VirtualService",
                 Arc::clone(&reconcile_metrics),
-                virtualservice::reconcile,
+                reconcile::reconcile::<VirtualService>,
             ),
             error_policy,
             Arc::clone(&ctx),
@@ -191,7 +193,7 @@ pub async fn run(
             measured(
                 "VpcRoute",
                 Arc::clone(&reconcile_metrics),
-                vpcroute::reconcile,
+                reconcile::reconcile::<VpcRoute>,
             ),
             error_policy,
             Arc::clone(&ctx),

@@ -1,0 +1,142 @@
+//! From inventory changes to reconciles: which objects a changed resource or instance concerns
+//! (through an index of the objects by the hash their GCP names carry).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::runtime::reflector::{ObjectRef, Store};
+
+use crate::controller::context::{CloudRuntime, Context};
+use crate::gcp::InventoryEvent;
+use crate::plan::owner::Owner;
+
+/// The objects of the stores by the object hash their GCP names carry, so the owner of a
+/// resource that vanished is one lookup away, not a hash of every object per event.
+#[derive(Default)]
+pub(super) struct ObjectIndex {
+    virtual_services: std::collections::HashMap<String, ObjectRef<crate::api::VirtualService>>,
+    vpc_routes: std::collections::HashMap<String, ObjectRef<crate::api::VpcRoute>>,
+    built: Option<std::time::Instant>,
+}
+
+impl ObjectIndex {
+    /// Rebuilds from the stores when `hash` is unknown and the index may be out of date (the
+    /// stores changed size, or it is over a second old): names of objects already deleted
+    /// miss for good and must not rebuild it on every event.
+    fn refresh_if_missing(
+        &mut self,
+        hash: &str,
+        cluster: &str,
+        virtual_services: &Store<crate::api::VirtualService>,
+        vpc_routes: &Store<crate::api::VpcRoute>,
+    ) {
+        if hash.is_empty()
+            || self.virtual_services.contains_key(hash)
+            || self.vpc_routes.contains_key(hash)
+        {
+            return;
+        }
+        let vs = virtual_services.state();
+        let vr = vpc_routes.state();
+        let fresh = self
+            .built
+            .is_some_and(|at| at.elapsed() < Duration::from_secs(1))
+            && vs.len() == self.virtual_services.len()
+            && vr.len() == self.vpc_routes.len();
+        if fresh {
+            return;
+        }
+        let key = |kind: &str, namespace: Option<String>, name: String| {
+            crate::plan::names::object_hash(cluster, kind, &namespace.unwrap_or_default(), &name)
+        };
+        self.virtual_services = vs
+            .iter()
+            .map(|o| {
+                let hash = key(
+                    crate::plan::virtualservice::KIND,
+                    o.namespace(),
+                    o.name_any(),
+                );
+                (hash, ObjectRef::from_obj(&**o))
+            })
+            .collect();
+        self.vpc_routes = vr
+            .iter()
+            .map(|o| {
+                let hash = key(crate::plan::vpcroute::KIND, o.namespace(), o.name_any());
+                (hash, ObjectRef::from_obj(&**o))
+            })
+            .collect();
+        self.built = Some(std::time::Instant::now());
+    }
+}
+
+/// Turns the inventory's changes into reconciles of the objects they concern.
+pub(super) fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime>) {
+    let mut events = runtime.engine.inventory().subscribe();
+    let weak = Arc::downgrade(runtime);
+    let triggers = ctx.triggers();
+    let cluster = ctx.settings.cluster_id.clone();
+    tokio::spawn(async move {
+        let mut index = ObjectIndex::default();
+        loop {
+            let event = match events.recv().await {
+                Ok(event) => event,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+                    // Events were lost: look at every object of the cloud again rather than
+                    // leave one waiting for a change it will not hear about.
+                    let Some(runtime) = weak.upgrade() else {
+                        return;
+                    };
+                    let cloud = &runtime.view.cloud;
+                    tracing::warn!(%cloud, missed, "inventory events overflowed; requeueing every object of the cloud");
+                    triggers.requeue_users(cloud);
+                    continue;
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            };
+            let Some(runtime) = weak.upgrade() else {
+                return;
+            };
+            match event {
+                InventoryEvent::Instance { zone, name, .. } => {
+                    triggers.requeue_instance_users(&zone, &name);
+                }
+                InventoryEvent::Resource(target) => {
+                    // The owner of a resource that exists says itself; one that vanished is
+                    // found among the objects that reference this cloud by their planned names.
+                    let description = runtime
+                        .engine
+                        .inventory()
+                        .read(|s| s.description_of(&target).map(str::to_string));
+                    match description.as_deref().map(Owner::parse) {
+                        Some(Some(owner)) => triggers.requeue_owner(&owner),
+                        Some(None) => {}
+                        None => {
+                            // Gone: its owner is found by the object hash in its name.
+                            let hash = target
+                                .name
+                                .strip_prefix(&runtime.view.resource_prefix)
+                                .and_then(|rest| rest.split('-').next())
+                                .unwrap_or_default();
+                            index.refresh_if_missing(
+                                hash,
+                                &cluster,
+                                &triggers.virtual_services,
+                                &triggers.vpc_routes,
+                            );
+                            if let Some(object) = index.virtual_services.get(hash) {
+                                triggers.requeue_virtual_service(object.clone());
+                            }
+                            if let Some(object) = index.vpc_routes.get(hash) {
+                                triggers.requeue_vpc_route(object.clone());
+                            }
+                        }
+                    }
+                }
+                InventoryEvent::Refreshed => {}
+            }
+        }
+    });
+}

@@ -1,0 +1,231 @@
+//! GcpCloud: builds and keeps the GCP engine of each cloud, refreshes its inventory every resync
+//! interval and the status of the instances in use every instance poll interval,
+//! garbage-collects resources of this cluster that no object desires, and reports whether the
+//! cloud is reachable.
+//!
+//! Each job has a file: `runtime` (credentials, engine), `inventory` (refreshes, zones),
+//! `instances` (the instance poll), `events` (inventory changes to reconciles), `garbage`
+//! (orphan collection), `sweep` (deleted clouds); this file is the reconcile and its status.
+
+mod events;
+mod garbage;
+mod instances;
+mod inventory;
+mod runtime;
+mod sweep;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use kube::ResourceExt;
+use kube::api::Api;
+use kube::runtime::controller::Action;
+
+use crate::api::{GcpCloud, GcpCloudStatus, InventoryCounts, QuotaStatus, parse_duration};
+use crate::controller::context::Context;
+use crate::controller::error::Error;
+use crate::controller::status::{Phase, apply_phase, write_status};
+
+use events::*;
+use garbage::*;
+use instances::*;
+use inventory::*;
+pub use inventory::{ensure_zones, refresh_inventory};
+pub use runtime::COMPUTE_ENDPOINT;
+use runtime::*;
+pub use sweep::forget_deleted;
+
+/// Reconciles one GcpCloud.
+pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = cloud.name_any();
+    let api: Api<GcpCloud> = Api::all(ctx.client.clone());
+    if cloud.metadata.deletion_timestamp.is_some() {
+        if let Some(runtime) = match ctx.clouds.write() {
+            Ok(mut guard) => guard.remove(&name),
+            Err(poisoned) => poisoned.into_inner().remove(&name),
+        } {
+            runtime.engine.shutdown();
+        }
+        return Ok(Action::await_change());
+    }
+    let resync = parse_duration(&cloud.spec.resync_interval).unwrap_or(Duration::from_secs(300));
+    let existing = ctx
+        .cloud(&name)
+        .filter(|r| r.fingerprint == fingerprint(&cloud));
+    let runtime = match existing {
+        Some(runtime) => runtime,
+        None => match build_runtime(&ctx, &cloud).await {
+            Ok(runtime) => {
+                super::progress::watch(
+                    &ctx,
+                    &runtime,
+                    cloud.status.as_ref().and_then(|s| s.progress.clone()),
+                );
+                let previous = match ctx.clouds.write() {
+                    Ok(mut guard) => guard.insert(name.clone(), Arc::clone(&runtime)),
+                    Err(poisoned) => poisoned
+                        .into_inner()
+                        .insert(name.clone(), Arc::clone(&runtime)),
+                };
+                if let Some(previous) = previous {
+                    previous.engine.shutdown();
+                }
+                runtime
+            }
+            Err(err) => {
+                let phase = Phase::stalled("InvalidCredentials", err.to_string());
+                report(&api, &cloud, phase, None, None).await?;
+                return Ok(Action::requeue(Duration::from_secs(60)));
+            }
+        },
+    };
+    let checked = match runtime.engine.check_network(&cloud.spec.network).await {
+        Ok(()) => refresh_inventory(&ctx, &name, &runtime).await,
+        Err(err) if err.is_not_found() => {
+            let phase = Phase::stalled(
+                "NetworkNotFound",
+                format!(
+                    "network '{}' does not exist in project '{}': fix spec.network or spec.project",
+                    cloud.spec.network, cloud.spec.project
+                ),
+            );
+            runtime.ready.store(false, Ordering::Relaxed);
+            report(&api, &cloud, phase, None, None).await?;
+            return Ok(Action::requeue(Duration::from_secs(60)));
+        }
+        Err(err) => Err(err.into()),
+    };
+    if let Err(err) = checked {
+        let failures = runtime.refresh_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if runtime.ready.load(Ordering::Relaxed) && failures < STALE_REFRESHES_TOLERATED {
+            // One failed resync does not stop the fleet: objects keep working from the
+            // inventory of the last refresh (their own mutations report their own errors).
+            ctx.event(
+                &*cloud,
+                true,
+                "InventoryRefreshFailed",
+                "Resync",
+                format!(
+                    "inventory refresh failed ({failures} in a row), retrying in 30 s; objects work from the last inventory meanwhile: {err}"
+                ),
+            )
+            .await;
+            return Ok(Action::requeue(Duration::from_secs(30)));
+        }
+        runtime.ready.store(false, Ordering::Relaxed);
+        let phase = match &err {
+            // A key Google refuses (invalid_grant, unparsable) needs a person, not a retry.
+            Error::Gcp(crate::gcp::GcpError::AuthRefused(_)) => Phase::stalled(
+                "CredentialsRefused",
+                format!(
+                    "the credentials for project '{}' were refused: {err}; fix spec.credentials or the key",
+                    cloud.spec.project
+                ),
+            ),
+            _ => Phase::progressing(
+                "GcpUnreachable",
+                format!(
+                    "cannot reach Compute for project '{}': {err}",
+                    cloud.spec.project
+                ),
+            ),
+        };
+        report(&api, &cloud, phase, None, None).await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    runtime.refresh_failures.store(0, Ordering::Relaxed);
+    let was_ready = runtime.ready.swap(true, Ordering::Relaxed);
+    if !was_ready {
+        // Objects waiting for this cloud can go now.
+        ctx.requeue_users_of(&name);
+    }
+    // Read fresh: an abandon recorded a moment ago must already count.
+    let abandoned = api
+        .get(&name)
+        .await?
+        .status
+        .map(|s| s.abandoned)
+        .unwrap_or_default();
+    let collected = collect_garbage(&ctx, &name, &abandoned, &runtime).await;
+    if collected > 0 {
+        ctx.event(
+            &*cloud,
+            false,
+            "OrphansCollected",
+            "Delete",
+            format!("deleted {collected} GCP resource(s) of this cluster that no object desires"),
+        )
+        .await;
+    }
+    let counts = runtime.engine.inventory().read(|s| s.counts());
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let counts = InventoryCounts {
+        routes: count(counts.routes),
+        firewalls: count(counts.firewalls),
+        addresses: count(counts.addresses),
+        forwarding_rules: count(counts.forwarding_rules),
+        instances: count(counts.instances),
+    };
+    // The quotas are worth knowing, not worth stopping for (a role without compute.projects.get
+    // still manages routes): a failed read keeps the last figures.
+    let quota = match runtime.engine.read_quotas().await {
+        Ok(quotas) => Some(
+            quotas
+                .into_iter()
+                .map(|q| QuotaStatus {
+                    metric: q.metric,
+                    scope: q.scope,
+                    usage: q.usage,
+                    limit: q.limit,
+                })
+                .collect(),
+        ),
+        Err(err) => {
+            tracing::warn!(cloud = %name, error = %err, "reading the project's resource quotas failed; keeping the last figures");
+            None
+        }
+    };
+    let phase = Phase::ready(
+        "Connected",
+        format!(
+            "project '{}', network '{}' reachable; inventory refreshed",
+            cloud.spec.project, cloud.spec.network
+        ),
+    );
+    report(&api, &cloud, phase, Some(counts), quota).await?;
+    if runtime.settling.load(Ordering::Relaxed) {
+        let soon = SETTLING_REFRESH.mul_f64(ctx.settings.gcp_time_scale.clamp(0.001, 1.0));
+        return Ok(Action::requeue(resync.min(soon)));
+    }
+    Ok(Action::requeue(resync))
+}
+
+async fn report(
+    api: &Api<GcpCloud>,
+    cloud: &GcpCloud,
+    phase: Phase,
+    inventory: Option<InventoryCounts>,
+    quota: Option<Vec<QuotaStatus>>,
+) -> Result<(), Error> {
+    let mut status = cloud.status.clone().unwrap_or_default();
+    // Written by mark_abandoned and the progress task, never by this apply: leaving them out
+    // keeps them.
+    status.abandoned.clear();
+    status.progress = None;
+    let mut current = cloud.status.clone();
+    if let Some(current) = current.as_mut() {
+        current.abandoned.clear();
+        current.progress = None;
+    }
+    status.observed_generation = cloud.metadata.generation;
+    apply_phase(&mut status.conditions, &phase, cloud.metadata.generation);
+    if inventory.is_some() {
+        status.inventory = inventory;
+    }
+    if let Some(quota) = quota {
+        status.quota = quota;
+    }
+    write_status::<GcpCloud, GcpCloudStatus>(api, cloud, current.as_ref(), &status).await?;
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! The one reconcile of every fleet kind (VirtualService, VpcRoute): the finalizer, the
+//! cloud-not-ready preamble, loading the zones the object names, the guard-rail stall, the
+//! make-before-break apply through the engine, events and the status tail. A kind brings only
+//! what is its own through [`Kind`]: how it observes and plans (`observe`), what its status
+//! shows besides the conditions (`Report`), and an optional step before it is Synced. A new
+//! kind or VIP mode is one file that implements it.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use kube::api::Api;
+use kube::runtime::controller::Action;
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::{Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::apply::{Progress, advance, superseded_inserts};
+use super::context::{CloudRuntime, Context};
+use super::error::Error;
+use super::status::{Phase, apply_phase, write_status};
+use crate::api::conditions::{Condition, READY, STALLED, find_condition};
+use crate::api::{FleetObject, GcpCloud};
+use crate::gcp::Target;
+use crate::plan::DesiredResource;
+use crate::plan::diff::{Diff, diff};
+use crate::plan::owner::Owner;
+
+/// The finalizer that removes GCP resources before the object goes.
+pub const FINALIZER: &str = "adc.dev/cleanup";
+
+/// What one reconcile of an object found and wants.
+#[derive(Debug, Clone)]
+pub struct Observation<R> {
+    /// The GCP resources the object wants.
+    pub desired: Vec<DesiredResource>,
+    /// What GCP holds of it now (by its ownership marker), as (target, JSON).
+    pub owned: Vec<(Target, Value)>,
+    /// The guard rails' verdicts: any stalls the object until its spec or cloud changes.
+    pub problems: Vec<String>,
+    /// What the status shows while the guard rails stall it (None: leave it as it is).
+    pub stalled_report: Option<R>,
+    /// Routes to withdraw at once, before anything is made (to engines that are down).
+    pub withdrawals: Vec<Target>,
+    /// Whether the change is a failover (the Apply event says so).
+    pub failover: bool,
+    /// What the status shows otherwise.
+    pub report: R,
+}
+
+/// A step of a kind's own before an object may be Synced: what its status says meanwhile.
+#[derive(Debug, Clone)]
+pub struct Step<R> {
+    pub phase: Phase,
+    pub report: Option<R>,
+    pub requeue: Duration,
+}
+
+/// What a kind brings to the shared reconcile.
+pub trait Kind:
+    FleetObject
+    + Resource<Scope = kube::core::NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + Serialize
+    + DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+    /// The kind's status.
+    type Status: Clone + Default + PartialEq + Serialize + Send + Sync;
+    /// What its status shows besides the conditions.
+    type Report: Clone + Send + Sync;
+    /// The spec field that names zones (for a ZoneNotFound stall).
+    const ZONES_FIELD: &'static str;
+    /// What the Apply event calls the resources it makes ("GCP resource(s)", "route(s)").
+    const RESOURCES: &'static str;
+
+    /// The current status.
+    fn status(&self) -> Option<&Self::Status>;
+    /// The status's `observedGeneration` and conditions.
+    fn bookkeeping(status: &mut Self::Status) -> (&mut Option<i64>, &mut Vec<Condition>);
+    /// Writes the report into the status; None when the cloud is unusable (nothing known).
+    fn fill(status: &mut Self::Status, report: Option<&Self::Report>);
+    /// The zones whose instances the object reads.
+    fn zones(&self) -> Vec<&str>;
+    /// Reads the inventory, plans, and asks the guard rails.
+    fn observe<'a>(
+        &'a self,
+        ctx: &'a Context,
+        runtime: &'a CloudRuntime,
+        owner: &'a Owner,
+    ) -> impl Future<Output = Result<Observation<Self::Report>, Error>> + Send + 'a;
+    /// A step of the kind's own once its work was handed over and before it may be Synced
+    /// (a VIP whose IP GCP still has to choose): the phase, report and requeue, or None.
+    fn before_synced<'a>(
+        &'a self,
+        _runtime: &'a CloudRuntime,
+        _observation: &'a Observation<Self::Report>,
+        _changes: &'a Diff,
+    ) -> impl Future<Output = Result<Option<Step<Self::Report>>, Error>> + Send + 'a {
+        async { Ok(None) }
+    }
+    /// The phase of an object whose resources all exist.
+    fn synced(report: &Self::Report) -> Phase;
+}
+
+/// The owner written into the markers of the object's resources.
+pub fn owner<K: Kind>(ctx: &Context, object: &K) -> Owner {
+    Owner::new(
+        &ctx.settings.cluster_id,
+        object.cloud_ref(),
+        K::KIND,
+        &object.namespace().unwrap_or_default(),
+        &object.name_any(),
+    )
+}
+
+/// Reconciles one object of kind `K`.
+pub async fn reconcile<K: Kind>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let namespace = object.namespace().unwrap_or_default();
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    let outcome = finalizer(&api, FINALIZER, object, |event| async {
+        match event {
+            Finalizer::Apply(object) => apply_object(&api, &*object, &ctx).await,
+            Finalizer::Cleanup(object) => {
+                super::apply::cleanup(&ctx, &*object, object.cloud_ref(), &owner(&ctx, &*object))
+                    .await
+            }
+        }
+    })
+    .await;
+    super::error::finalizer_outcome(outcome)
+}
+
+async fn apply_object<K: Kind>(api: &Api<K>, object: &K, ctx: &Context) -> Result<Action, Error> {
+    let Some(runtime) = usable_cloud(api, object, ctx).await? else {
+        // The cloud requeues its objects when it becomes Ready; this is only a safety net.
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    };
+    // An engine in a zone the inventory does not list yet: load it before judging.
+    let zones = object.zones();
+    if !zones.is_empty()
+        && let Err(err) = super::cloud::ensure_zones(&runtime, &zones).await
+    {
+        // A zone Compute does not know is the spec's fault: retrying will not help.
+        let Some(phase) = zones_not_found(&runtime, &zones, &err, K::ZONES_FIELD) else {
+            return Err(err);
+        };
+        report(api, object, phase, None).await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+    let owner = owner(ctx, object);
+    let observation = object.observe(ctx, &runtime, &owner).await?;
+    if !observation.problems.is_empty() {
+        let message = observation.problems.join("; ");
+        let told = find_condition(object.conditions(), STALLED)
+            .is_some_and(|c| c.status == "True" && c.message == message);
+        if !told {
+            ctx.event(object, true, "GuardRail", "Plan", message.clone())
+                .await;
+        }
+        let phase = Phase::stalled("GuardRail", message);
+        report(api, object, phase, observation.stalled_report.as_ref()).await?;
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
+
+    let engine = &runtime.engine;
+    let changes = diff(&observation.desired, &observation.owned);
+    let superseded = superseded_inserts(
+        engine,
+        &owner.name_prefix(&runtime.view.resource_prefix),
+        &observation.desired,
+    );
+    // An object that already has resources in GCP carries traffic: its changes are failover
+    // work, ahead of the bulk creation of new objects.
+    let urgent = !observation.owned.is_empty();
+    let progress = advance(
+        engine,
+        &changes,
+        urgent,
+        &observation.withdrawals,
+        &superseded,
+    );
+    if progress.started > 0 {
+        applying_event::<K>(ctx, object, &observation, &progress).await;
+    }
+    let reported = Some(&observation.report);
+    if let Some(err) = progress.error {
+        let (phase, retry) = super::apply::error_phase(&err);
+        ctx.event(object, true, "GcpError", "Apply", err.to_string())
+            .await;
+        report(api, object, phase, reported).await?;
+        return Ok(Action::requeue(retry));
+    }
+    if let Some(step) = object
+        .before_synced(&runtime, &observation, &changes)
+        .await?
+    {
+        report(api, object, step.phase, step.report.as_ref()).await?;
+        return Ok(Action::requeue(step.requeue));
+    }
+    if !changes.is_empty() {
+        // The inventory's events requeue the object as its operations finish.
+        let phase = super::apply::applying_phase(&progress);
+        report(api, object, phase, reported).await?;
+        return Ok(Action::requeue(Duration::from_secs(30)));
+    }
+    report(api, object, K::synced(&observation.report), reported).await?;
+    Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+async fn applying_event<K: Kind>(
+    ctx: &Context,
+    object: &K,
+    observation: &Observation<K::Report>,
+    progress: &Progress,
+) {
+    let reason = if observation.failover {
+        "Failover"
+    } else {
+        "Applying"
+    };
+    let note = format!(
+        "creating {} and deleting {} {}",
+        progress.inserts,
+        progress.deletes,
+        K::RESOURCES
+    );
+    tracing::info!(kind = K::KIND, namespace = ?object.namespace(), name = %object.name_any(), inserts = progress.inserts, deletes = progress.deletes, "applying");
+    ctx.event(object, false, reason, "Apply", note).await;
+}
+
+/// The cloud's engine when it is Ready. Otherwise the object's status says why (once the API
+/// server says whether the cloud is missing or only not Ready yet) and None is returned.
+async fn usable_cloud<K: Kind>(
+    api: &Api<K>,
+    object: &K,
+    ctx: &Context,
+) -> Result<Option<Arc<CloudRuntime>>, Error> {
+    let cloud_name = object.cloud_ref();
+    // A running engine carries the cloud's spec: no API call per reconcile.
+    if let Some(runtime) = ctx
+        .cloud(cloud_name)
+        .filter(|r| r.ready.load(std::sync::atomic::Ordering::Relaxed))
+    {
+        return Ok(Some(runtime));
+    }
+    let clouds: Api<GcpCloud> = Api::all(ctx.client.clone());
+    let Some(cloud) = clouds.get_opt(cloud_name).await? else {
+        let phase = Phase::stalled(
+            "CloudNotFound",
+            format!("GcpCloud '{cloud_name}' does not exist: create it or fix spec.cloudRef"),
+        );
+        report(api, object, phase, None).await?;
+        return Ok(None);
+    };
+    // A restarted operator waits for its engine: that says nothing about the object, so a
+    // Ready status stays as it is (no health flapping in Argo CD or Flux).
+    if !super::status::ready_for_generation(Some(object.conditions()), object.meta().generation) {
+        let phase = Phase::progressing("WaitingForCloud", cloud_not_ready(&cloud));
+        report(api, object, phase, None).await?;
+    }
+    Ok(None)
+}
+
+/// Why a cloud that exists is not usable yet: its own Ready message, when it has one.
+fn cloud_not_ready(cloud: &GcpCloud) -> String {
+    let name = cloud.name_any();
+    match cloud
+        .status
+        .as_ref()
+        .and_then(|s| find_condition(&s.conditions, READY))
+        .filter(|c| c.status != "True" && !c.message.is_empty())
+    {
+        Some(ready) => format!("GcpCloud '{name}' is not Ready yet: {}", ready.message),
+        None => format!("GcpCloud '{name}' is not Ready yet"),
+    }
+}
+
+/// A stall for zones Compute does not know, when loading their instances says not found.
+fn zones_not_found(
+    runtime: &CloudRuntime,
+    needed: &[&str],
+    err: &Error,
+    field: &str,
+) -> Option<Phase> {
+    if !matches!(err, Error::Gcp(gcp) if gcp.is_not_found()) {
+        return None;
+    }
+    let known = match runtime.zones.read() {
+        Ok(guard) => guard.clone(),
+        Err(poisoned) => poisoned.into_inner().clone(),
+    };
+    let mut unknown: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|z| !known.contains(*z))
+        .collect();
+    unknown.sort_unstable();
+    unknown.dedup();
+    Some(Phase::stalled(
+        "ZoneNotFound",
+        format!(
+            "zone(s) {} not found in project '{}' ({err}); fix {field}",
+            unknown.join(", "),
+            runtime.view.project
+        ),
+    ))
+}
+
+/// Writes the object's status: the phase's conditions, the generation seen, and the report.
+async fn report<K: Kind>(
+    api: &Api<K>,
+    object: &K,
+    phase: Phase,
+    report: Option<&K::Report>,
+) -> Result<(), Error> {
+    let mut status = object.status().cloned().unwrap_or_default();
+    let generation = object.meta().generation;
+    K::fill(&mut status, report);
+    let (observed, conditions) = K::bookkeeping(&mut status);
+    *observed = generation;
+    apply_phase(conditions, &phase, generation);
+    write_status(api, object, object.status(), &status).await?;
+    Ok(())
+}
