@@ -601,7 +601,6 @@ async fn dispatcher(shared: Arc<Shared>) {
     }
 }
 
-/// Per-object mode: one call, one `operations.wait` loop, one read-back, per worker at a time.
 async fn per_object_worker(shared: Arc<Shared>) {
     loop {
         if shared.reader.is_stopped() {
@@ -612,52 +611,8 @@ async fn per_object_worker(shared: Arc<Shared>) {
             shared.wait_for_work(next).await;
             continue;
         };
-        let outcome = per_object_call(&shared, &dispatch).await;
+        let outcome =
+            super::per_object::call(&shared.reader, &shared.settings.project, &dispatch).await;
         shared.finish(&dispatch, outcome);
     }
-}
-
-async fn per_object_call(shared: &Shared, dispatch: &Dispatch) -> Result<(), GcpError> {
-    let project = &shared.settings.project;
-    let reader = &shared.reader;
-    let answer = reader
-        .client
-        .send(&mutation_call(
-            &dispatch.mutation,
-            project,
-            &dispatch.request_id,
-        ))
-        .await?;
-    let mut op: Operation = serde_json::from_slice(&answer.body)
-        .map_err(|err| GcpError::Decode(format!("operation: {err}")))?;
-    while !op.is_done() {
-        reader.budget.acquire(RateGroup::OperationRead, "", 1).await;
-        let wait = Call {
-            method: reqwest::Method::POST,
-            path: format!(
-                "projects/{project}/{}/operations/{}/wait",
-                op.scope(),
-                op.name
-            ),
-            query: Vec::new(),
-            body: None,
-            group: RateGroup::OperationRead,
-            method_name: "compute.operations.wait",
-        };
-        let answer = reader.client.send(&wait).await?;
-        op = serde_json::from_slice(&answer.body)
-            .map_err(|err| GcpError::Decode(format!("operation: {err}")))?;
-    }
-    if let Some(err) = op.failure() {
-        return Err(err);
-    }
-    if dispatch.mutation.is_insert() {
-        // Confirm, as controllers that trust nothing do.
-        reader.budget.acquire(RateGroup::Read, "", 1).await;
-        reader
-            .client
-            .send(&get_call(&dispatch.target, project))
-            .await?;
-    }
-    Ok(())
 }

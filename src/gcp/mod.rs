@@ -10,6 +10,7 @@ pub mod engine;
 pub mod error;
 pub mod inventory;
 pub mod metrics;
+mod per_object;
 pub mod queue;
 pub mod quota;
 pub mod reader;

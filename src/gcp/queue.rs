@@ -4,6 +4,10 @@
 //! verify a taken name. The engine (`engine.rs`) is the async shell that holds it behind a
 //! mutex, carries the effects out and sends what [`Queue::take_ready`] hands it.
 //!
+//! It is one file of about 750 lines on purpose: it is one state machine, and every transition
+//! below reads and writes the same slots, lanes, gates and retry heap. Its tests are in
+//! `queue_tests.rs`.
+//!
 //! What it decides:
 //! - **Joins.** One slot per resource; work identical to the last queued (or the one in flight)
 //!   is joined, not queued twice. An insert of what the inventory already holds, with nothing
