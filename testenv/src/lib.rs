@@ -20,7 +20,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use binaries::{Binaries, repo_root};
-pub use emulator::{EmulatorProcess, emulator_binary};
+pub use emulator::{EmulatorProcess, emulator_admin, emulator_binary};
 use process::Supervised;
 pub use proxy::TcpProxy;
 
@@ -52,6 +52,12 @@ pub enum Error {
     },
     #[error("building the readiness client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("{url}: {source}")]
+    EmulatorAdmin {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
 }
 
 /// How long kube-apiserver may take to answer `/readyz` with 200.
@@ -83,7 +89,10 @@ impl std::fmt::Debug for ControlPlane {
     }
 }
 
-fn free_port() -> Result<u16, Error> {
+/// A loopback port free at the time of asking (for a process that is told which port to serve
+/// on: an operator's `--metrics-addr`, etcd, kube-apiserver). Another process may take it before
+/// it is bound; callers that cannot live with that retry.
+pub fn free_port() -> Result<u16, Error> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
         what: "binding a free loopback port".into(),
         source,
