@@ -17,6 +17,10 @@ use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions::is_crd_established};
 use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
+use support::Plane;
+
+/// The control plane of the suites that run no operator.
+const PLANE: Plane = Plane::Default;
 
 const FIELD_MANAGER: &str = "adc-operator-test";
 
@@ -56,7 +60,7 @@ async fn install_crds(client: &Client) {
 }
 
 async fn setup() -> Client {
-    let client = support::admin_client().await;
+    let client = PLANE.admin_client().await;
     install_crds(&client).await;
     client
 }
@@ -1093,7 +1097,7 @@ async fn every_property_is_described() {
 }
 
 fn kubectl(args: &[&str]) -> Result<String, String> {
-    let plane = adc_testenv::shared().expect("control plane");
+    let plane = PLANE.get();
     let output = std::process::Command::new(&plane.binaries.kubectl)
         .arg("--kubeconfig")
         .arg(&plane.kubeconfig)

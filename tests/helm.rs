@@ -65,7 +65,7 @@ fn helm(args: &[&str], cluster: bool) -> Output {
     let mut command = Command::new(helm_binary());
     command.args(args).stdin(Stdio::null());
     if cluster {
-        let plane = adc_testenv::shared().expect("control plane");
+        let plane = PLANE.get();
         command.env("KUBECONFIG", &plane.kubeconfig);
     }
     command.output().expect("running helm")
@@ -85,7 +85,7 @@ fn helm_ok(args: &[&str], cluster: bool) -> String {
 }
 
 fn kubectl(args: &[&str], kubeconfig: &Path) -> Output {
-    let plane = adc_testenv::shared().expect("control plane");
+    let plane = PLANE.get();
     Command::new(&plane.binaries.kubectl)
         .args(args)
         .env("KUBECONFIG", kubeconfig)
@@ -95,7 +95,7 @@ fn kubectl(args: &[&str], kubeconfig: &Path) -> Output {
 }
 
 fn kubectl_ok(args: &[&str]) -> String {
-    let plane = adc_testenv::shared().expect("control plane");
+    let plane = PLANE.get();
     let output = kubectl(args, &plane.kubeconfig);
     assert!(
         output.status.success(),
@@ -258,7 +258,11 @@ fn args(deployment: &Value) -> Vec<String> {
 }
 
 use support::eventually;
-use support::{assert_forbidden, token_kubeconfig};
+use support::{Plane, assert_forbidden};
+
+/// This suite's control plane, shared with no other suite: the chart installs cluster-wide RBAC and
+/// runs an operator.
+const PLANE: Plane = Plane::Helm;
 
 fn is_ready(status: &Value) -> bool {
     status["conditions"].as_array().is_some_and(|c| {
@@ -559,7 +563,7 @@ fn chart_lints_and_renders_with_the_schema() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_creates_every_object() {
-    let client = support::admin_client().await;
+    let client = PLANE.admin_client().await;
     let namespace = support::test_namespace(&client, "helm-install").await;
     let secrets_a = support::test_namespace(&client, "helm-sec-a").await;
     let secrets_b = support::test_namespace(&client, "helm-sec-b").await;
@@ -707,7 +711,7 @@ fn tempdir(what: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
-    let admin = support::admin_client().await;
+    let admin = PLANE.admin_client().await;
     let namespace = support::test_namespace(&admin, "helm-rbac").await;
     let secrets_ns = support::test_namespace(&admin, "helm-creds").await;
     let other_ns = support::test_namespace(&admin, "helm-nocreds").await;
@@ -761,7 +765,7 @@ async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
     ]);
     let dir = tempdir("rbac");
     let kubeconfig = dir.join("operator.kubeconfig");
-    token_kubeconfig(token.trim(), &kubeconfig);
+    PLANE.token_kubeconfig(token.trim(), &kubeconfig);
     let operator_client = support::client_for(&kubeconfig).await;
 
     // What the chart must refuse.
@@ -1061,7 +1065,7 @@ async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_changes_the_deployment_and_uninstall_keeps_the_crds() {
-    let client = support::admin_client().await;
+    let client = PLANE.admin_client().await;
     let namespace = support::test_namespace(&client, "helm-upgrade").await;
     let release = "adc-operator-upgrade";
     let chart = chart();

@@ -56,10 +56,9 @@ pub struct OperatorSpec {
 }
 
 impl OperatorSpec {
-    /// The operator of the shared control plane, against `emulator`.
-    pub fn shared(emulator: &EmulatorProcess, cluster_id: &str) -> Self {
-        let plane = adc_testenv::shared().expect("control plane");
-        Self::new(&plane.kubeconfig, emulator, cluster_id)
+    /// The operator of the suite's shared control plane `plane`, against `emulator`.
+    pub fn shared(plane: super::Plane, emulator: &EmulatorProcess, cluster_id: &str) -> Self {
+        Self::new(&plane.get().kubeconfig, emulator, cluster_id)
     }
 
     pub fn new(kubeconfig: &Path, emulator: &EmulatorProcess, cluster_id: &str) -> Self {
