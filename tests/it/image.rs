@@ -12,8 +12,6 @@
 //!
 //! This file does not use the `adc_operator` crate: it only runs scripts and binaries.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;

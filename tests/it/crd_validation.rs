@@ -2,9 +2,7 @@
 //! defaulted, bad input is refused by the schema and its CEL rules with a message that names the
 //! field, unknown fields are refused or pruned, and every property is documented.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};

@@ -2,9 +2,7 @@
 //! adc-operator binary. One operator and one emulator per test binary; every test works in its
 //! own namespace with its own GcpCloud and its own VIPs.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::process::{Child, Command};
 use std::sync::OnceLock;
@@ -35,7 +33,7 @@ fn start_operator(emulator: &EmulatorProcess) -> Child {
     OperatorSpec::shared(PLANE, emulator, "test-cluster").start()
 }
 
-/// Applies the CRDs, starts the emulator and the operator once for this test binary. Statics
+/// Applies the CRDs, starts the emulator and the operator once for this suite. Statics
 /// are never dropped: every process is spawned to die with the test binary (parent-death
 /// signal), also when it panics or is killed.
 fn fixture() -> &'static Fixture {
@@ -875,14 +873,14 @@ async fn fleet_progress_and_kubectl_adc_status() {
         "Progress:  [#########.] 92% 13/14, 1 stalled; 0 GCP writes queued".to_string(),
         "  Quota:     ".to_string(),
         format!("VirtualService {ns}/outside  stalled GuardRail: "),
-        // This test binary's operator runs without leader election.
+        // This suite's operator runs without leader election.
         "Leader: no leader Lease found".to_string(),
     ] {
         assert!(text.contains(&expected), "missing {expected:?} in:\n{text}");
     }
     let quota_line = text.lines().find(|l| l.starts_with("  Quota:")).unwrap();
     assert!(
-        // Other tests of this binary share the project: the usage is theirs too.
+        // Other tests of this suite share the project: the usage is theirs too.
         quota_line.contains("ROUTES ") && quota_line.contains("/10000 ("),
         "{quota_line}"
     );

@@ -2,9 +2,7 @@
 //! exactly one talks to GCP; when it is killed, the other takes over within the lease duration
 //! and finishes the rollout without duplicating anything.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 

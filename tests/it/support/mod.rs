@@ -10,6 +10,11 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
+/// Held for writing while a test changes this process's environment, and for reading around
+/// code that reads the environment through libc instead of std (Lua's package library):
+/// std serialises only its own accesses, and every suite runs in this one process.
+pub static LIBC_ENV: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
 /// The shared control plane a suite runs on. A suite that runs an operator has a plane of its
 /// own: an operator reconciles every GcpCloud of its cluster, and these suites count what their
 /// operator writes, elect leaders on `default/adc-operator` or install cluster-wide RBAC. The

@@ -1,5 +1,5 @@
 //! The Helm chart (charts/adc-operator) on real parts: `helm lint` and `helm template` with the
-//! values schema, `helm install` / `upgrade` / `uninstall` against this binary's kube-apiserver,
+//! values schema, `helm install` / `upgrade` / `uninstall` against this suite's kube-apiserver,
 //! and the operator binary run out of cluster with the chart's ServiceAccount token, so that the
 //! chart's RBAC is proven to be enough for the whole loop and to refuse everything else.
 //!
@@ -11,9 +11,7 @@
 //! Every test installs its own release (the release name is also the name of the cluster-scoped
 //! ClusterRole) into its own namespace; only one test starts an operator process.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -60,7 +58,7 @@ fn helm_binary() -> PathBuf {
         .helm
 }
 
-/// Runs helm (against this binary's control plane when `cluster` is set).
+/// Runs helm (against this suite's control plane when `cluster` is set).
 fn helm(args: &[&str], cluster: bool) -> Output {
     let mut command = Command::new(helm_binary());
     command.args(args).stdin(Stdio::null());
@@ -702,7 +700,7 @@ async fn install_creates_every_object() {
     assert_eq!(status["info"]["status"], "deployed");
 }
 
-/// A temporary directory of this test binary (removed by the test that made it).
+/// A temporary directory of this test process (removed by the test that made it).
 fn tempdir(what: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("adc-helm-test-{}-{what}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -25,9 +25,7 @@
 //! VIP of the good VirtualService `holder` in `${NAMESPACE}`). Bad manifests' VIPs and ranges lie
 //! in 10.77.0.0/16 or outside 10.0.0.0/8; good objects use 10.78.0.0/16.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -317,7 +315,7 @@ struct Fixture {
     metrics_port: u16,
 }
 
-/// The CRDs, one emulator and one operator for this test binary.
+/// The CRDs, one emulator and one operator for this suite.
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {

@@ -1,9 +1,7 @@
 //! The local control plane is a real kube-apiserver: CRDs are served, custom objects round-trip
 //! through etcd, and RBAC refuses what a user was not granted.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::time::Duration;
 

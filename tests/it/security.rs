@@ -10,12 +10,10 @@
 //! - a GCP resource without this object's ownership marker is never adopted, modified or deleted,
 //!   even when it holds the very name the operator wants: the object goes Stalled instead.
 //!
-//! One emulator and one operator (run with the chart's ServiceAccount token) for the binary; each
+//! One emulator and one operator (run with the chart's ServiceAccount token) for the suite; each
 //! test works in its own namespaces.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -246,7 +244,7 @@ async fn create_secret(client: &Client, namespace: &str, name: &str, data: &[(&s
         .unwrap();
 }
 
-/// Starts everything once for this binary. Nothing in it belongs to a test's runtime (no client,
+/// Starts everything once for this suite. Nothing in it belongs to a test's runtime (no client,
 /// no task): only processes, which die with the test binary, and data.
 async fn fixture() -> &'static Fixture {
     static FIXTURE: tokio::sync::OnceCell<Fixture> = tokio::sync::OnceCell::const_new();
