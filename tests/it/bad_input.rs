@@ -41,7 +41,6 @@ use kube::{Client, Resource};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use support::Plane;
-use support::free_port;
 use support::operator::{
     OperatorSpec, WORLD, apply, condition, emulator_collection, emulator_stats, label_tenant,
     routes_to, tenant, virtual_service, wait_ready,
@@ -326,7 +325,7 @@ fn fixture() -> &'static Fixture {
             &["--auth", "token"],
         )
         .expect("emulator");
-        let metrics_port = free_port();
+        let metrics_port = adc_testenv::free_port().expect("a free loopback port");
         let mut spec = OperatorSpec::shared(PLANE, &emulator, CLUSTER_ID);
         spec.args = vec!["--metrics-addr".into(), format!("127.0.0.1:{metrics_port}")];
         let operator = spec.start();

@@ -74,10 +74,7 @@ fn route(i: usize) -> Mutation {
 }
 
 async fn admin(emulator: &EmulatorProcess, path: &str) -> Value {
-    reqwest::get(format!("{}/_emulator/{path}", emulator.base_url))
-        .await
-        .unwrap()
-        .json()
+    adc_testenv::emulator_admin(&emulator.base_url, path)
         .await
         .unwrap()
 }

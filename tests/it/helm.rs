@@ -822,7 +822,7 @@ async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
     let binary = env!("CARGO_BIN_EXE_adc-operator");
     let pod_name = format!("{release}-0");
     let log_path = dir.join("operator.log");
-    let metrics_port = support::free_port();
+    let metrics_port = adc_testenv::free_port().expect("a free loopback port");
     let mut command = Command::new(binary);
     command
         .args(["run", "--kubeconfig"])

@@ -12,7 +12,6 @@ use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
 use support::Plane;
-use support::free_port;
 use support::operator::{OperatorSpec, Replicas, WORLD, lease};
 
 /// This suite's control plane, shared with no other suite: its replicas elect a leader on
@@ -84,7 +83,7 @@ async fn one_leader_talks_to_gcp_and_a_standby_takes_over() {
     PLANE.install_crds();
     let emulator =
         EmulatorProcess::start(&emulator_binary().unwrap(), WORLD, &["--auth", "token"]).unwrap();
-    let ports = [free_port(), free_port()];
+    let ports = [(); 2].map(|()| adc_testenv::free_port().expect("a free loopback port"));
     let replicas = Replicas::start(
         vec![
             replica("replica-a", &emulator, ports[0]),

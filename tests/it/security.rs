@@ -40,7 +40,7 @@ use support::operator::{
     OperatorSpec, PROJECT, WORLD, apply, condition, emulator_collection, status_of, tenant,
     virtual_service, wait_ready, wait_stalled,
 };
-use support::{Plane, assert_forbidden, free_port};
+use support::{Plane, assert_forbidden};
 
 /// This suite's control plane, shared with no other suite: a Helm release with cluster-wide RBAC
 /// and an operator that reconciles every GcpCloud of the cluster.
@@ -321,7 +321,7 @@ async fn fixture() -> &'static Fixture {
             PLANE.token_kubeconfig(&kube_token, &kubeconfig);
 
             let log = dir.join("operator.log");
-            let metrics_port = free_port();
+            let metrics_port = adc_testenv::free_port().expect("a free loopback port");
             let mut spec = OperatorSpec::new(&kubeconfig, &emulator, CLUSTER_ID);
             spec.args = vec!["--metrics-addr".into(), format!("127.0.0.1:{metrics_port}")];
             // Everything at debug, the operator's own crate and the clients at trace.

@@ -151,15 +151,6 @@ pub fn install_crds_into(kubectl_binary: &std::path::Path, kubeconfig: &std::pat
     ]);
 }
 
-/// A free loopback port (for an operator's --metrics-addr).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("binding a free loopback port")
-        .local_addr()
-        .expect("reading the bound port")
-        .port()
-}
-
 /// A kubeconfig for the control plane of the admin kubeconfig `admin_kubeconfig` that authenticates with
 /// `token` (a ServiceAccount's), written to `path`.
 fn token_kubeconfig(admin_kubeconfig: &std::path::Path, token: &str, path: &std::path::Path) {
