@@ -94,10 +94,11 @@ bench-convergence: envtest
 	$(CARGO) build --release -p adc-operator -p gce-emulator -p adc-bench --bins
 	$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/adc-bench
 
-## bench-engine: the GCP engine's dispatch modes against the emulator's gcp profile
+## bench-engine: the GCP engine's dispatch modes against the emulator's gcp profile, in process
+## (bench/src/bin/engine_modes.rs: ENGINE_BENCH_N, ENGINE_BENCH_SCALE, ENGINE_BENCH_MODES)
 bench-engine:
-	$(CARGO) build --release -p gce-emulator
-	$(CARGO) bench --bench engine_modes
+	$(CARGO) build --release -p gce-emulator --bin gce-emulator
+	$(CARGO) run --release -p adc-bench --bin engine-modes
 
 ## bench-emulator: emulator throughput and memory (release build)
 bench-emulator:
