@@ -17,7 +17,6 @@ COPY batch ./batch
 COPY bench ./bench
 COPY emulator ./emulator
 COPY testenv ./testenv
-COPY benches ./benches
 RUN cargo build --release --locked --bin adc-operator
 
 FROM gcr.io/distroless/cc-debian12:nonroot

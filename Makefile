@@ -72,12 +72,12 @@ test-fidelity:
 	$(CARGO) build -p gce-emulator
 	GCE_EMULATOR_BIN=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/debug/gce-emulator emulator/tests/fidelity/run.sh
 
-## soak: the reliability suite's long runs (tests/reliability.rs, `soak_*`): bigger fleets, more
-## operator kills, the emulator's gcp latency profile; bounded to ten minutes
+## soak: the reliability suite's long runs (tests/it/reliability.rs, `soak_*`): bigger fleets,
+## more operator kills, the emulator's gcp latency profile; bounded to ten minutes
 SOAK_TIMEOUT ?= 600
 soak: envtest toolchain
 	$(CARGO) build --tests -p adc-operator -p gce-emulator
-	timeout --foreground $(SOAK_TIMEOUT) $(CARGO) test --test reliability -- --ignored --test-threads=1 --nocapture
+	timeout --foreground $(SOAK_TIMEOUT) $(CARGO) test --test it -- --ignored --test-threads=1 --nocapture reliability::soak_
 
 ## bench: every benchmark (measured figures go into the READMEs). BENCH_QUICK=1 runs only a
 ## two-minute convergence benchmark that records nothing.
@@ -94,10 +94,11 @@ bench-convergence: envtest
 	$(CARGO) build --release -p adc-operator -p gce-emulator -p adc-bench --bins
 	$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/adc-bench
 
-## bench-engine: the GCP engine's dispatch modes against the emulator's gcp profile
+## bench-engine: the GCP engine's dispatch modes against the emulator's gcp profile, in process
+## (bench/src/bin/engine_modes.rs: ENGINE_BENCH_N, ENGINE_BENCH_SCALE, ENGINE_BENCH_MODES)
 bench-engine:
-	$(CARGO) build --release -p gce-emulator
-	$(CARGO) bench --bench engine_modes
+	$(CARGO) build --release -p gce-emulator --bin gce-emulator
+	$(CARGO) run --release -p adc-bench --bin engine-modes
 
 ## bench-emulator: emulator throughput and memory (release build)
 bench-emulator:

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use serde_json::Value;
 
 use crate::fleet::{Engine, PROJECT};
@@ -77,17 +77,7 @@ impl Emulator {
     }
 
     async fn admin(&self, path_and_query: &str) -> anyhow::Result<Value> {
-        let url = format!("{}/_emulator/{path_and_query}", self.base_url);
-        let response = self
-            .http
-            .get(&url)
-            .send()
-            .await
-            .with_context(|| url.clone())?;
-        if !response.status().is_success() {
-            bail!("{url}: {}", response.status());
-        }
-        Ok(response.json().await?)
+        Ok(adc_testenv::emulator_admin(&self.base_url, path_and_query).await?)
     }
 
     pub async fn counts(&self) -> anyhow::Result<EmulatorCounts> {

@@ -96,12 +96,6 @@ struct Run<'a> {
     readiness: Readiness,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn operator_binary() -> anyhow::Result<std::path::PathBuf> {
     let exe = std::env::current_exe()?;
     let path = exe.with_file_name("adc-operator");
@@ -121,7 +115,7 @@ fn start_operator(
     emulator: &EmulatorProcess,
     log: &std::path::Path,
 ) -> anyhow::Result<(Child, OperatorProcess)> {
-    let port = free_port()?;
+    let port = adc_testenv::free_port()?;
     let mut command = Command::new(operator_binary()?);
     command
         .args(["run", "--cluster-id", "bench", "--metrics-addr"])
@@ -439,11 +433,7 @@ impl Run<'_> {
                 if !self.all_ready().await? {
                     return Ok(false);
                 }
-                let stats: Value =
-                    reqwest::get(format!("{}/_emulator/stats", self.emulator.base_url))
-                        .await?
-                        .json()
-                        .await?;
+                let stats = adc_testenv::emulator_admin(&self.emulator.base_url, "stats").await?;
                 Ok(stats["operationsPending"].as_u64() == Some(0))
             },
         )

@@ -69,6 +69,26 @@ pub fn emulator_binary() -> Result<PathBuf, Error> {
     Ok(candidate)
 }
 
+/// `GET {base_url}/_emulator/{path_and_query}`: a gce-emulator's admin API (`stats`,
+/// `state?collection=routes`, `tokens`, ...) as JSON. A status other than 2xx is an error.
+pub async fn emulator_admin(
+    base_url: &str,
+    path_and_query: &str,
+) -> Result<serde_json::Value, Error> {
+    let url = format!("{base_url}/_emulator/{path_and_query}");
+    let fail = |source| Error::EmulatorAdmin {
+        url: url.clone(),
+        source,
+    };
+    reqwest::get(&url)
+        .await
+        .and_then(reqwest::Response::error_for_status)
+        .map_err(fail)?
+        .json()
+        .await
+        .map_err(fail)
+}
+
 impl EmulatorProcess {
     /// Starts `binary` with the world YAML text and extra flags, on a free port.
     pub fn start(binary: &Path, world_yaml: &str, args: &[&str]) -> Result<Self, Error> {

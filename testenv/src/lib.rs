@@ -6,8 +6,9 @@
 //! namespaces stay Terminating, owner references are not garbage-collected.
 //!
 //! Every child process gets `PR_SET_PDEATHSIG(SIGKILL)`, so it dies with the thread that started it
-//! even when the test binary is killed with SIGKILL; [`shared`] starts the per-binary control plane
-//! from a thread that lives as long as the process, and removes its directory at exit.
+//! even when the test binary is killed with SIGKILL; [`shared`] and [`shared_named`] start the
+//! test binary's control planes from threads that live as long as the process, and remove their
+//! directories at exit.
 
 mod binaries;
 mod emulator;
@@ -15,12 +16,13 @@ mod pki;
 mod process;
 mod proxy;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Mutex, Once, OnceLock};
 use std::time::{Duration, Instant};
 
 pub use binaries::{Binaries, repo_root};
-pub use emulator::{EmulatorProcess, emulator_binary};
+pub use emulator::{EmulatorProcess, emulator_admin, emulator_binary};
 use process::Supervised;
 pub use proxy::TcpProxy;
 
@@ -52,6 +54,12 @@ pub enum Error {
     },
     #[error("building the readiness client: {0}")]
     Http(#[from] reqwest::Error),
+    #[error("{url}: {source}")]
+    EmulatorAdmin {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
 }
 
 /// How long kube-apiserver may take to answer `/readyz` with 200.
@@ -83,7 +91,10 @@ impl std::fmt::Debug for ControlPlane {
     }
 }
 
-fn free_port() -> Result<u16, Error> {
+/// A loopback port free at the time of asking (for a process that is told which port to serve
+/// on: an operator's `--metrics-addr`, etcd, kube-apiserver). Another process may take it before
+/// it is bound; callers that cannot live with that retry.
+pub fn free_port() -> Result<u16, Error> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| Error::Io {
         what: "binding a free loopback port".into(),
         source,
@@ -387,56 +398,84 @@ pub struct SharedControlPlane {
     pub binaries: Binaries,
 }
 
-static SHARED: OnceLock<Result<SharedControlPlane, String>> = OnceLock::new();
-static SHARED_PLANE: Mutex<Option<ControlPlane>> = Mutex::new(None);
+type SharedSlot = OnceLock<Result<SharedControlPlane, String>>;
+
+/// The control planes [`shared_named`] started, by name (each slot lives as long as the process).
+static SHARED: Mutex<BTreeMap<String, &'static SharedSlot>> = Mutex::new(BTreeMap::new());
+/// Their processes, stopped at exit.
+static SHARED_PLANES: Mutex<Vec<ControlPlane>> = Mutex::new(Vec::new());
+static STOP_AT_EXIT: Once = Once::new();
+
+/// The name of the control plane [`shared`] returns.
+pub const DEFAULT_SHARED: &str = "default";
 
 extern "C" fn stop_shared_at_exit() {
-    // A poisoned lock still holds the plane: stop it all the same.
-    let plane = match SHARED_PLANE.lock() {
-        Ok(mut guard) => guard.take(),
-        Err(poisoned) => poisoned.into_inner().take(),
+    // A poisoned lock still holds the planes: stop them all the same.
+    let planes = match SHARED_PLANES.lock() {
+        Ok(mut guard) => std::mem::take(&mut *guard),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
     };
-    drop(plane);
+    drop(planes);
 }
 
-/// The control plane of this test binary: started on first use, shared by all its tests, stopped
-/// and its directory removed when the process exits (killed with it even on SIGKILL).
+/// The default control plane of this test binary: [`shared_named`]`(`[`DEFAULT_SHARED`]`)`.
+pub fn shared() -> Result<&'static SharedControlPlane, String> {
+    shared_named(DEFAULT_SHARED)
+}
+
+/// The control plane `name` of this test binary: started on first use, shared by every test that
+/// asks for the same name, stopped and its directory removed when the process exits (killed with
+/// it even on SIGKILL). Tests that must not share a control plane with others (an operator under
+/// test reconciles every GcpCloud of its cluster) ask for a name of their own.
 ///
 /// The processes are spawned from a thread that lives as long as the process, because the kernel's
 /// parent-death signal follows the spawning thread, not the process.
-pub fn shared() -> Result<&'static SharedControlPlane, String> {
-    SHARED
-        .get_or_init(|| {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let spawned = std::thread::Builder::new()
-                .name("adc-testenv".into())
-                .spawn(move || {
-                    let started = ControlPlane::start().map(|plane| {
-                        let info = SharedControlPlane {
-                            kubeconfig: plane.kubeconfig().to_path_buf(),
-                            server: plane.server().to_string(),
-                            binaries: plane.binaries().clone(),
-                        };
-                        match SHARED_PLANE.lock() {
-                            Ok(mut guard) => *guard = Some(plane),
-                            Err(poisoned) => *poisoned.into_inner() = Some(plane),
-                        }
-                        // SAFETY: registers a plain extern "C" fn with no captured state.
-                        unsafe { libc::atexit(stop_shared_at_exit) };
-                        info
-                    });
-                    let _ = tx.send(started.map_err(|err| err.to_string()));
-                    loop {
-                        std::thread::park();
-                    }
-                });
-            match spawned {
-                Ok(_) => rx
-                    .recv()
-                    .unwrap_or_else(|_| Err("the control-plane thread died".to_string())),
-                Err(err) => Err(format!("spawning the control-plane thread: {err}")),
-            }
-        })
+pub fn shared_named(name: &str) -> Result<&'static SharedControlPlane, String> {
+    let slot: &'static SharedSlot = {
+        let mut slots = match SHARED.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        slots
+            .entry(name.to_string())
+            .or_insert_with(|| Box::leak(Box::new(OnceLock::new())))
+    };
+    // Outside the map's lock: planes of different names start side by side.
+    slot.get_or_init(|| start_shared(name))
         .as_ref()
         .map_err(Clone::clone)
+}
+
+fn start_shared(name: &str) -> Result<SharedControlPlane, String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let spawned = std::thread::Builder::new()
+        .name(format!("adc-testenv-{name}"))
+        .spawn(move || {
+            let started = ControlPlane::start().map(|plane| {
+                let info = SharedControlPlane {
+                    kubeconfig: plane.kubeconfig().to_path_buf(),
+                    server: plane.server().to_string(),
+                    binaries: plane.binaries().clone(),
+                };
+                match SHARED_PLANES.lock() {
+                    Ok(mut guard) => guard.push(plane),
+                    Err(poisoned) => poisoned.into_inner().push(plane),
+                }
+                STOP_AT_EXIT.call_once(|| {
+                    // SAFETY: registers a plain extern "C" fn with no captured state.
+                    unsafe { libc::atexit(stop_shared_at_exit) };
+                });
+                info
+            });
+            let _ = tx.send(started.map_err(|err| err.to_string()));
+            loop {
+                std::thread::park();
+            }
+        });
+    match spawned {
+        Ok(_) => rx
+            .recv()
+            .unwrap_or_else(|_| Err("the control-plane thread died".to_string())),
+        Err(err) => Err(format!("spawning the control-plane thread: {err}")),
+    }
 }

@@ -1,4 +1,4 @@
-//! Shared pieces of the integration tests: the per-binary control plane and per-test namespaces.
+//! Shared pieces of the integration tests: the suites' control planes and per-test namespaces.
 #![allow(dead_code)]
 
 pub mod operator;
@@ -10,10 +10,61 @@ use kube::api::{ObjectMeta, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Api, Client, Config};
 
-/// A client with cluster-admin rights on this test binary's control plane.
-pub async fn admin_client() -> Client {
-    let plane = adc_testenv::shared().unwrap_or_else(|err| panic!("control plane: {err}"));
-    client_for(&plane.kubeconfig).await
+/// Held for writing while a test changes this process's environment, and for reading around
+/// code that reads the environment through libc instead of std (Lua's package library):
+/// std serialises only its own accesses, and every suite runs in this one process.
+pub static LIBC_ENV: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// The shared control plane a suite runs on. A suite that runs an operator has a plane of its
+/// own: an operator reconciles every GcpCloud of its cluster, and these suites count what their
+/// operator writes, elect leaders on `default/adc-operator` or install cluster-wide RBAC. The
+/// suites that only talk to the API server share [`Plane::Default`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Plane {
+    /// control_plane and crd_validation: no operator runs on it.
+    Default,
+    BadInput,
+    Helm,
+    Leader,
+    Operator,
+    Security,
+}
+
+impl Plane {
+    fn name(self) -> &'static str {
+        match self {
+            Plane::Default => adc_testenv::DEFAULT_SHARED,
+            Plane::BadInput => "bad-input",
+            Plane::Helm => "helm",
+            Plane::Leader => "leader",
+            Plane::Operator => "operator",
+            Plane::Security => "security",
+        }
+    }
+
+    /// The plane, started on first use.
+    pub fn get(self) -> &'static adc_testenv::SharedControlPlane {
+        adc_testenv::shared_named(self.name())
+            .unwrap_or_else(|err| panic!("control plane {}: {err}", self.name()))
+    }
+
+    /// A client with cluster-admin rights on the plane.
+    pub async fn admin_client(self) -> Client {
+        client_for(&self.get().kubeconfig).await
+    }
+
+    /// Installs the checked-in CRDs with kubectl (server-side apply) and waits until they are
+    /// Established.
+    pub fn install_crds(self) {
+        let plane = self.get();
+        install_crds_into(&plane.binaries.kubectl, &plane.kubeconfig);
+    }
+
+    /// A kubeconfig for the plane that authenticates with `token` (a ServiceAccount's), written
+    /// to `path`.
+    pub fn token_kubeconfig(self, token: &str, path: &std::path::Path) {
+        token_kubeconfig(&self.get().kubeconfig, token, path);
+    }
 }
 
 /// A client with the rights of `kubeconfig` (e.g. a control plane of the test's own).
@@ -67,13 +118,6 @@ where
     panic!("{what} did not happen within 60 s: {last}");
 }
 
-/// Installs the checked-in CRDs with kubectl (server-side apply) and waits until they are
-/// Established.
-pub fn install_crds() {
-    let plane = adc_testenv::shared().unwrap_or_else(|err| panic!("control plane: {err}"));
-    install_crds_into(&plane.binaries.kubectl, &plane.kubeconfig);
-}
-
 /// Installs the checked-in CRDs into the control plane of `kubeconfig` and waits until they are
 /// Established.
 pub fn install_crds_into(kubectl_binary: &std::path::Path, kubeconfig: &std::path::Path) {
@@ -107,21 +151,11 @@ pub fn install_crds_into(kubectl_binary: &std::path::Path, kubeconfig: &std::pat
     ]);
 }
 
-/// A free loopback port (for an operator's --metrics-addr).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("binding a free loopback port")
-        .local_addr()
-        .expect("reading the bound port")
-        .port()
-}
-
-/// A kubeconfig for this binary's control plane that authenticates with `token` (a
-/// ServiceAccount's), written to `path`.
-pub fn token_kubeconfig(token: &str, path: &std::path::Path) {
-    let plane = adc_testenv::shared().expect("control plane");
+/// A kubeconfig for the control plane of the admin kubeconfig `admin_kubeconfig` that authenticates with
+/// `token` (a ServiceAccount's), written to `path`.
+fn token_kubeconfig(admin_kubeconfig: &std::path::Path, token: &str, path: &std::path::Path) {
     let admin: serde_yaml::Value = serde_yaml::from_str(
-        &std::fs::read_to_string(&plane.kubeconfig).expect("reading the kubeconfig"),
+        &std::fs::read_to_string(admin_kubeconfig).expect("reading the kubeconfig"),
     )
     .expect("the kubeconfig is YAML");
     let cluster = &admin["clusters"][0]["cluster"];

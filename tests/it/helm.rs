@@ -1,5 +1,5 @@
 //! The Helm chart (charts/adc-operator) on real parts: `helm lint` and `helm template` with the
-//! values schema, `helm install` / `upgrade` / `uninstall` against this binary's kube-apiserver,
+//! values schema, `helm install` / `upgrade` / `uninstall` against this suite's kube-apiserver,
 //! and the operator binary run out of cluster with the chart's ServiceAccount token, so that the
 //! chart's RBAC is proven to be enough for the whole loop and to refuse everything else.
 //!
@@ -11,9 +11,7 @@
 //! Every test installs its own release (the release name is also the name of the cluster-scoped
 //! ClusterRole) into its own namespace; only one test starts an operator process.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -60,12 +58,12 @@ fn helm_binary() -> PathBuf {
         .helm
 }
 
-/// Runs helm (against this binary's control plane when `cluster` is set).
+/// Runs helm (against this suite's control plane when `cluster` is set).
 fn helm(args: &[&str], cluster: bool) -> Output {
     let mut command = Command::new(helm_binary());
     command.args(args).stdin(Stdio::null());
     if cluster {
-        let plane = adc_testenv::shared().expect("control plane");
+        let plane = PLANE.get();
         command.env("KUBECONFIG", &plane.kubeconfig);
     }
     command.output().expect("running helm")
@@ -85,7 +83,7 @@ fn helm_ok(args: &[&str], cluster: bool) -> String {
 }
 
 fn kubectl(args: &[&str], kubeconfig: &Path) -> Output {
-    let plane = adc_testenv::shared().expect("control plane");
+    let plane = PLANE.get();
     Command::new(&plane.binaries.kubectl)
         .args(args)
         .env("KUBECONFIG", kubeconfig)
@@ -95,7 +93,7 @@ fn kubectl(args: &[&str], kubeconfig: &Path) -> Output {
 }
 
 fn kubectl_ok(args: &[&str]) -> String {
-    let plane = adc_testenv::shared().expect("control plane");
+    let plane = PLANE.get();
     let output = kubectl(args, &plane.kubeconfig);
     assert!(
         output.status.success(),
@@ -258,7 +256,11 @@ fn args(deployment: &Value) -> Vec<String> {
 }
 
 use support::eventually;
-use support::{assert_forbidden, token_kubeconfig};
+use support::{Plane, assert_forbidden};
+
+/// This suite's control plane, shared with no other suite: the chart installs cluster-wide RBAC and
+/// runs an operator.
+const PLANE: Plane = Plane::Helm;
 
 fn is_ready(status: &Value) -> bool {
     status["conditions"].as_array().is_some_and(|c| {
@@ -559,7 +561,7 @@ fn chart_lints_and_renders_with_the_schema() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn install_creates_every_object() {
-    let client = support::admin_client().await;
+    let client = PLANE.admin_client().await;
     let namespace = support::test_namespace(&client, "helm-install").await;
     let secrets_a = support::test_namespace(&client, "helm-sec-a").await;
     let secrets_b = support::test_namespace(&client, "helm-sec-b").await;
@@ -698,7 +700,7 @@ async fn install_creates_every_object() {
     assert_eq!(status["info"]["status"], "deployed");
 }
 
-/// A temporary directory of this test binary (removed by the test that made it).
+/// A temporary directory of this test process (removed by the test that made it).
 fn tempdir(what: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("adc-helm-test-{}-{what}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -707,7 +709,7 @@ fn tempdir(what: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
-    let admin = support::admin_client().await;
+    let admin = PLANE.admin_client().await;
     let namespace = support::test_namespace(&admin, "helm-rbac").await;
     let secrets_ns = support::test_namespace(&admin, "helm-creds").await;
     let other_ns = support::test_namespace(&admin, "helm-nocreds").await;
@@ -761,7 +763,7 @@ async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
     ]);
     let dir = tempdir("rbac");
     let kubeconfig = dir.join("operator.kubeconfig");
-    token_kubeconfig(token.trim(), &kubeconfig);
+    PLANE.token_kubeconfig(token.trim(), &kubeconfig);
     let operator_client = support::client_for(&kubeconfig).await;
 
     // What the chart must refuse.
@@ -820,7 +822,7 @@ async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
     let binary = env!("CARGO_BIN_EXE_adc-operator");
     let pod_name = format!("{release}-0");
     let log_path = dir.join("operator.log");
-    let metrics_port = support::free_port();
+    let metrics_port = adc_testenv::free_port().expect("a free loopback port");
     let mut command = Command::new(binary);
     command
         .args(["run", "--kubeconfig"])
@@ -1061,7 +1063,7 @@ async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upgrade_changes_the_deployment_and_uninstall_keeps_the_crds() {
-    let client = support::admin_client().await;
+    let client = PLANE.admin_client().await;
     let namespace = support::test_namespace(&client, "helm-upgrade").await;
     let release = "adc-operator-upgrade";
     let chart = chart();

@@ -2,10 +2,12 @@
 //! profile (latencies, operation durations, per-minute rate quotas), time compressed by
 //! `--time-scale`, reported in real-GCP seconds next to the model's lower bound.
 //!
-//! `cargo bench --bench engine_modes` (or `make bench-engine`). `ENGINE_BENCH_N` (default 5000),
-//! `ENGINE_BENCH_SCALE` (default 0.01), `ENGINE_BENCH_MODES` (default batched,concurrent,per-object).
+//! `make bench-engine` (`cargo run --release -p adc-bench --bin engine-modes`). `ENGINE_BENCH_N`
+//! (default 5000), `ENGINE_BENCH_SCALE` (default 0.01), `ENGINE_BENCH_MODES` (default
+//! batched,concurrent,per-object). The in-process engine alone, unlike `adc-bench`, which runs
+//! the operator binary on a control plane.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness fails loudly
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark fails loudly
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -15,7 +17,7 @@ use adc_operator::gcp::{
     Target,
 };
 use adc_testenv::{EmulatorProcess, emulator_binary};
-use serde_json::{Value, json};
+use serde_json::json;
 
 const PROJECT: &str = "bench-project";
 /// The emulator's default per-minute quotas (§11) and median route operation (8 s).
@@ -100,10 +102,7 @@ async fn run(mode: DispatchMode, label: &'static str, n: usize, scale: f64) -> R
     }
     let seconds = start.elapsed().as_secs_f64() / scale;
     engine.shutdown();
-    let stats: Value = reqwest::get(format!("{}/_emulator/stats", emulator.base_url))
-        .await
-        .unwrap()
-        .json()
+    let stats = adc_testenv::emulator_admin(&emulator.base_url, "stats")
         .await
         .unwrap();
     let group = |g: &str| stats["callsByGroup"][g].as_u64().unwrap_or(0);

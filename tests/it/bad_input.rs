@@ -25,9 +25,7 @@
 //! VIP of the good VirtualService `holder` in `${NAMESPACE}`). Bad manifests' VIPs and ranges lie
 //! in 10.77.0.0/16 or outside 10.0.0.0/8; good objects use 10.78.0.0/16.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -42,11 +40,15 @@ use kube::{Client, Resource};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
-use support::free_port;
+use support::Plane;
 use support::operator::{
     OperatorSpec, WORLD, apply, condition, emulator_collection, emulator_stats, label_tenant,
     routes_to, tenant, virtual_service, wait_ready,
 };
+
+/// This suite's control plane, shared with no other suite: its operator reconciles every GcpCloud
+/// of the cluster and the test counts every write it makes.
+const PLANE: Plane = Plane::BadInput;
 
 /// The operator's `--cluster-id`: part of every ownership marker it writes.
 const CLUSTER_ID: &str = "bad-input";
@@ -312,19 +314,19 @@ struct Fixture {
     metrics_port: u16,
 }
 
-/// The CRDs, one emulator and one operator for this test binary.
+/// The CRDs, one emulator and one operator for this suite.
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        support::install_crds();
+        PLANE.install_crds();
         let emulator = EmulatorProcess::start(
             &emulator_binary().expect("emulator"),
             WORLD,
             &["--auth", "token"],
         )
         .expect("emulator");
-        let metrics_port = free_port();
-        let mut spec = OperatorSpec::shared(&emulator, CLUSTER_ID);
+        let metrics_port = adc_testenv::free_port().expect("a free loopback port");
+        let mut spec = OperatorSpec::shared(PLANE, &emulator, CLUSTER_ID);
         spec.args = vec!["--metrics-addr".into(), format!("127.0.0.1:{metrics_port}")];
         let operator = spec.start();
         Fixture {
@@ -484,7 +486,7 @@ async fn bad_input_is_refused_or_stalled_and_nothing_else_suffers() {
     let cases = corpus();
     let fixture = fixture();
     let url = fixture.emulator.base_url.clone();
-    let client = support::admin_client().await;
+    let client = PLANE.admin_client().await;
 
     // A tenant with its Ready cloud, a second tenant (its name sorts first, so no tie-break by
     // name favours the holder) and a namespace the cloud does not allow.

@@ -11,9 +11,7 @@
 //! Every scenario prints one `reliability |` line (fault, runs, objects, mismatches, time) for
 //! the table.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -513,7 +511,7 @@ async fn gcp_faults(kubeconfig: &Path, objects: usize, profile: &[&str], cloud_s
     // Resets are drawn per HTTP request, and batching keeps those few (200-400 for 2,000
     // objects, where no reset at all has odds of up to 1 in 65): demanded only where their
     // absence would be a 1-in-10,000 event. The engine's handling of lost answers is proven
-    // at a high reset rate in tests/gcp_engine.rs.
+    // at a high reset rate in tests/it/gcp_engine.rs.
     if requests >= 460 {
         assert!(resets > 0, "the reset faults were really injected: {stats}");
     }

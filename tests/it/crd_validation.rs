@@ -2,9 +2,7 @@
 //! defaulted, bad input is refused by the schema and its CEL rules with a message that names the
 //! field, unknown fields are refused or pruned, and every property is documented.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -17,6 +15,10 @@ use kube::api::{ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions::is_crd_established};
 use kube::{Api, Client, Resource};
 use serde_json::{Value, json};
+use support::Plane;
+
+/// The control plane of the suites that run no operator.
+const PLANE: Plane = Plane::Default;
 
 const FIELD_MANAGER: &str = "adc-operator-test";
 
@@ -56,7 +58,7 @@ async fn install_crds(client: &Client) {
 }
 
 async fn setup() -> Client {
-    let client = support::admin_client().await;
+    let client = PLANE.admin_client().await;
     install_crds(&client).await;
     client
 }
@@ -1093,7 +1095,7 @@ async fn every_property_is_described() {
 }
 
 fn kubectl(args: &[&str]) -> Result<String, String> {
-    let plane = adc_testenv::shared().expect("control plane");
+    let plane = PLANE.get();
     let output = std::process::Command::new(&plane.binaries.kubectl)
         .arg("--kubeconfig")
         .arg(&plane.kubeconfig)

@@ -2,9 +2,7 @@
 //! adc-operator binary. One operator and one emulator per test binary; every test works in its
 //! own namespace with its own GcpCloud and its own VIPs.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::process::{Child, Command};
 use std::sync::OnceLock;
@@ -15,10 +13,15 @@ use adc_testenv::{EmulatorProcess, emulator_binary};
 use kube::Client;
 use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
+use support::Plane;
 use support::eventually;
 use support::operator::{
     OperatorSpec, PROJECT, WORLD, apply, tenant, virtual_service, wait_ready, wait_stalled,
 };
+
+/// This suite's control plane, shared with no other suite: its operator reconciles every GcpCloud
+/// of the cluster.
+const PLANE: Plane = Plane::Operator;
 
 struct Fixture {
     emulator: EmulatorProcess,
@@ -27,16 +30,16 @@ struct Fixture {
 
 /// Starts the operator binary against the shared control plane and this emulator.
 fn start_operator(emulator: &EmulatorProcess) -> Child {
-    OperatorSpec::shared(emulator, "test-cluster").start()
+    OperatorSpec::shared(PLANE, emulator, "test-cluster").start()
 }
 
-/// Applies the CRDs, starts the emulator and the operator once for this test binary. Statics
+/// Applies the CRDs, starts the emulator and the operator once for this suite. Statics
 /// are never dropped: every process is spawned to die with the test binary (parent-death
 /// signal), also when it panics or is killed.
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
-        support::install_crds();
+        PLANE.install_crds();
 
         let emulator = EmulatorProcess::start(
             &emulator_binary().expect("emulator"),
@@ -60,7 +63,7 @@ async fn setup(prefix: &str) -> (Client, String, String) {
 /// spec.
 async fn setup_with(prefix: &str, spec: Value) -> (Client, String, String) {
     let fixture = fixture();
-    let client = support::admin_client().await;
+    let client = PLANE.admin_client().await;
     let (namespace, cloud) = tenant(&client, &fixture.emulator.base_url, prefix, spec).await;
     (client, namespace, cloud)
 }
@@ -114,7 +117,7 @@ async fn virtual_service_lifecycle() {
     assert_eq!(status.resources.unwrap().routes.len(), 2);
 
     // kubectl wait understands the condition.
-    let plane = adc_testenv::shared().unwrap();
+    let plane = PLANE.get();
     let waited = Command::new(&plane.binaries.kubectl)
         .args([
             "wait",
@@ -776,7 +779,7 @@ async fn fleet_progress_and_kubectl_adc_status() {
     );
 
     // The printer columns, as `kubectl get gcpcloud -w` prints them.
-    let plane = adc_testenv::shared().unwrap();
+    let plane = PLANE.get();
     let kubectl = |args: &[&str], path: Option<&std::ffi::OsStr>| {
         let mut command = Command::new(&plane.binaries.kubectl);
         command.args(args).env("KUBECONFIG", &plane.kubeconfig);
@@ -870,14 +873,14 @@ async fn fleet_progress_and_kubectl_adc_status() {
         "Progress:  [#########.] 92% 13/14, 1 stalled; 0 GCP writes queued".to_string(),
         "  Quota:     ".to_string(),
         format!("VirtualService {ns}/outside  stalled GuardRail: "),
-        // This test binary's operator runs without leader election.
+        // This suite's operator runs without leader election.
         "Leader: no leader Lease found".to_string(),
     ] {
         assert!(text.contains(&expected), "missing {expected:?} in:\n{text}");
     }
     let quota_line = text.lines().find(|l| l.starts_with("  Quota:")).unwrap();
     assert!(
-        // Other tests of this binary share the project: the usage is theirs too.
+        // Other tests of this suite share the project: the usage is theirs too.
         quota_line.contains("ROUTES ") && quota_line.contains("/10000 ("),
         "{quota_line}"
     );

@@ -56,10 +56,9 @@ pub struct OperatorSpec {
 }
 
 impl OperatorSpec {
-    /// The operator of the shared control plane, against `emulator`.
-    pub fn shared(emulator: &EmulatorProcess, cluster_id: &str) -> Self {
-        let plane = adc_testenv::shared().expect("control plane");
-        Self::new(&plane.kubeconfig, emulator, cluster_id)
+    /// The operator of the suite's shared control plane `plane`, against `emulator`.
+    pub fn shared(plane: super::Plane, emulator: &EmulatorProcess, cluster_id: &str) -> Self {
+        Self::new(&plane.get().kubeconfig, emulator, cluster_id)
     }
 
     pub fn new(kubeconfig: &Path, emulator: &EmulatorProcess, cluster_id: &str) -> Self {
@@ -459,14 +458,10 @@ impl ScopeApi for k8s_openapi::ClusterResourceScope {
 
 /// Every resource of one collection (`routes`, `firewalls`, ...) in the emulator, every project.
 pub async fn emulator_collection(emulator_url: &str, collection: &str) -> Vec<Value> {
-    let state: Value = reqwest::get(format!(
-        "{emulator_url}/_emulator/state?collection={collection}"
-    ))
-    .await
-    .expect("reading the emulator's state")
-    .json()
-    .await
-    .expect("the emulator's state is JSON");
+    let state =
+        adc_testenv::emulator_admin(emulator_url, &format!("state?collection={collection}"))
+            .await
+            .unwrap_or_else(|err| panic!("reading the emulator's state: {err}"));
     state["items"].as_array().cloned().unwrap_or_default()
 }
 
@@ -506,12 +501,9 @@ pub async fn firewalls_to(emulator_url: &str, dest: &str) -> Vec<Value> {
 
 /// The emulator's counters (`GET /_emulator/stats`).
 pub async fn emulator_stats(emulator_url: &str) -> Value {
-    reqwest::get(format!("{emulator_url}/_emulator/stats"))
+    adc_testenv::emulator_admin(emulator_url, "stats")
         .await
-        .expect("reading the emulator's stats")
-        .json()
-        .await
-        .expect("the emulator's stats are JSON")
+        .unwrap_or_else(|err| panic!("reading the emulator's stats: {err}"))
 }
 
 /// One Compute call as the operator makes it (a metadata-server token), with a JSON body.

@@ -1,8 +1,6 @@
 //! `gcp::auth` against a real gce-emulator process: service-account keys through its `/token`,
 //! the metadata server path, caching, refresh, invalidation, single-flight and grant errors.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,6 +9,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 use adc_operator::gcp::auth::{AuthError, Credentials};
 use adc_testenv::EmulatorProcess;
+
+use crate::support;
 
 const EMAIL: &str = "operator@demo-project.iam.gserviceaccount.com";
 
@@ -239,13 +239,20 @@ async fn metadata_server_tokens() {
     assert_eq!(credentials.authorization().await.unwrap().unwrap(), header);
     assert_eq!(credentials.fetches(), 1);
 
-    // The only test of this binary that touches GCE_METADATA_HOST: set, read once, removed.
-    // SAFETY: no other test of this binary reads or writes the environment variables of this
-    // process through libc; std's own accesses are serialised by std.
-    unsafe { std::env::set_var("GCE_METADATA_HOST", &host) };
-    let from_env = Credentials::metadata_server();
-    // SAFETY: as above.
-    unsafe { std::env::remove_var("GCE_METADATA_HOST") };
+    // The only test that touches GCE_METADATA_HOST: set, read once, removed. The other suites'
+    // tests run in this process meanwhile: none reads this variable, and every operator they
+    // start gets GCE_METADATA_HOST set explicitly, so a child spawned in this window inherits
+    // nothing it uses.
+    let from_env = {
+        let _env = support::LIBC_ENV.write();
+        // SAFETY: std serialises its own accesses to the environment (std::env, Command); the
+        // tests that read it through libc do so holding LIBC_ENV, which this holds for writing.
+        unsafe { std::env::set_var("GCE_METADATA_HOST", &host) };
+        let from_env = Credentials::metadata_server();
+        // SAFETY: as above.
+        unsafe { std::env::remove_var("GCE_METADATA_HOST") };
+        from_env
+    };
     assert_eq!(from_env.describe(), format!("metadata:{host}"));
     let header = from_env.authorization().await.unwrap().unwrap();
     assert_eq!(list_routes(&s.emulator.base_url, Some(&header)).await, 200);

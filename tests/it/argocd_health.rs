@@ -1,4 +1,3 @@
-#![allow(clippy::unwrap_used, clippy::expect_used)]
 //! The Argo CD health check in `docs/argocd-health.lua`, run in a real Lua 5.4 interpreter
 //! against whole objects in the shapes the operator writes (`tests/fixtures/status/`, captured
 //! from `make demo`'s API server with the operator and emulator), and the guarantee that
@@ -16,6 +15,8 @@ use std::path::PathBuf;
 use adc_operator::api::{Condition, GcpCloud, VirtualService, VpcRoute};
 use adc_operator::controller::status::{FIELD_MANAGER, Phase, apply_phase};
 use mlua::{Lua, LuaOptions, StdLib, Table, Value};
+
+use crate::support;
 use serde_json::{Value as Json, json};
 
 /// Each fixture, the health Argo CD must show, and a part of its message.
@@ -114,7 +115,11 @@ fn to_lua(lua: &Lua, json: &Json) -> mlua::Result<Value> {
 
 /// What the script returns for `object`: (hs.status, hs.message).
 fn health_of(script: &str, object: &Json) -> (String, String) {
-    let lua = Lua::new_with(StdLib::PACKAGE | StdLib::TABLE, LuaOptions::default()).unwrap();
+    // The package library reads LUA_PATH and LUA_CPATH with libc's getenv.
+    let lua = {
+        let _env = support::LIBC_ENV.read();
+        Lua::new_with(StdLib::PACKAGE | StdLib::TABLE, LuaOptions::default()).unwrap()
+    };
     lua.globals()
         .set("obj", to_lua(&lua, object).unwrap())
         .unwrap();

@@ -10,12 +10,10 @@
 //! - a GCP resource without this object's ownership marker is never adopted, modified or deleted,
 //!   even when it holds the very name the operator wants: the object goes Stalled instead.
 //!
-//! One emulator and one operator (run with the chart's ServiceAccount token) for the binary; each
+//! One emulator and one operator (run with the chart's ServiceAccount token) for the suite; each
 //! test works in its own namespaces.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -42,7 +40,11 @@ use support::operator::{
     OperatorSpec, PROJECT, WORLD, apply, condition, emulator_collection, status_of, tenant,
     virtual_service, wait_ready, wait_stalled,
 };
-use support::{assert_forbidden, free_port, token_kubeconfig};
+use support::{Plane, assert_forbidden};
+
+/// This suite's control plane, shared with no other suite: a Helm release with cluster-wide RBAC
+/// and an operator that reconciles every GcpCloud of the cluster.
+const PLANE: Plane = Plane::Security;
 
 const CLUSTER_ID: &str = "sec-cluster";
 /// The Google service account of the operator's key (the emulator's world knows its public key).
@@ -182,7 +184,7 @@ struct Fixture {
 
 /// A directory inside the control plane's, which is removed when the test binary exits.
 fn scratch() -> PathBuf {
-    let plane = adc_testenv::shared().expect("control plane");
+    let plane = PLANE.get();
     let dir = plane
         .kubeconfig
         .parent()
@@ -193,7 +195,7 @@ fn scratch() -> PathBuf {
 }
 
 fn helm(args: &[&str]) -> String {
-    let plane = adc_testenv::shared().expect("control plane");
+    let plane = PLANE.get();
     let output = Command::new(&plane.binaries.helm)
         .args(args)
         .env("KUBECONFIG", &plane.kubeconfig)
@@ -211,7 +213,7 @@ fn helm(args: &[&str]) -> String {
 }
 
 fn kubectl(args: &[&str]) -> String {
-    let plane = adc_testenv::shared().expect("control plane");
+    let plane = PLANE.get();
     let output = Command::new(&plane.binaries.kubectl)
         .args(args)
         .env("KUBECONFIG", &plane.kubeconfig)
@@ -242,13 +244,13 @@ async fn create_secret(client: &Client, namespace: &str, name: &str, data: &[(&s
         .unwrap();
 }
 
-/// Starts everything once for this binary. Nothing in it belongs to a test's runtime (no client,
+/// Starts everything once for this suite. Nothing in it belongs to a test's runtime (no client,
 /// no task): only processes, which die with the test binary, and data.
 async fn fixture() -> &'static Fixture {
     static FIXTURE: tokio::sync::OnceCell<Fixture> = tokio::sync::OnceCell::const_new();
     FIXTURE
         .get_or_init(|| async {
-            support::install_crds();
+            PLANE.install_crds();
             let dir = scratch();
             let mut good = Key::generate(&dir, "good.json");
             let mut stranger = Key::generate(&dir, "stranger.json");
@@ -270,7 +272,7 @@ async fn fixture() -> &'static Fixture {
             lines.remove(lines.len() / 2);
             broken.json["private_key"] = json!(lines.join("\n") + "\n");
 
-            let admin = support::admin_client().await;
+            let admin = PLANE.admin_client().await;
             let release_ns = support::test_namespace(&admin, "sec-system").await;
             let creds_ns = support::test_namespace(&admin, "sec-creds").await;
             for (name, key) in [
@@ -316,10 +318,10 @@ async fn fixture() -> &'static Fixture {
             .trim()
             .to_string();
             let kubeconfig = dir.join("operator.kubeconfig");
-            token_kubeconfig(&kube_token, &kubeconfig);
+            PLANE.token_kubeconfig(&kube_token, &kubeconfig);
 
             let log = dir.join("operator.log");
-            let metrics_port = free_port();
+            let metrics_port = adc_testenv::free_port().expect("a free loopback port");
             let mut spec = OperatorSpec::new(&kubeconfig, &emulator, CLUSTER_ID);
             spec.args = vec!["--metrics-addr".into(), format!("127.0.0.1:{metrics_port}")];
             // Everything at debug, the operator's own crate and the clients at trace.
@@ -386,7 +388,7 @@ impl Fixture {
 
 /// A client of this control plane acting as `user` in `groups` (impersonation by the admin).
 async fn client_as(user: &str, groups: &[&str]) -> Client {
-    let plane = adc_testenv::shared().unwrap();
+    let plane = PLANE.get();
     let kubeconfig = Kubeconfig::read_from(&plane.kubeconfig).unwrap();
     let mut config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
         .await
@@ -421,7 +423,7 @@ where
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_never_appear_in_logs_events_status_or_metrics() {
     let f = fixture().await;
-    let client = support::admin_client().await;
+    let client = PLANE.admin_client().await;
     let (ns, cloud) = f.tenant(&client, "sec-leak").await;
 
     // A normal lifecycle: three VirtualServices Ready, one deleted again.
@@ -689,7 +691,7 @@ async fn credentials_never_appear_in_logs_events_status_or_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tenants_cannot_touch_gcpclouds_and_the_operator_reads_only_its_keys() {
     let f = fixture().await;
-    let admin = support::admin_client().await;
+    let admin = PLANE.admin_client().await;
     let (tenant_ns, cloud) = f.tenant(&admin, "sec-rbac").await;
     let other_ns = support::test_namespace(&admin, "sec-other").await;
 
@@ -1075,7 +1077,7 @@ async fn operations_on(f: &Fixture, name: &str) -> Vec<(String, String, Value)> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_foreign_route_holding_a_desired_name_is_never_touched() {
     let f = fixture().await;
-    let client = support::admin_client().await;
+    let client = PLANE.admin_client().await;
     let (ns, cloud) = f.tenant(&client, "sec-clash").await;
 
     // Two VirtualServices whose route names are taken before they exist: one by a hand-made

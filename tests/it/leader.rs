@@ -2,9 +2,7 @@
 //! exactly one talks to GCP; when it is killed, the other takes over within the lease duration
 //! and finishes the rollout without duplicating anything.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -13,14 +11,18 @@ use adc_testenv::{EmulatorProcess, emulator_binary};
 use kube::Client;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::free_port;
+use support::Plane;
 use support::operator::{OperatorSpec, Replicas, WORLD, lease};
+
+/// This suite's control plane, shared with no other suite: its replicas elect a leader on
+/// `default/adc-operator` and reconcile every GcpCloud of the cluster.
+const PLANE: Plane = Plane::Leader;
 
 const LEASE_SECONDS: u64 = 6;
 const LEASE: &str = "adc-operator";
 
 fn replica(name: &str, emulator: &EmulatorProcess, metrics_port: u16) -> (String, OperatorSpec) {
-    let mut spec = OperatorSpec::shared(emulator, "ha")
+    let mut spec = OperatorSpec::shared(PLANE, emulator, "ha")
         .leader_elected(name, LEASE, LEASE_SECONDS)
         .metrics_port(metrics_port);
     spec.log = "error".into();
@@ -78,10 +80,10 @@ async fn apply_services(client: &Client, ns: &str, range: std::ops::Range<usize>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_leader_talks_to_gcp_and_a_standby_takes_over() {
-    support::install_crds();
+    PLANE.install_crds();
     let emulator =
         EmulatorProcess::start(&emulator_binary().unwrap(), WORLD, &["--auth", "token"]).unwrap();
-    let ports = [free_port(), free_port()];
+    let ports = [(); 2].map(|()| adc_testenv::free_port().expect("a free loopback port"));
     let replicas = Replicas::start(
         vec![
             replica("replica-a", &emulator, ports[0]),
@@ -90,7 +92,7 @@ async fn one_leader_talks_to_gcp_and_a_standby_takes_over() {
         &emulator.base_url,
     );
 
-    let client = support::admin_client().await;
+    let client = PLANE.admin_client().await;
     let ns = support::test_namespace(&client, "ha").await;
     let clouds: Api<GcpCloud> = Api::all(client.clone());
     let cloud = json!({"apiVersion": "adc.dev/v1alpha1", "kind": "GcpCloud", "metadata": {"name": "ha"},

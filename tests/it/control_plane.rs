@@ -1,9 +1,7 @@
 //! The local control plane is a real kube-apiserver: CRDs are served, custom objects round-trip
 //! through etcd, and RBAC refuses what a user was not granted.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -16,6 +14,10 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ObjectMeta, PostPa
 use kube::runtime::wait::{await_condition, conditions};
 use kube::{Api, Client};
 use serde_json::json;
+use support::Plane;
+
+/// The control plane of the suites that run no operator.
+const PLANE: Plane = Plane::Default;
 
 fn widget_crd() -> CustomResourceDefinition {
     let schema: JSONSchemaProps = serde_json::from_value(json!({
@@ -60,7 +62,7 @@ fn widget_crd() -> CustomResourceDefinition {
 
 #[tokio::test]
 async fn crd_is_served_and_custom_objects_round_trip() {
-    let client = support::admin_client().await;
+    let client = PLANE.admin_client().await;
     let namespace = support::test_namespace(&client, "crd").await;
 
     let namespaces = Api::<Namespace>::all(client.clone());
@@ -124,10 +126,10 @@ async fn crd_is_served_and_custom_objects_round_trip() {
 
 #[tokio::test]
 async fn rbac_refuses_a_user_without_grants() {
-    let admin = support::admin_client().await;
+    let admin = PLANE.admin_client().await;
     let namespace = support::test_namespace(&admin, "rbac").await;
 
-    let plane = adc_testenv::shared().expect("control plane");
+    let plane = PLANE.get();
     let kubeconfig = kube::config::Kubeconfig::read_from(&plane.kubeconfig).expect("kubeconfig");
     let mut config = kube::Config::from_custom_kubeconfig(
         kubeconfig,

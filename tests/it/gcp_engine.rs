@@ -2,8 +2,6 @@
 //! batching keeps HTTP requests few, the rate budget keeps a binding write quota unspent by
 //! refusals, faults lose and duplicate nothing, resource quotas are reported.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)] // tests fail loudly by design
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -76,10 +74,7 @@ fn route(i: usize) -> Mutation {
 }
 
 async fn admin(emulator: &EmulatorProcess, path: &str) -> Value {
-    reqwest::get(format!("{}/_emulator/{path}", emulator.base_url))
-        .await
-        .unwrap()
-        .json()
+    adc_testenv::emulator_admin(&emulator.base_url, path)
         .await
         .unwrap()
 }
