@@ -15,9 +15,9 @@ use crate::config::{
 use crate::fleet::{Fleet, next_hop_filter};
 use crate::probe::{ApiserverWrites, Emulator, EmulatorCounts, OperatorProcess, ProcessReading};
 
-/// Per-minute quota of every rate group in the emulator's gcp profile (§11).
+/// Per-minute quota of every rate group in the emulator's gcp profile (docs/compute-api.md §11).
 pub const QUOTA_PER_MINUTE: f64 = 1500.0;
-/// Median route and firewall operation duration (§11), GCP seconds.
+/// Median route and firewall operation duration (docs/compute-api.md §11), GCP seconds.
 pub const OPERATION_SECONDS: f64 = 8.0;
 /// One batch round trip: the median mutation latency (250 ms) plus the batch overhead (50 ms).
 pub const ROUND_TRIP_SECONDS: f64 = 0.3;

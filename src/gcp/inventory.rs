@@ -1,8 +1,10 @@
 //! What exists in GCP for one project: the operator's routes, firewall rules, addresses,
 //! forwarding rules and target instances (by its name prefix), and the instances routes point
-//! to. Loaded by paged list calls (500 per page) and kept current from completed operations in
+//! to. Loaded by paged list calls (`refresh.rs`) and kept current from completed operations in
 //! between, so reconciles never GET one object at a time. Instance status is also re-read on its
-//! own, more often than the full load, so that a stopped service engine is noticed quickly.
+//! own, more often than the full load, so that a stopped service engine is noticed quickly. A
+//! data store: reconciles ask it questions (`owned_by`, `network_of`, `subnets`…) and never
+//! index its maps.
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;

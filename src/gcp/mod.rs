@@ -1,6 +1,9 @@
 //! All Compute I/O: credentials, typed resources and errors, the HTTP client and batch codec,
-//! the per-project engine (rate budget, batching, retries, network concurrency), the operation
-//! tracker and the inventory. Nothing outside this module talks to GCP.
+//! and the per-project engine. Nothing outside this module talks to GCP. The engine
+//! (`engine.rs`) is a thin async shell around parts with one job each: the work queue
+//! (`queue.rs`, a synchronous state machine), the read path (`reader.rs`), the operation
+//! tracker (`tracker.rs`), the inventory (`inventory.rs`, a data store; `refresh.rs` loads it).
+//! `gcp` takes the plan's vocabulary of resources (`plan::resource`); `plan` never imports it.
 
 pub mod auth;
 pub mod budget;

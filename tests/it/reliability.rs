@@ -62,8 +62,9 @@ fn world(routes_quota: u64) -> String {
     }
     world
 }
-/// The emulator's `gcp` profile (§11 latencies, operation durations and rate quotas) at this
-/// time scale: operations take 0.25-0.75 s and a rate window lasts 3 s.
+
+/// The emulator's `gcp` profile (docs/compute-api.md §11: latencies, operation durations and
+/// rate quotas) at this time scale: operations take 0.25-0.75 s and a rate window lasts 3 s.
 const GCP_PROFILE: [&str; 4] = ["--profile", "gcp", "--time-scale", "0.05"];
 
 /// An operator whose budget windows and backoffs match [`GCP_PROFILE`]'s scale.

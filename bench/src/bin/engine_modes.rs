@@ -20,7 +20,8 @@ use adc_testenv::{EmulatorProcess, emulator_binary};
 use serde_json::json;
 
 const PROJECT: &str = "bench-project";
-/// The emulator's default per-minute quotas (§11) and median route operation (8 s).
+/// The emulator's default per-minute quotas (docs/compute-api.md §11) and median route
+/// operation (8 s).
 const QUOTA_PER_MINUTE: f64 = 1500.0;
 const MEDIAN_OPERATION_S: f64 = 8.0;
 
