@@ -2,6 +2,7 @@
 //! no secret reaches a Debug output or an error.
 
 use super::key::base64url;
+use super::token::truncate;
 use super::*;
 use reqwest::StatusCode;
 
