@@ -105,6 +105,41 @@ where
     }
 }
 
+/// The controller of one fleet kind: its own watch, every object that references a GcpCloud
+/// when that cloud changes ([`cloud_triggers`]), and the inventory's changes and cloud readiness
+/// sent on `requeues`; reconciled by the shared skeleton ([`reconcile::reconcile`]).
+fn run_kind<K: reconcile::Kind>(
+    controller: Controller<K>,
+    requeues: mpsc::UnboundedReceiver<ObjectRef<K>>,
+    client: &Client,
+    ctx: &Arc<Context>,
+    reconcile_metrics: &Arc<ControllerMetrics>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let store = controller.store();
+    controller
+        .watches_stream(cloud_triggers(client), move |cloud: GcpCloud| {
+            let name = cloud.name_any();
+            store
+                .state()
+                .into_iter()
+                .filter(|o| o.cloud_ref() == name)
+                .map(|o| ObjectRef::from_obj(&*o))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_on(UnboundedReceiverStream::new(requeues))
+        .shutdown_on_signal()
+        .run(
+            measured(
+                K::KIND,
+                Arc::clone(reconcile_metrics),
+                reconcile::reconcile::<K>,
+            ),
+            error_policy,
+            Arc::clone(ctx),
+        )
+        .for_each(|_| futures::future::ready(()))
+}
+
 /// Runs every controller until the process is told to stop.
 pub async fn run(
     client: Client,
@@ -150,55 +185,8 @@ pub async fn run(
         reconcile_metrics: Arc::clone(&reconcile_metrics),
     });
 
-    let vs_store = ctx.virtual_services.clone();
-    let vs = vs_controller
-        // A GcpCloud change concerns every object that references it.
-        .watches_stream(cloud_triggers(&client), move |cloud: GcpCloud| {
-            let name = cloud.name_any();
-            vs_store
-                .state()
-                .into_iter()
-                .filter(|o| o.spec.cloud_ref == name)
-                .map(|o| ObjectRef::from_obj(&*o))
-                .collect::<Vec<_>>()
-        })
-        // Inventory changes (drift, engines stopping or coming back) and cloud readiness.
-        .reconcile_on(UnboundedReceiverStream::new(vs_rx))
-        .shutdown_on_signal()
-        .run(
-            measured(
-                "VirtualService",
-                Arc::clone(&reconcile_metrics),
-                reconcile::reconcile::<VirtualService>,
-            ),
-            error_policy,
-            Arc::clone(&ctx),
-        )
-        .for_each(|_| futures::future::ready(()));
-
-    let vr_store = ctx.vpc_routes.clone();
-    let vr = vr_controller
-        .watches_stream(cloud_triggers(&client), move |cloud: GcpCloud| {
-            let name = cloud.name_any();
-            vr_store
-                .state()
-                .into_iter()
-                .filter(|o| o.spec.cloud_ref == name)
-                .map(|o| ObjectRef::from_obj(&*o))
-                .collect::<Vec<_>>()
-        })
-        .reconcile_on(UnboundedReceiverStream::new(vr_rx))
-        .shutdown_on_signal()
-        .run(
-            measured(
-                "VpcRoute",
-                Arc::clone(&reconcile_metrics),
-                reconcile::reconcile::<VpcRoute>,
-            ),
-            error_policy,
-            Arc::clone(&ctx),
-        )
-        .for_each(|_| futures::future::ready(()));
+    let vs = run_kind(vs_controller, vs_rx, &client, &ctx, &reconcile_metrics);
+    let vr = run_kind(vr_controller, vr_rx, &client, &ctx, &reconcile_metrics);
 
     let (cloud_store, cloud_writer) = reflector::store::<GcpCloud>();
     let cloud_stream = watcher(
