@@ -23,7 +23,7 @@ use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
 use crate::api::conditions::{Condition, READY, STALLED, find_condition};
 use crate::api::{FleetObject, GcpCloud};
-use crate::gcp::Target;
+use crate::gcp::{Collection, Target};
 use crate::plan::DesiredResource;
 use crate::plan::diff::{Diff, diff};
 use crate::plan::owner::Owner;
@@ -42,10 +42,9 @@ pub struct Observation<R> {
     pub problems: Vec<String>,
     /// What the status shows while the guard rails stall it (None: leave it as it is).
     pub stalled_report: Option<R>,
-    /// Routes to withdraw at once, before anything is made (to engines that are down).
-    pub withdrawals: Vec<Target>,
-    /// Whether the change is a failover (the Apply event says so).
-    pub failover: bool,
+    /// Service engines (instance names) that are down: routes to them that the object no longer
+    /// wants are withdrawn at once, before anything is made, and the change is a failover.
+    pub down_engines: Vec<String>,
     /// What the status shows otherwise.
     pub report: R,
 }
@@ -170,6 +169,7 @@ async fn apply_object<K: Kind>(api: &Api<K>, object: &K, ctx: &Context) -> Resul
 
     let engine = &runtime.engine;
     let changes = diff(&observation.desired, &observation.owned);
+    let withdrawals = withdrawals(&changes, &observation);
     let superseded = superseded_inserts(
         engine,
         &owner.name_prefix(&runtime.view.resource_prefix),
@@ -178,15 +178,10 @@ async fn apply_object<K: Kind>(api: &Api<K>, object: &K, ctx: &Context) -> Resul
     // An object that already has resources in GCP carries traffic: its changes are failover
     // work, ahead of the bulk creation of new objects.
     let urgent = !observation.owned.is_empty();
-    let progress = advance(
-        engine,
-        &changes,
-        urgent,
-        &observation.withdrawals,
-        &superseded,
-    );
+    let progress = advance(engine, &changes, urgent, &withdrawals, &superseded);
     if progress.started > 0 {
-        applying_event::<K>(ctx, object, &observation, &progress).await;
+        let failover = !withdrawals.is_empty() || !observation.down_engines.is_empty();
+        applying_event::<K>(ctx, object, failover, &progress).await;
     }
     let reported = Some(&observation.report);
     if let Some(err) = progress.error {
@@ -213,17 +208,31 @@ async fn apply_object<K: Kind>(api: &Api<K>, object: &K, ctx: &Context) -> Resul
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
-async fn applying_event<K: Kind>(
-    ctx: &Context,
-    object: &K,
-    observation: &Observation<K::Report>,
-    progress: &Progress,
-) {
-    let reason = if observation.failover {
-        "Failover"
-    } else {
-        "Applying"
-    };
+/// The deletes of the diff that are routes to a down engine: they go at once; everything else
+/// makes before it breaks.
+fn withdrawals<R>(changes: &Diff, observation: &Observation<R>) -> Vec<Target> {
+    if observation.down_engines.is_empty() {
+        return Vec::new();
+    }
+    observation
+        .owned
+        .iter()
+        .filter(|(target, body)| {
+            target.collection == Collection::Routes
+                && changes.deletes.contains(target)
+                && body["nextHopInstance"].as_str().is_some_and(|hop| {
+                    observation
+                        .down_engines
+                        .iter()
+                        .any(|down| hop.ends_with(&format!("/instances/{down}")))
+                })
+        })
+        .map(|(target, _)| target.clone())
+        .collect()
+}
+
+async fn applying_event<K: Kind>(ctx: &Context, object: &K, failover: bool, progress: &Progress) {
+    let reason = if failover { "Failover" } else { "Applying" };
     let note = format!(
         "creating {} and deleting {} {}",
         progress.inserts,

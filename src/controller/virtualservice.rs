@@ -214,20 +214,6 @@ fn observe(
         missing_ilb: None,
     };
     let problems = check_virtual_service(plan.vip.as_deref(), &object.spec.source_ranges, &around);
-    // Routes to engines that are down go at once; everything else makes before it breaks.
-    let withdrawals: Vec<Target> = owned
-        .iter()
-        .filter(|(target, body)| {
-            target.collection == Collection::Routes
-                && !plan.desired.iter().any(|d| &d.target == target)
-                && body["nextHopInstance"].as_str().is_some_and(|hop| {
-                    plan.down_engines
-                        .iter()
-                        .any(|down| hop.ends_with(&format!("/instances/{down}")))
-                })
-        })
-        .map(|(target, _)| target.clone())
-        .collect();
     let resources = GcpResources {
         routes: plan
             .desired
@@ -243,8 +229,7 @@ fn observe(
         address: plan.address.as_ref().map(|t| t.name.clone()),
     };
     Observation {
-        failover: !withdrawals.is_empty() || !plan.down_engines.is_empty(),
-        withdrawals,
+        down_engines: plan.down_engines.clone(),
         problems,
         stalled_report: Some(Report {
             vip: plan.vip.clone(),

@@ -4,12 +4,12 @@
 
 use kube::ResourceExt;
 
-use super::claims::{Claim, address_claimed_by};
+use super::claims::{Claim, address_claimed_by, stalled};
 use super::context::{CloudRuntime, Context};
 use super::error::Error;
 use super::reconcile::{Kind, Observation};
 use super::status::Phase;
-use crate::api::conditions::{Condition, STALLED, condition_true};
+use crate::api::conditions::Condition;
 use crate::api::{VpcRoute, VpcRouteStatus};
 use crate::plan::guard::{Surroundings, check_vpc_route};
 use crate::plan::owner::Owner;
@@ -122,9 +122,10 @@ async fn observe(
             .dest_range
             .strip_suffix("/32")
             .and_then(|address| {
-                let holding = object.status.as_ref().is_some_and(|s| {
-                    s.route_name.is_some() && !condition_true(&s.conditions, STALLED)
-                });
+                let holding = object
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.route_name.is_some() && !stalled(&s.conditions));
                 address_claimed_by(
                     ctx,
                     cloud_name,
@@ -152,7 +153,6 @@ async fn observe(
         owned,
         problems,
         stalled_report: None,
-        withdrawals: Vec::new(),
-        failover: false,
+        down_engines: Vec::new(),
     })
 }

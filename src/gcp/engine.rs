@@ -279,9 +279,8 @@ impl Engine {
     pub fn shutdown(&self) {
         let shared = &self.shared;
         shared.reader.stop();
-        let waiters = lock(&shared.queue).shutdown();
-        shared.answer(waiters, &Err(GcpError::Shutdown));
-        // Callers whose work was answered meanwhile have had their answer; the rest too.
+        // Every caller still waiting is in the map: the queue's list of them adds nothing.
+        drop(lock(&shared.queue).shutdown());
         for (_, sender) in lock(&shared.waiters).drain() {
             let _ = sender.send(Err(GcpError::Shutdown));
         }
@@ -430,6 +429,13 @@ impl Shared {
 
     /// Does what the queue decided, then lets the dispatcher look again.
     fn carry_out(self: &Arc<Self>, effects: Vec<Effect>) {
+        self.record(effects);
+        self.wake.notify_one();
+    }
+
+    /// Does what the queue decided and updates the queue-depth gauges, without waking the
+    /// dispatcher (what the dispatcher's own look at the queue uses).
+    fn record(self: &Arc<Self>, effects: Vec<Effect>) {
         for effect in effects {
             match effect {
                 Effect::Answer { waiters, outcome } => self.answer(waiters, &outcome),
@@ -467,12 +473,10 @@ impl Shared {
                 }
             }
         }
-        let queue = lock(&self.queue);
-        for (lane, depth) in queue.depth() {
+        let depth = lock(&self.queue).depth();
+        for (lane, depth) in depth {
             self.reader.metrics.queue_depth(lane.label(), depth);
         }
-        drop(queue);
-        self.wake.notify_one();
     }
 
     /// The outcome of a mutation that was sent.
@@ -485,19 +489,8 @@ impl Shared {
     /// Takes what may be sent now (and when to look again).
     fn take_ready(self: &Arc<Self>, max: usize) -> (Vec<Dispatch>, Option<Instant>) {
         let ready = lock(&self.queue).take_ready(max, &self.reader.budget, Instant::now());
-        let taken = !ready.dispatches.is_empty();
-        if !ready.effects.is_empty() || taken {
-            for effect in ready.effects {
-                if let Effect::RateWaited { group, waited } = effect {
-                    self.reader
-                        .metrics
-                        .rate_wait(group.label(), waited.as_secs_f64());
-                }
-            }
-            let queue = lock(&self.queue);
-            for (lane, depth) in queue.depth() {
-                self.reader.metrics.queue_depth(lane.label(), depth);
-            }
+        if !ready.effects.is_empty() || !ready.dispatches.is_empty() {
+            self.record(ready.effects);
         }
         (ready.dispatches, ready.next)
     }

@@ -41,6 +41,7 @@ use super::budget::{Budget, RateGroup};
 use super::calls::CollectionCalls;
 use super::error::GcpError;
 use super::quota::{Admission, QuotaGates};
+use super::settings::scaled;
 use crate::plan::resource::{Change, Collection, Mutation, Target, same_content};
 
 /// Which queue a mutation waits in.
@@ -193,7 +194,7 @@ pub fn backoff(attempt: u32, scale: f64, jitter: f64) -> Duration {
     let base = 0.25 * 2f64.powi(attempt.min(8) as i32);
     let capped = base.min(32.0);
     let seconds = capped * (0.5 + jitter.clamp(0.0, 1.0) * 0.5);
-    Duration::from_secs_f64(seconds * scale.max(1e-6))
+    scaled(Duration::from_secs_f64(seconds), scale)
 }
 
 impl Queue {
@@ -210,13 +211,9 @@ impl Queue {
             waiting_for_budget: HashMap::new(),
             failures: HashMap::new(),
             retrying: HashMap::new(),
-            quota: QuotaGates::new(settings.quota_probe.mul_f64(settings.time_scale.max(1e-6))),
+            quota: QuotaGates::new(scaled(settings.quota_probe, settings.time_scale)),
             rng: StdRng::seed_from_u64(seed),
         }
-    }
-
-    fn scaled(&self, duration: Duration) -> Duration {
-        duration.mul_f64(self.settings.time_scale.max(1e-6))
     }
 
     fn request_id(&mut self) -> String {
@@ -658,7 +655,7 @@ impl Queue {
             effects.push(Effect::Announce(dispatch.target.clone()));
         }
         let jitter: f64 = self.rng.r#gen();
-        let pause = self.scaled(Duration::from_millis(100));
+        let pause = scaled(Duration::from_millis(100), self.settings.time_scale);
         let new_id = matches!(err, GcpError::Operation { .. }).then(|| self.request_id());
         let time_scale = self.settings.time_scale;
         let Some(work) = self

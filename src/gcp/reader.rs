@@ -64,7 +64,7 @@ impl Reader {
 
     /// `duration` in the engine's time.
     pub fn scaled(&self, duration: Duration) -> Duration {
-        duration.mul_f64(self.time_scale.max(1e-6))
+        super::settings::scaled(duration, self.time_scale)
     }
 
     pub fn time_scale(&self) -> f64 {
@@ -114,7 +114,7 @@ impl Reader {
             if self.is_stopped() {
                 return Err(GcpError::Shutdown);
             }
-            self.budget.acquire(call.group, "", 1).await;
+            self.budget.acquire(RateGroup::Read, "", 1).await;
             match self.client.send(call).await {
                 Ok(answer) => return Ok(answer),
                 Err(err) => {

@@ -60,6 +60,11 @@ impl EngineSettings {
     }
 
     pub(crate) fn scaled(&self, duration: Duration) -> Duration {
-        duration.mul_f64(self.time_scale.max(1e-6))
+        scaled(duration, self.time_scale)
     }
+}
+
+/// `duration` in an engine's time: multiplied by its time scale (1.0 against GCP).
+pub fn scaled(duration: Duration, time_scale: f64) -> Duration {
+    duration.mul_f64(time_scale.max(1e-6))
 }
