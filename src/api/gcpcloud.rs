@@ -1,6 +1,7 @@
 //! `GcpCloud`: one GCP project and VPC network the operator may program, and how.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -198,7 +199,10 @@ pub struct SecretKeySelector {
 
 /// Compute API request budgets for one project, per minute. GCP's default quotas are 1500 per
 /// minute for each of these.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new(
+    "!has(self.urgentReserve) || (type(self.urgentReserve) == int ? (self.urgentReserve >= 0 && self.urgentReserve < self.writesPerMinute) : string(self.urgentReserve).matches('^[0-9]{1,2}%$'))"
+).message("urgentReserve must be a percentage from 0% to 99% or a number of calls below writesPerMinute").field_path(".urgentReserve"))]
 #[serde(rename_all = "camelCase")]
 pub struct RateLimitSpec {
     /// Read requests (get, list) per minute (default 1500).
@@ -215,6 +219,69 @@ pub struct RateLimitSpec {
     #[schemars(range(min = 1))]
     #[serde(default = "default_per_minute")]
     pub operation_reads_per_minute: u32,
+
+    /// How much of each minute's quota bulk work (creating and updating resources) leaves unspent
+    /// for urgent work (withdrawing routes from a stopped engine, deletes), as a percentage of
+    /// each group's per-minute quota such as `10%`, or a number of calls such as `200` (default
+    /// `10%`: 150 of 1,500 writes, the withdrawals of 30 engines serving five VIPs each). Bulk
+    /// work otherwise spends each minute's quota as early as it can, so a change that fits in
+    /// what is left of the minute goes at once; the reserve is released to bulk work in the
+    /// minute's last two seconds. A percentage is 0% to 99%; a number must be below
+    /// `writesPerMinute`.
+    #[serde(default = "default_urgent_reserve")]
+    pub urgent_reserve: IntOrString,
+}
+
+/// Why `spec.rateLimit.urgentReserve` was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ReserveError {
+    #[error("'{0}' is neither a percentage such as '10%' nor a number of calls")]
+    Malformed(String),
+    #[error("{0}% leaves bulk work nothing: give 0% to 99%")]
+    Percent(u32),
+    #[error("a negative number of calls ({0})")]
+    Negative(i32),
+    #[error("{calls} calls is not below writesPerMinute ({writes})")]
+    TooLarge { calls: u32, writes: u32 },
+}
+
+/// `spec.rateLimit.urgentReserve`, read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrgentReserve {
+    /// A percentage of each group's per-minute quota.
+    Percent(u32),
+    /// A number of calls per minute.
+    Calls(u32),
+}
+
+impl RateLimitSpec {
+    /// The urgent reserve, checked.
+    pub fn urgent_reserve(&self) -> Result<UrgentReserve, ReserveError> {
+        match &self.urgent_reserve {
+            IntOrString::Int(calls) if *calls < 0 => Err(ReserveError::Negative(*calls)),
+            IntOrString::Int(calls) => {
+                let calls = calls.unsigned_abs();
+                if calls >= self.writes_per_minute {
+                    return Err(ReserveError::TooLarge {
+                        calls,
+                        writes: self.writes_per_minute,
+                    });
+                }
+                Ok(UrgentReserve::Calls(calls))
+            }
+            IntOrString::String(text) => {
+                let percent = text
+                    .trim()
+                    .strip_suffix('%')
+                    .and_then(|digits| digits.trim().parse::<u32>().ok())
+                    .ok_or_else(|| ReserveError::Malformed(text.clone()))?;
+                if percent > 99 {
+                    return Err(ReserveError::Percent(percent));
+                }
+                Ok(UrgentReserve::Percent(percent))
+            }
+        }
+    }
 }
 
 impl Default for RateLimitSpec {
@@ -223,6 +290,7 @@ impl Default for RateLimitSpec {
             reads_per_minute: default_per_minute(),
             writes_per_minute: default_per_minute(),
             operation_reads_per_minute: default_per_minute(),
+            urgent_reserve: default_urgent_reserve(),
         }
     }
 }
@@ -388,6 +456,10 @@ fn default_secret_key() -> String {
 
 fn default_per_minute() -> u32 {
     1500
+}
+
+fn default_urgent_reserve() -> IntOrString {
+    IntOrString::String("10%".into())
 }
 
 fn default_max_calls_per_batch() -> u32 {

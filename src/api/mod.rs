@@ -17,7 +17,8 @@ use kube::CustomResourceExt;
 pub use conditions::Condition;
 pub use gcpcloud::{
     BatchingSpec, CloudCredentials, CloudProgress, GcpCloud, GcpCloudSpec, GcpCloudStatus,
-    InventoryCounts, QuotaStatus, RateLimitSpec, SecretKeySelector, WorkloadIdentity,
+    InventoryCounts, QuotaStatus, RateLimitSpec, ReserveError, SecretKeySelector, UrgentReserve,
+    WorkloadIdentity,
 };
 pub use virtualservice::{
     AllocationType, GcpResources, HaMode, Protocol, ServiceEngineRef, ServicePort, Vip,
@@ -34,6 +35,8 @@ pub trait FleetObject: kube::Resource<DynamicType = ()> {
     fn cloud_ref(&self) -> &str;
     /// `status.conditions`, empty before the operator wrote any.
     fn conditions(&self) -> &[Condition];
+    /// `status.observedGeneration`: the generation the conditions speak of.
+    fn observed_generation(&self) -> Option<i64>;
 }
 
 impl FleetObject for VirtualService {
@@ -44,6 +47,9 @@ impl FleetObject for VirtualService {
     fn conditions(&self) -> &[Condition] {
         self.status.as_ref().map_or(&[], |s| &s.conditions)
     }
+    fn observed_generation(&self) -> Option<i64> {
+        self.status.as_ref().and_then(|s| s.observed_generation)
+    }
 }
 
 impl FleetObject for VpcRoute {
@@ -53,6 +59,9 @@ impl FleetObject for VpcRoute {
     }
     fn conditions(&self) -> &[Condition] {
         self.status.as_ref().map_or(&[], |s| &s.conditions)
+    }
+    fn observed_generation(&self) -> Option<i64> {
+        self.status.as_ref().and_then(|s| s.observed_generation)
     }
 }
 
@@ -331,5 +340,39 @@ mod tests {
             );
         }
         assert!(crds_yaml().unwrap().matches("\n---\n").count() == 2);
+    }
+
+    #[test]
+    fn the_urgent_reserve_is_read_and_checked_with_the_field_named_by_the_caller() {
+        use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+        let with = |reserve: IntOrString| RateLimitSpec {
+            urgent_reserve: reserve,
+            ..RateLimitSpec::default()
+        };
+        let text = |t: &str| with(IntOrString::String(t.into())).urgent_reserve();
+        assert_eq!(
+            RateLimitSpec::default().urgent_reserve(),
+            Ok(UrgentReserve::Percent(10))
+        );
+        assert_eq!(text(" 25% "), Ok(UrgentReserve::Percent(25)));
+        assert_eq!(text("0%"), Ok(UrgentReserve::Percent(0)));
+        assert_eq!(text("100%"), Err(ReserveError::Percent(100)));
+        assert!(matches!(text("ten"), Err(ReserveError::Malformed(_))));
+        assert!(matches!(text("10"), Err(ReserveError::Malformed(_))));
+        assert_eq!(
+            with(IntOrString::Int(200)).urgent_reserve(),
+            Ok(UrgentReserve::Calls(200))
+        );
+        assert_eq!(
+            with(IntOrString::Int(-1)).urgent_reserve(),
+            Err(ReserveError::Negative(-1))
+        );
+        assert_eq!(
+            with(IntOrString::Int(1500)).urgent_reserve(),
+            Err(ReserveError::TooLarge {
+                calls: 1500,
+                writes: 1500
+            })
+        );
     }
 }

@@ -46,17 +46,24 @@ pub fn tally<'a>(
     tally
 }
 
-/// The time the queued and in-flight GCP work needs at least, from the lower bound a client
-/// can reach under Compute's per-minute write quota: the queued writes spread over rate windows
-/// (`queued / writesPerMinute` minutes), then one operation's duration. `None` when no work is
-/// queued or in flight.
+/// The time the queued and in-flight GCP work needs at least, from the bound Compute's fixed
+/// per-minute write windows give: queued writes that fit in what is left of the current window
+/// go at once; the rest go at the start of later windows, the last one in window
+/// ⌈(queued − left) / writesPerMinute⌉ after this one. Then one operation's duration. `None`
+/// when no work is queued or in flight.
 pub fn time_left(work: &EngineProgress) -> Option<Duration> {
     if work.queued == 0 && work.in_flight == 0 {
         return None;
     }
     let scale = work.time_scale.clamp(1e-6, 1.0e3);
     let window = Duration::from_secs(60).mul_f64(scale);
-    let sending = window.mul_f64(work.queued as f64 / work.writes_per_minute.max(1) as f64);
+    let queued = work.queued as u64;
+    let sending = if queued <= work.writes_left_in_window {
+        Duration::ZERO
+    } else {
+        let later = (queued - work.writes_left_in_window).div_ceil(work.writes_per_minute.max(1));
+        work.window_left + window * u32::try_from(later.saturating_sub(1)).unwrap_or(u32::MAX)
+    };
     let operation = work
         .typical_operation
         .unwrap_or_else(|| ASSUMED_OPERATION.mul_f64(scale));
@@ -252,6 +259,8 @@ mod tests {
             in_flight,
             typical_operation: Some(Duration::from_secs(8)),
             writes_per_minute: 1500,
+            writes_left_in_window: 0,
+            window_left: Duration::from_secs(60),
             time_scale: 1.0,
         }
     }
@@ -271,19 +280,29 @@ mod tests {
     }
 
     #[test]
-    fn the_estimate_is_the_lower_bound_of_the_rate_windows() {
-        // 3,000 writes at 1,500 a minute: two windows, then one operation.
+    fn the_estimate_is_the_bound_of_the_rate_windows() {
+        // 3,000 writes at 1,500 a minute, at the start of a spent window: the last goes at the
+        // start of the second window after this one, then one operation.
         assert_eq!(
             time_left(&work(3000, 0)),
-            Some(Duration::from_secs(120 + 8))
+            Some(Duration::from_secs(60 + 60 + 8))
         );
+        // 1,000 writes with 1,350 left in a window 20 s from its end: at once.
+        let mut fits = work(1000, 0);
+        fits.writes_left_in_window = 1350;
+        fits.window_left = Duration::from_secs(20);
+        assert_eq!(time_left(&fits), Some(Duration::from_secs(8)));
+        // 2,000: the 650 that do not fit go when the window turns.
+        fits.queued = 2000;
+        assert_eq!(time_left(&fits), Some(Duration::from_secs(20 + 8)));
         // Only operations in flight: one operation's time.
         assert_eq!(time_left(&work(0, 40)), Some(Duration::from_secs(8)));
         // No operation seen yet: Compute's typical 10 s, in the engine's time.
         let mut scaled = work(150, 0);
         scaled.typical_operation = None;
         scaled.time_scale = 0.1;
-        assert_eq!(time_left(&scaled), Some(Duration::from_secs_f64(0.6 + 1.0)));
+        scaled.window_left = Duration::from_secs(6);
+        assert_eq!(time_left(&scaled), Some(Duration::from_secs_f64(6.0 + 1.0)));
     }
 
     #[test]

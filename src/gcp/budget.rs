@@ -1,9 +1,15 @@
 //! The project's per-minute rate quotas, spent on the client side before GCP refuses anything.
 //!
 //! Compute counts every call (each inner call of a batch too) against a per-minute group, in
-//! fixed windows aligned to wall-clock minutes (§5). The budget mirrors that: each group has the
-//! configured number of calls per window. Bulk work is also paced evenly across the window, so
-//! urgent work (failover, deletes) arriving mid-window still finds budget.
+//! fixed windows aligned to wall-clock minutes (§5). Quota a window does not spend is lost, so
+//! the budget lets work **burst**: a change that fits in what is left of the window goes at once
+//! and is done one operation duration later. Bulk work may spend a window's quota up to a
+//! **reserve** kept for urgent work (failover withdrawals, deletes), so a failover that starts
+//! in the middle of a burst still finds budget in the same window. The reserve is released to
+//! bulk work in the window's last thirtieth ([`RELEASE_FRACTION`]): urgent work that arrives
+//! after that waits at most that long for the next window, where it goes first. Bulk work keeps
+//! a second ([`GUARD_FRACTION`]) away from each boundary, so that neither window is charged
+//! calls meant for the other.
 //!
 //! A `rateLimitExceeded` answer that says the window is spent — most calls of the window refused,
 //! or a tenth of its quota refused — closes the group until the next window (§4: "wait a minute
@@ -18,6 +24,14 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
+
+/// The part of a window at its end in which bulk work may spend the urgent reserve.
+pub const RELEASE_FRACTION: u32 = 30;
+
+/// Bulk work sends nothing within this part of a window of either of its boundaries: a burst
+/// sent just before a boundary could be counted in the next window, and one sent just after it
+/// in the last, by a server whose clock is not quite ours (a second at 60 s).
+pub const GUARD_FRACTION: u32 = 60;
 
 /// The quota group a call is charged to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -44,6 +58,56 @@ impl RateGroup {
     }
 }
 
+/// Which work a call is: it decides whether the urgent reserve may be spent on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Failover, deletes and the instance polls that detect a failover: sent before any bulk
+    /// work, and may spend the whole window.
+    Urgent,
+    /// Bulk creation and reads: spends each window up to the urgent reserve, as early as the
+    /// work allows.
+    Bulk,
+}
+
+impl Lane {
+    /// The metrics label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Lane::Urgent => "urgent",
+            Lane::Bulk => "bulk",
+        }
+    }
+}
+
+/// How much of each window's quota bulk work leaves unspent for urgent work
+/// (`spec.rateLimit.urgentReserve`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reserve {
+    /// A percentage of the group's quota per window, rounded up.
+    Percent(u32),
+    /// A number of calls per window.
+    Calls(u64),
+}
+
+impl Default for Reserve {
+    /// A tenth of the window: at the default 1,500 writes per minute, 150 withdrawals, 30 engines
+    /// of five objects each, can go in the window a failover starts in.
+    fn default() -> Self {
+        Reserve::Percent(10)
+    }
+}
+
+impl Reserve {
+    /// The calls kept back of a window of `limit`; bulk work always keeps at least one call.
+    pub fn calls(self, limit: u64) -> u64 {
+        let calls = match self {
+            Reserve::Percent(percent) => (limit * u64::from(percent.min(100))).div_ceil(100),
+            Reserve::Calls(calls) => calls,
+        };
+        calls.min(limit.saturating_sub(1))
+    }
+}
+
 /// Per-minute quotas of one project.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateLimits {
@@ -51,6 +115,8 @@ pub struct RateLimits {
     pub writes_per_minute: u64,
     pub operation_reads_per_minute: u64,
     pub regional_writes_per_minute: u64,
+    /// Kept for urgent work in every group's window.
+    pub urgent_reserve: Reserve,
 }
 
 impl Default for RateLimits {
@@ -61,6 +127,7 @@ impl Default for RateLimits {
             writes_per_minute: 1500,
             operation_reads_per_minute: 1500,
             regional_writes_per_minute: 1500,
+            urgent_reserve: Reserve::default(),
         }
     }
 }
@@ -68,13 +135,13 @@ impl Default for RateLimits {
 #[derive(Debug)]
 struct Group {
     limit: u64,
+    /// Calls of each window bulk work leaves to urgent work until the release.
+    reserve: u64,
     window_index: u64,
     used: u64,
     blocked_until: Option<Instant>,
     /// Calls of this window GCP refused as rate-limited.
     refused: u64,
-    pace_tokens: f64,
-    pace_at: Instant,
 }
 
 /// The budget of one project. Every method takes the time it is asked at (`now`): the budget
@@ -115,10 +182,15 @@ impl Budget {
 
     fn unix_millis(&self, now: Instant) -> u128 {
         let (at, unix) = self.anchor;
-        unix + now.saturating_duration_since(at).as_millis()
+        if now >= at {
+            unix + (now - at).as_millis()
+        } else {
+            unix.saturating_sub((at - now).as_millis())
+        }
     }
 
-    fn limit(&self, group: RateGroup) -> u64 {
+    /// A group's quota per window.
+    pub fn limit(&self, group: RateGroup) -> u64 {
         match group {
             RateGroup::Read => self.limits.reads_per_minute,
             RateGroup::Write => self.limits.writes_per_minute,
@@ -139,15 +211,21 @@ impl Budget {
         now + Duration::from_millis((window_ms - into) as u64)
     }
 
+    /// When the window `now` is in releases its urgent reserve to bulk work.
+    pub fn release_at(&self, now: Instant) -> Instant {
+        self.window_end(now) - self.window / RELEASE_FRACTION
+    }
+
     fn with_group<R>(
         &self,
         group: RateGroup,
         region: &str,
         now: Instant,
-        f: impl FnOnce(&mut Group, u64) -> R,
+        f: impl FnOnce(&mut Group) -> R,
     ) -> R {
         let index = self.window_index(now);
         let limit = self.limit(group);
+        let reserve = self.limits.urgent_reserve.calls(limit);
         let mut groups = match self.groups.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
@@ -156,96 +234,95 @@ impl Budget {
             .entry((group, region.to_string()))
             .or_insert_with(|| Group {
                 limit,
+                reserve,
                 window_index: index,
                 used: 0,
                 blocked_until: None,
                 refused: 0,
-                pace_tokens: (limit as f64 / 20.0).max(1.0),
-                pace_at: now,
             });
         if state.window_index != index {
             state.window_index = index;
             state.used = 0;
             state.refused = 0;
         }
-        f(state, index)
+        f(state)
     }
 
-    /// Takes up to `wanted` calls' worth of budget now and returns how many were granted.
-    /// `paced` work (bulk) is also held to an even rate across the window.
+    /// Whether `now` is within [`GUARD_FRACTION`] of a window boundary, where bulk work sends
+    /// nothing.
+    fn near_boundary(&self, now: Instant) -> bool {
+        let guard = self.window / GUARD_FRACTION;
+        let to_end = self.window_end(now).saturating_duration_since(now);
+        to_end <= guard || self.window - to_end < guard
+    }
+
+    /// What work of `lane` may still spend of the group's window at `now`.
+    fn room(&self, state: &Group, lane: Lane, now: Instant) -> u64 {
+        let ceiling = match lane {
+            Lane::Bulk if self.near_boundary(now) => return 0,
+            Lane::Bulk if now < self.release_at(now) => state.limit - state.reserve,
+            _ => state.limit,
+        };
+        ceiling.saturating_sub(state.used)
+    }
+
+    /// Takes up to `wanted` calls' worth of budget now and returns how many were granted: all
+    /// the window has left for urgent work, up to the reserve for bulk work.
     pub fn take(
         &self,
         group: RateGroup,
         region: &str,
         wanted: usize,
-        paced: bool,
+        lane: Lane,
         now: Instant,
     ) -> usize {
-        let window = self.window;
-        self.with_group(group, region, now, |state, _| {
+        self.with_group(group, region, now, |state| {
             if state.blocked_until.is_some_and(|until| until > now) {
                 return 0;
             }
             state.blocked_until = None;
-            let mut granted = (state.limit.saturating_sub(state.used)).min(wanted as u64);
-            if paced {
-                let rate = state.limit as f64 / window.as_secs_f64();
-                let cap = (state.limit as f64 / 20.0).max(1.0);
-                let elapsed = now.saturating_duration_since(state.pace_at).as_secs_f64();
-                state.pace_tokens = (state.pace_tokens + elapsed * rate).min(cap);
-                state.pace_at = now;
-                granted = granted.min(state.pace_tokens.floor() as u64);
-                state.pace_tokens -= granted as f64;
-            }
+            let granted = self.room(state, lane, now).min(wanted as u64);
             state.used += granted;
             granted as usize
         })
     }
 
-    /// Returns budget taken for calls that were not sent after all.
-    pub fn give_back(
-        &self,
-        group: RateGroup,
-        region: &str,
-        count: usize,
-        paced: bool,
-        now: Instant,
-    ) {
-        self.with_group(group, region, now, |state, _| {
-            state.used = state.used.saturating_sub(count as u64);
-            if paced {
-                state.pace_tokens += count as f64;
+    /// What bulk work of `group` may still spend of the window `now` is in (a look: nothing is
+    /// taken).
+    pub fn bulk_room(&self, group: RateGroup, region: &str, now: Instant) -> u64 {
+        self.with_group(group, region, now, |state| {
+            if state.blocked_until.is_some_and(|until| until > now) {
+                0
+            } else {
+                self.room(state, Lane::Bulk, now)
             }
-        });
+        })
     }
 
-    /// When taking budget of this group may succeed again.
-    pub fn next_chance(
-        &self,
-        group: RateGroup,
-        region: &str,
-        paced: bool,
-        now: Instant,
-    ) -> Instant {
-        let window_end = self.window_end(now);
-        let window = self.window;
-        self.with_group(group, region, now, |state, _| {
+    /// When taking budget of this group for `lane` may succeed again: now, the release of the
+    /// reserve (bulk work that spent up to it), the next window, or the end of a block.
+    pub fn next_chance(&self, group: RateGroup, region: &str, lane: Lane, now: Instant) -> Instant {
+        self.with_group(group, region, now, |state| {
             if let Some(until) = state.blocked_until.filter(|u| *u > now) {
                 return until;
             }
-            if state.used >= state.limit {
-                return window_end;
+            if self.room(state, lane, now) > 0 {
+                return now;
             }
-            // Paced work waits for a few calls' worth, so a saturated pipe carries batches
-            // rather than single calls.
-            let cap = (state.limit as f64 / 20.0).max(1.0);
-            let enough = cap.min(10.0);
-            if paced && state.pace_tokens < enough {
-                let rate = state.limit as f64 / window.as_secs_f64();
-                let missing = enough - state.pace_tokens;
-                return now + Duration::from_secs_f64(missing / rate);
+            let end = self.window_end(now);
+            let guard = match lane {
+                Lane::Urgent => Duration::ZERO,
+                Lane::Bulk => self.window / GUARD_FRACTION,
+            };
+            let opens = end - self.window + guard;
+            let release = self.release_at(now);
+            if lane == Lane::Bulk && now < opens && state.used < state.limit - state.reserve {
+                opens
+            } else if lane == Lane::Bulk && now < release && state.used < state.limit {
+                release
+            } else {
+                end + guard
             }
-            now
         })
     }
 
@@ -264,7 +341,7 @@ impl Budget {
         let jitter = self.window.mul_f64(jitter.clamp(0.0, 1.0) * 0.02);
         let window_end = self.window_end(now) + jitter;
         let pause = now + self.window / 120;
-        self.with_group(group, region, now, |state, _| {
+        self.with_group(group, region, now, |state| {
             state.refused += 1;
             let spent = (state.refused >= 3 && 2 * state.refused >= state.used)
                 || state.refused >= (state.limit / 10).max(3);
@@ -284,16 +361,22 @@ impl Budget {
         });
     }
 
-    /// Waits until `wanted` calls' worth (at least one) can be taken, paced like bulk work;
-    /// returns how many were.
-    pub async fn acquire(&self, group: RateGroup, region: &str, wanted: usize) -> usize {
+    /// Waits until `wanted` calls' worth (at least one) of `lane` can be taken; returns how
+    /// many were.
+    pub async fn acquire(
+        &self,
+        group: RateGroup,
+        region: &str,
+        wanted: usize,
+        lane: Lane,
+    ) -> usize {
         loop {
             let now = Instant::now();
-            let granted = self.take(group, region, wanted, true, now);
+            let granted = self.take(group, region, wanted, lane, now);
             if granted > 0 {
                 return granted;
             }
-            tokio::time::sleep_until(self.next_chance(group, region, true, now)).await;
+            tokio::time::sleep_until(self.next_chance(group, region, lane, now)).await;
         }
     }
 }
@@ -302,10 +385,12 @@ impl Budget {
 mod tests {
     use super::*;
 
-    /// A budget at the start of a window, and that instant.
+    /// A budget at the first instant of a window bulk work may send in (the window's start plus
+    /// its guard), and that instant.
     fn at_start(limits: RateLimits, window: Duration) -> (Budget, Instant) {
         let t0 = Instant::now();
-        (Budget::anchored(limits, window, t0, 0), t0)
+        let guard = (window / GUARD_FRACTION).as_millis();
+        (Budget::anchored(limits, window, t0, guard), t0)
     }
 
     fn limits(writes: u64) -> RateLimits {
@@ -318,27 +403,120 @@ mod tests {
     #[test]
     fn a_window_grants_its_quota_and_no_more() {
         let (budget, t0) = at_start(limits(100), Duration::from_secs(3600));
-        assert_eq!(budget.take(RateGroup::Write, "", 60, false, t0), 60);
-        assert_eq!(budget.take(RateGroup::Write, "", 60, false, t0), 40);
-        assert_eq!(budget.take(RateGroup::Write, "", 1, false, t0), 0);
-        assert!(budget.next_chance(RateGroup::Write, "", false, t0) > t0);
-        budget.give_back(RateGroup::Write, "", 10, false, t0);
-        assert_eq!(budget.take(RateGroup::Write, "", 50, false, t0), 10);
+        assert_eq!(budget.take(RateGroup::Write, "", 60, Lane::Urgent, t0), 60);
+        assert_eq!(budget.take(RateGroup::Write, "", 60, Lane::Urgent, t0), 40);
+        assert_eq!(budget.take(RateGroup::Write, "", 1, Lane::Urgent, t0), 0);
+        // The next window (60 s of guard after the start of the window t0 is in).
         assert_eq!(
-            budget.take(RateGroup::Read, "", 5, false, t0),
+            budget.next_chance(RateGroup::Write, "", Lane::Urgent, t0),
+            t0 + Duration::from_secs(3600 - 60)
+        );
+        assert_eq!(
+            budget.take(RateGroup::Read, "", 5, Lane::Bulk, t0),
             5,
             "groups are separate"
         );
     }
 
     #[test]
-    fn paced_work_is_held_to_an_even_rate() {
-        let (budget, t0) = at_start(limits(1200), Duration::from_secs(3600));
-        // Pacing allows a burst of 5 % of the window's quota, not the whole quota.
-        assert_eq!(budget.take(RateGroup::Write, "", 1000, true, t0), 60);
-        assert_eq!(budget.take(RateGroup::Write, "", 1000, true, t0), 0);
-        // Urgent work is not paced: it still finds the rest of the window.
-        assert_eq!(budget.take(RateGroup::Write, "", 2000, false, t0), 1140);
+    fn bulk_work_bursts_up_to_the_reserve_and_urgent_work_finds_it() {
+        let window = Duration::from_secs(60);
+        let second = Duration::from_secs(1);
+        let (budget, t0) = at_start(limits(1500), window);
+        let start = t0 - second;
+        // The whole window less a tenth, at once: no pacing.
+        assert_eq!(
+            budget.take(RateGroup::Write, "", 5000, Lane::Bulk, t0),
+            1350
+        );
+        assert_eq!(budget.take(RateGroup::Write, "", 1, Lane::Bulk, t0), 0);
+        // Bulk work waits for the release, two seconds before the window's end.
+        let release = start + Duration::from_secs(58);
+        assert_eq!(budget.release_at(t0), release);
+        assert_eq!(
+            budget.next_chance(RateGroup::Write, "", Lane::Bulk, t0),
+            release
+        );
+        // A failover in the middle of the window spends the reserve.
+        let mid = start + Duration::from_secs(30);
+        assert_eq!(
+            budget.take(RateGroup::Write, "", 100, Lane::Urgent, mid),
+            100
+        );
+        assert_eq!(budget.take(RateGroup::Write, "", 1, Lane::Bulk, mid), 0);
+        // At the release bulk work takes what is left, and then the window is spent.
+        assert_eq!(
+            budget.take(RateGroup::Write, "", 5000, Lane::Bulk, release),
+            50
+        );
+        assert_eq!(
+            budget.next_chance(RateGroup::Write, "", Lane::Bulk, release),
+            start + window + second
+        );
+        // The next window starts over, a second after its start.
+        let next = start + window;
+        assert_eq!(budget.take(RateGroup::Write, "", 5000, Lane::Bulk, next), 0);
+        assert_eq!(
+            budget.take(RateGroup::Write, "", 5000, Lane::Bulk, next + second),
+            1350
+        );
+    }
+
+    #[test]
+    fn bulk_work_keeps_away_from_the_boundaries_and_urgent_work_does_not() {
+        let window = Duration::from_secs(60);
+        let second = Duration::from_secs(1);
+        let (budget, t0) = at_start(limits(1500), window);
+        let start = t0 - second;
+        // The window's first second: nothing for bulk work, which is told when it opens.
+        assert_eq!(budget.take(RateGroup::Write, "", 10, Lane::Bulk, start), 0);
+        assert_eq!(
+            budget.next_chance(RateGroup::Write, "", Lane::Bulk, start),
+            t0
+        );
+        assert_eq!(
+            budget.take(RateGroup::Write, "", 10, Lane::Urgent, start),
+            10
+        );
+        // The last second: nothing for bulk work until a second into the next window.
+        let late = start + window - second / 2;
+        assert_eq!(budget.take(RateGroup::Write, "", 10, Lane::Bulk, late), 0);
+        assert_eq!(
+            budget.next_chance(RateGroup::Write, "", Lane::Bulk, late),
+            start + window + second
+        );
+        assert_eq!(
+            budget.take(RateGroup::Write, "", 10, Lane::Urgent, late),
+            10
+        );
+    }
+
+    #[test]
+    fn urgent_work_spent_early_still_leaves_the_reserve_free() {
+        let (budget, t0) = at_start(limits(1000), Duration::from_secs(60));
+        assert_eq!(budget.take(RateGroup::Write, "", 30, Lane::Urgent, t0), 30);
+        // Bulk work keeps a hundred calls free whatever was spent before it.
+        assert_eq!(budget.take(RateGroup::Write, "", 5000, Lane::Bulk, t0), 870);
+        assert_eq!(
+            budget.take(RateGroup::Write, "", 5000, Lane::Urgent, t0),
+            100
+        );
+    }
+
+    #[test]
+    fn a_reserve_is_a_share_or_a_count_and_never_the_whole_window() {
+        assert_eq!(Reserve::Percent(10).calls(1500), 150);
+        assert_eq!(Reserve::Percent(10).calls(15), 2, "rounded up");
+        assert_eq!(Reserve::Percent(0).calls(1500), 0);
+        assert_eq!(Reserve::Percent(100).calls(1500), 1499);
+        assert_eq!(Reserve::Calls(200).calls(1500), 200);
+        assert_eq!(Reserve::Calls(5000).calls(1500), 1499);
+        let no_reserve = RateLimits {
+            urgent_reserve: Reserve::Percent(0),
+            ..limits(100)
+        };
+        let (budget, t0) = at_start(no_reserve, Duration::from_secs(60));
+        assert_eq!(budget.take(RateGroup::Write, "", 500, Lane::Bulk, t0), 100);
     }
 
     #[test]
@@ -346,31 +524,34 @@ mod tests {
         let window = Duration::from_secs(3600);
         // Whether the group's window counts as spent (closed until its end).
         let spent = |budget: &Budget, t0: Instant| {
-            budget.with_group(RateGroup::Write, "", t0, |s, _| s.used == s.limit)
+            budget.with_group(RateGroup::Write, "", t0, |s| s.used == s.limit)
         };
         let (budget, t0) = at_start(limits(1000), window);
-        assert_eq!(budget.take(RateGroup::Write, "", 400, false, t0), 400);
+        assert_eq!(
+            budget.take(RateGroup::Write, "", 400, Lane::Urgent, t0),
+            400
+        );
         // A few refusals among 400 answers: a pause of a 120th of the window, no more.
         for _ in 0..5 {
             budget.penalize(RateGroup::Write, "", None, 0.5, t0);
         }
         assert!(!spent(&budget, t0));
-        assert!(budget.next_chance(RateGroup::Write, "", false, t0) <= t0 + window / 120);
+        assert!(budget.next_chance(RateGroup::Write, "", Lane::Urgent, t0) <= t0 + window / 120);
 
         // Early in a window, most calls refused: someone else spent it.
         let (budget, t0) = at_start(limits(1000), window);
-        assert_eq!(budget.take(RateGroup::Write, "", 4, false, t0), 4);
+        assert_eq!(budget.take(RateGroup::Write, "", 4, Lane::Urgent, t0), 4);
         for _ in 0..2 {
             budget.penalize(RateGroup::Write, "", None, 0.5, t0);
         }
         assert!(!spent(&budget, t0), "two refusals are not yet a pattern");
         budget.penalize(RateGroup::Write, "", None, 0.5, t0);
         assert!(spent(&budget, t0));
-        assert_eq!(budget.take(RateGroup::Write, "", 1, false, t0), 0);
+        assert_eq!(budget.take(RateGroup::Write, "", 1, Lane::Urgent, t0), 0);
 
         // Late in a window, a tenth of the quota refused: spent as well.
         let (budget, t0) = at_start(limits(100), window);
-        assert_eq!(budget.take(RateGroup::Write, "", 90, false, t0), 90);
+        assert_eq!(budget.take(RateGroup::Write, "", 90, Lane::Urgent, t0), 90);
         for _ in 0..9 {
             budget.penalize(RateGroup::Write, "", None, 0.5, t0);
         }
@@ -383,11 +564,11 @@ mod tests {
     fn rate_limited_answers_close_the_group() {
         let (budget, t0) = at_start(limits(100), Duration::from_secs(3600));
         budget.penalize(RateGroup::Write, "", Some(Duration::from_secs(30)), 0.5, t0);
-        assert_eq!(budget.take(RateGroup::Write, "", 1, false, t0), 0);
-        let next = budget.next_chance(RateGroup::Write, "", false, t0);
+        assert_eq!(budget.take(RateGroup::Write, "", 1, Lane::Urgent, t0), 0);
+        let next = budget.next_chance(RateGroup::Write, "", Lane::Bulk, t0);
         assert!(next >= t0 + Duration::from_secs(29));
         assert_eq!(
-            budget.take(RateGroup::RegionalWrite, "us-central1", 1, false, t0),
+            budget.take(RateGroup::RegionalWrite, "us-central1", 1, Lane::Bulk, t0),
             1
         );
     }

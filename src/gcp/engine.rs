@@ -390,11 +390,15 @@ impl Engine {
     pub fn progress(&self) -> EngineProgress {
         let pending = self.pending();
         let (in_flight, typical_operation) = self.shared.tracker.snapshot();
+        let budget = &self.shared.reader.budget;
+        let now = Instant::now();
         EngineProgress {
             queued: pending.saturating_sub(in_flight),
             in_flight,
             typical_operation,
             writes_per_minute: self.shared.settings.rate_limits.writes_per_minute,
+            writes_left_in_window: budget.bulk_room(RateGroup::Write, "", now),
+            window_left: budget.window_end(now).saturating_duration_since(now),
             time_scale: self.shared.settings.time_scale,
         }
     }
@@ -412,6 +416,10 @@ pub struct EngineProgress {
     pub typical_operation: Option<Duration>,
     /// The write quota per minute the engine spends.
     pub writes_per_minute: u64,
+    /// Global writes bulk work may still send in the current rate window.
+    pub writes_left_in_window: u64,
+    /// Until the current rate window ends (engine time).
+    pub window_left: Duration,
     /// The engine's time scale (1.0 against GCP).
     pub time_scale: f64,
 }

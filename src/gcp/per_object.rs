@@ -2,7 +2,7 @@
 //! as the benchmarks' baseline. Each worker sends one call, waits on its operation with
 //! `operations.wait`, then reads the resource back, one object at a time.
 
-use super::budget::RateGroup;
+use super::budget::{Lane, RateGroup};
 use super::calls::{get_call, mutation_call};
 use super::client::Call;
 use super::error::GcpError;
@@ -28,7 +28,10 @@ pub(super) async fn call(
     let mut op: Operation = serde_json::from_slice(&answer.body)
         .map_err(|err| GcpError::Decode(format!("operation: {err}")))?;
     while !op.is_done() {
-        reader.budget.acquire(RateGroup::OperationRead, "", 1).await;
+        reader
+            .budget
+            .acquire(RateGroup::OperationRead, "", 1, Lane::Bulk)
+            .await;
         let wait = Call {
             method: reqwest::Method::POST,
             path: format!(
@@ -50,7 +53,10 @@ pub(super) async fn call(
     }
     if dispatch.mutation.is_insert() {
         // Confirm, as controllers that trust nothing do.
-        reader.budget.acquire(RateGroup::Read, "", 1).await;
+        reader
+            .budget
+            .acquire(RateGroup::Read, "", 1, Lane::Bulk)
+            .await;
         reader
             .client
             .send(&get_call(&dispatch.target, project))

@@ -15,7 +15,8 @@
 //! - **Cancellation.** An unsent insert followed by a delete of the same resource: both are moot.
 //! - **Lanes.** Urgent work (failover, deletes) is always taken before bulk work; joining urgent
 //!   work promotes a bulk one that is not yet sent.
-//! - **Budget.** A mutation is taken only when its rate group has budget ([`Budget`]); behind a
+//! - **Budget.** A mutation is taken only when its rate group has budget ([`Budget`]): bulk work
+//!   bursts up to the window's urgent reserve, urgent work may spend the reserve too; behind a
 //!   spent group, only a little further is looked for other groups' work.
 //! - **Networks.** A VPC network that answered `resourceNotReady` gets no more than it ran; the
 //!   limit is probed upwards after enough successes.
@@ -37,31 +38,13 @@ use rand::{Rng, SeedableRng};
 use serde_json::Value;
 use tokio::time::Instant;
 
+pub use super::budget::Lane;
 use super::budget::{Budget, RateGroup};
 use super::calls::CollectionCalls;
 use super::error::GcpError;
 use super::quota::{Admission, QuotaGates};
 use super::settings::scaled;
 use crate::plan::resource::{Change, Collection, Mutation, Target, same_content};
-
-/// Which queue a mutation waits in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Lane {
-    /// Failover and deletes: sent before any bulk work.
-    Urgent,
-    /// Bulk creation: paced across the rate window.
-    Bulk,
-}
-
-impl Lane {
-    /// The metrics label.
-    pub fn label(self) -> &'static str {
-        match self {
-            Lane::Urgent => "urgent",
-            Lane::Bulk => "bulk",
-        }
-    }
-}
 
 /// A caller waiting for its mutation's outcome; the engine maps it to a channel.
 pub type WaiterId = u64;
@@ -380,9 +363,8 @@ impl Queue {
                         continue;
                     }
                 }
-                let paced = lane == Lane::Bulk;
-                if budget.take(group, &region, 1, paced, now) == 0 {
-                    let chance = budget.next_chance(group, &region, paced, now);
+                if budget.take(group, &region, 1, lane, now) == 0 {
+                    let chance = budget.next_chance(group, &region, lane, now);
                     ready.next = Some(ready.next.map_or(chance, |n| n.min(chance)));
                     self.waiting_for_budget
                         .entry((group, region.clone()))
@@ -677,7 +659,7 @@ impl Queue {
             .write_group(&work.mutation.target.location);
         let at = if err.is_rate_limited() {
             budget.penalize(group, &region, err.retry_after(), jitter, now);
-            budget.next_chance(group, &region, false, now)
+            budget.next_chance(group, &region, work.lane, now)
         } else if err.is_not_ready() {
             now + pause
         } else {

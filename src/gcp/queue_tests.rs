@@ -1,5 +1,5 @@
 //! The queue's behaviour, step by step: no runtime, no sleeps. Time is an `Instant` the test
-//! moves by hand; the budget is anchored at the start of a rate window.
+//! moves by hand; the budget is anchored a second into a rate window, where bulk work may send.
 
 use std::time::Duration;
 
@@ -10,6 +10,8 @@ use super::*;
 use crate::gcp::budget::{Budget, RateLimits};
 
 const WINDOW: Duration = Duration::from_secs(60);
+/// Bulk work sends nothing in a window's first and last second.
+const GUARD: Duration = Duration::from_secs(1);
 const OURS: &str =
     "adc.dev/owner=c1/cloud/VirtualService/team-a/web (managed by adc-operator; do not edit)";
 
@@ -30,7 +32,7 @@ fn budget(t0: Instant, writes_per_minute: u64) -> Budget {
         writes_per_minute,
         ..RateLimits::default()
     };
-    Budget::anchored(limits, WINDOW, t0, 0)
+    Budget::anchored(limits, WINDOW, t0, GUARD.as_millis())
 }
 
 fn body(i: usize) -> Value {
@@ -223,14 +225,133 @@ fn a_spent_rate_group_waits_for_its_window_and_says_how_long() {
     }
     let first = q.take_ready(10, &budget, t0);
     assert_eq!(names(&first), ["adc-1", "adc-2"]);
-    assert_eq!(first.next, Some(t0 + WINDOW), "the next window");
-    let later = t0 + WINDOW;
+    let later = t0 - GUARD + WINDOW;
+    assert_eq!(first.next, Some(later), "the next window");
     let second = q.take_ready(10, &budget, later);
     assert_eq!(names(&second), ["adc-3"]);
     assert!(matches!(
         second.effects.as_slice(),
-        [Effect::RateWaited { group: RateGroup::Write, waited }] if *waited == WINDOW
+        [Effect::RateWaited { group: RateGroup::Write, waited }] if *waited == later - t0
     ));
+}
+
+/// Queues `count` bulk inserts numbered from `from`.
+fn bulk(q: &mut Queue, from: usize, count: usize, now: Instant) {
+    for i in from..from + count {
+        q.enqueue(
+            insert(i),
+            Lane::Bulk,
+            Waiter::Caller(i as u64),
+            nothing,
+            now,
+        );
+    }
+}
+
+/// Takes batches of `max` until nothing more may go at `now`; the sizes of the batches.
+fn drain(
+    q: &mut Queue,
+    max: usize,
+    budget: &Budget,
+    now: Instant,
+) -> (Vec<usize>, Option<Instant>) {
+    let mut sizes = Vec::new();
+    loop {
+        let ready = q.take_ready(max, budget, now);
+        if ready.dispatches.is_empty() {
+            return (sizes, ready.next);
+        }
+        sizes.push(ready.dispatches.len());
+    }
+}
+
+#[test]
+fn a_change_that_fits_the_window_goes_at_once_in_full_batches() {
+    // Ten seconds into a window: no pacing, the whole change leaves now.
+    let t0 = Instant::now();
+    let budget = Budget::anchored(RateLimits::default(), WINDOW, t0, 10_000);
+    let mut q = queue();
+    bulk(&mut q, 0, 1000, t0);
+    let (sizes, next) = drain(&mut q, 500, &budget, t0);
+    assert_eq!(sizes, [500, 500], "two full batches");
+    assert_eq!(next, None, "nothing left waiting");
+}
+
+#[test]
+fn bulk_work_leaves_the_reserve_to_a_failover_until_the_window_ends() {
+    // Default quotas: 1,500 writes a window, a tenth of them kept for urgent work.
+    let t0 = Instant::now();
+    let budget = Budget::anchored(RateLimits::default(), WINDOW, t0, GUARD.as_millis());
+    let start = t0 - GUARD;
+    let mut q = queue();
+    bulk(&mut q, 0, 3000, t0);
+    let (sizes, next) = drain(&mut q, 500, &budget, t0);
+    assert_eq!(
+        sizes,
+        [500, 500, 350],
+        "the window less its reserve, at once"
+    );
+    let release = start + WINDOW - WINDOW / 30;
+    assert_eq!(next, Some(release), "bulk work waits for the release");
+
+    // A failover in the middle of the window: its withdrawals go at once, before any bulk work.
+    let mid = start + Duration::from_secs(30);
+    for i in 5000..5100 {
+        q.enqueue(
+            delete(i),
+            Lane::Urgent,
+            Waiter::Caller(i as u64),
+            nothing,
+            mid,
+        );
+    }
+    let ready = q.take_ready(500, &budget, mid);
+    assert_eq!(ready.dispatches.len(), 100);
+    assert!(ready.dispatches.iter().all(|d| !d.mutation.is_insert()));
+    assert_eq!(ready.next, Some(release));
+
+    // At the release bulk work spends what the failover left, and no more.
+    let (sizes, next) = drain(&mut q, 500, &budget, release);
+    assert_eq!(sizes, [50]);
+    let next_window = start + WINDOW + GUARD;
+    assert_eq!(
+        next,
+        Some(next_window),
+        "then a second into the next window"
+    );
+
+    // The next window: another burst up to the reserve.
+    let (sizes, _) = drain(&mut q, 500, &budget, next_window);
+    assert_eq!(sizes.iter().sum::<usize>(), 1350);
+}
+
+#[test]
+fn a_rate_limit_refusal_still_closes_the_group_for_bulk_and_urgent_work() {
+    let t0 = Instant::now();
+    let budget = Budget::anchored(RateLimits::default(), WINDOW, t0, GUARD.as_millis());
+    let start = t0 - GUARD;
+    let mut q = queue();
+    bulk(&mut q, 0, 10, t0);
+    let sent = q.take_ready(500, &budget, t0).dispatches;
+    assert_eq!(sent.len(), 10);
+    // Someone else spent the window: most of our calls come back refused.
+    for dispatch in &sent[..5] {
+        q.finish(dispatch, Err(api(403, "rateLimitExceeded")), &budget, t0);
+    }
+    q.enqueue(delete(99), Lane::Urgent, Waiter::Caller(99), nothing, t0);
+    for at in [
+        t0,
+        start + WINDOW / 2,
+        start + WINDOW - Duration::from_millis(1),
+    ] {
+        let ready = q.take_ready(500, &budget, at);
+        assert!(ready.dispatches.is_empty(), "closed for urgent work too");
+    }
+    // The next window (plus at most 2 % of jitter): the urgent delete first, then the refused
+    // inserts again.
+    let ready = q.take_ready(500, &budget, start + WINDOW + WINDOW / 50);
+    assert_eq!(names(&ready)[0], "adc-99");
+    assert_eq!(ready.dispatches.len(), 6);
 }
 
 #[test]

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use super::budget::{Budget, RateGroup};
+use super::budget::{Budget, Lane, RateGroup};
 use super::client::{Answer, Call, ComputeClient, Transport};
 use super::error::GcpError;
 use super::metrics::GcpMetrics;
@@ -114,7 +114,9 @@ impl Reader {
             if self.is_stopped() {
                 return Err(GcpError::Shutdown);
             }
-            self.budget.acquire(RateGroup::Read, "", 1).await;
+            self.budget
+                .acquire(RateGroup::Read, "", 1, Lane::Bulk)
+                .await;
             match self.client.send(call).await {
                 Ok(answer) => return Ok(answer),
                 Err(err) => {

@@ -5,7 +5,7 @@
 use reqwest::Method;
 use serde_json::Value;
 
-use super::budget::RateGroup;
+use super::budget::{Lane, RateGroup};
 use super::client::Call;
 use super::error::GcpError;
 use super::inventory::{Inventory, Snapshot, insert};
@@ -224,6 +224,7 @@ pub(crate) async fn refresh(
     let fresh = load(
         source,
         listings,
+        Lane::Bulk,
         Snapshot {
             loaded: true,
             ..Snapshot::default()
@@ -246,16 +247,18 @@ pub(crate) async fn refresh_instances(
         .iter()
         .map(|zone| Listing::instances(project, zone))
         .collect();
-    let fresh = load(source, listings, Snapshot::default(), &mut 0).await?;
+    // The poll that detects a stopped engine: it may spend the urgent reserve.
+    let fresh = load(source, listings, Lane::Urgent, Snapshot::default(), &mut 0).await?;
     source.inventory.replace_instances(zones, fresh.instances);
     Ok(())
 }
 
-/// Runs `listings` to their last page, through the read budget and the client's batching, and
-/// files what they found into `into`.
+/// Runs `listings` to their last page, through the read budget (as work of `lane`) and the
+/// client's batching, and files what they found into `into`.
 async fn load(
     source: &Source<'_>,
     mut listings: Vec<Listing>,
+    lane: Lane,
     mut into: Snapshot,
     operations_in_flight: &mut usize,
 ) -> Result<Snapshot, GcpError> {
@@ -268,7 +271,10 @@ async fn load(
             return Err(GcpError::Shutdown);
         }
         let open: Vec<usize> = (0..listings.len()).filter(|i| !listings[*i].done).collect();
-        let granted = reader.budget.acquire(RateGroup::Read, "", open.len()).await;
+        let granted = reader
+            .budget
+            .acquire(RateGroup::Read, "", open.len(), lane)
+            .await;
         let round: Vec<usize> = open.into_iter().take(granted).collect();
         let calls: Vec<Call> = round.iter().map(|i| listings[*i].call(&filter)).collect();
         let answers = reader.exchange(calls).await;

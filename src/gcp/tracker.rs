@@ -2,9 +2,13 @@
 //! scale the work needs as many operations as writes, so the tracker reads them in bulk: while
 //! several are pending in a scope it lists that scope's operations that are DONE since the oldest
 //! pending one was inserted (one read per 500 operations, results and errors included), and falls
-//! back to batched `operations.get` for a few pending ones or one the list did not show. The poll
-//! interval follows how long operations have been taking. It reads through the engine's one
-//! read path ([`Reader`]) and hands each DONE operation's outcome back through a channel.
+//! back to batched `operations.get` for a few pending ones or one the list did not show.
+//!
+//! When to poll ([`next_poll`]): an operation cannot finish before the shortest one seen so far
+//! took, so nothing is read before then; from then on the tracker polls every half second (GCP
+//! time), so an operation's DONE reaches its object about a second later at most, but never
+//! spends more than half the operation-read quota on it. It reads through the engine's one read
+//! path ([`Reader`]) and hands each DONE operation's outcome back through a channel.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,7 +18,7 @@ use reqwest::Method;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
-use super::budget::RateGroup;
+use super::budget::{Lane, RateGroup};
 use super::client::Call;
 use super::error::GcpError;
 use super::queue::Dispatch;
@@ -26,6 +30,31 @@ pub type Outcome = (Dispatch, Result<(), GcpError>);
 
 /// Below this many pending operations in a scope, individual gets cost no more than a list.
 const LIST_FROM: usize = 4;
+
+/// How often operations are polled once one of them may be DONE (GCP time).
+pub const FAST_POLL: Duration = Duration::from_millis(500);
+
+/// The share of the operation-read quota polling may spend: 1 / this.
+const POLL_SHARE: u32 = 2;
+
+/// When the tracker should poll next, for operations pending since `oldest` at the earliest,
+/// when the shortest operation seen took `shortest` (unknown before the first is DONE). Polls
+/// are `fast` apart from the moment the oldest may be DONE (a poll early, so one finishing at
+/// the shortest duration is seen at once), and at least `spacing` apart (what the quota allows
+/// for a poll that cost what the last one did).
+pub fn next_poll(
+    now: Instant,
+    oldest: Instant,
+    shortest: Option<Duration>,
+    fast: Duration,
+    spacing: Duration,
+) -> Instant {
+    let soonest = now + fast.max(spacing);
+    match shortest {
+        Some(shortest) => (oldest + shortest.saturating_sub(fast)).max(soonest),
+        None => soonest,
+    }
+}
 
 #[derive(Debug)]
 struct Tracked {
@@ -41,6 +70,8 @@ struct TrackerState {
     ops: HashMap<(String, String), Tracked>,
     /// Smoothed operation duration, seconds.
     typical: Option<f64>,
+    /// The shortest an operation took from being tracked to being seen DONE.
+    shortest: Option<Duration>,
 }
 
 /// The set of operations being waited for.
@@ -90,7 +121,9 @@ impl Tracker {
         let mut state = self.lock();
         let tracked = state.ops.remove(&(scope, name));
         if let Some(tracked) = &tracked {
-            let took = tracked.since.elapsed().as_secs_f64();
+            let took = tracked.since.elapsed();
+            state.shortest = Some(state.shortest.map_or(took, |s| s.min(took)));
+            let took = took.as_secs_f64();
             state.typical = Some(state.typical.map_or(took, |t| 0.8 * t + 0.2 * took));
         }
         tracked
@@ -158,31 +191,34 @@ pub(crate) struct Poller {
 }
 
 impl Poller {
-    /// The tracker's loop: poll, deliver, sleep as long as operations typically take.
+    /// The tracker's loop: wait until an operation may be DONE ([`next_poll`]), poll, deliver.
     pub(crate) async fn run(self) {
-        let initial = self.reader.scaled(Duration::from_millis(500));
-        let floor = Duration::from_millis(5);
+        let fast = self.reader.scaled(FAST_POLL);
+        let budget = &self.reader.budget;
+        // What one call of polling may cost in time, at the share of the quota it may spend.
+        let per_call = budget.window() * POLL_SHARE
+            / u32::try_from(budget.limit(RateGroup::OperationRead)).unwrap_or(u32::MAX);
+        let mut last_cost = 0u32;
         loop {
             if self.reader.is_stopped() || self.done.is_closed() {
                 return;
             }
-            let (pending, typical) = {
+            let (pending, oldest, shortest) = {
                 let state = self.tracker.lock();
-                (state.ops.len(), state.typical)
+                let oldest = state.ops.values().map(|t| t.since).min();
+                (state.ops.len(), oldest, state.shortest)
             };
             self.reader
                 .metrics
                 .operations_pending
                 .set(i64::try_from(pending).unwrap_or(i64::MAX));
-            if pending == 0 {
+            let Some(oldest) = oldest else {
                 self.tracker.wake.notified().await;
                 continue;
-            }
-            let interval = typical
-                .map_or(initial, |t| Duration::from_secs_f64(t / 4.0))
-                .clamp(floor, self.reader.scaled(Duration::from_secs(5)).max(floor));
-            tokio::time::sleep(interval).await;
-            self.poll_once().await;
+            };
+            let at = next_poll(Instant::now(), oldest, shortest, fast, per_call * last_cost);
+            tokio::time::sleep_until(at).await;
+            last_cost = self.poll_once().await;
         }
     }
 
@@ -195,7 +231,8 @@ impl Poller {
         }
     }
 
-    async fn poll_once(&self) {
+    /// One poll of every scope with pending operations; returns the calls it cost.
+    async fn poll_once(&self) -> u32 {
         let reader = &self.reader;
         let project = self.project.as_str();
         let (by_scope, typical) = {
@@ -215,10 +252,11 @@ impl Poller {
         let overdue =
             Duration::from_secs_f64(typical.map_or(30.0 * reader.time_scale(), |t| 3.0 * t));
         let mut to_get: Vec<(String, String)> = Vec::new();
+        let mut cost = 0u32;
         for (scope, pending) in by_scope {
             let since = pending.iter().filter_map(|(_, t, _)| t.clone()).min();
             match since.filter(|_| pending.len() >= LIST_FROM) {
-                Some(since) => match done_since(reader, project, &scope, &since).await {
+                Some(since) => match done_since(reader, project, &scope, &since, &mut cost).await {
                     Ok(done) => {
                         for op in &done {
                             self.deliver(scope.clone(), op);
@@ -248,28 +286,29 @@ impl Poller {
             }
         }
         if to_get.is_empty() {
-            return;
+            return cost;
         }
-        // Paced: a round never takes a whole window's budget at once, so no window of GCP's
-        // receives more than its quota even when the round straddles a boundary.
+        // As bulk work: a round leaves the window's urgent reserve unspent until its release.
         let now = Instant::now();
-        let granted = reader
-            .budget
-            .take(RateGroup::OperationRead, "", to_get.len(), true, now);
+        let granted =
+            reader
+                .budget
+                .take(RateGroup::OperationRead, "", to_get.len(), Lane::Bulk, now);
         if granted == 0 {
             tokio::time::sleep_until(reader.budget.next_chance(
                 RateGroup::OperationRead,
                 "",
-                true,
+                Lane::Bulk,
                 now,
             ))
             .await;
             reader
                 .metrics
                 .rate_wait("operation_read", now.elapsed().as_secs_f64());
-            return;
+            return cost;
         }
         to_get.truncate(granted);
+        cost += u32::try_from(granted).unwrap_or(u32::MAX);
         let calls: Vec<Call> = to_get
             .iter()
             .map(|(scope, name)| get_call(project, scope, name))
@@ -303,6 +342,7 @@ impl Poller {
                 Err(_) => {}
             }
         }
+        cost
     }
 }
 
@@ -312,11 +352,16 @@ async fn done_since(
     project: &str,
     scope: &str,
     since: &str,
+    cost: &mut u32,
 ) -> Result<Vec<Operation>, GcpError> {
     let mut done = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        reader.budget.acquire(RateGroup::OperationRead, "", 1).await;
+        reader
+            .budget
+            .acquire(RateGroup::OperationRead, "", 1, Lane::Bulk)
+            .await;
+        *cost += 1;
         let answer = reader
             .client
             .send(&list_done_call(project, scope, since, token.as_deref()))
@@ -328,5 +373,46 @@ async fn done_since(
             Some(next) if !next.is_empty() => token = Some(next),
             _ => return Ok(done),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAST: Duration = Duration::from_millis(500);
+
+    #[test]
+    fn nothing_is_polled_before_the_oldest_operation_may_be_done() {
+        let t0 = Instant::now();
+        let shortest = Some(Duration::from_secs(5));
+        // Sent just now: the first poll half a second before it may be DONE.
+        assert_eq!(
+            next_poll(t0, t0, shortest, FAST, Duration::ZERO),
+            t0 + Duration::from_millis(4500)
+        );
+        // Once it may be DONE: every half second.
+        let later = t0 + Duration::from_secs(6);
+        assert_eq!(
+            next_poll(later, t0, shortest, FAST, Duration::ZERO),
+            later + FAST
+        );
+    }
+
+    #[test]
+    fn before_any_operation_is_done_polls_are_fast() {
+        let t0 = Instant::now();
+        assert_eq!(next_poll(t0, t0, None, FAST, Duration::ZERO), t0 + FAST);
+    }
+
+    #[test]
+    fn a_costly_poll_spaces_the_next_one_out() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(20);
+        let spacing = Duration::from_secs(2);
+        assert_eq!(
+            next_poll(later, t0, Some(Duration::from_secs(5)), FAST, spacing),
+            later + spacing
+        );
     }
 }

@@ -399,7 +399,8 @@ async fn defaults_are_applied_by_the_api_server() {
     assert_eq!(spec["resourcePrefix"], json!("adc-"), "{spec}");
     assert_eq!(
         spec["rateLimit"],
-        json!({"readsPerMinute": 1500, "writesPerMinute": 1500, "operationReadsPerMinute": 1500})
+        json!({"readsPerMinute": 1500, "writesPerMinute": 1500, "operationReadsPerMinute": 1500,
+            "urgentReserve": "10%"})
     );
     assert_eq!(
         spec["batching"],
@@ -419,8 +420,26 @@ async fn defaults_are_applied_by_the_api_server() {
         .await;
     assert_eq!(
         partial.data["spec"]["rateLimit"],
-        json!({"readsPerMinute": 1500, "writesPerMinute": 600, "operationReadsPerMinute": 1500})
+        json!({"readsPerMinute": 1500, "writesPerMinute": 600, "operationReadsPerMinute": 1500,
+            "urgentReserve": "10%"})
     );
+    // The urgent reserve is a percentage or a number of calls.
+    for (case, reserve) in [
+        ("reserve-share", json!("25%")),
+        ("reserve-calls", json!(200)),
+    ] {
+        let cloud = clouds
+            .accept(
+                case,
+                with(
+                    cloud_spec(),
+                    "/rateLimit",
+                    json!({"urgentReserve": reserve}),
+                ),
+            )
+            .await;
+        assert_eq!(cloud.data["spec"]["rateLimit"]["urgentReserve"], reserve);
+    }
 
     let services = Kind::new::<VirtualService>(&client, Some(&namespace));
     let minimal_vs = without(
@@ -843,6 +862,21 @@ async fn gcp_cloud_rejections() {
             &["spec.credentials", one_credential],
         )
         .await;
+    let reserve = "urgentReserve must be a percentage from 0% to 99% or a number of calls below writesPerMinute";
+    for (case, value) in [
+        ("reserve-all", json!("100%")),
+        ("reserve-words", json!("a tenth")),
+        ("reserve-negative", json!(-1)),
+        ("reserve-window", json!(1500)),
+    ] {
+        clouds
+            .reject(
+                case,
+                with(base(), "/rateLimit", json!({"urgentReserve": value})),
+                &["spec.rateLimit.urgentReserve", reserve],
+            )
+            .await;
+    }
     clouds
         .reject(
             "default-route",

@@ -50,6 +50,7 @@ fn engine(
         writes_per_minute: 1_000_000,
         operation_reads_per_minute: 1_000_000,
         regional_writes_per_minute: 1_000_000,
+        ..RateLimits::default()
     };
     tune(&mut settings);
     let metrics = Arc::new(GcpMetrics::default());

@@ -1285,6 +1285,7 @@ async fn a_delete_queued_behind_a_refused_insert_never_reaches_the_foreign_resou
         writes_per_minute: 1_000_000,
         operation_reads_per_minute: 1_000_000,
         regional_writes_per_minute: 1_000_000,
+        ..RateLimits::default()
     };
     let engine = Engine::start(
         settings,

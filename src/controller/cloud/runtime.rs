@@ -9,10 +9,10 @@ use kube::ResourceExt;
 use kube::api::Api;
 
 use super::*;
-use crate::api::{GcpCloud, parse_duration};
+use crate::api::{GcpCloud, UrgentReserve, parse_duration};
 use crate::controller::context::{CloudRuntime, Context};
 use crate::controller::error::Error;
-use crate::gcp::{Credentials, EngineSettings, RateLimits};
+use crate::gcp::{Credentials, EngineSettings, RateLimits, Reserve};
 use crate::plan::CloudView;
 
 /// The default Compute endpoint.
@@ -75,6 +75,14 @@ pub(super) async fn build_runtime(
         writes_per_minute: u64::from(spec.rate_limit.writes_per_minute),
         operation_reads_per_minute: u64::from(spec.rate_limit.operation_reads_per_minute),
         regional_writes_per_minute: u64::from(spec.rate_limit.writes_per_minute),
+        urgent_reserve: match spec
+            .rate_limit
+            .urgent_reserve()
+            .map_err(|err| Error::Config(format!("spec.rateLimit.urgentReserve: {err}")))?
+        {
+            UrgentReserve::Percent(percent) => Reserve::Percent(percent),
+            UrgentReserve::Calls(calls) => Reserve::Calls(u64::from(calls)),
+        },
     };
     settings.resource_prefix = spec.resource_prefix.clone();
     settings.regions = vec![spec.region.clone()];
