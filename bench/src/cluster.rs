@@ -6,12 +6,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use adc_operator::api::{GcpCloud, VirtualService};
+use adc_operator::api::{FleetObject, GcpCloud, VirtualService};
 use anyhow::{Context as _, bail};
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
+use kube::core::NamespaceResourceScope;
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Client, ResourceExt as _};
 use serde_json::{Value, json};
@@ -93,14 +94,48 @@ pub async fn tenant(
     }
 }
 
-/// Applies every manifest with server-side apply, `concurrency` at a time, in order.
-pub async fn apply_all(
+/// The operator's object kinds, as the benchmark applies and watches them.
+pub trait Object:
+    FleetObject<Scope = NamespaceResourceScope>
+    + Clone
+    + std::fmt::Debug
+    + serde::de::DeserializeOwned
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<K> Object for K where
+    K: FleetObject<Scope = NamespaceResourceScope>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// Ready for its current generation.
+fn is_ready(object: &impl FleetObject) -> bool {
+    object.observed_generation().is_some()
+        && object.observed_generation() == object.meta().generation
+        && object
+            .conditions()
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Applies every manifest (objects of kind `K`) with server-side apply, `concurrency` at a time,
+/// in order.
+pub async fn apply_all<K: Object>(
     client: Client,
     namespace: String,
     manifests: Vec<Value>,
     concurrency: usize,
 ) -> anyhow::Result<()> {
-    let api: Api<VirtualService> = Api::namespaced(client, &namespace);
+    let api: Api<K> = Api::namespaced(client, &namespace);
     let namespace = &namespace;
     futures::stream::iter(manifests)
         .map(|manifest| {
@@ -116,7 +151,7 @@ pub async fn apply_all(
                     &Patch::Apply(&manifest),
                 )
                 .await
-                .with_context(|| format!("applying VirtualService {namespace}/{name}"))
+                .with_context(|| format!("applying {} {namespace}/{name}", K::kind(&())))
             }
         })
         .buffer_unordered(concurrency)
@@ -124,10 +159,10 @@ pub async fn apply_all(
         .await
 }
 
-/// Deletes every VirtualService of the namespace (the operator's finalizer then deletes their
+/// Deletes every object of kind `K` in the namespace (the operator's finalizer then deletes their
 /// GCP resources).
-pub async fn delete_all(client: &Client, namespace: &str) -> anyhow::Result<()> {
-    let api: Api<VirtualService> = Api::namespaced(client.clone(), namespace);
+pub async fn delete_all<K: Object>(client: &Client, namespace: &str) -> anyhow::Result<()> {
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
     api.delete_collection(&DeleteParams::default(), &ListParams::default())
         .await?;
     Ok(())
@@ -146,21 +181,11 @@ struct ReadinessState {
     ready: usize,
 }
 
-fn is_ready(vs: &VirtualService) -> bool {
-    vs.status.as_ref().is_some_and(|s| {
-        s.observed_generation.is_some()
-            && s.observed_generation == vs.metadata.generation
-            && s.conditions
-                .iter()
-                .any(|c| c.type_ == "Ready" && c.status == "True")
-    })
-}
-
 impl Readiness {
-    /// Starts watching the namespace's VirtualServices; the task ends with the runtime.
-    pub fn watch(client: &Client, namespace: &str) -> Self {
+    /// Starts watching the namespace's objects of kind `K`; the task ends with the runtime.
+    pub fn watch<K: Object>(client: &Client, namespace: &str) -> Self {
         let readiness = Self::default();
-        let api: Api<VirtualService> = Api::namespaced(client.clone(), namespace);
+        let api: Api<K> = Api::namespaced(client.clone(), namespace);
         let state = Arc::clone(&readiness.inner);
         tokio::spawn(async move {
             let mut events = watcher(api, watcher::Config::default())
@@ -173,10 +198,10 @@ impl Readiness {
                     Err(poisoned) => poisoned.into_inner(),
                 };
                 match event {
-                    watcher::Event::Apply(vs) | watcher::Event::InitApply(vs) => {
-                        state.set(vs.name_any(), Some(is_ready(&vs)));
+                    watcher::Event::Apply(object) | watcher::Event::InitApply(object) => {
+                        state.set(object.name_any(), Some(is_ready(&object)));
                     }
-                    watcher::Event::Delete(vs) => state.set(vs.name_any(), None),
+                    watcher::Event::Delete(object) => state.set(object.name_any(), None),
                     watcher::Event::Init | watcher::Event::InitDone => {}
                 }
             }

@@ -42,6 +42,25 @@ impl Mode {
     }
 }
 
+/// A group of scenarios `make bench` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Suite {
+    /// Rollout, failover, steady state, teardown, failover under load: per size and mode.
+    Fleet,
+    /// Small changes at random offsets in the rate window, and a failover during a burst.
+    SmallChange,
+}
+
+impl Suite {
+    fn parse(text: &str) -> anyhow::Result<Self> {
+        Ok(match text.trim() {
+            "fleet" => Suite::Fleet,
+            "small-change" => Suite::SmallChange,
+            other => bail!("BENCH_SUITES: unknown suite '{other}' (fleet, small-change)"),
+        })
+    }
+}
+
 /// Workers of the per-object mode.
 pub const PER_OBJECT_WORKERS: usize = 10;
 
@@ -64,6 +83,16 @@ pub struct Config {
     pub steady_resyncs: u32,
     /// `BENCH_QUICK=1`: a small run of every scenario that records nothing in bench/.
     pub quick: bool,
+    /// Which suites run (`BENCH_SUITES`): the fleet scenarios, the small-change scenario.
+    pub suites: Vec<Suite>,
+    /// Sizes of the small-change scenario (`BENCH_SMALL_N`), each applied as VpcRoutes and as
+    /// VirtualServices.
+    pub small_sizes: Vec<usize>,
+    /// Time scale of the small-change scenario (`BENCH_SMALL_SCALE`): 1 by default, so the
+    /// kube-apiserver's own latency weighs as it would against GCP.
+    pub small_scale: f64,
+    /// Seeds the window offsets the small-change scenario starts at (`BENCH_SEED`).
+    pub seed: u64,
     /// Where JSON results and charts go.
     pub results_dir: PathBuf,
     /// The README a markdown table is appended to (`None` in quick runs).
@@ -128,8 +157,36 @@ impl Config {
         } else {
             root.join("bench").join("results")
         };
+        let suites = match var("BENCH_SUITES") {
+            Some(text) => list("BENCH_SUITES", &text, Suite::parse)?,
+            None => vec![Suite::Fleet, Suite::SmallChange],
+        };
+        let small_sizes = match var("BENCH_SMALL_N") {
+            Some(text) => list("BENCH_SMALL_N", &text, |s| Ok(s.parse::<usize>()?))?,
+            None if quick => vec![100],
+            None => vec![100, 500, 1000],
+        };
+        if small_sizes.iter().any(|n| *n == 0 || *n > 10_000) {
+            bail!("BENCH_SMALL_N: every size must be between 1 and 10000");
+        }
+        let small_scale = match var("BENCH_SMALL_SCALE") {
+            Some(text) => text.parse::<f64>().context("BENCH_SMALL_SCALE")?,
+            None if quick => 0.25,
+            None => 1.0,
+        };
+        if !(0.001..=1.0).contains(&small_scale) {
+            bail!("BENCH_SMALL_SCALE: {small_scale} is outside 0.001..=1");
+        }
+        let seed = match var("BENCH_SEED") {
+            Some(text) => text.parse::<u64>().context("BENCH_SEED")?,
+            None => crate::report::unix_millis() as u64,
+        };
         Ok(Self {
             sizes,
+            suites,
+            small_sizes,
+            small_scale,
+            seed,
             modes,
             scale,
             per_object_divisor,

@@ -5,12 +5,14 @@
 //! `--time-scale` that compresses time. Every scenario runs in every dispatch mode; times are
 //! reported in GCP seconds next to the lower bound the emulator's model allows for the same work.
 
+mod bounds;
 mod cluster;
 mod config;
 mod fleet;
 mod probe;
 mod report;
 mod scenarios;
+mod small;
 
 use anyhow::Context as _;
 
@@ -50,7 +52,12 @@ async fn run(config: config::Config, plane: &adc_testenv::ControlPlane) -> anyho
     let mut measures = Vec::new();
     let mut series = Vec::new();
     let mut failures = Vec::new();
-    for n in &config.sizes {
+    let fleets: &[usize] = if config.suites.contains(&config::Suite::Fleet) {
+        &config.sizes
+    } else {
+        &[]
+    };
+    for n in fleets {
         for mode in &config.modes {
             let run = scenarios::run_mode(
                 &config,
@@ -69,6 +76,15 @@ async fn run(config: config::Config, plane: &adc_testenv::ControlPlane) -> anyho
                 }
             }
         }
+    }
+
+    if config.suites.contains(&config::Suite::SmallChange) {
+        let mut small = Vec::new();
+        if let Err(err) = small::run(&config, &client, plane.kubeconfig(), &mut small).await {
+            println!("!! small changes: {err:#}");
+            failures.push(format!("small changes: {err:#}"));
+        }
+        measures.extend(small);
     }
 
     for path in report::write_json(&config, &date, &measures)? {

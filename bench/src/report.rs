@@ -19,6 +19,13 @@ pub fn now() -> (String, String) {
     )
 }
 
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn unix_millis() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
 pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
@@ -58,16 +65,27 @@ fn mark(ok: bool) -> &'static str {
 /// The markdown of one run: a table of every measure, then what the steady state read.
 pub fn markdown(config: &Config, when: &str, measures: &[Measure]) -> String {
     let mut text = String::new();
+    let small = if measures
+        .iter()
+        .any(|m| m.window_offset_seconds.is_some() && m.scenario != "rollout")
+    {
+        format!(
+            " · small changes at time scale {}, BENCH_SEED={}",
+            config.small_scale, config.seed
+        )
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         text,
-        "### Run of {when} · {} cores · time scale {} · per-object on N/{} objects\n",
+        "### Run of {when} · {} cores · time scale {} · per-object on N/{} objects{small}\n",
         cores(),
         config.scale,
         config.per_object_divisor
     );
-    text.push_str("| scenario | N | mode | objects run | time (s) | lower bound (s) | time / bound | HTTP requests | writes | reads | operation reads | 429s | retries | quota efficiency | operator peak RSS (MiB) | operator CPU (s) |\n");
+    text.push_str("| scenario | N | mode | objects run | time (s) | lower bound (s) | time / bound | window offset (s) | windowed bound (s) | time / windowed bound | HTTP requests | writes | reads | operation reads | 429s | retries | quota efficiency | operator peak RSS (MiB) | operator CPU (s) |\n");
     text.push_str(
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for m in measures {
         let extrapolated = if m.seconds != m.measured_seconds {
@@ -75,9 +93,12 @@ pub fn markdown(config: &Config, when: &str, measures: &[Measure]) -> String {
         } else {
             ""
         };
+        let optional = |value: Option<f64>, digits: usize| {
+            value.map_or_else(|| "—".to_string(), |v| format!("{v:.digits$}"))
+        };
         let _ = writeln!(
             text,
-            "| {} | {} | {} | {} | {:.1}{} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {:.0} | {:.3} | {:.0} | {:.1} |",
+            "| {} | {} | {} | {} | {:.1}{} | {:.1} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {:.3} | {:.0} | {:.1} |",
             m.scenario,
             m.n,
             m.mode,
@@ -86,6 +107,9 @@ pub fn markdown(config: &Config, when: &str, measures: &[Measure]) -> String {
             extrapolated,
             m.lower_bound_seconds,
             m.ratio,
+            optional(m.window_offset_seconds, 1),
+            optional(m.windowed_bound_seconds, 1),
+            optional(m.windowed_ratio(), 2),
             m.http_requests,
             m.writes,
             m.reads,

@@ -3,40 +3,22 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use adc_operator::api::VirtualService;
 use adc_testenv::EmulatorProcess;
 use anyhow::{Context as _, bail};
 use kube::Client;
 use serde_json::{Value, json};
 
+use crate::bounds::{
+    OPERATION_SECONDS, QUOTA_PER_MINUTE as QUOTA, ROUND_TRIP_SECONDS, bound_for_writes,
+    window_offset, windowed_bound,
+};
 use crate::cluster::{self, Readiness};
 use crate::config::{
     Config, INSTANCE_POLL_GCP_SECONDS, Mode, PER_OBJECT_WORKERS, RESYNC_GCP_SECONDS,
 };
 use crate::fleet::{Fleet, next_hop_filter};
 use crate::probe::{ApiserverWrites, Emulator, EmulatorCounts, OperatorProcess, ProcessReading};
-
-/// Per-minute quota of every rate group in the emulator's gcp profile (docs/compute-api.md §11).
-pub const QUOTA_PER_MINUTE: f64 = 1500.0;
-/// Median route and firewall operation duration (docs/compute-api.md §11), GCP seconds.
-pub const OPERATION_SECONDS: f64 = 8.0;
-/// One batch round trip: the median mutation latency (250 ms) plus the batch overhead (50 ms).
-pub const ROUND_TRIP_SECONDS: f64 = 0.3;
-
-/// The model's lower bound (bench/README.md) for work needing `writes` writes, `reads` reads and
-/// `operation_reads` operation reads, on a network without a concurrency limit, GCP seconds.
-pub fn lower_bound(writes: f64, reads: f64, operation_reads: f64) -> f64 {
-    let minutes = (writes / QUOTA_PER_MINUTE)
-        .max(reads / QUOTA_PER_MINUTE)
-        .max(operation_reads / QUOTA_PER_MINUTE);
-    minutes * 60.0 + OPERATION_SECONDS + ROUND_TRIP_SECONDS
-}
-
-/// Writes of a piece of work and the least reads it needs: one list page per 500 resources to
-/// know the inventory, one filtered operations page per 500 operations to see them done.
-fn bound_for_writes(writes: usize) -> f64 {
-    let pages = writes.div_ceil(500) as f64;
-    lower_bound(writes as f64, pages, pages)
-}
 
 /// One scenario's figures in one mode.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -53,6 +35,11 @@ pub struct Measure {
     pub measured_seconds: f64,
     pub lower_bound_seconds: f64,
     pub ratio: f64,
+    /// The bound fixed rate windows give for this start ([`crate::bounds::windowed_bound`]),
+    /// where it applies.
+    pub windowed_bound_seconds: Option<f64>,
+    /// Where in its rate window the work started, GCP seconds.
+    pub window_offset_seconds: Option<f64>,
     pub http_requests: u64,
     pub writes: u64,
     pub reads: u64,
@@ -67,6 +54,19 @@ pub struct Measure {
     pub detail: Value,
 }
 
+impl Measure {
+    /// Records the windowed bound for the measured time.
+    pub fn set_windowed_bound(&mut self, bound: f64) {
+        self.windowed_bound_seconds = Some(bound);
+    }
+
+    /// Time over the windowed bound, where there is one.
+    pub fn windowed_ratio(&self) -> Option<f64> {
+        self.windowed_bound_seconds
+            .map(|bound| self.seconds / bound)
+    }
+}
+
 /// A rollout's Ready count over time (GCP seconds), for the chart.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Series {
@@ -77,23 +77,26 @@ pub struct Series {
 }
 
 /// Readings at the start of a measured window.
-struct Mark {
-    at: Instant,
-    counts: EmulatorCounts,
+pub(crate) struct Mark {
+    pub at: Instant,
+    /// Wall-clock milliseconds since the Unix epoch at `at`.
+    pub unix_millis: u128,
+    pub counts: EmulatorCounts,
     process: ProcessReading,
     retries: f64,
 }
 
-struct Run<'a> {
-    config: &'a Config,
-    mode: Mode,
-    n: usize,
-    fleet: Fleet,
-    client: Client,
-    namespace: String,
-    emulator: Emulator,
-    operator: OperatorProcess,
-    readiness: Readiness,
+pub(crate) struct Run<'a> {
+    pub config: &'a Config,
+    pub mode: Mode,
+    pub n: usize,
+    pub fleet: Fleet,
+    pub client: Client,
+    pub namespace: String,
+    pub emulator: Emulator,
+    pub operator: OperatorProcess,
+    /// The namespace's VirtualServices.
+    pub readiness: Readiness,
 }
 
 fn operator_binary() -> anyhow::Result<std::path::PathBuf> {
@@ -108,8 +111,8 @@ fn operator_binary() -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
-fn start_operator(
-    config: &Config,
+pub(crate) fn start_operator(
+    scale: f64,
     mode: Mode,
     kubeconfig: &std::path::Path,
     emulator: &EmulatorProcess,
@@ -125,7 +128,7 @@ fn start_operator(
         .args(["--gcp-dispatch", mode.flag(), "--gcp-workers"])
         .arg(PER_OBJECT_WORKERS.to_string())
         .arg("--gcp-time-scale")
-        .arg(config.scale.to_string())
+        .arg(scale.to_string())
         .env(
             "GCE_METADATA_HOST",
             emulator.base_url.trim_start_matches("http://"),
@@ -143,7 +146,7 @@ fn start_operator(
 }
 
 impl Run<'_> {
-    fn gcp(&self, wall: Duration) -> f64 {
+    pub(crate) fn gcp(&self, wall: Duration) -> f64 {
         wall.as_secs_f64() / self.config.scale
     }
 
@@ -152,9 +155,10 @@ impl Run<'_> {
         self.n as f64 / self.fleet.objects as f64
     }
 
-    async fn mark(&self) -> anyhow::Result<Mark> {
+    pub(crate) async fn mark(&self) -> anyhow::Result<Mark> {
         Ok(Mark {
             at: Instant::now(),
+            unix_millis: crate::report::unix_millis(),
             counts: self.emulator.counts().await?,
             process: self.operator.reading()?,
             retries: self.operator.counter("adc_operator_gcp_retries").await?,
@@ -163,7 +167,7 @@ impl Run<'_> {
 
     /// Closes a measured window.
     #[allow(clippy::too_many_arguments)]
-    async fn measure(
+    pub(crate) async fn measure(
         &self,
         scenario: &'static str,
         mark: &Mark,
@@ -192,6 +196,8 @@ impl Run<'_> {
             measured_seconds,
             lower_bound_seconds: bound,
             ratio: seconds / bound,
+            windowed_bound_seconds: None,
+            window_offset_seconds: None,
             http_requests: counts.http_requests,
             writes,
             reads: counts.group("read"),
@@ -210,7 +216,7 @@ impl Run<'_> {
         })
     }
 
-    fn progress(&self, label: &str, start: Instant, extra: &str) {
+    pub(crate) fn progress(&self, label: &str, start: Instant, extra: &str) {
         let (ready, exist) = self.readiness.counts();
         let elapsed = start.elapsed();
         println!(
@@ -223,7 +229,7 @@ impl Run<'_> {
     }
 
     /// A wall-clock deadline for work whose lower bound is `bound` GCP seconds.
-    fn deadline(&self, bound: f64) -> Instant {
+    pub(crate) fn deadline(&self, bound: f64) -> Instant {
         let slack = match self.mode {
             Mode::PerObject => 60.0,
             _ => 10.0,
@@ -232,7 +238,7 @@ impl Run<'_> {
     }
 
     /// Polls `done` every `every` until it holds, printing progress every two seconds.
-    async fn wait_for<F, Fut>(
+    pub(crate) async fn wait_for<F, Fut>(
         &self,
         label: &str,
         start: Instant,
@@ -280,7 +286,7 @@ impl Run<'_> {
     async fn rollout(&self) -> anyhow::Result<(Measure, Series)> {
         let mark = self.mark().await?;
         let start = mark.at;
-        let mut apply = Some(tokio::spawn(cluster::apply_all(
+        let mut apply = Some(tokio::spawn(cluster::apply_all::<VirtualService>(
             self.client.clone(),
             self.namespace.clone(),
             self.manifests(),
@@ -319,7 +325,7 @@ impl Run<'_> {
         if let Some(handle) = apply {
             handle.await??;
         }
-        let measure = self
+        let mut measure = self
             .measure(
                 "rollout",
                 &mark,
@@ -331,6 +337,12 @@ impl Run<'_> {
                 json!({"engines": self.fleet.engines}),
             )
             .await?;
+        if self.fleet.objects == self.n {
+            // A fresh emulator: the whole window is left when the rollout starts.
+            let offset = window_offset(mark.unix_millis, self.config.scale);
+            measure.window_offset_seconds = Some(offset);
+            measure.set_windowed_bound(windowed_bound(self.n * 3, offset, QUOTA as usize));
+        }
         let series = Series {
             mode: self.mode.label(),
             n: self.n,
@@ -343,7 +355,7 @@ impl Run<'_> {
     /// Stops `k` engines and measures until no route that pointed at them is left (each was
     /// withdrawn: ActiveActive). `Some(names)` restricts the wait to routes that existed at the
     /// stop (a rollout in progress creates new ones meanwhile).
-    async fn stop_engines_and_wait(
+    pub(crate) async fn stop_engines_and_wait(
         &self,
         k: usize,
         label: &str,
@@ -379,7 +391,7 @@ impl Run<'_> {
     }
 
     /// Scenario 2: a converged fleet loses `k` engines; the engines come back afterwards.
-    async fn failover(&self, k: usize) -> anyhow::Result<Measure> {
+    pub(crate) async fn failover(&self, k: usize) -> anyhow::Result<Measure> {
         let mark = self.mark().await?;
         let (start, end, affected) = self.stop_engines_and_wait(k, "failover").await?;
         let mut measure = self
@@ -422,7 +434,7 @@ impl Run<'_> {
     }
 
     /// Until every object is Ready and no operation is pending.
-    async fn wait_quiet(&self) -> anyhow::Result<()> {
+    pub(crate) async fn wait_quiet(&self) -> anyhow::Result<()> {
         let deadline = self.deadline(120.0);
         self.wait_for(
             "settle",
@@ -487,7 +499,7 @@ impl Run<'_> {
     /// Scenario 5: delete every object; until every GCP resource is gone.
     async fn teardown(&self) -> anyhow::Result<Measure> {
         let mark = self.mark().await?;
-        cluster::delete_all(&self.client, &self.namespace).await?;
+        cluster::delete_all::<VirtualService>(&self.client, &self.namespace).await?;
         let bound = bound_for_writes(self.fleet.writes());
         let deadline = self.deadline(bound);
         let end = self
@@ -522,7 +534,7 @@ impl Run<'_> {
     async fn failover_under_load(&self) -> anyhow::Result<Vec<Measure>> {
         let k = self.config.under_load_engines;
         let mark = self.mark().await?;
-        let apply = tokio::spawn(cluster::apply_all(
+        let apply = tokio::spawn(cluster::apply_all::<VirtualService>(
             self.client.clone(),
             self.namespace.clone(),
             self.manifests(),
@@ -606,7 +618,7 @@ impl Run<'_> {
         }
         // Leave nothing behind: engines back, objects gone.
         self.emulator.set_engines(&stopped, "start").await?;
-        cluster::delete_all(&self.client, &self.namespace).await?;
+        cluster::delete_all::<VirtualService>(&self.client, &self.namespace).await?;
         let deadline = self.deadline(bound);
         self.wait_for(
             "clean-up",
@@ -650,7 +662,8 @@ pub async fn run_mode(
     let log = config
         .results_dir
         .join(format!("operator-{}-{n}.log", mode.flag()));
-    let (mut child, operator) = start_operator(config, mode, kubeconfig, &emulator_process, &log)?;
+    let (mut child, operator) =
+        start_operator(config.scale, mode, kubeconfig, &emulator_process, &log)?;
     let namespace = format!("bench-{}-{n}", mode.flag());
     cluster::tenant(
         client,
@@ -666,7 +679,7 @@ pub async fn run_mode(
         n,
         fleet,
         client: client.clone(),
-        readiness: Readiness::watch(client, &namespace),
+        readiness: Readiness::watch::<VirtualService>(client, &namespace),
         namespace,
         emulator: Emulator::new(&emulator_process.base_url),
         operator,
@@ -704,7 +717,16 @@ pub async fn run_mode(
     outcome.with_context(|| format!("operator log: {}", log.display()))
 }
 
-fn print_measure(m: &Measure) {
+pub(crate) fn print_measure(m: &Measure) {
+    if let (Some(bound), Some(ratio)) = (m.windowed_bound_seconds, m.windowed_ratio()) {
+        println!(
+            "  → {} {} n={}: windowed bound {bound:.1} s at offset {:.1} s, ×{ratio:.2}",
+            m.scenario,
+            m.mode,
+            m.n,
+            m.window_offset_seconds.unwrap_or_default()
+        );
+    }
     println!(
         "  → {} {}: {:.1} s GCP (bound {:.1} s, ×{:.2}) · {} HTTP · {} writes ({} needed) · {} reads · {} op reads · {} 429s · {:.0} retries · operator {:.1} CPU s, peak {:.0} MiB",
         m.scenario,
