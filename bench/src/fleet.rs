@@ -115,6 +115,14 @@ impl Fleet {
         (0..k).map(|m| self.engine(m * half / k.max(1))).collect()
     }
 
+    /// Routes of the converged fleet whose next hop is one of `engines`.
+    pub fn routes_to(&self, engines: &[Engine]) -> usize {
+        (0..self.objects)
+            .flat_map(|i| self.engines_of(i))
+            .filter(|j| engines.contains(&self.engine(*j)))
+            .count()
+    }
+
     /// GCP writes a converged fleet needs: two routes and one firewall rule per object.
     pub fn writes(&self) -> usize {
         self.objects * 3
@@ -151,6 +159,7 @@ mod tests {
             affected_routes += hit;
         }
         assert_eq!(affected_routes, 500);
+        assert_eq!(fleet.routes_to(&fleet.stopped(100)), 500);
     }
 
     #[test]

@@ -540,25 +540,19 @@ impl Run<'_> {
             self.manifests(),
             32,
         ));
-        // Stop the engines once about a third of the rollout's routes exist.
+        // Stop the engines once a third of the routes to them exist (listed: done, not only
+        // inserted; a burst inserts hundreds at once).
         let bound = bound_for_writes(self.fleet.writes());
-        let target = (self.fleet.objects * 2 / 3) as u64;
+        let stopped = self.fleet.stopped(k);
+        let filter = next_hop_filter(&stopped);
+        let target = self.fleet.routes_to(&stopped).div_ceil(3);
         let deadline = self.deadline(bound);
         self.wait_for(
             "rollout before the stop",
             mark.at,
             deadline,
-            Duration::from_millis(50),
-            || async {
-                Ok(self
-                    .emulator
-                    .resources()
-                    .await?
-                    .get("routes")
-                    .copied()
-                    .unwrap_or(0)
-                    >= target)
-            },
+            Duration::from_millis(100),
+            || async { Ok(self.emulator.routes(Some(&filter)).await?.len() >= target) },
         )
         .await?;
         let failover_mark = self.mark().await?;
@@ -587,7 +581,6 @@ impl Run<'_> {
             .await?;
         apply.await??;
         self.wait_quiet().await?;
-        let stopped = self.fleet.stopped(k);
         let stray = self
             .emulator
             .routes(Some(&next_hop_filter(&stopped)))
