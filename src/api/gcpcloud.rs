@@ -226,9 +226,8 @@ pub struct RateLimitSpec {
     /// `10%`: 150 of 1,500 writes, the withdrawals of 30 engines serving five VIPs each). Bulk
     /// work otherwise spends each minute's quota as early as it can, so a change that fits in
     /// what is left of the minute goes at once; the reserve is released to bulk work in the
-    /// minute's last two seconds, and to the last calls of a change (one that has stopped
-    /// growing for a second) when all of them fit in what is left of the minute. A percentage
-    /// is 0% to 99%; a number must be below `writesPerMinute`.
+    /// minute's last two seconds. A percentage is 0% to 99%; a number must be below
+    /// `writesPerMinute`.
     #[serde(default = "default_urgent_reserve")]
     pub urgent_reserve: IntOrString,
 }

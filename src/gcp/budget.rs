@@ -7,10 +7,7 @@
 //! **reserve** kept for urgent work (failover withdrawals, deletes), so a failover that starts
 //! in the middle of a burst still finds budget in the same window. The reserve is released to
 //! bulk work in the window's last thirtieth ([`RELEASE_FRACTION`]): urgent work that arrives
-//! after that waits at most that long for the next window, where it goes first. The last part
-//! of a change is the exception ([`Budget::take_finishing`]): once its backlog has stopped
-//! growing and all of it fits in what is left of the window, it may spend the reserve, rather
-//! than wait up to a window for a tenth of its calls. Bulk work keeps
+//! after that waits at most that long for the next window, where it goes first. Bulk work keeps
 //! a second ([`GUARD_FRACTION`]) away from each boundary, so that neither window is charged
 //! calls meant for the other.
 //!
@@ -290,37 +287,6 @@ impl Budget {
         })
     }
 
-    /// Takes budget for bulk work whose whole backlog (`backlog` calls, this one included) has
-    /// stopped growing: when all of it fits in what is left of the window, it may spend the
-    /// reserve too, so the last calls of a change do not wait for the release or a window of
-    /// their own; otherwise as [`Lane::Bulk`].
-    pub fn take_finishing(
-        &self,
-        group: RateGroup,
-        region: &str,
-        wanted: usize,
-        backlog: u64,
-        now: Instant,
-    ) -> usize {
-        self.with_group(group, region, now, |state| {
-            if state.blocked_until.is_some_and(|until| until > now) {
-                return 0;
-            }
-            let room = self.room(state, Lane::Bulk, now);
-            let left = state.limit.saturating_sub(state.used);
-            let room = if room == 0 && self.near_boundary(now) {
-                0
-            } else if backlog <= left {
-                left
-            } else {
-                room
-            };
-            let granted = room.min(wanted as u64);
-            state.used += granted;
-            granted as usize
-        })
-    }
-
     /// What bulk work of `group` may still spend of the window `now` is in (a look: nothing is
     /// taken).
     pub fn bulk_room(&self, group: RateGroup, region: &str, now: Instant) -> u64 {
@@ -523,30 +489,6 @@ mod tests {
             budget.take(RateGroup::Write, "", 10, Lane::Urgent, late),
             10
         );
-    }
-
-    #[test]
-    fn a_finishing_backlog_that_fits_spends_the_reserve_and_one_that_does_not_waits() {
-        let window = Duration::from_secs(60);
-        let (budget, t0) = at_start(limits(1500), window);
-        assert_eq!(
-            budget.take(RateGroup::Write, "", 1300, Lane::Bulk, t0),
-            1300
-        );
-        // 250 left in all: a backlog of 300 does not fit and gets what bulk work may spend.
-        assert_eq!(
-            budget.take_finishing(RateGroup::Write, "", 300, 300, t0),
-            50
-        );
-        // 150 left: a backlog of 150 fits, reserve included.
-        assert_eq!(
-            budget.take_finishing(RateGroup::Write, "", 150, 150, t0),
-            150
-        );
-        // Not in the last second of the window, though.
-        let (budget, t0) = at_start(limits(1500), window);
-        let late = t0 + Duration::from_millis(58_500);
-        assert_eq!(budget.take_finishing(RateGroup::Write, "", 10, 10, late), 0);
     }
 
     #[test]

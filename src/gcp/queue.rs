@@ -16,10 +16,8 @@
 //! - **Lanes.** Urgent work (failover, deletes) is always taken before bulk work; joining urgent
 //!   work promotes a bulk one that is not yet sent.
 //! - **Budget.** A mutation is taken only when its rate group has budget ([`Budget`]): bulk work
-//!   bursts up to the window's urgent reserve, urgent work may spend the reserve too, and so may
-//!   the last calls of a change (a bulk backlog that has not grown for [`SETTLE`] and fits in
-//!   what is left of the window); behind a spent group, only a little further is looked for
-//!   other groups' work.
+//!   bursts up to the window's urgent reserve, urgent work may spend the reserve too; behind a
+//!   spent group, only a little further is looked for other groups' work.
 //! - **Networks.** A VPC network that answered `resourceNotReady` gets no more than it ran; the
 //!   limit is probed upwards after enough successes.
 //! - **Resource quotas.** Once an insert met `QUOTA_EXCEEDED`, inserts of that collection fail at
@@ -169,15 +167,9 @@ pub struct Queue {
     /// The last error of work being retried, per resource, until it settles.
     retrying: HashMap<Target, GcpError>,
     quota: QuotaGates,
-    /// When bulk work was last added: a backlog that has not grown for [`SETTLE`] is a whole
-    /// change, whose last calls may spend the urgent reserve when all of them fit.
-    last_bulk_work: Option<Instant>,
     /// Jitter and request ids; seeded, so a test replays exactly.
     rng: StdRng,
 }
-
-/// How long the bulk backlog must not grow before it counts as a whole change (GCP time).
-pub const SETTLE: Duration = Duration::from_secs(1);
 
 /// A retry delay: exponential from 250 ms, capped at 32 s, full jitter between half and all of
 /// it (`jitter` in 0..1), times the time scale.
@@ -203,7 +195,6 @@ impl Queue {
             failures: HashMap::new(),
             retrying: HashMap::new(),
             quota: QuotaGates::new(scaled(settings.quota_probe, settings.time_scale)),
-            last_bulk_work: None,
             rng: StdRng::seed_from_u64(seed),
         }
     }
@@ -298,9 +289,6 @@ impl Queue {
         if was_empty {
             self.lane_queue(lane).push_back(target);
         }
-        if lane == Lane::Bulk {
-            self.last_bulk_work = Some(now);
-        }
         effects
     }
 
@@ -336,7 +324,6 @@ impl Queue {
             next: self.delayed.peek().map(|Reverse((at, _, _))| *at),
             ..Ready::default()
         };
-        let settle = scaled(SETTLE, self.settings.time_scale);
         for lane in [Lane::Urgent, Lane::Bulk] {
             let mut blocked_groups: Vec<(RateGroup, String)> = Vec::new();
             let mut skipped = VecDeque::new();
@@ -376,22 +363,8 @@ impl Queue {
                         continue;
                     }
                 }
-                // A bulk backlog that stopped growing is a whole change: when all of it fits in
-                // what is left of the window, it may spend the reserve.
-                let settles_at = self.last_bulk_work.map(|at| at + settle);
-                let granted = if lane == Lane::Bulk && settles_at.is_none_or(|at| at <= now) {
-                    let backlog = (self.bulk.len() + skipped.len() + 1) as u64;
-                    budget.take_finishing(group, &region, 1, backlog, now)
-                } else {
-                    budget.take(group, &region, 1, lane, now)
-                };
-                if granted == 0 {
-                    let mut chance = budget.next_chance(group, &region, lane, now);
-                    if lane == Lane::Bulk
-                        && let Some(at) = settles_at.filter(|at| *at > now)
-                    {
-                        chance = chance.min(at);
-                    }
+                if budget.take(group, &region, 1, lane, now) == 0 {
+                    let chance = budget.next_chance(group, &region, lane, now);
                     ready.next = Some(ready.next.map_or(chance, |n| n.min(chance)));
                     self.waiting_for_budget
                         .entry((group, region.clone()))

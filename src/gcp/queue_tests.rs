@@ -291,11 +291,6 @@ fn bulk_work_leaves_the_reserve_to_a_failover_until_the_window_ends() {
         [500, 500, 350],
         "the window less its reserve, at once"
     );
-    // Once the backlog stopped growing it is looked at again: 1,650 calls do not fit in the
-    // 150 left, so bulk work waits for the release.
-    assert_eq!(next, Some(t0 + SETTLE));
-    let (sizes, next) = drain(&mut q, 500, &budget, t0 + SETTLE);
-    assert!(sizes.is_empty());
     let release = start + WINDOW - WINDOW / 30;
     assert_eq!(next, Some(release), "bulk work waits for the release");
 
@@ -328,59 +323,6 @@ fn bulk_work_leaves_the_reserve_to_a_failover_until_the_window_ends() {
     // The next window: another burst up to the reserve.
     let (sizes, _) = drain(&mut q, 500, &budget, next_window);
     assert_eq!(sizes.iter().sum::<usize>(), 1350);
-}
-
-#[test]
-fn the_last_calls_of_a_change_spend_the_reserve_once_it_stops_growing() {
-    let t0 = Instant::now();
-    let budget = Budget::anchored(RateLimits::default(), WINDOW, t0, GUARD.as_millis());
-    let mut q = queue();
-    // 1,400 writes: more than bulk work may spend while the change may still grow.
-    bulk(&mut q, 0, 1400, t0);
-    let (sizes, next) = drain(&mut q, 500, &budget, t0);
-    assert_eq!(sizes, [500, 500, 350]);
-    assert_eq!(
-        next,
-        Some(t0 + SETTLE),
-        "looked at again once it stopped growing"
-    );
-    // A second later nothing was added: the 50 left fit in the window, reserve and all.
-    let (sizes, next) = drain(&mut q, 500, &budget, t0 + SETTLE);
-    assert_eq!(sizes, [50]);
-    assert_eq!(next, None);
-}
-
-#[test]
-fn a_change_still_arriving_leaves_the_reserve_to_a_failover() {
-    let t0 = Instant::now();
-    let budget = Budget::anchored(RateLimits::default(), WINDOW, t0, GUARD.as_millis());
-    let mut q = queue();
-    bulk(&mut q, 0, 1350, t0);
-    assert_eq!(drain(&mut q, 500, &budget, t0).0, [500, 500, 350]);
-    // Reconciles keep adding work, ten calls every half second, for five seconds: the backlog
-    // never settles, and what bulk work may spend is spent.
-    let half = Duration::from_millis(500);
-    let mut now = t0;
-    for step in 0..10 {
-        now += half;
-        bulk(&mut q, 2000 + step * 10, 10, now);
-        assert!(drain(&mut q, 500, &budget, now).0.is_empty());
-    }
-    // A failover finds the reserve.
-    for i in 5000..5100 {
-        q.enqueue(
-            delete(i),
-            Lane::Urgent,
-            Waiter::Caller(i as u64),
-            nothing,
-            now,
-        );
-    }
-    assert_eq!(drain(&mut q, 500, &budget, now).0, [100]);
-    // Settled, the 100 bulk calls do not fit in the 50 left: they wait for the release.
-    let (sizes, next) = drain(&mut q, 500, &budget, now + SETTLE);
-    assert!(sizes.is_empty());
-    assert_eq!(next, Some(t0 - GUARD + WINDOW - WINDOW / 30));
 }
 
 #[test]
