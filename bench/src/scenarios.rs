@@ -111,7 +111,7 @@ fn operator_binary() -> anyhow::Result<std::path::PathBuf> {
     Ok(path)
 }
 
-pub(crate) fn start_operator(
+fn start_operator(
     scale: f64,
     mode: Mode,
     kubeconfig: &std::path::Path,
@@ -145,7 +145,61 @@ pub(crate) fn start_operator(
     Ok((child, process))
 }
 
-impl Run<'_> {
+impl<'a> Run<'a> {
+    /// A fresh emulator holding `fleet`'s world (the gcp profile at the config's time scale),
+    /// the operator binary in `mode` against it (its log in `log`), and the tenant `namespace`
+    /// with its GcpCloud, Ready. The emulator and the operator live as long as the returned
+    /// process handles.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start(
+        config: &'a Config,
+        client: &Client,
+        kubeconfig: &std::path::Path,
+        mode: Mode,
+        n: usize,
+        fleet: Fleet,
+        namespace: &str,
+        log: &std::path::Path,
+    ) -> anyhow::Result<(Run<'a>, EmulatorProcess, Child)> {
+        let scale = config.scale.to_string();
+        let emulator = EmulatorProcess::start(
+            &adc_testenv::emulator_binary()?,
+            &fleet.world(),
+            &[
+                "--auth",
+                "any",
+                "--profile",
+                "gcp",
+                "--time-scale",
+                &scale,
+                "--rng-seed",
+                "1",
+            ],
+        )?;
+        std::fs::create_dir_all(&config.results_dir)?;
+        let (child, operator) = start_operator(config.scale, mode, kubeconfig, &emulator, log)?;
+        cluster::tenant(
+            client,
+            namespace,
+            &emulator.base_url,
+            &config.spec_duration(RESYNC_GCP_SECONDS),
+            &config.spec_duration(INSTANCE_POLL_GCP_SECONDS),
+        )
+        .await?;
+        let run = Run {
+            config,
+            mode,
+            n,
+            fleet,
+            client: client.clone(),
+            readiness: Readiness::watch::<VirtualService>(client, namespace),
+            namespace: namespace.to_string(),
+            emulator: Emulator::new(&emulator.base_url),
+            operator,
+        };
+        Ok((run, emulator, child))
+    }
+
     pub(crate) fn gcp(&self, wall: Duration) -> f64 {
         wall.as_secs_f64() / self.config.scale
     }
@@ -408,8 +462,9 @@ impl Run<'_> {
             .await?;
         // Recovery: the engines start again (20-40 s) and every object gets both routes back.
         let stopped = self.fleet.stopped(k);
-        let restart = Instant::now();
+        // Once their stop is done (set_engines waits for it), so the time is the recovery's.
         self.emulator.set_engines(&stopped, "start").await?;
+        let restart = Instant::now();
         let filter = next_hop_filter(&stopped);
         let deadline = Instant::now() + self.config.wall(300.0) + Duration::from_secs(30);
         let recovered = self
@@ -435,6 +490,13 @@ impl Run<'_> {
 
     /// Until every object is Ready and no operation is pending.
     pub(crate) async fn wait_quiet(&self) -> anyhow::Result<()> {
+        let objects = self.fleet.objects;
+        self.wait_quiet_for(|| self.readiness.counts() == (objects, objects))
+            .await
+    }
+
+    /// Until `ready` holds and no operation is pending in the emulator.
+    pub(crate) async fn wait_quiet_for(&self, ready: impl Fn() -> bool) -> anyhow::Result<()> {
         let deadline = self.deadline(120.0);
         self.wait_for(
             "settle",
@@ -442,7 +504,7 @@ impl Run<'_> {
             deadline,
             Duration::from_millis(100),
             || async {
-                if !self.all_ready().await? {
+                if !ready() {
                     return Ok(false);
                 }
                 let stats = adc_testenv::emulator_admin(&self.emulator.base_url, "stats").await?;
@@ -636,47 +698,12 @@ pub async fn run_mode(
     measures: &mut Vec<Measure>,
 ) -> anyhow::Result<Series> {
     let fleet = Fleet::new(config.objects_for(mode, n));
-    let scale = config.scale.to_string();
-    let emulator_process = EmulatorProcess::start(
-        &adc_testenv::emulator_binary()?,
-        &fleet.world(),
-        &[
-            "--auth",
-            "any",
-            "--profile",
-            "gcp",
-            "--time-scale",
-            &scale,
-            "--rng-seed",
-            "1",
-        ],
-    )?;
-    std::fs::create_dir_all(&config.results_dir)?;
     let log = config
         .results_dir
         .join(format!("operator-{}-{n}.log", mode.flag()));
-    let (mut child, operator) =
-        start_operator(config.scale, mode, kubeconfig, &emulator_process, &log)?;
     let namespace = format!("bench-{}-{n}", mode.flag());
-    cluster::tenant(
-        client,
-        &namespace,
-        &emulator_process.base_url,
-        &config.spec_duration(RESYNC_GCP_SECONDS),
-        &config.spec_duration(INSTANCE_POLL_GCP_SECONDS),
-    )
-    .await?;
-    let run = Run {
-        config,
-        mode,
-        n,
-        fleet,
-        client: client.clone(),
-        readiness: Readiness::watch::<VirtualService>(client, &namespace),
-        namespace,
-        emulator: Emulator::new(&emulator_process.base_url),
-        operator,
-    };
+    let (run, _emulator, mut child) =
+        Run::start(config, client, kubeconfig, mode, n, fleet, &namespace, &log).await?;
     let outcome = async {
         println!(
             "== {} · fleet {n} · {} objects run · {} engines",

@@ -10,7 +10,6 @@
 use std::time::{Duration, Instant};
 
 use adc_operator::api::{VirtualService, VpcRoute};
-use adc_testenv::EmulatorProcess;
 use anyhow::{Context as _, bail};
 use kube::Client;
 use rand::{Rng as _, SeedableRng as _};
@@ -20,11 +19,10 @@ use crate::bounds::{
     QUOTA_PER_MINUTE, WINDOW_SECONDS, bound_for_writes, window_offset, windowed_bound,
 };
 use crate::cluster::{self, Object, Readiness};
-use crate::config::{Config, INSTANCE_POLL_GCP_SECONDS, Mode, RESYNC_GCP_SECONDS};
+use crate::config::{Config, Mode};
 use crate::fleet::Fleet;
-use crate::probe::Emulator;
 use crate::report::unix_millis;
-use crate::scenarios::{Measure, Run, print_measure, start_operator};
+use crate::scenarios::{Measure, Run, print_measure};
 
 /// Engines stopped in the failover steps.
 const FAILOVER_ENGINES: usize = 10;
@@ -89,29 +87,13 @@ impl Small<'_> {
 
     /// Until every object applied so far is Ready and no operation is pending.
     async fn quiet(&self) -> anyhow::Result<()> {
-        let deadline = Instant::now() + self.run.config.wall(600.0) + Duration::from_secs(60);
+        let (routes, services) = (self.vpc_routes, self.virtual_services);
         self.run
-            .wait_for(
-                "quiet",
-                Instant::now(),
-                deadline,
-                Duration::from_millis(100),
-                || async {
-                    let all = |readiness: &Readiness, applied: usize| {
-                        readiness.counts() == (applied, applied)
-                    };
-                    if !all(&self.routes, self.vpc_routes)
-                        || !all(&self.run.readiness, self.virtual_services)
-                    {
-                        return Ok(false);
-                    }
-                    let stats =
-                        adc_testenv::emulator_admin(&self.run.emulator.base_url, "stats").await?;
-                    Ok(stats["operationsPending"].as_u64() == Some(0))
-                },
-            )
-            .await?;
-        Ok(())
+            .wait_quiet_for(|| {
+                self.routes.counts() == (routes, routes)
+                    && self.run.readiness.counts() == (services, services)
+            })
+            .await
     }
 
     /// Sleeps until a random offset into the next rate window (after the current one, so
@@ -179,7 +161,8 @@ impl Small<'_> {
     }
 
     /// One step: `n` objects of `kind` at a random offset; time to the last Ready.
-    async fn step(&mut self, kind: Kind, n: usize, label: &'static str) -> anyhow::Result<Measure> {
+    async fn step(&mut self, kind: Kind, n: usize) -> anyhow::Result<Measure> {
+        let label = kind.scenario();
         self.quiet().await?;
         let offset = self.next_window_at_random_offset().await;
         let mark = self.run.mark().await?;
@@ -332,36 +315,16 @@ pub async fn run(
         objects: sizes.iter().sum(),
         engines,
     };
-    let scale = config.scale.to_string();
-    let emulator_process = EmulatorProcess::start(
-        &adc_testenv::emulator_binary()?,
-        &fleet.world(),
-        &[
-            "--auth",
-            "any",
-            "--profile",
-            "gcp",
-            "--time-scale",
-            &scale,
-            "--rng-seed",
-            "1",
-        ],
-    )?;
-    std::fs::create_dir_all(&config.results_dir)?;
     let log = config.results_dir.join("operator-small-change.log");
-    let (mut child, operator) = start_operator(
-        config.scale,
-        Mode::Batched,
-        kubeconfig,
-        &emulator_process,
-        &log,
-    )?;
-    cluster::tenant(
+    let (run, _emulator, mut child) = Run::start(
+        &config,
         client,
+        kubeconfig,
+        Mode::Batched,
+        burst,
+        fleet,
         NAMESPACE,
-        &emulator_process.base_url,
-        &config.spec_duration(RESYNC_GCP_SECONDS),
-        &config.spec_duration(INSTANCE_POLL_GCP_SECONDS),
+        &log,
     )
     .await?;
     println!(
@@ -369,17 +332,7 @@ pub async fn run(
         config.scale, config.seed
     );
     let mut small = Small {
-        run: Run {
-            config: &config,
-            mode: Mode::Batched,
-            n: burst,
-            fleet,
-            client: client.clone(),
-            namespace: NAMESPACE.to_string(),
-            emulator: Emulator::new(&emulator_process.base_url),
-            operator,
-            readiness: Readiness::watch::<VirtualService>(client, NAMESPACE),
-        },
+        run,
         routes: Readiness::watch::<VpcRoute>(client, NAMESPACE),
         rng: rand::rngs::StdRng::seed_from_u64(config.seed),
         vpc_routes: 0,
@@ -388,7 +341,7 @@ pub async fn run(
     let outcome = async {
         for kind in [Kind::VpcRoutes, Kind::VirtualServices] {
             for n in &sizes {
-                measures.push(small.step(kind, *n, kind.scenario()).await?);
+                measures.push(small.step(kind, *n).await?);
             }
         }
         if small.virtual_services != small.run.fleet.objects {

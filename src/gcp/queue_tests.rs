@@ -281,7 +281,7 @@ fn a_change_that_fits_the_window_goes_at_once_in_full_batches() {
 fn bulk_work_leaves_the_reserve_to_a_failover_until_the_window_ends() {
     // Default quotas: 1,500 writes a window, a tenth of them kept for urgent work.
     let t0 = Instant::now();
-    let budget = Budget::anchored(RateLimits::default(), WINDOW, t0, GUARD.as_millis());
+    let budget = budget(t0, 1500);
     let start = t0 - GUARD;
     let mut q = queue();
     bulk(&mut q, 0, 3000, t0);
@@ -328,7 +328,7 @@ fn bulk_work_leaves_the_reserve_to_a_failover_until_the_window_ends() {
 #[test]
 fn a_rate_limit_refusal_still_closes_the_group_for_bulk_and_urgent_work() {
     let t0 = Instant::now();
-    let budget = Budget::anchored(RateLimits::default(), WINDOW, t0, GUARD.as_millis());
+    let budget = budget(t0, 1500);
     let start = t0 - GUARD;
     let mut q = queue();
     bulk(&mut q, 0, 10, t0);
