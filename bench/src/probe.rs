@@ -114,8 +114,13 @@ impl Emulator {
 
     /// Starts or stops engines through the Compute API (`instances.stop` / `instances.start`),
     /// concurrently; returns once every call is accepted (the instances are then STOPPING or
-    /// STAGING).
+    /// STAGING). A start first waits until the engines' stop is done (TERMINATED): a start
+    /// sent while an instance is STOPPING finishes before the stop does, and the stop's
+    /// TERMINATED would be the instance's last word.
     pub async fn set_engines(&self, engines: &[Engine], verb: &str) -> anyhow::Result<()> {
+        if verb == "start" {
+            self.wait_until_terminated(engines).await?;
+        }
         let calls = engines.iter().map(|engine| {
             let url = format!(
                 "{}/compute/v1/projects/{PROJECT}/zones/{}/instances/{}/{verb}",
@@ -150,6 +155,31 @@ impl Emulator {
             }
         });
         futures::future::try_join_all(calls).await?;
+        Ok(())
+    }
+
+    /// Until every one of `engines` is TERMINATED (at most five minutes of wall-clock time).
+    async fn wait_until_terminated(&self, engines: &[Engine]) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+        for engine in engines {
+            let url = format!(
+                "{}/compute/v1/projects/{PROJECT}/zones/{}/instances/{}",
+                self.base_url, engine.zone, engine.name
+            );
+            loop {
+                let response = self.http.get(&url).bearer_auth("adc-bench").send().await?;
+                if response.status().is_success() {
+                    let instance: Value = response.json().await?;
+                    if instance["status"] == "TERMINATED" {
+                        break;
+                    }
+                }
+                if std::time::Instant::now() > deadline {
+                    bail!("{url}: not TERMINATED after 300 s");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
         Ok(())
     }
 }
