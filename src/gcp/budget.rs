@@ -5,11 +5,13 @@
 //! the budget lets work **burst**: a change that fits in what is left of the window goes at once
 //! and is done one operation duration later. Bulk work may spend a window's quota up to a
 //! **reserve** kept for urgent work (failover withdrawals, deletes), so a failover that starts
-//! in the middle of a burst still finds budget in the same window. The reserve is released to
-//! bulk work in the window's last thirtieth ([`RELEASE_FRACTION`]): urgent work that arrives
-//! after that waits at most that long for the next window, where it goes first. Bulk work keeps
-//! a second ([`GUARD_FRACTION`]) away from each boundary, so that neither window is charged
-//! calls meant for the other.
+//! in the middle of a burst still finds budget in the same window. Bulk work keeps a guard (a
+//! sixtieth of the window, [`GUARD_FRACTION`]; at least [`MIN_GUARD`] in a window compressed for
+//! tests and benchmarks, at most an eighth of it) away from each boundary,
+//! so that neither window is charged calls meant for the other. The reserve is released to bulk
+//! work a sixtieth of the window before that guard (two seconds before the end at 60 s): urgent
+//! work that arrives after that waits at most that long for the next window, where it goes
+//! first.
 //!
 //! A `rateLimitExceeded` answer that says the window is spent — most calls of the window refused,
 //! or a tenth of its quota refused — closes the group until the next window (§4: "wait a minute
@@ -25,13 +27,21 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::time::Instant;
 
-/// The part of a window at its end in which bulk work may spend the urgent reserve.
-pub const RELEASE_FRACTION: u32 = 30;
-
 /// Bulk work sends nothing within this part of a window of either of its boundaries: a burst
 /// sent just before a boundary could be counted in the next window, and one sent just after it
-/// in the last, by a server whose clock is not quite ours (a second at 60 s).
+/// in the last, by a server whose clock is not quite ours (a second at 60 s). The reserve is
+/// released this part of a window before the guard at the window's end.
 pub const GUARD_FRACTION: u32 = 60;
+
+/// The guard never shrinks below this (nor grows past an eighth of the window), whatever the
+/// time scale: taking budget, building a batch and its reaching the server take about as long
+/// in a compressed window as in a real one.
+pub const MIN_GUARD: Duration = Duration::from_millis(100);
+
+/// How far from a boundary of a window of `window` bulk work keeps.
+fn guard_for(window: Duration) -> Duration {
+    (window / GUARD_FRACTION).max(MIN_GUARD).min(window / 8)
+}
 
 /// The quota group a call is charged to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -211,9 +221,14 @@ impl Budget {
         now + Duration::from_millis((window_ms - into) as u64)
     }
 
+    /// How far from a window boundary bulk work keeps.
+    fn guard(&self) -> Duration {
+        guard_for(self.window)
+    }
+
     /// When the window `now` is in releases its urgent reserve to bulk work.
     pub fn release_at(&self, now: Instant) -> Instant {
-        self.window_end(now) - self.window / RELEASE_FRACTION
+        self.window_end(now) - self.guard() - self.window / GUARD_FRACTION
     }
 
     fn with_group<R>(
@@ -251,7 +266,7 @@ impl Budget {
     /// Whether `now` is within [`GUARD_FRACTION`] of a window boundary, where bulk work sends
     /// nothing.
     fn near_boundary(&self, now: Instant) -> bool {
-        let guard = self.window / GUARD_FRACTION;
+        let guard = self.guard();
         let to_end = self.window_end(now).saturating_duration_since(now);
         to_end <= guard || self.window - to_end < guard
     }
@@ -312,7 +327,7 @@ impl Budget {
             let end = self.window_end(now);
             let guard = match lane {
                 Lane::Urgent => Duration::ZERO,
-                Lane::Bulk => self.window / GUARD_FRACTION,
+                Lane::Bulk => self.guard(),
             };
             let opens = end - self.window + guard;
             let release = self.release_at(now);
@@ -389,7 +404,7 @@ mod tests {
     /// its guard), and that instant.
     fn at_start(limits: RateLimits, window: Duration) -> (Budget, Instant) {
         let t0 = Instant::now();
-        let guard = (window / GUARD_FRACTION).as_millis();
+        let guard = guard_for(window).as_millis();
         (Budget::anchored(limits, window, t0, guard), t0)
     }
 
@@ -488,6 +503,31 @@ mod tests {
         assert_eq!(
             budget.take(RateGroup::Write, "", 10, Lane::Urgent, late),
             10
+        );
+    }
+
+    #[test]
+    fn a_compressed_window_keeps_a_guard_long_enough_to_send_in() {
+        // Time scale 0.01: a window of 0.6 s, whose sixtieth (10 ms) is less than sending takes;
+        // the guard is 75 ms (an eighth of it, below the 100 ms floor).
+        let window = Duration::from_millis(600);
+        assert_eq!(guard_for(window), Duration::from_millis(75));
+        assert_eq!(guard_for(Duration::from_secs(60)), Duration::from_secs(1));
+        assert_eq!(guard_for(Duration::from_secs(6)), MIN_GUARD);
+        let (budget, t0) = at_start(limits(300), window);
+        let start = t0 - Duration::from_millis(75);
+        assert_eq!(budget.take(RateGroup::Write, "", 500, Lane::Bulk, t0), 270);
+        // Released 85 ms before the end: the guard and a sixtieth of the window.
+        let release = start + Duration::from_millis(515);
+        assert_eq!(budget.release_at(t0), release);
+        assert_eq!(
+            budget.take(RateGroup::Write, "", 500, Lane::Bulk, release),
+            30
+        );
+        let late = start + Duration::from_millis(530);
+        assert_eq!(
+            budget.next_chance(RateGroup::Write, "", Lane::Bulk, late),
+            start + window + Duration::from_millis(75)
         );
     }
 
