@@ -442,8 +442,28 @@ fn valid_port_range(text: &str) -> bool {
     }
 }
 
+/// The most IP ranges one VPC firewall rule may hold in `sourceRanges`, and separately in
+/// `destinationRanges`: 5,000 each. Model value, not a Google figure for VPC firewall rules: the
+/// per-rule table of Google's Cloud NGFW "Quotas and limits" page
+/// (<https://cloud.google.com/firewall/docs/quotas>) was not in the stored copy consulted. The
+/// figure follows Compute's own reference for the sibling firewall-policy rules,
+/// `FirewallPolicyRuleMatcher` ("Maximum number of destination CIDR IP ranges allowed is 5000",
+/// and the same for source ranges; compute_v1 Python reference), and a third-party report that
+/// "Google cloud VPC maximum number of source ranges per firewall rule is 5000"
+/// (crowdsecurity/cs-cloud-firewall-bouncer#27). See the emulator README, "Firewall rule size".
+pub const MAX_FIREWALL_RANGES: usize = 5000;
+
 fn check_ranges(body: &Map<String, Value>, field: &str) -> Result<Vec<Cidr>, ApiError> {
-    string_list(body, field)?
+    let ranges = string_list(body, field)?;
+    if ranges.len() > MAX_FIREWALL_RANGES {
+        // The wording is a model value in Compute's `Invalid value for field` shape.
+        return Err(ApiError::invalid_field(
+            &format!("resource.{field}"),
+            &format!("{} ranges", ranges.len()),
+            &format!("A firewall rule may hold at most {MAX_FIREWALL_RANGES} {field}."),
+        ));
+    }
+    ranges
         .iter()
         .map(|range| {
             // Compute accepts a bare address as a /32 in firewall ranges.
@@ -943,6 +963,88 @@ mod tests {
         assert!(!valid_port_range(""));
         assert!(!valid_port_range("-1"));
         assert!(!valid_port_range("1-"));
+    }
+
+    /// A world with one project `p` and its `default` network.
+    fn state() -> crate::state::State {
+        let world = crate::world::World::parse(
+            "projects:\n  - id: p\n    networks:\n      - name: default\n        subnetworks:\n          \
+             - {name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}\n",
+            "test",
+        )
+        .unwrap();
+        crate::state::State::new(&world, 0, None, crate::model::BusyBehavior::Queue)
+    }
+
+    /// `n` distinct /32s inside 10.200.0.0/16.
+    fn ranges(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!("10.200.{}.{}/32", i / 256, i % 256))
+            .collect()
+    }
+
+    fn rule(field: &str, n: usize) -> Value {
+        let direction = if field == "destinationRanges" {
+            "EGRESS"
+        } else {
+            "INGRESS"
+        };
+        json!({
+            "name": "fw",
+            "direction": direction,
+            "allowed": [{"IPProtocol": "tcp", "ports": ["443"]}],
+            field: ranges(n),
+        })
+    }
+
+    #[test]
+    fn firewall_ranges_up_to_the_limit_are_accepted_one_more_is_refused() {
+        let mut state = state();
+        let project = state.project_mut("p").unwrap();
+        for field in ["sourceRanges", "destinationRanges"] {
+            let built = firewall(project, &rule(field, MAX_FIREWALL_RANGES)).unwrap();
+            assert_eq!(
+                built.body[field].as_array().unwrap().len(),
+                MAX_FIREWALL_RANGES,
+                "{field}"
+            );
+            let err = firewall(project, &rule(field, MAX_FIREWALL_RANGES + 1)).unwrap_err();
+            assert_eq!((err.code, err.reason), (400, "invalid"), "{field}");
+            assert_eq!(
+                err.message,
+                format!(
+                    "Invalid value for field 'resource.{field}': '5001 ranges'. \
+                     A firewall rule may hold at most 5000 {field}."
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn firewall_range_limit_is_per_field() {
+        let mut state = state();
+        let project = state.project_mut("p").unwrap();
+        let mut body = rule("sourceRanges", MAX_FIREWALL_RANGES);
+        body["destinationRanges"] = json!(ranges(MAX_FIREWALL_RANGES));
+        firewall(project, &body).expect("5,000 of each is within both limits");
+    }
+
+    #[test]
+    fn a_patch_whose_merged_rule_exceeds_the_range_limit_is_refused() {
+        let mut state = state();
+        let project = state.project_mut("p").unwrap();
+        let mut merged = json!(firewall(project, &rule("sourceRanges", 1)).unwrap().body);
+        merge_patch(
+            &mut merged,
+            &json!({"sourceRanges": ranges(MAX_FIREWALL_RANGES + 1)}),
+        );
+        let err = firewall(project, &merged).unwrap_err();
+        assert_eq!(err.code, 400);
+        assert!(
+            err.message.contains("'resource.sourceRanges'"),
+            "{}",
+            err.message
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Fidelity test: gce-emulator driven by Google's own Python client (google-api-python-client with
-# the compute.v1 discovery document it ships, google-auth service-account credentials).
+# Fidelity test: gce-emulator driven by Google's own Python clients (google-api-python-client with
+# the compute.v1 discovery document it ships, and google-cloud-compute; google-auth
+# service-account credentials).
 #
 #   emulator/tests/fidelity/run.sh [pytest args...]
 #
