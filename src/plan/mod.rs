@@ -2,11 +2,14 @@
 //! (spec, inventory view) only: no I/O, no clocks, no randomness. Unit and property tests live
 //! here.
 
+pub mod aggregate;
 pub mod diff;
 pub mod guard;
 pub mod names;
 pub mod owner;
+pub mod pool;
 pub mod resource;
+pub mod shared;
 pub mod virtualservice;
 pub mod vpcroute;
 

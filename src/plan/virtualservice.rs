@@ -94,25 +94,13 @@ pub fn plan(
         };
     };
 
-    for engine in &spec.service_engines {
-        if engine_health(&engine.zone, &engine.name) != EngineHealth::Running {
-            continue;
-        }
-        let priority = match spec.mode {
-            HaMode::ActiveActive => spec.route_priority,
-            // The first healthy engine is primary; every other healthy one stands by one
-            // priority step lower (a higher number).
-            HaMode::ActiveStandby if active_engines.first() == Some(&engine.name) => {
-                spec.route_priority
-            }
-            HaMode::ActiveStandby => spec.route_priority.saturating_add(1).min(65535),
-        };
+    for hop in hops(spec, &engine_health) {
         let mut body = json!({
             "description": description,
             "network": network,
             "destRange": format!("{vip}/32"),
-            "priority": priority,
-            "nextHopInstance": format!("projects/{}/zones/{}/instances/{}", cloud.project, engine.zone, engine.name),
+            "priority": hop.priority,
+            "nextHopInstance": format!("projects/{}/zones/{}/instances/{}", cloud.project, hop.zone, hop.instance),
         });
         let route_name = resource_name(&cloud.resource_prefix, &object, &content_hash(&body));
         body["name"] = json!(route_name);
@@ -122,36 +110,15 @@ pub fn plan(
         });
     }
 
-    let mut by_protocol: BTreeMap<&str, Vec<String>> = BTreeMap::new();
-    for port in &spec.ports {
-        let protocol = match port.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
-        by_protocol
-            .entry(protocol)
-            .or_default()
-            .push(port.port.to_string());
-    }
-    let allowed: Vec<Value> = by_protocol
-        .into_iter()
-        .map(|(protocol, mut ports)| {
-            ports.sort();
-            ports.dedup();
-            json!({"IPProtocol": protocol, "ports": ports})
-        })
-        .collect();
-    let mut source_ranges = spec.source_ranges.clone();
-    source_ranges.sort();
-    source_ranges.dedup();
+    let opening = opening(spec);
     let mut firewall = json!({
         "description": description,
         "network": network,
         "direction": "INGRESS",
         "priority": 1000,
-        "sourceRanges": source_ranges,
+        "sourceRanges": opening.sources,
         "destinationRanges": [format!("{vip}/32")],
-        "allowed": allowed,
+        "allowed": opening.allowed_json(),
     });
     let firewall_name = resource_name(
         &cloud.resource_prefix,
@@ -171,6 +138,90 @@ pub fn plan(
         down_engines,
         address,
     }
+}
+
+/// One route a VIP selects: the engine it goes to and the route's priority.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Hop {
+    pub zone: String,
+    pub instance: String,
+    pub priority: u32,
+}
+
+/// The routes a VirtualService's VIP must select: one per RUNNING engine, at `routePriority`
+/// (ActiveActive), or the first RUNNING engine at `routePriority` and the others one step
+/// lower (ActiveStandby).
+pub fn hops(
+    spec: &VirtualServiceSpec,
+    engine_health: impl Fn(&str, &str) -> EngineHealth,
+) -> Vec<Hop> {
+    let mut hops: Vec<Hop> = Vec::new();
+    for engine in &spec.service_engines {
+        if engine_health(&engine.zone, &engine.name) != EngineHealth::Running {
+            continue;
+        }
+        let priority = match spec.mode {
+            HaMode::ActiveActive => spec.route_priority,
+            // The first healthy engine is primary; every other healthy one stands by one
+            // priority step lower (a higher number).
+            HaMode::ActiveStandby if hops.is_empty() => spec.route_priority,
+            HaMode::ActiveStandby => spec.route_priority.saturating_add(1).min(65535),
+        };
+        hops.push(Hop {
+            zone: engine.zone.clone(),
+            instance: engine.name.clone(),
+            priority,
+        });
+    }
+    hops
+}
+
+/// What a VIP's firewall rule lets in: ports by protocol and source ranges, both sorted, so
+/// that two VirtualServices asking for the same compare equal.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Opening {
+    /// (`tcp`|`udp`, ports as strings), by protocol.
+    pub allowed: Vec<(String, Vec<String>)>,
+    pub sources: Vec<String>,
+}
+
+impl Opening {
+    /// The firewall rule's `allowed` field.
+    pub fn allowed_json(&self) -> Value {
+        Value::Array(
+            self.allowed
+                .iter()
+                .map(|(protocol, ports)| json!({"IPProtocol": protocol, "ports": ports}))
+                .collect(),
+        )
+    }
+}
+
+/// The opening a VirtualService asks for.
+pub fn opening(spec: &VirtualServiceSpec) -> Opening {
+    let mut by_protocol: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    for port in &spec.ports {
+        let protocol = match port.protocol {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        };
+        by_protocol
+            .entry(protocol)
+            .or_default()
+            .push(port.port.to_string());
+    }
+    let allowed = by_protocol
+        .into_iter()
+        .map(|(protocol, mut ports)| {
+            ports.sort();
+            ports.dedup();
+            (protocol.to_string(), ports)
+        })
+        .collect();
+    let mut sources = spec.source_ranges.clone();
+    sources.sort();
+    sources.dedup();
+    Opening { allowed, sources }
 }
 
 #[cfg(test)]
