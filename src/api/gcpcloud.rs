@@ -73,6 +73,9 @@ use super::conditions::Condition;
 #[x_kube(validation = Rule::new(
     "!has(self.allowedDestinationRanges) || self.allowDefaultRoute || !self.allowedDestinationRanges.exists(r, r.endsWith('/0'))"
 ).message("0.0.0.0/0 (or ::/0) needs allowDefaultRoute: true").field_path(".allowedDestinationRanges"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.vipPools) || !has(self.allowedDestinationRanges) || size(self.allowedDestinationRanges) == 0 || self.vipPools.all(p, !isCIDR(p.cidr) || self.allowedDestinationRanges.exists(r, isCIDR(r) && cidr(r).ip().family() == 4 && cidr(r).containsCIDR(cidr(p.cidr))))"
+).message("every vipPools cidr must lie inside one of allowedDestinationRanges").field_path(".vipPools"))]
 #[serde(rename_all = "camelCase")]
 pub struct GcpCloudSpec {
     /// GCP project id, e.g. `acme-prod`: 6 to 30 lowercase letters, digits or hyphens, starting
@@ -132,6 +135,22 @@ pub struct GcpCloudSpec {
     /// Allows a default route (`0.0.0.0/0` or `::/0`) in `allowedDestinationRanges`.
     #[serde(default)]
     pub allow_default_route: bool,
+
+    /// IPv4 blocks the operator hands VIPs out of (`VirtualService.spec.vip.allocate.pool`), and
+    /// where it aggregates routes: the VIPs inside a pool, allocated or fixed, are carried by
+    /// the fewest routes that give every VIP exactly the engines its own routes would (one
+    /// route per block and engine for VIPs of the same engines), and VIPs asking for the same
+    /// ports and sources share firewall rules. Those routes and rules belong to the cloud, not to
+    /// one object. A pool must not overlap another pool or a subnetwork of the network (the
+    /// objects that use it stall until it is fixed) and must lie inside
+    /// `allowedDestinationRanges` when that is set. Up to 64 pools; names unique.
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.name == p.name))")
+        .message("vipPools names must not repeat"))]
+    #[x_kube(validation = Rule::new("self.all(p, self.all(q, p.name == q.name || !isCIDR(p.cidr) || !isCIDR(q.cidr) || !cidr(p.cidr).containsIP(cidr(q.cidr).ip())))")
+        .message("vipPools must not overlap each other"))]
+    #[schemars(length(max = 64))]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vip_pools: Vec<VipPool>,
 
     /// Compute API request budgets for this project, per minute.
     #[serde(default)]
@@ -293,6 +312,23 @@ impl Default for RateLimitSpec {
             urgent_reserve: default_urgent_reserve(),
         }
     }
+}
+
+/// A block of IPv4 addresses VIPs are handed out of.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct VipPool {
+    /// The pool's name, as `vip.allocate.pool` names it: a lowercase letter, then up to 62
+    /// lowercase letters, digits or hyphens.
+    #[schemars(regex(pattern = crate::api::GCP_NAME_PATTERN), length(min = 1, max = 63))]
+    pub name: String,
+
+    /// The block, an IPv4 CIDR range from /16 to /28 with no host bits set, e.g.
+    /// `10.200.0.0/20`. Its first and last addresses are never handed out.
+    #[x_kube(validation = Rule::new("isCIDR(self) && cidr(self).ip().family() == 4 && cidr(self) == cidr(self).masked() && cidr(self).prefixLength() >= 16 && cidr(self).prefixLength() <= 28")
+        .message("cidr must be an IPv4 CIDR range from /16 to /28 with no host bits set, such as 10.200.0.0/20"))]
+    #[schemars(length(max = 18))]
+    pub cidr: String,
 }
 
 /// How Compute API calls are grouped into batch requests.

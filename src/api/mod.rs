@@ -18,7 +18,7 @@ pub use conditions::Condition;
 pub use gcpcloud::{
     BatchingSpec, CloudCredentials, CloudProgress, GcpCloud, GcpCloudSpec, GcpCloudStatus,
     InventoryCounts, QuotaStatus, RateLimitSpec, ReserveError, SecretKeySelector, UrgentReserve,
-    WorkloadIdentity,
+    VipPool, WorkloadIdentity,
 };
 pub use virtualservice::{
     AllocationType, GcpResources, HaMode, Protocol, ServiceEngineRef, ServicePort, Vip,
@@ -218,6 +218,7 @@ mod tests {
             allowed_namespaces: None,
             allowed_destination_ranges: Vec::new(),
             allow_default_route: false,
+            vip_pools: Vec::new(),
             rate_limit: RateLimitSpec::default(),
             batching: BatchingSpec::default(),
             resync_interval: "5m".into(),
@@ -272,7 +273,7 @@ mod tests {
         assert_eq!(vs.route_priority, 2000);
         assert_eq!(vs.ports[0].protocol, Protocol::Tcp);
         assert_eq!(
-            vs.vip.allocate.map(|a| a.r#type),
+            vs.vip.allocate.and_then(|a| a.r#type),
             Some(AllocationType::Internal)
         );
 

@@ -9,7 +9,9 @@ use super::conditions::Condition;
 
 /// An ADC virtual service: a VIP, its ports, who may reach it, and the service-engine VM
 /// instances that carry its traffic. It becomes one VPC route per serving engine, one firewall
-/// rule and, with `vip.allocate`, one reserved address.
+/// rule and, with `vip.allocate.type`, one reserved address; a VIP of a pool
+/// (`vip.allocate.pool`, or a fixed address inside a pool) is carried by the cloud's shared,
+/// aggregated routes and firewall rules instead.
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 // Every `printcolumn(...)` repeats `type_ = "string"`, which clippy takes for a duplicate.
 #[allow(clippy::duplicated_attributes)]
@@ -117,20 +119,33 @@ pub struct Vip {
     pub allocate: Option<VipAllocation>,
 }
 
-/// A static address the operator reserves in GCP for the VIP.
+/// Where an allocated VIP comes from: exactly one of a static address GCP reserves (`type`) or
+/// an address of one of the cloud's VIP pools (`pool`).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
-#[x_kube(validation = Rule::new("self.type == 'Internal' || !has(self.subnetwork)")
+#[x_kube(validation = Rule::new("has(self.type) != has(self.pool)")
+    .message("vip.allocate needs exactly one of type or pool"))]
+#[x_kube(validation = Rule::new("!has(self.subnetwork) || (has(self.type) && self.type == 'Internal')")
     .message("subnetwork applies only to Internal addresses"))]
 #[serde(rename_all = "camelCase")]
 pub struct VipAllocation {
-    /// `Internal` (from a subnetwork of the VPC network) or `External`.
-    pub r#type: AllocationType,
+    /// Reserve a static address in GCP: `Internal` (from a subnetwork of the VPC network) or
+    /// `External`. The VIP gets a route per engine and a firewall rule of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<AllocationType>,
 
     /// Subnetwork an `Internal` address comes from (name in the cloud's region). Absent means
     /// GCP's choice.
     #[schemars(regex(pattern = crate::api::GCP_NAME_PATTERN), length(min = 1, max = 63))]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subnetwork: Option<String>,
+
+    /// Take an address of this VIP pool of the cloud (`GcpCloud.spec.vipPools[].name`). The
+    /// address is chosen next to VIPs of the same engines, mode and priority, so that routes
+    /// aggregate; it is kept in `status.vip` for as long as the object exists and is freed
+    /// when it goes. Routes and the firewall rule are shared with the cloud's other pool VIPs.
+    #[schemars(regex(pattern = crate::api::GCP_NAME_PATTERN), length(min = 1, max = 63))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<String>,
 }
 
 /// Where a reserved VIP address comes from.
@@ -206,7 +221,8 @@ pub struct VirtualServiceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub active_service_engines: Vec<String>,
 
-    /// The GCP resources that exist for this object, by GCP name.
+    /// The GCP resources that carry this object's traffic, by GCP name: its own, or for a VIP
+    /// of a pool the cloud's shared routes (those its VIP selects) and firewall rule.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<GcpResources>,
 
@@ -220,7 +236,7 @@ pub struct VirtualServiceStatus {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
 #[serde(rename_all = "camelCase")]
 pub struct GcpResources {
-    /// Routes, one per serving engine.
+    /// Routes, one per serving engine (for a pool VIP: the shared routes it selects).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<String>,
 
@@ -228,9 +244,14 @@ pub struct GcpResources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub firewall: Option<String>,
 
-    /// The reserved address, with `vip.allocate`.
+    /// The reserved address, with `vip.allocate.type`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
+
+    /// True when the routes and the firewall rule above are the cloud's shared ones (a VIP of a
+    /// pool): they carry other VIPs too, belong to the GcpCloud and go when no VIP needs them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub shared: bool,
 }
 
 fn default_route_priority() -> u32 {

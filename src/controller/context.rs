@@ -47,6 +47,8 @@ pub struct CloudRuntime {
     /// former leader's, or this process's before a restart): until a refresh sees none, the
     /// inventory is refreshed again soon, so that what they make is collected or adopted.
     pub settling: std::sync::atomic::AtomicBool,
+    /// The cloud's VIP pools, their addresses and the shared layout's wake-up.
+    pub pools: super::pools::Pools,
 }
 
 /// Waits until a reflector store holds its first full list; false when its writer is gone.

@@ -7,6 +7,7 @@ pub mod cloud;
 pub mod context;
 pub mod error;
 pub mod metrics;
+pub mod pools;
 pub mod progress;
 pub mod reconcile;
 pub mod status;

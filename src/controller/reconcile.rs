@@ -103,6 +103,9 @@ pub trait Kind:
     ) -> impl Future<Output = Result<Option<Step<Self::Report>>, Error>> + Send + 'a {
         async { Ok(None) }
     }
+    /// What the kind does once its finalizer has cleaned up (a VIP of a pool gives its
+    /// address back).
+    fn cleaned_up(&self, _ctx: &Context) {}
     /// The phase of an object whose resources all exist.
     fn synced(report: &Self::Report) -> Phase;
 }
@@ -126,8 +129,17 @@ pub async fn reconcile<K: Kind>(object: Arc<K>, ctx: Arc<Context>) -> Result<Act
         match event {
             Finalizer::Apply(object) => apply_object(&api, &*object, &ctx).await,
             Finalizer::Cleanup(object) => {
-                super::apply::cleanup(&ctx, &*object, object.cloud_ref(), &owner(&ctx, &*object))
-                    .await
+                let done = super::apply::cleanup(
+                    &ctx,
+                    &*object,
+                    object.cloud_ref(),
+                    &owner(&ctx, &*object),
+                )
+                .await;
+                if done.is_ok() {
+                    object.cleaned_up(&ctx);
+                }
+                done
             }
         }
     })

@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use super::claims::{Claim, address_claimed_by, stalled};
 use super::context::{CloudRuntime, Context};
 use super::error::Error;
+use super::pools::{Membership, key};
 use super::reconcile::{Kind, Observation, Step};
 use super::status::Phase;
 use crate::api::conditions::Condition;
@@ -17,7 +18,10 @@ use crate::gcp::{Collection, Target};
 use crate::plan::diff::Diff;
 use crate::plan::guard::{Surroundings, check_virtual_service};
 use crate::plan::owner::Owner;
-use crate::plan::{EngineHealth, virtualservice};
+use crate::plan::virtualservice::{Hop, hops, opening};
+use crate::plan::{DesiredResource, EngineHealth, virtualservice};
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 
 pub use super::reconcile::FINALIZER;
 
@@ -32,6 +36,8 @@ pub struct Report {
     pub resources: Option<GcpResources>,
     /// The address reserved for an allocated VIP.
     address: Option<Target>,
+    /// For a VIP of a pool: whether the cloud's shared resources carry it exactly yet.
+    carried: Option<bool>,
 }
 
 /// This VirtualService as a claimant of `address`.
@@ -89,6 +95,16 @@ impl Kind for VirtualService {
         changes: &'a Diff,
     ) -> Result<Option<Step<Report>>, Error> {
         let report = &observation.report;
+        if report.carried == Some(false) {
+            return Ok(Some(Step {
+                phase: Phase::progressing(
+                    "Aggregating",
+                    "waiting for the cloud's shared routes and firewall rule to carry the VIP",
+                ),
+                report: Some(report.clone()),
+                requeue: Duration::from_secs(30),
+            }));
+        }
         if report.vip.is_some() {
             return Ok(None);
         }
@@ -109,6 +125,15 @@ impl Kind for VirtualService {
             report: Some(waiting),
             requeue: Duration::from_millis(if address.is_some() { 200 } else { 30_000 }),
         }))
+    }
+
+    fn cleaned_up(&self, ctx: &Context) {
+        if let Some(runtime) = ctx.cloud(&self.spec.cloud_ref) {
+            let key = key(&self.namespace().unwrap_or_default(), &self.name_any());
+            runtime
+                .pools
+                .release(&self.spec.cloud_ref, &ctx.virtual_services, &key);
+        }
     }
 
     fn synced(report: &Report) -> Phase {
@@ -174,18 +199,24 @@ fn observe(
             .find(|(z, n, _)| z == zone && n == name)
             .map_or(EngineHealth::Missing, |s| s.2)
     };
+    let namespace_allowed =
+        ctx.namespace_allowed(cloud_spec, &object.namespace().unwrap_or_default());
+    let (pool_vip, mut problems) = pool_address(object, ctx, runtime, namespace_allowed);
     let plan = virtualservice::plan(
         &runtime.view,
         &object.namespace().unwrap_or_default(),
         &object.name_any(),
         &object.spec,
-        allocated_ip.as_deref(),
+        match pool_vip {
+            Some(ip) => Some(ip.to_string()),
+            None => allocated_ip,
+        }
+        .as_deref(),
         engine_health,
     );
 
     let around = Surroundings {
-        namespace_allowed: ctx
-            .namespace_allowed(cloud_spec, &object.namespace().unwrap_or_default()),
+        namespace_allowed,
         allowed_ranges: cloud_spec.allowed_destination_ranges.clone(),
         allow_default_route: cloud_spec.allow_default_route,
         vip_claimed_by: plan
@@ -213,8 +244,12 @@ fn observe(
             }),
         missing_ilb: None,
     };
-    let problems = check_virtual_service(plan.vip.as_deref(), &object.spec.source_ranges, &around);
-    let resources = GcpResources {
+    problems.extend(check_virtual_service(
+        plan.vip.as_deref(),
+        &object.spec.source_ranges,
+        &around,
+    ));
+    let mut resources = GcpResources {
         routes: plan
             .desired
             .iter()
@@ -227,7 +262,61 @@ fn observe(
             .find(|d| d.target.collection == Collection::Firewalls)
             .map(|d| d.target.name.clone()),
         address: plan.address.as_ref().map(|t| t.name.clone()),
+        shared: false,
     };
+    // A VIP of a pool is carried by the cloud's shared routes and rule. Until they carry it
+    // exactly, the object keeps what it has of its own (a VIP migrating from its own routes
+    // loses nothing; routes to engines that are down still go at once) and makes nothing new.
+    let mut desired = plan.desired;
+    let mut carried = None;
+    if let Some(vip) = pool_vip {
+        let wanted: BTreeSet<Hop> = hops(&object.spec, engine_health).into_iter().collect();
+        let carriage = runtime
+            .pools
+            .view()
+            .carries(vip, &wanted, &opening(&object.spec));
+        if carriage.exact {
+            desired = Vec::new();
+            resources = GcpResources {
+                routes: carriage.routes,
+                firewall: carriage.rule,
+                address: None,
+                shared: true,
+            };
+        } else {
+            runtime.pools.wake.notify_one();
+            let running = |hop: &str| {
+                plan.active_engines
+                    .iter()
+                    .any(|e| hop.ends_with(&format!("/instances/{e}")))
+            };
+            desired = owned
+                .iter()
+                .filter(|(target, body)| {
+                    target.collection != Collection::Routes
+                        || body["nextHopInstance"].as_str().is_some_and(running)
+                })
+                .map(|(target, body)| DesiredResource {
+                    target: target.clone(),
+                    body: body.clone(),
+                })
+                .collect();
+            resources = GcpResources {
+                routes: desired
+                    .iter()
+                    .filter(|d| d.target.collection == Collection::Routes)
+                    .map(|d| d.target.name.clone())
+                    .collect(),
+                firewall: desired
+                    .iter()
+                    .find(|d| d.target.collection == Collection::Firewalls)
+                    .map(|d| d.target.name.clone()),
+                address: None,
+                shared: false,
+            };
+        }
+        carried = Some(carriage.exact);
+    }
     Observation {
         down_engines: plan.down_engines.clone(),
         problems,
@@ -241,8 +330,91 @@ fn observe(
             down: plan.down_engines,
             resources: Some(resources),
             address: plan.address,
+            carried,
         },
-        desired: plan.desired,
+        desired,
         owned,
+    }
+}
+
+/// The address of a VIP of a pool, and what stops it. An object that leaves its pool (or
+/// whose namespace may not use the cloud) gives its address back or takes none.
+fn pool_address(
+    object: &VirtualService,
+    ctx: &Context,
+    runtime: &CloudRuntime,
+    namespace_allowed: bool,
+) -> (Option<Ipv4Addr>, Vec<String>) {
+    let cloud = &object.spec.cloud_ref;
+    let store = &ctx.virtual_services;
+    let object_key = key(&object.namespace().unwrap_or_default(), &object.name_any());
+    let names = || {
+        let names: Vec<&str> = runtime
+            .pools
+            .pools
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        if names.is_empty() {
+            "it has none".to_string()
+        } else {
+            format!("it has {}", names.join(", "))
+        }
+    };
+    match runtime.pools.membership(&object.spec) {
+        Membership::None => {
+            runtime.pools.release(cloud, store, &object_key);
+            (None, Vec::new())
+        }
+        Membership::Missing(pool) => {
+            runtime.pools.release(cloud, store, &object_key);
+            (
+                None,
+                vec![format!(
+                    "spec.vip.allocate.pool: GcpCloud '{cloud}' has no VIP pool '{pool}' ({}); fix the pool name or add the pool to spec.vipPools of the GcpCloud",
+                    names()
+                )],
+            )
+        }
+        Membership::Pool { name, cidr } => {
+            let subnets = runtime
+                .engine
+                .inventory()
+                .read(|s| s.subnets(&runtime.view.network));
+            let overlap = subnets.iter().find(|(_, range)| {
+                range
+                    .parse::<ipnet::Ipv4Net>()
+                    .is_ok_and(|r| r.contains(&cidr) || cidr.contains(&r))
+            });
+            if let Some((subnet, range)) = overlap {
+                return (
+                    None,
+                    vec![format!(
+                        "VIP pool '{name}' ({cidr}) of GcpCloud '{cloud}' overlaps subnetwork '{subnet}' ({range}): a pool must lie outside every subnetwork of the network (Compute refuses routes inside a subnet range); fix spec.vipPools of the GcpCloud"
+                    )],
+                );
+            }
+            if !namespace_allowed {
+                // The guard rails say why; no address is taken meanwhile (one held stays held).
+                let held = runtime.pools.address_of(cloud, store, &object_key);
+                return (held, Vec::new());
+            }
+            match runtime.pools.assign(cloud, store, object, (&name, cidr)) {
+                Ok(Some(ip)) => (Some(ip), Vec::new()),
+                Ok(None) => (
+                    None,
+                    vec![format!(
+                        "spec.vip.address: {} in VIP pool '{name}' is already given to another VirtualService; choose another address or use vip.allocate.pool",
+                        object.spec.vip.address.as_deref().unwrap_or_default()
+                    )],
+                ),
+                Err(err) => (
+                    None,
+                    vec![format!(
+                        "spec.vip.allocate.pool: {err}; widen the pool, add a pool, or free addresses"
+                    )],
+                ),
+            }
+        }
     }
 }

@@ -31,7 +31,8 @@ pub struct VirtualServicePlan {
 }
 
 /// Plans a VirtualService. `allocated_ip` is the address the inventory shows for the reserved
-/// address (None until it exists); `engine_health` tells each engine's state.
+/// address (None until it exists), or the address given from a VIP pool; `engine_health` tells
+/// each engine's state.
 pub fn plan(
     cloud: &CloudView,
     namespace: &str,
@@ -49,8 +50,10 @@ pub fn plan(
     let mut address = None;
     let vip = match (&spec.vip.address, &spec.vip.allocate) {
         (Some(ip), _) => Some(ip.clone()),
+        // An address of a VIP pool: the controller's allocation, nothing reserved in GCP.
+        (None, Some(allocation)) if allocation.pool.is_some() => allocated_ip.map(str::to_string),
         (None, Some(allocation)) => {
-            let internal = allocation.r#type == AllocationType::Internal;
+            let internal = allocation.r#type == Some(AllocationType::Internal);
             let mut body = json!({
                 "name": resource_name(&cloud.resource_prefix, &object, "vip"),
                 "description": description,
@@ -414,8 +417,9 @@ mod tests {
         allocated.vip = Vip {
             address: None,
             allocate: Some(VipAllocation {
-                r#type: AllocationType::Internal,
+                r#type: Some(AllocationType::Internal),
                 subnetwork: Some("se-subnet".into()),
+                pool: None,
             }),
         };
         let waiting = plan(&cloud(), "ns", "web", &allocated, None, |_, _| {

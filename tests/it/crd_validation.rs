@@ -294,7 +294,7 @@ async fn valid_examples_are_accepted() {
         .unwrap();
     assert_eq!(typed.spec.mode, HaMode::ActiveStandby);
     assert_eq!(
-        typed.spec.vip.allocate.map(|a| a.r#type),
+        typed.spec.vip.allocate.and_then(|a| a.r#type),
         Some(AllocationType::Internal)
     );
     services

@@ -20,5 +20,6 @@ mod helm;
 mod image;
 mod leader;
 mod operator;
+mod pools;
 mod reliability;
 mod security;

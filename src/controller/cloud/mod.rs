@@ -11,6 +11,7 @@ mod events;
 mod garbage;
 mod instances;
 mod inventory;
+mod layout;
 mod runtime;
 mod sweep;
 
@@ -32,6 +33,7 @@ use garbage::*;
 use instances::*;
 use inventory::*;
 pub use inventory::{ensure_zones, refresh_inventory};
+use layout::*;
 pub use runtime::COMPUTE_ENDPOINT;
 use runtime::*;
 pub use sweep::forget_deleted;

@@ -103,9 +103,11 @@ pub(super) async fn build_runtime(
         ready: Default::default(),
         refresh_failures: Default::default(),
         settling: std::sync::atomic::AtomicBool::new(true),
+        pools: crate::controller::pools::Pools::from_spec(spec),
         engine,
     });
     forward_inventory_events(ctx, &runtime);
+    run_layout(ctx, &runtime);
     poll_instances(&runtime);
     Ok(runtime)
 }

@@ -27,6 +27,7 @@ pub enum Plane {
     Helm,
     Leader,
     Operator,
+    Pools,
     Security,
 }
 
@@ -38,6 +39,7 @@ impl Plane {
             Plane::Helm => "helm",
             Plane::Leader => "leader",
             Plane::Operator => "operator",
+            Plane::Pools => "pools",
             Plane::Security => "security",
         }
     }
