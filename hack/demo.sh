@@ -56,7 +56,7 @@ GCE_METADATA_HOST=$emulator_addr setsid "${operator_cmd[@]}" run --kubeconfig "$
   --metrics-addr 127.0.0.1:0 --cluster-id demo >"$ADC_CLUSTER_DIR/operator.log" 2>&1 </dev/null &
 pids+=($!)
 
-step "applying examples/: a tenant namespace, a GcpCloud, three VirtualServices, two VpcRoutes"
+step "applying examples/: a tenant namespace, a GcpCloud with a VIP pool, five VirtualServices (two from the pool), two VpcRoutes"
 kubectl apply --server-side -f examples/tenant.yaml
 sed "s|endpoint: http://127.0.0.1:8085 .*|endpoint: $emulator|" examples/gcpcloud.yaml | kubectl apply --server-side -f -
 kubectl apply --server-side -f examples/virtualservices.yaml -f examples/vpcroutes.yaml
@@ -70,7 +70,7 @@ kubectl wait --for=condition=Ready --timeout=120s -n team-a virtualservice --all
 kubectl wait --for=condition=Ready --timeout=120s -n team-a vpcroute --all >/dev/null
 # The progress is written every few seconds: wait until it shows every object Ready.
 for _ in $(seq 1 40); do
-  [ "$(kubectl get gcpcloud demo -o jsonpath='{.status.progress.summary}')" = "[##########] 100% 5/5" ] && break
+  [ "$(kubectl get gcpcloud demo -o jsonpath='{.status.progress.summary}')" = "[##########] 100% 7/7" ] && break
   sleep 0.5
 done
 kill "$watch_pid" 2>/dev/null || true

@@ -36,6 +36,8 @@ fn cloud(name: &str) -> GcpCloud {
         scope: "global".into(),
         usage: 60.0,
         limit: 250.0,
+        needed: None,
+        projected: None,
     }];
     cloud.status = Some(status);
     cloud

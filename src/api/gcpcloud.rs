@@ -41,6 +41,12 @@ use super::conditions::Condition;
         description = "Whether the operator can reach the network"
     ),
     printcolumn(
+        name = "ROUTES",
+        type_ = "string",
+        json_path = ".status.routes",
+        description = "Project-wide ROUTES quota: used/limit"
+    ),
+    printcolumn(
         name = "OBJECTS",
         type_ = "integer",
         json_path = ".status.progress.objects",
@@ -384,6 +390,11 @@ pub struct GcpCloudStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub quota: Vec<QuotaStatus>,
 
+    /// Project-wide `ROUTES` use and limit as `used/limit`, e.g. `12/250` (what
+    /// `kubectl get gcpcloud` shows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub routes: Option<String>,
+
     /// How far the objects that use this cloud are, and the GCP work still queued for them;
     /// updated every few seconds while anything changes, never when nothing does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -410,6 +421,17 @@ pub struct QuotaStatus {
 
     /// The limit; Compute refuses inserts beyond it (`QUOTA_EXCEEDED`).
     pub limit: f64,
+
+    /// What this cloud's objects need of it at the current plan (the shared layout of its VIP
+    /// pools plus every object's own resources), for `ROUTES`, `FIREWALLS` and
+    /// `STATIC_ADDRESSES`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub needed: Option<f64>,
+
+    /// The use once the plan is applied: `usage` less what the cloud holds now, plus `needed`.
+    /// Above 90 % of `limit` the `QuotaWarning` condition is True.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub projected: Option<f64>,
 }
 
 /// The fleet of one cloud at a glance: what `kubectl get gcpcloud -w` shows as it converges.

@@ -90,6 +90,9 @@ pub struct Pools {
     pub view: std::sync::RwLock<std::sync::Arc<SharedView>>,
     /// Whether a layout pass has looked at the inventory since the engine started.
     pub viewed: std::sync::atomic::AtomicBool,
+    /// The last error of a shared resource the layout needs (a quota, a refusal): what the
+    /// VIPs waiting for it say.
+    pub error: Mutex<Option<crate::gcp::GcpError>>,
 }
 
 /// How a VirtualService relates to the cloud's pools.
@@ -293,6 +296,11 @@ impl Pools {
         }
         self.viewed
             .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The last error of a shared resource the layout needs.
+    pub fn error(&self) -> Option<crate::gcp::GcpError> {
+        lock(&self.error).clone()
     }
 
     /// The last quota forecast.

@@ -96,6 +96,15 @@ impl Kind for VirtualService {
     ) -> Result<Option<Step<Report>>, Error> {
         let report = &observation.report;
         if report.carried == Some(false) {
+            // The shared layout cannot make what it needs (a quota, a refusal): say so.
+            if let Some(err) = runtime.pools.error() {
+                let (phase, retry) = super::apply::error_phase(&err);
+                return Ok(Some(Step {
+                    phase,
+                    report: Some(report.clone()),
+                    requeue: retry,
+                }));
+            }
             return Ok(Some(Step {
                 phase: Phase::progressing(
                     "Aggregating",

@@ -8,6 +8,7 @@ pub mod guard;
 pub mod names;
 pub mod owner;
 pub mod pool;
+pub mod quota;
 pub mod resource;
 pub mod shared;
 pub mod virtualservice;

@@ -494,6 +494,45 @@ async fn virtual_service_rejections() {
             &["spec.vip", one_vip],
         )
         .await;
+    let one_allocation = "vip.allocate needs exactly one of type or pool";
+    services
+        .reject(
+            "allocate-both",
+            with(
+                base(),
+                "/vip",
+                json!({"allocate": {"type": "Internal", "pool": "vips"}}),
+            ),
+            &["spec.vip.allocate", one_allocation],
+        )
+        .await;
+    services
+        .reject(
+            "allocate-neither",
+            with(base(), "/vip", json!({"allocate": {}})),
+            &["spec.vip.allocate", one_allocation],
+        )
+        .await;
+    services
+        .reject(
+            "pool-subnetwork",
+            with(
+                base(),
+                "/vip",
+                json!({"allocate": {"pool": "vips", "subnetwork": "default"}}),
+            ),
+            &[
+                "spec.vip.allocate",
+                "subnetwork applies only to Internal addresses",
+            ],
+        )
+        .await;
+    services
+        .accept(
+            "allocate-pool",
+            with(base(), "/vip", json!({"allocate": {"pool": "vips"}})),
+        )
+        .await;
     services
         .reject(
             "vip-neither",
@@ -1010,6 +1049,70 @@ async fn gcp_cloud_rejections() {
             "writes-per-minute",
             with(base(), "/rateLimit/writesPerMinute", json!(0)),
             &["spec.rateLimit.writesPerMinute"],
+        )
+        .await;
+
+    // VIP pools: IPv4 blocks from /16 to /28, names unique, no overlap, inside the allowed ranges.
+    let pool_cidr = "cidr must be an IPv4 CIDR range from /16 to /28 with no host bits set";
+    for (case, cidr) in [
+        ("pool-too-wide", "10.0.0.0/8"),
+        ("pool-too-narrow", "10.200.0.0/30"),
+        ("pool-host-bits", "10.200.0.1/24"),
+        ("pool-ipv6", "fd00::/64"),
+        ("pool-not-cidr", "10.200.0.0"),
+    ] {
+        clouds
+            .reject(
+                case,
+                with(base(), "/vipPools", json!([{"name": "a", "cidr": cidr}])),
+                &["spec.vipPools[0].cidr", pool_cidr],
+            )
+            .await;
+    }
+    clouds
+        .reject(
+            "pool-overlap",
+            with(
+                base(),
+                "/vipPools",
+                json!([{"name": "a", "cidr": "10.200.0.0/20"}, {"name": "b", "cidr": "10.200.4.0/24"}]),
+            ),
+            &["spec.vipPools", "vipPools must not overlap each other"],
+        )
+        .await;
+    clouds
+        .reject(
+            "pool-names-repeat",
+            with(
+                base(),
+                "/vipPools",
+                json!([{"name": "a", "cidr": "10.200.0.0/24"}, {"name": "a", "cidr": "10.201.0.0/24"}]),
+            ),
+            &["spec.vipPools", "vipPools names must not repeat"],
+        )
+        .await;
+    clouds
+        .reject(
+            "pool-outside-allowed",
+            with(
+                with(base(), "/allowedDestinationRanges", json!(["10.0.0.0/8"])),
+                "/vipPools",
+                json!([{"name": "a", "cidr": "192.168.0.0/24"}]),
+            ),
+            &[
+                "spec.vipPools",
+                "every vipPools cidr must lie inside one of allowedDestinationRanges",
+            ],
+        )
+        .await;
+    clouds
+        .accept(
+            "pools",
+            with(
+                with(base(), "/allowedDestinationRanges", json!(["10.0.0.0/8"])),
+                "/vipPools",
+                json!([{"name": "a", "cidr": "10.200.0.0/20"}, {"name": "b", "cidr": "10.201.0.0/28"}]),
+            ),
         )
         .await;
 }

@@ -29,7 +29,8 @@ use support::operator::{
 
 const PLANE: Plane = Plane::Pools;
 
-/// Compute's default quotas (§11), a subnet, and ten engines over two zones.
+/// Compute's default quotas (§11), a subnet, and ten engines over two zones; and a project
+/// with room for four routes.
 const WORLD: &str = "projects:
   - id: demo-project
     quotas: {ROUTES: 250, STATIC_ROUTES_PER_NETWORK: 200, FIREWALLS: 200, STATIC_ADDRESSES: 8}
@@ -48,6 +49,15 @@ const WORLD: &str = "projects:
       - {name: se-8, zone: us-central1-b, networkIP: 10.128.0.17, canIpForward: true}
       - {name: se-9, zone: us-central1-a, networkIP: 10.128.0.18, canIpForward: true}
       - {name: se-10, zone: us-central1-b, networkIP: 10.128.0.19, canIpForward: true}
+  - id: tight-project
+    quotas: {ROUTES: 4, STATIC_ROUTES_PER_NETWORK: 4, FIREWALLS: 10, STATIC_ADDRESSES: 8}
+    networks:
+      - name: default
+        subnetworks:
+          - {name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}
+    instances:
+      - {name: se-1, zone: us-central1-a, networkIP: 10.128.0.10, canIpForward: true}
+      - {name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}
 ";
 
 struct Fixture {
@@ -431,6 +441,30 @@ async fn a_pool_fleet_at_default_quotas_is_exact_and_fails_over() {
         routes.len(),
         rules.len()
     );
+    let clouds: Api<adc_operator::api::GcpCloud> = Api::all(client.clone());
+    eventually("the forecast counts the shared layout", || async {
+        let status = support::operator::status_of(&clouds, &cloud).await;
+        let quota = status["quota"].as_array().cloned().unwrap_or_default();
+        let needed = |metric: &str| {
+            quota
+                .iter()
+                .find(|q| q["metric"] == metric)
+                .and_then(|q| q["needed"].as_f64())
+        };
+        let warning = support::operator::condition(&status, "QuotaWarning");
+        if needed("ROUTES") == Some(routes.len() as f64)
+            && needed("FIREWALLS") == Some(rules.len() as f64)
+            && warning.as_ref().is_some_and(|w| w.0 == "False")
+            && status["routes"]
+                .as_str()
+                .is_some_and(|r| r.ends_with("/250"))
+        {
+            Ok(())
+        } else {
+            Err(format!("{quota:?} {warning:?} {}", status["routes"]))
+        }
+    })
+    .await;
     // 4 pairs plus ActiveStandby exceptions: a few dozen routes at most, far below 480.
     assert!(routes.len() <= 40, "{} routes: {routes:#?}", routes.len());
     assert!(rules.len() <= 6, "{} rules", rules.len());
@@ -560,7 +594,8 @@ async fn a_pool_fleet_at_default_quotas_is_exact_and_fails_over() {
 
 /// A cloud whose VirtualServices carry their own /32 routes gains a pool around their VIPs:
 /// the shared layout takes over and their own routes and rules go, with every VIP reaching
-/// exactly its engines and its ports open at every sample.
+/// exactly its engines and its ports open at every sample; then the pool is removed and the
+/// way back is as safe.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrating_to_a_pool_loses_no_reachability() {
     let (client, ns, cloud) = setup("pool-migrate", json!({})).await;
@@ -653,6 +688,76 @@ async fn migrating_to_a_pool_loses_no_reachability() {
     assert_eq!(routes.len(), 10, "{routes:#?}");
     assert_eq!(rules.len(), 2, "{rules:#?}");
     exact(&client, &ns, &BTreeSet::new()).await.unwrap();
+
+    // And back: the pool goes, every VIP gets its own routes and rule again before the shared
+    // ones go, exact at every sample.
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (client, ns, stop, exactness) = (
+            client.clone(),
+            ns.clone(),
+            Arc::clone(&stop),
+            Arc::clone(&exactness),
+        );
+        tokio::spawn(async move {
+            let mut samples = 0;
+            while !stop.load(Ordering::Relaxed) {
+                samples += 1;
+                if let Err(why) = exact(&client, &ns, &BTreeSet::new()).await {
+                    exactness
+                        .lock()
+                        .unwrap()
+                        .push(format!("back, sample {samples}: {why}"));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            samples
+        })
+    };
+    apply(
+        &client,
+        cloud_manifest(
+            &cloud,
+            url(),
+            &json!({"resyncInterval": "5s", "instancePollInterval": "1s"}),
+        ),
+        None,
+    )
+    .await;
+    eventually("shared routes and rules replaced by own ones", || async {
+        let (routes, rules) = footprint(&cloud).await;
+        let shared = routes
+            .iter()
+            .chain(&rules)
+            .filter(|r| {
+                r["description"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .contains("/GcpCloud/")
+            })
+            .count();
+        if shared == 0 && routes.len() == 2 * count && rules.len() == count {
+            Ok(())
+        } else {
+            Err(format!(
+                "{shared} shared left, {} routes, {} rules",
+                routes.len(),
+                rules.len()
+            ))
+        }
+    })
+    .await;
+    all_ready(&client, &ns, count).await;
+    stop.store(true, Ordering::Relaxed);
+    let samples = watcher.await.unwrap();
+    let violations = exactness.lock().unwrap().clone();
+    assert!(samples >= 3, "only {samples} samples back");
+    assert!(
+        violations.is_empty(),
+        "{} of {samples} samples inexact on the way back: {:?}",
+        violations.len(),
+        &violations[..violations.len().min(5)]
+    );
 }
 
 /// What stops a pool VIP says which field to fix.
@@ -741,4 +846,77 @@ async fn pool_mistakes_stall_with_the_field() {
         }
     })
     .await;
+}
+
+/// The quota forecast: `status.quota` says what the plan needs and the use it leads to,
+/// `kubectl get gcpcloud` shows ROUTES used/limit, and `QuotaWarning` turns True (with a Warning
+/// event) when the plan needs more than 90 % of a limit; the default project is far from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_quota_forecast_warns_near_a_limit() {
+    let (client, ns, cloud) = setup(
+        "pool-quota",
+        json!({"project": "tight-project", "vipPools": [{"name": "vips", "cidr": "10.203.0.0/24"}]}),
+    )
+    .await;
+    for (i, standby) in [(0, false), (1, false), (2, true)] {
+        apply(
+            &client,
+            service(
+                &format!("q-{i}"),
+                &cloud,
+                json!({"allocate": {"pool": "vips"}}),
+                &["se-1", "se-2"],
+                standby,
+                &[443],
+            ),
+            Some(&ns),
+        )
+        .await;
+    }
+    all_ready(&client, &ns, 3).await;
+    let clouds: Api<adc_operator::api::GcpCloud> = Api::all(client.clone());
+    eventually("QuotaWarning True, ROUTES 4/4", || async {
+        let status = support::operator::status_of(&clouds, &cloud).await;
+        let warning = support::operator::condition(&status, "QuotaWarning");
+        let routes = status["quota"]
+            .as_array()
+            .and_then(|q| q.iter().find(|q| q["metric"] == "ROUTES").cloned())
+            .unwrap_or_default();
+        match warning {
+            Some((s, reason, message))
+                if s == "True"
+                    && reason == "PlanNearLimit"
+                    && message.contains("ROUTES (global): the plan needs 4 of 4 (100%)")
+                    && status["routes"] == "4/4"
+                    && routes["needed"] == 4.0
+                    && routes["projected"] == 4.0 =>
+            {
+                Ok(())
+            }
+            other => Err(format!("{other:?} {routes} {}", status["routes"])),
+        }
+    })
+    .await;
+    let printed = std::process::Command::new(&PLANE.get().binaries.kubectl)
+        .args(["get", "gcpcloud", &cloud])
+        .env("KUBECONFIG", &PLANE.get().kubeconfig)
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&printed.stdout).to_string();
+    assert!(
+        printed.contains("ROUTES") && printed.contains("4/4"),
+        "{printed}"
+    );
+    let events = Api::<k8s_openapi::api::events::v1::Event>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .unwrap();
+    assert!(
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("QuotaForecast")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cloud.as_str())),
+        "no QuotaForecast event for {cloud}"
+    );
 }

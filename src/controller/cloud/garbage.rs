@@ -40,6 +40,9 @@ pub(super) async fn collect_garbage(
                 .vpc_routes
                 .get(&ObjectRef::new(&owner.name).within(&owner.namespace))
                 .is_some_and(|o| o.spec.cloud_ref == cloud_name),
+            // The cloud's shared pool resources: its layout task removes what it no longer
+            // needs (reconciles of this cloud only run while it exists).
+            crate::plan::shared::KIND => true,
             _ => true,
         };
         if !exists {

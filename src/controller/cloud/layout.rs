@@ -94,18 +94,29 @@ pub(crate) fn pass(
     let view = &runtime.view;
     let cloud = &view.cloud;
     let owner = shared::owner(view);
-    let (seen, inventory_view, owned, down) = engine.inventory().read(|snapshot| {
+    let (seen, others, inventory_view, owned, down) = engine.inventory().read(|snapshot| {
         let health = |zone: &str, name: &str| match snapshot.instance(zone, name) {
             Some(instance) if instance.is_running() => EngineHealth::Running,
             Some(_) => EngineHealth::Down,
             None => EngineHealth::Missing,
         };
         let mut seen = Vec::new();
+        let mut others = Vec::new();
         for object in triggers.virtual_services.state() {
             if object.spec.cloud_ref != *cloud || object.metadata.deletion_timestamp.is_some() {
                 continue;
             }
             let Membership::Pool { cidr, .. } = runtime.pools.membership(&object.spec) else {
+                // A VIP leaving the pools (a pool removed): the shared resources keep carrying
+                // it until its own do.
+                if let Some(vip) = object
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.vip.as_deref())
+                    .and_then(|v| v.parse::<Ipv4Addr>().ok())
+                {
+                    others.push(vip);
+                }
                 continue;
             };
             let object_key = key(&object.namespace().unwrap_or_default(), &object.name_any());
@@ -148,6 +159,7 @@ pub(crate) fn pass(
             .collect();
         (
             seen,
+            others,
             shared_view(snapshot, &owner, &view.resource_prefix),
             owned,
             down,
@@ -237,10 +249,25 @@ pub(crate) fn pass(
                     .any(|n| n.contains(&vip))
             }),
         };
-        if members.iter().filter(|m| covers(m.vip)).all(carried_by_new) {
+        let leaving: Vec<Ipv4Addr> = others.iter().copied().filter(|v| covers(*v)).collect();
+        if members.iter().filter(|m| covers(m.vip)).all(carried_by_new)
+            && (leaving.is_empty()
+                || engine
+                    .inventory()
+                    .read(|s| leaving.iter().all(|v| carried_elsewhere(s, target, *v))))
+        {
             work.push((delete(engine, target), Lane::Bulk));
         }
     }
+    let failed = layout
+        .desired
+        .iter()
+        .filter(|d| !owned.iter().any(|(t, _)| t == &d.target))
+        .find_map(|d| engine.failure(&d.target).map(|f| f.error));
+    *match runtime.pools.error.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    } = failed;
     let mut started = 0usize;
     for (mutation, lane) in work {
         if recently_failed(engine, &mutation.target) {
@@ -333,6 +360,26 @@ fn forecast(
         ("FIREWALLS".to_string(), firewalls as f64),
         ("STATIC_ADDRESSES".to_string(), external as f64),
     ]
+}
+
+/// Whether `vip`, leaving the pools, is carried without `target` (a shared route or rule): by
+/// its own /32 route, or for a rule by another rule that opens it.
+fn carried_elsewhere(snapshot: &Snapshot, target: &Target, vip: Ipv4Addr) -> bool {
+    match target.collection {
+        Collection::Routes => {
+            let own = format!("{vip}/32");
+            snapshot
+                .routes()
+                .values()
+                .any(|r| r.dest_range == own && r.name != target.name)
+        }
+        _ => snapshot.firewalls().iter().any(|(name, f)| {
+            name != &target.name
+                && f.destination_ranges
+                    .iter()
+                    .any(|r| r.parse::<Ipv4Net>().is_ok_and(|n| n.contains(&vip)))
+        }),
+    }
 }
 
 fn insert(resource: &DesiredResource) -> Mutation {

@@ -172,17 +172,7 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
     // The quotas are worth knowing, not worth stopping for (a role without compute.projects.get
     // still manages routes): a failed read keeps the last figures.
     let quota = match runtime.engine.read_quotas().await {
-        Ok(quotas) => Some(
-            quotas
-                .into_iter()
-                .map(|q| QuotaStatus {
-                    metric: q.metric,
-                    scope: q.scope,
-                    usage: q.usage,
-                    limit: q.limit,
-                })
-                .collect(),
-        ),
+        Ok(quotas) => Some(quota_forecast(&ctx, &name, &runtime, quotas)),
         Err(err) => {
             tracing::warn!(cloud = %name, error = %err, "reading the project's resource quotas failed; keeping the last figures");
             None
@@ -195,12 +185,68 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
             cloud.spec.project, cloud.spec.network
         ),
     );
-    report(&api, &cloud, phase, Some(counts), quota).await?;
+    if let Some(warning) = report(&api, &cloud, phase, Some(counts), quota).await? {
+        ctx.event(&*cloud, true, "QuotaForecast", "Plan", warning)
+            .await;
+    }
     if runtime.settling.load(Ordering::Relaxed) {
         let soon = SETTLING_REFRESH.mul_f64(ctx.settings.gcp_time_scale.clamp(0.001, 1.0));
         return Ok(Action::requeue(resync.min(soon)));
     }
     Ok(Action::requeue(resync))
+}
+
+/// The quotas with what the cloud's objects need of them (from the last layout pass) and the
+/// use once its plan is applied.
+fn quota_forecast(
+    ctx: &Context,
+    name: &str,
+    runtime: &crate::controller::context::CloudRuntime,
+    quotas: Vec<crate::gcp::types::QuotaUse>,
+) -> Vec<QuotaStatus> {
+    use crate::plan::resource::Collection;
+    let needed = runtime.pools.forecast().unwrap_or_default();
+    let held = runtime.engine.inventory().read(|s| {
+        let mut held = std::collections::BTreeMap::<&str, f64>::new();
+        for (owner, target) in s.owners(&ctx.settings.cluster_id) {
+            if owner.cloud != name {
+                continue;
+            }
+            let metric = match target.collection {
+                Collection::Routes => "ROUTES",
+                Collection::Firewalls => "FIREWALLS",
+                Collection::Addresses => "STATIC_ADDRESSES",
+                _ => continue,
+            };
+            *held.entry(metric).or_default() += 1.0;
+        }
+        held
+    });
+    let global = |scope: &str| scope == "global" || scope == runtime.view.region;
+    let figures: Vec<(String, String, f64, f64)> = quotas
+        .into_iter()
+        .map(|q| (q.metric, q.scope, q.usage, q.limit))
+        .collect();
+    crate::plan::quota::forecast(
+        &figures,
+        |metric| {
+            needed
+                .iter()
+                .any(|(m, _)| m == metric)
+                .then(|| held.get(metric).copied().unwrap_or(0.0))
+        },
+        |metric| needed.iter().find(|(m, _)| m == metric).map(|(_, n)| *n),
+    )
+    .into_iter()
+    .map(|f| QuotaStatus {
+        needed: f.needed.filter(|_| global(&f.scope)),
+        projected: f.needed.filter(|_| global(&f.scope)).map(|_| f.projected),
+        metric: f.metric,
+        scope: f.scope,
+        usage: f.usage,
+        limit: f.limit,
+    })
+    .collect()
 }
 
 async fn report(
@@ -209,7 +255,8 @@ async fn report(
     phase: Phase,
     inventory: Option<InventoryCounts>,
     quota: Option<Vec<QuotaStatus>>,
-) -> Result<(), Error> {
+) -> Result<Option<String>, Error> {
+    let mut warned = None;
     let mut status = cloud.status.clone().unwrap_or_default();
     // Written by mark_abandoned and the progress task, never by this apply: leaving them out
     // keeps them.
@@ -226,8 +273,49 @@ async fn report(
         status.inventory = inventory;
     }
     if let Some(quota) = quota {
+        status.routes = quota
+            .iter()
+            .find(|q| q.metric == "ROUTES")
+            .map(|q| format!("{:.0}/{:.0}", q.usage, q.limit));
+        let forecasts: Vec<crate::plan::quota::Forecast> = quota
+            .iter()
+            .filter_map(|q| {
+                Some(crate::plan::quota::Forecast {
+                    metric: q.metric.clone(),
+                    scope: q.scope.clone(),
+                    usage: q.usage,
+                    limit: q.limit,
+                    needed: q.needed,
+                    projected: q.projected?,
+                })
+            })
+            .collect();
+        let warning = crate::plan::quota::warning(&forecasts);
+        let was = crate::api::conditions::condition_true(&status.conditions, QUOTA_WARNING);
+        crate::api::conditions::set_condition(
+            &mut status.conditions,
+            QUOTA_WARNING,
+            warning.is_some(),
+            if warning.is_some() {
+                "PlanNearLimit"
+            } else {
+                "WithinLimits"
+            },
+            warning
+                .as_deref()
+                .unwrap_or("the plan needs at most 90% of every resource quota"),
+            cloud.metadata.generation,
+            &k8s_openapi::jiff::Timestamp::now().to_string(),
+        );
         status.quota = quota;
+        if let Some(warning) = warning.filter(|_| !was) {
+            warned = Some(warning);
+        }
     }
     write_status::<GcpCloud, GcpCloudStatus>(api, cloud, current.as_ref(), &status).await?;
-    Ok(())
+    Ok(warned)
 }
+
+/// A condition of its own beside kstatus's three: True while the plan needs more than 90 % of
+/// a resource quota.
+pub const QUOTA_WARNING: &str = "QuotaWarning";
