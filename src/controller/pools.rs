@@ -2,7 +2,7 @@
 //! hold (seeded from their status, so a restarted operator or a new leader hands out nothing
 //! twice), and the signal that wakes the cloud's shared layout (`cloud/layout.rs`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::Ipv4Addr;
 use std::sync::Mutex;
 
@@ -26,9 +26,61 @@ pub struct SharedView {
     pub routes: Vec<(Ipv4Net, Hop, String)>,
     /// (rule, rule name).
     pub rules: Vec<(Rule, String)>,
+    /// Routes and rule ranges by (prefix length, network): a VIP is looked up once per length
+    /// in use, not against every range (rules of a large pool hold thousands).
+    index: std::sync::OnceLock<Index>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Index {
+    /// Prefix lengths in use, longest first.
+    route_lengths: Vec<u8>,
+    routes: HashMap<(u8, u32), Vec<usize>>,
+    rule_lengths: Vec<u8>,
+    rules: HashMap<(u8, u32), Vec<usize>>,
 }
 
 impl SharedView {
+    /// A view of these routes and rules.
+    pub fn new(routes: Vec<(Ipv4Net, Hop, String)>, rules: Vec<(Rule, String)>) -> Self {
+        Self {
+            routes,
+            rules,
+            index: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn index(&self) -> &Index {
+        self.index.get_or_init(|| {
+            let mut index = Index::default();
+            for (i, (net, _, _)) in self.routes.iter().enumerate() {
+                index
+                    .routes
+                    .entry((net.prefix_len(), u32::from(net.network())))
+                    .or_default()
+                    .push(i);
+            }
+            for (i, (rule, _)) in self.rules.iter().enumerate() {
+                for net in &rule.ranges {
+                    index
+                        .rules
+                        .entry((net.prefix_len(), u32::from(net.network())))
+                        .or_default()
+                        .push(i);
+                }
+            }
+            let lengths = |keys: &HashMap<(u8, u32), Vec<usize>>| {
+                let mut lengths: Vec<u8> = keys.keys().map(|k| k.0).collect();
+                lengths.sort_unstable_by(|a, b| b.cmp(a));
+                lengths.dedup();
+                lengths
+            };
+            index.route_lengths = lengths(&index.routes);
+            index.rule_lengths = lengths(&index.rules);
+            index
+        })
+    }
+
     /// The route table, for `plan::shared::selected`.
     pub fn table(&self) -> Vec<(Ipv4Net, Hop)> {
         self.routes
@@ -40,26 +92,34 @@ impl SharedView {
     /// Whether the shared resources carry `vip` exactly: it selects `hops` (when any engine
     /// runs) and a rule opens `opening` to it. With the names of what carries it.
     pub fn carries(&self, vip: Ipv4Addr, hops: &BTreeSet<Hop>, opening: &Opening) -> Carried {
-        let longest = self
-            .routes
+        let index = self.index();
+        let address = u32::from(vip);
+        let masked = |len: u8| {
+            if len == 0 {
+                0
+            } else {
+                address & (u32::MAX << (32 - u32::from(len)))
+            }
+        };
+        // The longest prefix that holds a route to it: Compute's first rule.
+        let selected: &[usize] = index
+            .route_lengths
             .iter()
-            .filter(|(n, _, _)| n.contains(&vip))
-            .map(|(n, _, _)| n.prefix_len())
-            .max();
-        let selected: Vec<&(Ipv4Net, Hop, String)> = self
-            .routes
+            .find_map(|len| index.routes.get(&(*len, masked(*len))))
+            .map_or(&[], Vec::as_slice);
+        let selected_hops: BTreeSet<Hop> =
+            selected.iter().map(|i| self.routes[*i].1.clone()).collect();
+        let rule = index
+            .rule_lengths
             .iter()
-            .filter(|(n, _, _)| Some(n.prefix_len()) == longest && n.contains(&vip))
-            .collect();
-        let selected_hops: BTreeSet<Hop> = selected.iter().map(|(_, h, _)| h.clone()).collect();
-        let rule = self
-            .rules
-            .iter()
-            .find(|(r, _)| &r.opening == opening && r.ranges.iter().any(|n| n.contains(&vip)))
+            .filter_map(|len| index.rules.get(&(*len, masked(*len))))
+            .flatten()
+            .map(|i| &self.rules[*i])
+            .find(|(r, _)| &r.opening == opening)
             .map(|(_, name)| name.clone());
         Carried {
             exact: (hops.is_empty() || &selected_hops == hops) && rule.is_some(),
-            routes: selected.iter().map(|(_, _, name)| name.clone()).collect(),
+            routes: selected.iter().map(|i| self.routes[*i].2.clone()).collect(),
             rule,
         }
     }

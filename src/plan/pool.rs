@@ -44,22 +44,50 @@ fn block(address: u32, len: u8) -> (u32, u32) {
     (first as u32, (first + size - 1) as u32)
 }
 
-/// Picks an address of `pool` for a VIP of `group`; `used` maps every address in use (of any
-/// pool) to its group. None when the pool is full.
-pub fn choose<G: Eq>(pool: Ipv4Net, used: &BTreeMap<u32, G>, group: &G) -> Option<Ipv4Addr> {
+/// Picks an address of `pool` for a VIP of a group: `used` maps every address in use (of any
+/// pool) to its holder, `mine` tells the group's holders, `own` holds the group's addresses and
+/// `hint` the last address given to it (the next one up is tried first: a group growing in
+/// its block costs a lookup, not a scan). None when the pool is full.
+pub fn choose<G>(
+    pool: Ipv4Net,
+    used: &BTreeMap<u32, G>,
+    mine: impl Fn(&G) -> bool,
+    own: &BTreeSet<u32>,
+    hint: Option<u32>,
+) -> Option<Ipv4Addr> {
     let (lo, hi) = usable(pool);
+    let foreign_in = |first: u32, last: u32| used.range(first..=last).any(|(_, g)| !mine(g));
+    if let Some(last) = hint.filter(|h| own.contains(h) && *h >= lo && *h < hi) {
+        let next = last + 1;
+        let len = (last ^ next).leading_zeros() as u8;
+        if !used.contains_key(&next) && len >= pool.prefix_len() {
+            let (first, end) = block(last, len);
+            if !foreign_in(first, end) {
+                return Some(Ipv4Addr::from(next));
+            }
+        }
+    }
     // Inside a territory of the group: the lowest free address of the first territory with room.
     let mut seen_until: Option<u32> = None;
-    for (&address, _) in used.range(lo..=hi).filter(|(_, g)| *g == group) {
+    for &address in own.range(lo..=hi) {
         if seen_until.is_some_and(|until| address <= until) {
             continue;
         }
-        let territory = (pool.prefix_len()..=32)
-            .map(|len| block(address, len))
-            .find(|&(first, last)| used.range(first..=last).all(|(_, g)| g == group));
-        let Some((first, last)) = territory else {
-            continue;
-        };
+        // The territory grows from the address by buddies while no other group is inside.
+        let (mut first, mut last) = (address, address);
+        let mut len = 32u8;
+        while len > pool.prefix_len() {
+            let (f, l) = block(address, len - 1);
+            let (from, to) = if f == first {
+                (last + 1, l)
+            } else {
+                (f, first - 1)
+            };
+            if foreign_in(from, to) {
+                break;
+            }
+            (first, last, len) = (f, l, len - 1);
+        }
         seen_until = Some(last);
         if let Some(free) = lowest_free(used, first.max(lo), last.min(hi)) {
             return Some(Ipv4Addr::from(free));
@@ -137,6 +165,9 @@ pub struct Allocations {
     by_address: BTreeMap<u32, Holder>,
     by_object: HashMap<String, u32>,
     released: BTreeSet<u32>,
+    /// Each group's addresses, and the last one given to it.
+    by_group: HashMap<String, BTreeSet<u32>>,
+    last_given: HashMap<String, u32>,
 }
 
 /// The holder group of a released address: no group matches it.
@@ -157,15 +188,31 @@ impl Allocations {
             self.release_address(previous);
         }
         self.released.remove(&key);
-        self.by_address.insert(
+        if let Some(previous) = self.by_address.insert(
             key,
             Holder {
                 object: object.to_string(),
                 group: group.to_string(),
             },
-        );
+        ) {
+            self.forget_in_group(&previous.group, key);
+        }
+        self.by_group
+            .entry(group.to_string())
+            .or_default()
+            .insert(key);
         self.by_object.insert(object.to_string(), key);
         true
+    }
+
+    fn forget_in_group(&mut self, group: &str, address: u32) {
+        if let Some(addresses) = self.by_group.get_mut(group) {
+            addresses.remove(&address);
+            if addresses.is_empty() {
+                self.by_group.remove(group);
+                self.last_given.remove(group);
+            }
+        }
     }
 
     /// The address `object` holds, if any.
@@ -203,20 +250,23 @@ impl Allocations {
         {
             return Ok(wanted);
         }
-        let groups: BTreeMap<u32, &str> = self
-            .by_address
-            .iter()
-            .map(|(a, h)| (*a, h.group.as_str()))
-            .collect();
-        match choose(pool, &groups, &group) {
+        let empty = BTreeSet::new();
+        let own = self.by_group.get(group).unwrap_or(&empty);
+        let hint = self.last_given.get(group).copied();
+        match choose(pool, &self.by_address, |h| h.group == group, own, hint) {
             Some(address) => {
                 self.hold(object, address, group);
+                self.last_given
+                    .insert(group.to_string(), u32::from(address));
                 Ok(address)
             }
             None => Err(PoolError::Exhausted {
                 pool: pool_name.to_string(),
                 cidr: pool,
-                used: groups.range(usable(pool).0..=usable(pool).1).count(),
+                used: self
+                    .by_address
+                    .range(usable(pool).0..=usable(pool).1)
+                    .count(),
             }),
         }
     }
@@ -229,6 +279,10 @@ impl Allocations {
     }
 
     fn release_address(&mut self, address: u32) {
+        if let Some(holder) = self.by_address.get(&address) {
+            let group = holder.group.clone();
+            self.forget_in_group(&group, address);
+        }
         self.by_address.insert(
             address,
             Holder {

@@ -174,21 +174,26 @@ pub(crate) fn pass(
         .iter()
         .map(|d| d.target.name.as_str())
         .collect();
-    let made = SharedView {
-        routes: inventory_view
+    let made = SharedView::new(
+        inventory_view
             .routes
             .iter()
             .filter(|(_, _, name)| desired_names.contains(name.as_str()))
             .cloned()
             .collect(),
-        rules: inventory_view
+        inventory_view
             .rules
             .iter()
             .filter(|(_, name)| desired_names.contains(name.as_str()))
             .cloned()
             .collect(),
-    };
-    let carried_by_new = |m: &Member| made.carries(m.vip, &m.hops, &m.opening).exact;
+    );
+    // Each member once, sorted by VIP: carried exactly by what exists of the new layout?
+    let mut by_new: Vec<(Ipv4Addr, bool)> = members
+        .iter()
+        .map(|m| (m.vip, made.carries(m.vip, &m.hops, &m.opening).exact))
+        .collect();
+    by_new.sort_unstable();
 
     let mut work: Vec<(Mutation, Lane)> = Vec::new();
     // 1. Routes to engines that are down go at once.
@@ -206,9 +211,10 @@ pub(crate) fn pass(
         work.push((delete(engine, target), Lane::Urgent));
     }
     // 2. The new layout's resources, once the last pass's are made.
+    let shared_prefix = shared::name_prefix(view);
     let pending = [Collection::Routes, Collection::Firewalls]
         .into_iter()
-        .flat_map(|c| engine.pending_inserts(c, &shared::name_prefix(view)))
+        .flat_map(|c| engine.pending_inserts(c, &shared_prefix))
         .collect::<Vec<_>>();
     if pending.is_empty() {
         for resource in &layout.desired {
@@ -237,24 +243,36 @@ pub(crate) fn pass(
         if desired_names.contains(target.name.as_str()) || withdrawals.contains(target) {
             continue;
         }
-        let covers = |vip: Ipv4Addr| match target.collection {
+        let ranges: Vec<Ipv4Net> = match target.collection {
             Collection::Routes => body["destRange"]
                 .as_str()
-                .and_then(|r| r.parse::<Ipv4Net>().ok())
-                .is_some_and(|n| n.contains(&vip)),
-            _ => body["destinationRanges"].as_array().is_some_and(|ranges| {
-                ranges
-                    .iter()
-                    .filter_map(|r| r.as_str()?.parse::<Ipv4Net>().ok())
-                    .any(|n| n.contains(&vip))
-            }),
+                .and_then(|r| r.parse().ok())
+                .into_iter()
+                .collect(),
+            _ => body["destinationRanges"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str()?.parse().ok())
+                .collect(),
         };
+        let covers = |vip: Ipv4Addr| ranges.iter().any(|n| n.contains(&vip));
+        // The members inside each range, found in the sorted list.
+        let all_carried = ranges.iter().all(|net| {
+            let start = by_new.partition_point(|(vip, _)| *vip < net.network());
+            by_new[start..]
+                .iter()
+                .take_while(|(vip, _)| *vip <= net.broadcast())
+                .all(|(_, carried)| *carried)
+        });
         let leaving: Vec<Ipv4Addr> = others.iter().copied().filter(|v| covers(*v)).collect();
-        if members.iter().filter(|m| covers(m.vip)).all(carried_by_new)
+        if all_carried
             && (leaving.is_empty()
-                || engine
-                    .inventory()
-                    .read(|s| leaving.iter().all(|v| carried_elsewhere(s, target, *v))))
+                || engine.inventory().read(|s| {
+                    leaving
+                        .iter()
+                        .all(|v| carried_elsewhere(s, target, *v, &shared_prefix))
+                }))
         {
             work.push((delete(engine, target), Lane::Bulk));
         }
@@ -362,19 +380,25 @@ fn forecast(
     ]
 }
 
-/// Whether `vip`, leaving the pools, is carried without `target` (a shared route or rule): by
-/// its own /32 route, or for a rule by another rule that opens it.
-fn carried_elsewhere(snapshot: &Snapshot, target: &Target, vip: Ipv4Addr) -> bool {
+/// Whether `vip`, leaving the pools, is carried by something other than the shared layout
+/// (names starting with `shared_prefix`): its own /32 route, or for a rule another rule that
+/// opens it. Another shared resource does not count: they all go.
+fn carried_elsewhere(
+    snapshot: &Snapshot,
+    target: &Target,
+    vip: Ipv4Addr,
+    shared_prefix: &str,
+) -> bool {
     match target.collection {
         Collection::Routes => {
             let own = format!("{vip}/32");
             snapshot
                 .routes()
                 .values()
-                .any(|r| r.dest_range == own && r.name != target.name)
+                .any(|r| r.dest_range == own && !r.name.starts_with(shared_prefix))
         }
         _ => snapshot.firewalls().iter().any(|(name, f)| {
-            name != &target.name
+            !name.starts_with(shared_prefix)
                 && f.destination_ranges
                     .iter()
                     .any(|r| r.parse::<Ipv4Net>().is_ok_and(|n| n.contains(&vip)))
@@ -414,7 +438,7 @@ pub(crate) fn shared_view(
     owner: &crate::plan::owner::Owner,
     resource_prefix: &str,
 ) -> SharedView {
-    let mut view = SharedView::default();
+    let (mut routes, mut rules) = (Vec::new(), Vec::new());
     for (target, body) in snapshot.owned_by(owner, resource_prefix) {
         match target.collection {
             Collection::Routes => {
@@ -427,7 +451,7 @@ pub(crate) fn shared_view(
                     continue;
                 };
                 let (zone, instance) = zone_and_name(hop);
-                view.routes.push((
+                routes.push((
                     range,
                     Hop {
                         zone: zone.to_string(),
@@ -469,7 +493,7 @@ pub(crate) fn shared_view(
                             .collect()
                     })
                     .unwrap_or_default();
-                view.rules.push((
+                rules.push((
                     Rule {
                         opening: Opening {
                             allowed,
@@ -486,5 +510,5 @@ pub(crate) fn shared_view(
             _ => {}
         }
     }
-    view
+    SharedView::new(routes, rules)
 }
