@@ -373,3 +373,21 @@ impl Pools {
         *lock(&self.forecast) = Some(forecast);
     }
 }
+
+/// The subnetwork of the cloud's network that `pool` overlaps, as (name, range): a pool must
+/// lie outside every subnetwork (Compute refuses a static route inside a subnet range).
+pub fn overlapped_subnet(
+    runtime: &super::context::CloudRuntime,
+    pool: Ipv4Net,
+) -> Option<(String, String)> {
+    runtime
+        .engine
+        .inventory()
+        .read(|s| s.subnets(&runtime.view.network))
+        .into_iter()
+        .find(|(_, range)| {
+            range
+                .parse::<Ipv4Net>()
+                .is_ok_and(|r| r.contains(&pool) || pool.contains(&r))
+        })
+}

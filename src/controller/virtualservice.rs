@@ -9,7 +9,7 @@ use kube::ResourceExt;
 use super::claims::{Claim, address_claimed_by, stalled};
 use super::context::{CloudRuntime, Context};
 use super::error::Error;
-use super::pools::{Membership, key};
+use super::pools::{Membership, key, overlapped_subnet};
 use super::reconcile::{Kind, Observation, Step};
 use super::status::Phase;
 use crate::api::conditions::Condition;
@@ -386,16 +386,7 @@ fn pool_address(
             )
         }
         Membership::Pool { name, cidr } => {
-            let subnets = runtime
-                .engine
-                .inventory()
-                .read(|s| s.subnets(&runtime.view.network));
-            let overlap = subnets.iter().find(|(_, range)| {
-                range
-                    .parse::<ipnet::Ipv4Net>()
-                    .is_ok_and(|r| r.contains(&cidr) || cidr.contains(&r))
-            });
-            if let Some((subnet, range)) = overlap {
+            if let Some((subnet, range)) = overlapped_subnet(runtime, cidr) {
                 return (
                     None,
                     vec![format!(

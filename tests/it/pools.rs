@@ -826,6 +826,26 @@ async fn pool_mistakes_stall_with_the_field() {
         message.contains("overlaps subnetwork 'default'") && message.contains("spec.vipPools"),
         "{message}"
     );
+    // The cloud says it too.
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    eventually("a PoolRefused event on the cloud", || async {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .iter()
+            .find(|e| {
+                e.reason.as_deref() == Some("PoolRefused")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cloud.as_str())
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("'in-subnet' (10.128.4.0/24)"))
+            })
+            .map(|_| ())
+            .ok_or_else(|| "none yet".to_string())
+    })
+    .await;
     // A /28 has fourteen usable addresses (its first and last are never handed out).
     let names: Vec<String> = (1..=15).map(|i| format!("t{i}")).collect();
     for name in &names {
@@ -939,4 +959,74 @@ async fn the_quota_forecast_warns_near_a_limit() {
                 && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cloud.as_str())),
         "no QuotaForecast event for {cloud}"
     );
+
+    // A change of the cloud's spec rebuilds its engine and pool state from the objects'
+    // status: every VIP keeps its address.
+    let api: Api<VirtualService> = Api::namespaced(client.clone(), &ns);
+    let vips = || async {
+        let mut vips = BTreeMap::new();
+        for vs in api.list(&ListParams::default()).await.unwrap() {
+            vips.insert(
+                vs.metadata.name.clone().unwrap(),
+                vs.status.and_then(|s| s.vip),
+            );
+        }
+        vips
+    };
+    let before = vips().await;
+    apply(
+        &client,
+        cloud_manifest(
+            &cloud,
+            url(),
+            &json!({"project": "tight-project", "resyncInterval": "3s", "instancePollInterval": "1s",
+                    "vipPools": [{"name": "vips", "cidr": "10.203.0.0/24"}]}),
+        ),
+        None,
+    )
+    .await;
+    // A fourth VIP with a set of routes of its own needs two more routes than the project has:
+    // it stalls with QuotaExceeded, and the others stay exactly as they are.
+    apply(
+        &client,
+        service(
+            "q-3",
+            &cloud,
+            json!({"allocate": {"pool": "vips"}}),
+            &["se-2", "se-1"],
+            true,
+            &[443],
+        ),
+        Some(&ns),
+    )
+    .await;
+    let message = eventually_stalled(&api, "q-3", "QuotaExceeded").await;
+    assert!(message.contains("ROUTES"), "{message}");
+    let after = vips().await;
+    for (name, vip) in &before {
+        assert!(vip.is_some(), "{name} had no VIP");
+        assert_eq!(after.get(name), Some(vip), "{name} changed its VIP");
+    }
+    let held: Vec<&String> = after.values().flatten().collect();
+    let distinct: BTreeSet<&&String> = held.iter().collect();
+    assert_eq!(distinct.len(), held.len(), "{after:?}");
+    for name in ["q-0", "q-1", "q-2"] {
+        wait_ready::<VirtualService>(&client, Some(&ns), name).await;
+    }
+}
+
+/// Waits until `name` is Stalled with `reason`; its message.
+async fn eventually_stalled(api: &Api<VirtualService>, name: &str, reason: &str) -> String {
+    eventually(&format!("{name} stalled with {reason}"), || async {
+        let status = support::operator::status_of(api, name).await;
+        match support::operator::condition(&status, "Stalled") {
+            Some((s, r, _)) if s == "True" && r == reason => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let status = support::operator::status_of(api, name).await;
+    support::operator::condition(&status, "Stalled")
+        .map(|c| c.2)
+        .unwrap_or_default()
 }

@@ -149,6 +149,21 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
         .status
         .map(|s| s.abandoned)
         .unwrap_or_default();
+    for (pool, cidr) in &runtime.pools.pools {
+        if let Some((subnet, range)) = crate::controller::pools::overlapped_subnet(&runtime, *cidr)
+        {
+            ctx.event(
+                &*cloud,
+                true,
+                "PoolRefused",
+                "Plan",
+                format!(
+                    "spec.vipPools '{pool}' ({cidr}) overlaps subnetwork '{subnet}' ({range}): the VirtualServices that use it stall; move the pool outside every subnetwork"
+                ),
+            )
+            .await;
+        }
+    }
     let collected = collect_garbage(&ctx, &name, &abandoned, &runtime).await;
     if collected > 0 {
         ctx.event(
