@@ -139,6 +139,29 @@ pub fn layout(cloud: &CloudView, pools: &[Ipv4Net], members: &[Member]) -> Layou
     }
 }
 
+/// Of the routes and rules a layout still lacks, those to insert now: every rule, and the
+/// routes of the longest prefix length among the missing ones. A route at a prefix changes what
+/// every VIP under it selects until the longer prefixes the layout puts under it exist: made
+/// longest first, each VIP selects at every moment its old routes, its new ones, or (at a
+/// prefix both layouts share) some of both, never a neighbour's.
+pub fn next_inserts<'a>(missing: &[&'a DesiredResource]) -> Vec<&'a DesiredResource> {
+    let length = |d: &DesiredResource| {
+        d.body["destRange"]
+            .as_str()
+            .and_then(|r| r.parse::<Ipv4Net>().ok())
+            .map(|n| n.prefix_len())
+    };
+    let longest = missing.iter().filter_map(|d| length(d)).max();
+    missing
+        .iter()
+        .copied()
+        .filter(|d| match length(d) {
+            Some(len) => Some(len) == longest,
+            None => true,
+        })
+        .collect()
+}
+
 /// The fewest prefixes that cover exactly `addresses` (sorted, unique): runs of consecutive
 /// addresses split into aligned blocks.
 pub fn exact_cover(addresses: &[u32]) -> Vec<Ipv4Net> {
@@ -473,14 +496,45 @@ mod tests {
             let next_members = members(&changed, &[dead].into());
             let new = layout(&cloud(), &[pool], &next_members);
             exact(&new, &next_members, pool)?;
-            let both: Vec<(Ipv4Net, Hop)> = withdrawn.iter().chain(&new.table).cloned().collect();
-            for member in &next_members {
-                if member.hops.is_empty() { continue; }
-                let had = after.iter().find(|m| m.vip == member.vip).map(|m| m.hops.clone()).unwrap_or_default();
-                let allowed: BTreeSet<(String, String)> = had.iter().chain(&member.hops).map(|h| (h.zone.clone(), h.instance.clone())).collect();
-                let reached = carrying(&both, member.vip);
-                prop_assert!(!reached.is_empty(), "{} unrouted mid-change", member.vip);
-                prop_assert!(reached.is_subset(&allowed), "{} reaches {:?}, not in {:?}", member.vip, reached, allowed);
+            // Route by route, as the layout task sends them: the missing ones in rounds of
+            // next_inserts (each round done before the next), then the old ones deleted one by
+            // one; every VIP is checked after every single change.
+            let check = |state: &[(Ipv4Net, Hop)], step: &str| -> Result<(), TestCaseError> {
+                for member in &next_members {
+                    if member.hops.is_empty() { continue; }
+                    let had = after.iter().find(|m| m.vip == member.vip).map(|m| m.hops.clone()).unwrap_or_default();
+                    let allowed: BTreeSet<(String, String)> = had.iter().chain(&member.hops).map(|h| (h.zone.clone(), h.instance.clone())).collect();
+                    let reached = carrying(state, member.vip);
+                    prop_assert!(!reached.is_empty(), "{} unrouted {}", member.vip, step);
+                    prop_assert!(reached.is_subset(&allowed), "{} reaches {:?}, not in {:?}, {}", member.vip, reached, allowed, step);
+                }
+                Ok(())
+            };
+            let route_of = |d: &DesiredResource| -> Option<(Ipv4Net, Hop)> {
+                let prefix = d.body["destRange"].as_str()?.parse().ok()?;
+                let link = d.body["nextHopInstance"].as_str()?;
+                let parts: Vec<&str> = link.split('/').collect();
+                Some((prefix, Hop {
+                    zone: parts[parts.len() - 3].to_string(),
+                    instance: parts[parts.len() - 1].to_string(),
+                    priority: d.body["priority"].as_u64()? as u32,
+                }))
+            };
+            let mut state = withdrawn.clone();
+            loop {
+                let missing: Vec<&DesiredResource> = new.desired.iter()
+                    .filter(|d| route_of(d).is_some_and(|r| !state.contains(&r)))
+                    .collect();
+                if missing.is_empty() { break; }
+                for d in next_inserts(&missing) {
+                    state.push(route_of(d).unwrap());
+                    check(&state, "while the new layout is made")?;
+                }
+            }
+            let stale: Vec<(Ipv4Net, Hop)> = state.iter().filter(|r| !new.table.contains(r)).cloned().collect();
+            for route in stale {
+                state.retain(|r| r != &route);
+                check(&state, "while the old layout goes")?;
             }
         }
     }

@@ -799,7 +799,8 @@ async fn fleet_progress_and_kubectl_adc_status() {
     assert_eq!(
         header,
         [
-            "NAME", "PROJECT", "NETWORK", "READY", "OBJECTS", "PROGRESS", "QUEUED", "LEFT", "AGE"
+            "NAME", "PROJECT", "NETWORK", "READY", "ROUTES", "OBJECTS", "PROGRESS", "QUEUED",
+            "LEFT", "AGE"
         ]
     );
     assert!(table.contains("[#########.] 92% 13/14"), "{table}");

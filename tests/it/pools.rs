@@ -21,7 +21,6 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 use support::Plane;
-use support::eventually;
 use support::operator::{
     OperatorSpec, apply, cloud_manifest, emulator_collection, label_tenant, wait_ready,
     wait_stalled,
@@ -312,6 +311,24 @@ fn sample_reachability(
         }
         (samples, violations)
     })
+}
+
+/// As `support::eventually`, with three minutes: a layout is made in rounds (the longest
+/// prefixes first), each an operation long, and CI runs two suites at once on two cores.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let mut last = String::new();
+    for _ in 0..900 {
+        match check().await {
+            Ok(()) => return,
+            Err(why) => last = why,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{what} did not happen within 180 s: {last}");
 }
 
 async fn all_ready(client: &Client, namespace: &str, count: usize) {
@@ -947,18 +964,22 @@ async fn the_quota_forecast_warns_near_a_limit() {
         printed.contains("ROUTES") && printed.contains("4/4"),
         "{printed}"
     );
-    let events = Api::<k8s_openapi::api::events::v1::Event>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .unwrap();
-    assert!(
-        events
-            .items
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    eventually("a QuotaForecast event on the cloud", || async {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
             .iter()
-            .any(|e| e.reason.as_deref() == Some("QuotaForecast")
-                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cloud.as_str())),
-        "no QuotaForecast event for {cloud}"
-    );
+            .find(|e| {
+                e.reason.as_deref() == Some("QuotaForecast")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cloud.as_str())
+            })
+            .map(|_| ())
+            .ok_or_else(|| format!("no QuotaForecast event for {cloud} yet"))
+    })
+    .await;
 
     // A change of the cloud's spec rebuilds its engine and pool state from the objects'
     // status: every VIP keeps its address.

@@ -8,7 +8,9 @@
 //!   RUNNING: the remaining routes still give every VIP exactly its remaining engines, so a
 //!   failover never waits for a re-layout (plan::shared's property test);
 //! - inserts what the new layout adds, on the bulk lane, only when no insert of an earlier pass
-//!   is still pending (passes follow the operations, not every reconcile);
+//!   is still pending (passes follow the operations, not every reconcile), routes of the
+//!   longest missing prefix length first (`plan::shared::next_inserts`): a wider route never
+//!   reaches a VIP before the narrower route the layout gives it exists;
 //! - deletes a resource of the old layout only once every pool VIP it covers is carried
 //!   exactly by resources of the new layout that exist (make before break, resource by
 //!   resource, so a rollout that keeps adding VIPs still cleans up as it goes).
@@ -217,9 +219,10 @@ pub(crate) fn pass(
         .flat_map(|c| engine.pending_inserts(c, &shared_prefix))
         .collect::<Vec<_>>();
     if pending.is_empty() {
+        let mut missing = Vec::new();
         for resource in &layout.desired {
             match owned.iter().find(|(t, _)| t == &resource.target) {
-                None => work.push((insert(resource), Lane::Bulk)),
+                None => missing.push(resource),
                 Some((_, have)) if same_content(&resource.body, have) => {}
                 // Changed behind the operator's back: put back as planned.
                 Some(_) => {
@@ -227,6 +230,11 @@ pub(crate) fn pass(
                     work.push((insert(resource), Lane::Urgent));
                 }
             }
+        }
+        // Longest prefixes first: a wider route never reaches VIPs before the narrower routes
+        // the layout puts under it exist.
+        for resource in shared::next_inserts(&missing) {
+            work.push((insert(resource), Lane::Bulk));
         }
     } else if !withdrawals.is_empty() {
         // Inserts of an earlier pass that the layout no longer wants (a route to the engine
