@@ -117,8 +117,12 @@ impl SharedView {
             .map(|i| &self.rules[*i])
             .find(|(r, _)| &r.opening == opening)
             .map(|(_, name)| name.clone());
+        let wanted_engines = crate::plan::shared::engines_at_best(hops);
+        let reached = crate::plan::shared::engines_at_best(&selected_hops);
         Carried {
             exact: (hops.is_empty() || &selected_hops == hops) && rule.is_some(),
+            serving: rule.is_some()
+                && (hops.is_empty() || (!reached.is_empty() && reached.is_subset(&wanted_engines))),
             routes: selected.iter().map(|i| self.routes[*i].2.clone()).collect(),
             rule,
         }
@@ -130,6 +134,9 @@ impl SharedView {
 pub struct Carried {
     /// Exactly as its own routes and rule would.
     pub exact: bool,
+    /// Its ports open and its traffic on some of the engines that should carry it, none else:
+    /// what a layout change in progress may leave for a moment (ECMP over fewer engines).
+    pub serving: bool,
     /// The shared routes it selects.
     pub routes: Vec<String>,
     /// The shared rule that opens it.

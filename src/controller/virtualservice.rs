@@ -284,7 +284,15 @@ fn observe(
             .pools
             .view()
             .carries(vip, &wanted, &opening(&object.spec));
-        if carriage.exact {
+        // Ready once carried exactly; a Ready VIP with nothing of its own stays Ready while a
+        // layout change leaves it on some of its engines (and nothing else) for a moment,
+        // rather than flap.
+        let was_ready = crate::controller::status::ready_for_generation(
+            object.status.as_ref().map(|s| s.conditions.as_slice()),
+            object.metadata.generation,
+        );
+        let steady = was_ready && carriage.serving && owned.is_empty();
+        if carriage.exact || steady {
             desired = Vec::new();
             resources = GcpResources {
                 routes: carriage.routes,
@@ -324,7 +332,7 @@ fn observe(
                 shared: false,
             };
         }
-        carried = Some(carriage.exact);
+        carried = Some(carriage.exact || steady);
     }
     Observation {
         down_engines: plan.down_engines.clone(),

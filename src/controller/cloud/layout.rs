@@ -7,8 +7,9 @@
 //! - withdraws at once, on the urgent lane, every shared route to an engine that is not
 //!   RUNNING: the remaining routes still give every VIP exactly its remaining engines, so a
 //!   failover never waits for a re-layout (plan::shared's property test);
-//! - inserts what the new layout adds, on the bulk lane, only when no insert of an earlier pass
-//!   is still pending (passes follow the operations, not every reconcile), routes of the
+//! - inserts what the new layout adds, on the bulk lane, once the members have been still for
+//!   two seconds (or a change has waited thirty) and no insert of an earlier pass is still
+//!   pending (passes follow the operations, not every reconcile), routes of the
 //!   longest missing prefix length first (`plan::shared::next_inserts`): a wider route never
 //!   reaches a VIP before the narrower route the layout gives it exists;
 //! - deletes a resource of the old layout only once every pool VIP it covers is carried
@@ -49,7 +50,8 @@ pub(super) fn run_layout(ctx: &Context, runtime: &Arc<CloudRuntime>) {
     let prefix = shared::name_prefix(&runtime.view);
     let scale = runtime.engine.settings().time_scale.clamp(0.001, 1.0);
     tokio::spawn(async move {
-        let mut member_state = std::collections::HashMap::<String, bool>::new();
+        let mut state = LayoutState::default();
+        let mut again = IDLE_PASS.mul_f64(scale);
         loop {
             tokio::select! {
                 () = wake.notified() => {}
@@ -58,7 +60,7 @@ pub(super) fn run_layout(ctx: &Context, runtime: &Arc<CloudRuntime>) {
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
-                () = tokio::time::sleep(IDLE_PASS.mul_f64(scale)) => {}
+                () = tokio::time::sleep(again) => {}
             }
             tokio::time::sleep(COALESCE.mul_f64(scale)).await;
             while events.try_recv().is_ok() {}
@@ -73,10 +75,30 @@ pub(super) fn run_layout(ctx: &Context, runtime: &Arc<CloudRuntime>) {
             {
                 continue;
             }
-            pass(&runtime, &triggers, &mut member_state);
+            again = pass(&runtime, &triggers, &mut state)
+                .unwrap_or(IDLE_PASS)
+                .mul_f64(scale);
         }
     });
 }
+
+/// What a cloud's layout task remembers between passes.
+#[derive(Debug, Default)]
+pub(crate) struct LayoutState {
+    /// Whether each member was carried exactly at the last pass (by namespace/name).
+    reported: std::collections::HashMap<String, bool>,
+    /// A digest of the members (VIPs, routes, openings) at the last pass, and when it changed.
+    digest: u64,
+    changed_at: Option<std::time::Instant>,
+    /// The first change not yet made into the layout.
+    unmade_since: Option<std::time::Instant>,
+}
+
+/// A layout change waits until the members have been still this long (GCP time)…
+const QUIET: Duration = Duration::from_secs(2);
+/// …or a change has waited this long: a rollout that keeps adding VIPs is laid out in a few
+/// rounds, not one per reconcile (each round rewrites the rules whose VIPs changed).
+const MAX_HOLD: Duration = Duration::from_secs(30);
 
 /// A pool member as the pass sees it.
 struct Seen {
@@ -86,12 +108,15 @@ struct Seen {
     ready: bool,
 }
 
-/// Plans the shared layout once and hands its changes to the engine.
+/// Plans the shared layout once and hands its changes to the engine; when a change is held
+/// back (the members are still moving), how soon to look again (GCP time).
 pub(crate) fn pass(
     runtime: &CloudRuntime,
     triggers: &Triggers,
-    reported: &mut std::collections::HashMap<String, bool>,
-) {
+    state: &mut LayoutState,
+) -> Option<Duration> {
+    let scale = runtime.engine.settings().time_scale.clamp(0.001, 1.0);
+    let reported = &mut state.reported;
     let engine = &runtime.engine;
     let view = &runtime.view;
     let cloud = &view.cloud;
@@ -168,6 +193,22 @@ pub(crate) fn pass(
         )
     });
     let members: Vec<Member> = seen.iter().map(|s| s.member.clone()).collect();
+    let digest = {
+        use std::hash::{Hash, Hasher};
+        let mut sorted: Vec<&Member> = members.iter().collect();
+        sorted.sort_unstable_by_key(|m| m.vip);
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        for m in sorted {
+            (m.vip, &m.hops, &m.opening).hash(&mut hasher);
+        }
+        hasher.finish()
+    };
+    let now = std::time::Instant::now();
+    if digest != state.digest {
+        state.digest = digest;
+        state.changed_at = Some(now);
+        state.unmade_since.get_or_insert(now);
+    }
     let layout = shared::layout(view, &runtime.pools.blocks(), &members);
 
     // What exists and is desired: the new layout as far as it is made.
@@ -218,7 +259,19 @@ pub(crate) fn pass(
         .into_iter()
         .flat_map(|c| engine.pending_inserts(c, &shared_prefix))
         .collect::<Vec<_>>();
-    if pending.is_empty() {
+    let still = state
+        .changed_at
+        .is_none_or(|at| now.duration_since(at) >= QUIET.mul_f64(scale));
+    let held_long = state
+        .unmade_since
+        .is_some_and(|at| now.duration_since(at) >= MAX_HOLD.mul_f64(scale));
+    let mut look_again = None;
+    if pending.is_empty() && !(still || held_long) {
+        // The members are still moving: lay them out together a moment later.
+        let quiet_at = state.changed_at.map_or(now, |at| at + QUIET.mul_f64(scale));
+        look_again = Some(quiet_at.saturating_duration_since(now).div_f64(scale));
+    } else if pending.is_empty() {
+        state.unmade_since = None;
         let mut missing = Vec::new();
         for resource in &layout.desired {
             match owned.iter().find(|(t, _)| t == &resource.target) {
@@ -338,6 +391,7 @@ pub(crate) fn pass(
         current.insert(object_key, carried);
     }
     *reported = current;
+    look_again
 }
 
 /// What the cloud's objects need of the resource quotas: the shared layout plus every
