@@ -40,14 +40,16 @@ pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A fresh tenant namespace and a GcpCloud for it, pointing at `endpoint`; waits until the cloud
-/// is Ready.
+/// A fresh tenant namespace and a GcpCloud for it, pointing at `endpoint`, with the fields of
+/// `extra_spec` (a JSON object, e.g. `vipPools`) added to its spec; waits until the cloud is
+/// Ready.
 pub async fn tenant(
     client: &Client,
     name: &str,
     endpoint: &str,
     resync: &str,
     instance_poll: &str,
+    extra_spec: &Value,
 ) -> anyhow::Result<()> {
     let namespaces: Api<Namespace> = Api::all(client.clone());
     namespaces
@@ -59,18 +61,22 @@ pub async fn tenant(
         )
         .await?;
     let clouds: Api<GcpCloud> = Api::all(client.clone());
+    let mut manifest = json!({
+        "apiVersion": "adc.dev/v1alpha1", "kind": "GcpCloud", "metadata": {"name": name},
+        "spec": {"project": crate::fleet::PROJECT, "network": "default", "region": "us-central1",
+                 "credentials": {"workloadIdentity": {}}, "endpoint": endpoint,
+                 "allowedNamespaces": {"matchLabels": {"kubernetes.io/metadata.name": name}},
+                 "allowedDestinationRanges": ["10.0.0.0/8"],
+                 "resyncInterval": resync, "instancePollInterval": instance_poll}
+    });
+    for (field, value) in extra_spec.as_object().into_iter().flatten() {
+        manifest["spec"][field] = value.clone();
+    }
     clouds
         .patch(
             name,
             &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(json!({
-                "apiVersion": "adc.dev/v1alpha1", "kind": "GcpCloud", "metadata": {"name": name},
-                "spec": {"project": crate::fleet::PROJECT, "network": "default", "region": "us-central1",
-                         "credentials": {"workloadIdentity": {}}, "endpoint": endpoint,
-                         "allowedNamespaces": {"matchLabels": {"kubernetes.io/metadata.name": name}},
-                         "allowedDestinationRanges": ["10.0.0.0/8"],
-                         "resyncInterval": resync, "instancePollInterval": instance_poll}
-            })),
+            &Patch::Apply(manifest),
         )
         .await?;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -145,18 +151,44 @@ pub async fn apply_all<K: Object>(
                     .as_str()
                     .unwrap_or_default()
                     .to_string();
-                api.patch(
-                    &name,
-                    &PatchParams::apply(MANAGER).force(),
-                    &Patch::Apply(&manifest),
-                )
-                .await
-                .with_context(|| format!("applying {} {namespace}/{name}", K::kind(&())))
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let result = api
+                        .patch(
+                            &name,
+                            &PatchParams::apply(MANAGER).force(),
+                            &Patch::Apply(&manifest),
+                        )
+                        .await;
+                    match result {
+                        Ok(_) => return Ok(()),
+                        // A loaded kube-apiserver times out (500 "resource quota evaluation
+                        // timed out", 504) or drops a connection: the apply is idempotent.
+                        Err(err) if attempt < 10 && transient(&err) => {
+                            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                        }
+                        Err(err) => {
+                            return Err(anyhow::Error::new(err)).with_context(|| {
+                                format!("applying {} {namespace}/{name}", K::kind(&()))
+                            });
+                        }
+                    }
+                }
             }
         })
         .buffer_unordered(concurrency)
         .try_for_each(|_| async { Ok(()) })
         .await
+}
+
+/// An error a retry may not meet: the kube-apiserver overloaded or the connection lost.
+fn transient(err: &kube::Error) -> bool {
+    match err {
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
 }
 
 /// Deletes every object of kind `K` in the namespace (the operator's finalizer then deletes their
@@ -166,6 +198,43 @@ pub async fn delete_all<K: Object>(client: &Client, namespace: &str) -> anyhow::
     api.delete_collection(&DeleteParams::default(), &ListParams::default())
         .await?;
     Ok(())
+}
+
+/// Deletes the named objects of kind `K`, `concurrency` at a time (one missing already is
+/// fine): thousands of objects with finalizers outlast the kube-apiserver's request timeout in
+/// one `deletecollection`.
+pub async fn delete_each<K: Object>(
+    client: &Client,
+    namespace: &str,
+    names: Vec<String>,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let api: Api<K> = Api::namespaced(client.clone(), namespace);
+    futures::stream::iter(names)
+        .map(|name| {
+            let api = api.clone();
+            async move {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    match api.delete(&name, &DeleteParams::default()).await {
+                        Ok(_) => return Ok(()),
+                        Err(kube::Error::Api(status)) if status.code == 404 => return Ok(()),
+                        Err(err) if attempt < 10 && transient(&err) => {
+                            tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
+                        }
+                        Err(err) => {
+                            return Err(anyhow::Error::new(err)).with_context(|| {
+                                format!("deleting {} {namespace}/{name}", K::kind(&()))
+                            });
+                        }
+                    }
+                }
+            }
+        })
+        .buffer_unordered(concurrency)
+        .try_for_each(|()| async { Ok(()) })
+        .await
 }
 
 /// Objects Ready for their current generation, kept current by a watch.
@@ -179,6 +248,8 @@ struct ReadinessState {
     /// Every object the watch has seen, and whether it is Ready at its generation.
     objects: HashMap<String, bool>,
     ready: usize,
+    /// Times an object that was Ready stopped being Ready (deletions aside), by object.
+    lost_ready: HashMap<String, usize>,
 }
 
 impl Readiness {
@@ -221,16 +292,24 @@ impl Readiness {
         let state = self.lock();
         (state.ready, state.objects.len())
     }
+
+    /// How many times each object that was Ready stopped being Ready, since the watch started.
+    pub fn lost_ready(&self) -> HashMap<String, usize> {
+        self.lock().lost_ready.clone()
+    }
 }
 
 impl ReadinessState {
     fn set(&mut self, name: String, ready: Option<bool>) {
         let before = match ready {
-            Some(ready) => self.objects.insert(name, ready),
+            Some(ready) => self.objects.insert(name.clone(), ready),
             None => self.objects.remove(&name),
         };
         if before == Some(true) {
             self.ready -= 1;
+            if ready == Some(false) {
+                *self.lost_ready.entry(name).or_default() += 1;
+            }
         }
         if ready == Some(true) {
             self.ready += 1;

@@ -49,6 +49,9 @@ pub enum Suite {
     Fleet,
     /// Small changes at random offsets in the rate window, and a failover during a burst.
     SmallChange,
+    /// VIP pools at Compute's default resource quotas: a rollout of N pool VIPs and the
+    /// failover of one engine, per size.
+    Pools,
 }
 
 impl Suite {
@@ -56,7 +59,8 @@ impl Suite {
         Ok(match text.trim() {
             "fleet" => Suite::Fleet,
             "small-change" => Suite::SmallChange,
-            other => bail!("BENCH_SUITES: unknown suite '{other}' (fleet, small-change)"),
+            "pools" => Suite::Pools,
+            other => bail!("BENCH_SUITES: unknown suite '{other}' (fleet, small-change, pools)"),
         })
     }
 }
@@ -93,6 +97,11 @@ pub struct Config {
     pub small_scale: f64,
     /// Seeds the window offsets the small-change scenario starts at (`BENCH_SEED`).
     pub seed: u64,
+    /// Sizes of the pools suite (`BENCH_POOL_N`), each on a fresh emulator and operator.
+    pub pool_sizes: Vec<usize>,
+    /// Wall-clock time one size of the pools suite may take to roll out before the run gives up
+    /// and records how far it got (`BENCH_POOL_MINUTES`).
+    pub pool_deadline: std::time::Duration,
     /// Where JSON results and charts go.
     pub results_dir: PathBuf,
     /// The README a markdown table is appended to (`None` in quick runs).
@@ -177,6 +186,22 @@ impl Config {
         if !(0.001..=1.0).contains(&small_scale) {
             bail!("BENCH_SMALL_SCALE: {small_scale} is outside 0.001..=1");
         }
+        let pool_sizes = match var("BENCH_POOL_N") {
+            Some(text) => list("BENCH_POOL_N", &text, |s| Ok(s.parse::<usize>()?))?,
+            None if quick => vec![500],
+            None => vec![5000, 50_000],
+        };
+        // The pool is a /16: 65,534 usable addresses, handed out in blocks per engine group.
+        if pool_sizes.iter().any(|n| *n == 0 || *n > 60_000) {
+            bail!("BENCH_POOL_N: every size must be between 1 and 60000");
+        }
+        let pool_minutes = match var("BENCH_POOL_MINUTES") {
+            Some(text) => text.parse::<f64>().context("BENCH_POOL_MINUTES")?,
+            None => 35.0,
+        };
+        if !(pool_minutes > 0.0 && pool_minutes.is_finite()) {
+            bail!("BENCH_POOL_MINUTES: {pool_minutes} is not a positive number of minutes");
+        }
         let seed = match var("BENCH_SEED") {
             Some(text) => text.parse::<u64>().context("BENCH_SEED")?,
             None => crate::report::unix_millis() as u64,
@@ -187,6 +212,8 @@ impl Config {
             small_sizes,
             small_scale,
             seed,
+            pool_sizes,
+            pool_deadline: std::time::Duration::from_secs_f64(pool_minutes * 60.0),
             modes,
             scale,
             per_object_divisor,

@@ -9,6 +9,7 @@ mod bounds;
 mod cluster;
 mod config;
 mod fleet;
+mod pools;
 mod probe;
 mod report;
 mod scenarios;
@@ -31,8 +32,10 @@ fn main() -> anyhow::Result<()> {
 async fn run(config: config::Config, plane: &adc_testenv::ControlPlane) -> anyhow::Result<()> {
     let (date, when) = report::now();
     println!(
-        "convergence benchmark {when}: fleets {:?}, modes {:?}, time scale {}, {} cores{}",
+        "convergence benchmark {when}: suites {:?}, fleets {:?}, pool sizes {:?}, modes {:?}, time scale {}, {} cores{}",
+        config.suites,
         config.sizes,
+        config.pool_sizes,
         config.modes.iter().map(|m| m.flag()).collect::<Vec<_>>(),
         config.scale,
         report::cores(),
@@ -78,6 +81,12 @@ async fn run(config: config::Config, plane: &adc_testenv::ControlPlane) -> anyho
         }
     }
 
+    // Before the small changes: they leave their objects behind, and the pools suite cleans up
+    // after itself.
+    if config.suites.contains(&config::Suite::Pools) {
+        failures.extend(pools::run(&config, &client, plane.kubeconfig(), &mut measures).await);
+    }
+
     if config.suites.contains(&config::Suite::SmallChange) {
         let mut small = Vec::new();
         if let Err(err) = small::run(&config, &client, plane.kubeconfig(), &mut small).await {
@@ -90,7 +99,12 @@ async fn run(config: config::Config, plane: &adc_testenv::ControlPlane) -> anyho
     for path in report::write_json(&config, &date, &measures)? {
         println!("wrote {}", path.display());
     }
-    for n in &config.sizes {
+    // Only sizes the fleet suite ran: a run of other suites leaves the day's charts alone.
+    for n in config
+        .sizes
+        .iter()
+        .filter(|n| series.iter().any(|s| s.n == **n))
+    {
         let path = config.results_dir.join(format!("{date}-rollout-n{n}.png"));
         if report::chart(&path, *n, &series)? {
             println!("wrote {}", path.display());

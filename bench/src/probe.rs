@@ -99,8 +99,18 @@ impl Emulator {
 
     /// Names of the routes (that exist, not being created) a list filter matches.
     pub async fn routes(&self, filter: Option<&str>) -> anyhow::Result<Vec<Value>> {
+        self.collection("routes", filter).await
+    }
+
+    /// The resources of a collection (`routes`, `firewalls`, ...) that exist (not being
+    /// created) and a list filter matches, every project.
+    pub async fn collection(
+        &self,
+        collection: &str,
+        filter: Option<&str>,
+    ) -> anyhow::Result<Vec<Value>> {
         let mut url = reqwest::Url::parse(&format!("{}/_emulator/state", self.base_url))?;
-        url.query_pairs_mut().append_pair("collection", "routes");
+        url.query_pairs_mut().append_pair("collection", collection);
         if let Some(filter) = filter {
             url.query_pairs_mut().append_pair("filter", filter);
         }

@@ -30,7 +30,9 @@ pub fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 
-/// Writes `<results>/<date>-<scenario>.json` for every scenario measured; returns the paths.
+/// Writes `<results>/<date>-<scenario>.json` for every scenario measured; returns the paths. A
+/// file of an earlier run the same day at the same time scale keeps its rows of the sizes and
+/// modes this run did not measure (one size per run adds up; a size run again is replaced).
 pub fn write_json(
     config: &Config,
     date: &str,
@@ -43,7 +45,23 @@ pub fn write_json(
     let mut paths = Vec::new();
     for scenario in scenarios {
         let path = config.results_dir.join(format!("{date}-{scenario}.json"));
-        let rows: Vec<&Measure> = measures.iter().filter(|m| m.scenario == scenario).collect();
+        let new_rows: Vec<Value> = measures
+            .iter()
+            .filter(|m| m.scenario == scenario)
+            .map(serde_json::to_value)
+            .collect::<Result<_, _>>()?;
+        let key = |row: &Value| (row["n"].as_u64(), row["mode"].as_str().map(str::to_string));
+        let measured: Vec<_> = new_rows.iter().map(key).collect();
+        let earlier: Vec<Value> = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+            .filter(|old| old["timeScale"].as_f64() == Some(config.scale))
+            .and_then(|old| old["measures"].as_array().cloned())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|row| !measured.contains(&key(row)))
+            .collect();
+        let rows: Vec<Value> = earlier.into_iter().chain(new_rows).collect();
         let document = json!({
             "date": date,
             "scenario": scenario,
@@ -65,10 +83,11 @@ fn mark(ok: bool) -> &'static str {
 /// The markdown of one run: a table of every measure, then what the steady state read.
 pub fn markdown(config: &Config, when: &str, measures: &[Measure]) -> String {
     let mut text = String::new();
-    let small = if measures
-        .iter()
-        .any(|m| m.window_offset_seconds.is_some() && m.scenario != "rollout")
-    {
+    let small = if measures.iter().any(|m| {
+        m.window_offset_seconds.is_some()
+            && m.scenario != "rollout"
+            && !m.scenario.starts_with("pool-")
+    }) {
         format!(
             " · small changes at time scale {}, BENCH_SEED={}",
             config.small_scale, config.seed
@@ -76,12 +95,16 @@ pub fn markdown(config: &Config, when: &str, measures: &[Measure]) -> String {
     } else {
         String::new()
     };
+    let per_object = if measures.iter().any(|m| m.mode.starts_with("per-object")) {
+        format!(" · per-object on N/{} objects", config.per_object_divisor)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         text,
-        "### Run of {when} · {} cores · time scale {} · per-object on N/{} objects{small}\n",
+        "### Run of {when} · {} cores · time scale {}{per_object}{small}\n",
         cores(),
         config.scale,
-        config.per_object_divisor
     );
     text.push_str("| scenario | N | mode | objects run | time (s) | lower bound (s) | time / bound | window offset (s) | windowed bound (s) | time / windowed bound | HTTP requests | writes | reads | operation reads | 429s | retries | quota efficiency | operator peak RSS (MiB) | operator CPU (s) |\n");
     text.push_str(
@@ -177,6 +200,15 @@ pub fn markdown(config: &Config, when: &str, measures: &[Measure]) -> String {
             m.seconds,
         );
     }
+    for m in measures.iter().filter(|m| m.scenario == "pool-rollout") {
+        text.push_str(&pool_rollout_line(m));
+    }
+    for m in measures
+        .iter()
+        .filter(|m| m.scenario == "pool-failover-one-engine")
+    {
+        text.push_str(&pool_failover_line(m));
+    }
     for m in measures.iter().filter(|m| m.scenario == "rollout") {
         let _ = writeln!(
             text,
@@ -188,6 +220,90 @@ pub fn markdown(config: &Config, when: &str, measures: &[Measure]) -> String {
         );
     }
     text
+}
+
+/// A figure of a measure's detail, with `digits` decimals, or "—".
+fn figure(value: &Value, digits: usize) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "—".to_string(), |v| format!("{v:.digits$}"))
+}
+
+/// What a pool rollout's row does not say: the Kubernetes-side times, the footprint against
+/// the quotas, exactness.
+fn pool_rollout_line(m: &Measure) -> String {
+    let d = &m.detail;
+    if d["finished"] != Value::Bool(true) {
+        return format!(
+            "- pool-rollout, N={}: GAVE UP after {:.0} s: {} applied, {} with a VIP, {} Ready; operator RSS {} MiB, {:.1} CPU s; load average {} (max {})\n",
+            m.n,
+            m.seconds,
+            d["applied"],
+            d["vip_allocated"],
+            d["ready"],
+            figure(&d["operator_rss_mib"], 0),
+            m.operator_cpu_seconds,
+            figure(&d["load_average_1m"]["mean"], 1),
+            figure(&d["load_average_1m"]["max"], 1),
+        );
+    }
+    let f = &d["footprint"];
+    format!(
+        "- pool-rollout, N={}: last apply returned at {} s, last VIP allocated at {} s, last object Ready at {:.1} s, layout quiet at {} s (bound {:.1} s for the {} writes the final layout needs); {} GCP writes, {} per object; routes {} in the project ({} of the cloud, {} shared) of ROUTES 250 / STATIC_ROUTES_PER_NETWORK 200; firewall rules {} ({} of the cloud, {} shared, {} destination ranges) of FIREWALLS 200; at most {} routes and {} rules during the rollout; {} objects lost Ready on the way ({} times); operator {} ms CPU per object, peak {:.0} MiB; {} VIPs checked, {} inexact; machine load average {} (max {})\n",
+        m.n,
+        figure(&d["applied_seconds"], 1),
+        figure(&d["vip_allocated_seconds"], 1),
+        m.seconds,
+        figure(&d["quiet_seconds"], 1),
+        m.lower_bound_seconds,
+        m.writes_needed,
+        m.writes,
+        figure(&d["writes_per_object"], 4),
+        f["routes"],
+        f["routes_of_cloud"],
+        f["shared_routes"],
+        f["firewalls"],
+        f["firewalls_of_cloud"],
+        f["shared_firewalls"],
+        f["shared_firewall_ranges"],
+        d["peak_routes_during_rollout"],
+        d["peak_firewalls_during_rollout"],
+        d["ready_lost"]["objects"],
+        d["ready_lost"]["times"],
+        figure(&d["operator_cpu_ms_per_object"], 2),
+        m.operator_peak_rss_mib,
+        d["vips_checked"],
+        d["vips_inexact"],
+        figure(&d["load_average_1m"]["mean"], 1),
+        figure(&d["load_average_1m"]["max"], 1),
+    )
+}
+
+/// A pool failover's withdrawal, re-layout and recovery.
+fn pool_failover_line(m: &Measure) -> String {
+    let d = &m.detail;
+    let recovery = match (&d["recovery_failed"], d["recovery_seconds"].as_f64()) {
+        (Value::String(failed), _) => format!("recovery FAILED ({failed})"),
+        (_, Some(seconds)) => format!(
+            "engine started again, every VIP exact and the layout quiet {seconds:.1} s later ({} route inserts + deletes)",
+            d["recovery_routes_touched"]
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "- pool-failover-one-engine, N={}: {} routes to {} withdrawn in {:.1} s, layout quiet {} s after the stop, {} routes touched (inserts + deletes) until then; VIPs inexact at the withdrawal: {}, once quiet: {}; {} objects lost Ready ({} times; by pair {}); {recovery}\n",
+        m.n,
+        d["routes_withdrawn"],
+        d["engine"].as_str().unwrap_or_default(),
+        m.seconds,
+        figure(&d["quiet_seconds"], 1),
+        d["routes_touched"],
+        d["vips_inexact_at_withdrawal"],
+        d["vips_inexact_at_quiet"],
+        d["ready_lost"]["objects"],
+        d["ready_lost"]["times"],
+        d["ready_lost"]["objects_by_pair"],
+    )
 }
 
 pub fn append_readme(readme: &Path, markdown: &str) -> anyhow::Result<()> {

@@ -161,10 +161,41 @@ impl<'a> Run<'a> {
         namespace: &str,
         log: &std::path::Path,
     ) -> anyhow::Result<(Run<'a>, EmulatorProcess, Child)> {
+        let world = fleet.world();
+        Self::start_in(
+            config,
+            client,
+            kubeconfig,
+            mode,
+            n,
+            fleet,
+            &world,
+            &json!({}),
+            namespace,
+            log,
+        )
+        .await
+    }
+
+    /// [`Run::start`] with the emulator holding `world` (a world file) instead of the fleet's,
+    /// and `cloud_spec`'s fields added to the GcpCloud's spec.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn start_in(
+        config: &'a Config,
+        client: &Client,
+        kubeconfig: &std::path::Path,
+        mode: Mode,
+        n: usize,
+        fleet: Fleet,
+        world: &str,
+        cloud_spec: &Value,
+        namespace: &str,
+        log: &std::path::Path,
+    ) -> anyhow::Result<(Run<'a>, EmulatorProcess, Child)> {
         let scale = config.scale.to_string();
         let emulator = EmulatorProcess::start(
             &adc_testenv::emulator_binary()?,
-            &fleet.world(),
+            world,
             &[
                 "--auth",
                 "any",
@@ -184,6 +215,7 @@ impl<'a> Run<'a> {
             &emulator.base_url,
             &config.spec_duration(RESYNC_GCP_SECONDS),
             &config.spec_duration(INSTANCE_POLL_GCP_SECONDS),
+            cloud_spec,
         )
         .await?;
         let run = Run {
