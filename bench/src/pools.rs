@@ -602,6 +602,54 @@ impl Pools<'_> {
         })
     }
 
+    /// Why the objects that are not Ready wait: counts by (has a VIP, Ready status and reason,
+    /// Stalled reason, the start of the Ready message), the largest groups first.
+    async fn waiting(&self) -> anyhow::Result<Value> {
+        let api: Api<VirtualService> =
+            Api::namespaced(self.run.client.clone(), &self.run.namespace);
+        let mut groups = BTreeMap::<String, usize>::new();
+        let mut params = kube::api::ListParams::default().limit(2000);
+        loop {
+            let page = api.list(&params).await?;
+            for object in &page.items {
+                let status = object.status.as_ref();
+                let conditions = status.map(|s| s.conditions.as_slice()).unwrap_or_default();
+                let find = |type_: &str| conditions.iter().find(|c| c.type_ == type_);
+                let ready = find("Ready");
+                if ready.is_some_and(|c| c.status == "True") {
+                    continue;
+                }
+                let stalled = find("Stalled").filter(|c| c.status == "True");
+                let message: String = ready
+                    .map(|c| c.message.chars().take(100).collect())
+                    .unwrap_or_default();
+                let key = format!(
+                    "vip {} · Ready {}/{} · Stalled {} · {message}",
+                    status
+                        .and_then(|s| s.vip.as_deref())
+                        .map_or("none", |_| "set"),
+                    ready.map_or("—", |c| c.status.as_str()),
+                    ready.map_or("—", |c| c.reason.as_str()),
+                    stalled.map_or("no", |c| c.reason.as_str()),
+                );
+                *groups.entry(key).or_default() += 1;
+            }
+            match page.metadata.continue_.filter(|c| !c.is_empty()) {
+                Some(token) => params = params.continue_token(&token),
+                None => break,
+            }
+        }
+        let mut groups: Vec<(String, usize)> = groups.into_iter().collect();
+        groups.sort_by_key(|g| std::cmp::Reverse(g.1));
+        Ok(json!(
+            groups
+                .iter()
+                .take(8)
+                .map(|(why, count)| json!({"objects": count, "why": why}))
+                .collect::<Vec<_>>()
+        ))
+    }
+
     async fn errors(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         let stats = adc_testenv::emulator_admin(&self.run.emulator.base_url, "stats").await?;
         Ok(stats["errorsByReason"]
@@ -674,6 +722,11 @@ impl Pools<'_> {
             if Instant::now() > self.deadline || apply_error.is_some() {
                 self.progress("rollout", start, " · GAVE UP");
                 let reading = self.run.operator.reading()?;
+                let waiting = self
+                    .waiting()
+                    .await
+                    .unwrap_or_else(|err| json!(format!("{err:#}")));
+                println!("  objects not Ready, by why: {waiting:#}");
                 let mut measure = self
                     .run
                     .measure(
@@ -686,6 +739,7 @@ impl Pools<'_> {
                         0,
                         json!({
                             "finished": false,
+                            "not_ready_by_why": waiting,
                             "apply_error": apply_error.as_ref().map(|e| format!("{e:#}")),
                             "applied": exist,
                             "vip_allocated": self.allocations.count(),
