@@ -9,6 +9,20 @@ fn network_of(engine: &Engine, target: &Target) -> Option<String> {
     engine.inventory().read(|s| s.network_of(target))
 }
 
+/// A delete of `target`, with the network the inventory says it is on.
+pub fn delete_of(engine: &Engine, target: &Target) -> Mutation {
+    Mutation::delete(target.clone(), network_of(engine, target))
+}
+
+/// The error of the last attempt at a change of `target` while it is still inside its retry
+/// delay: nothing is resent for that resource until the delay has passed.
+pub fn waiting_to_retry(engine: &Engine, target: &Target) -> Option<GcpError> {
+    engine
+        .failure(target)
+        .filter(|failure| failure.at.elapsed() < error_phase(&failure.error).1)
+        .map(|failure| failure.error)
+}
+
 /// Inserts the engine still holds for `owner` (queued or in flight) that `desired` no longer
 /// lists.
 pub fn superseded_inserts(
@@ -53,12 +67,12 @@ pub fn advance(
 ) -> Progress {
     let mut progress = Progress::default();
     // A change whose last attempt failed waits out its retry delay.
-    let mut held = |target: &Target| match engine.failure(target) {
-        Some(failure) if failure.at.elapsed() < error_phase(&failure.error).1 => {
-            progress.error.get_or_insert(failure.error);
+    let mut held = |target: &Target| match waiting_to_retry(engine, target) {
+        Some(error) => {
+            progress.error.get_or_insert(error);
             true
         }
-        _ => false,
+        None => false,
     };
     let mut work = Vec::new();
     for resource in &diff.replaces {

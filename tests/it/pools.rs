@@ -10,8 +10,8 @@ use crate::support;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use adc_operator::api::VirtualService;
@@ -281,31 +281,34 @@ async fn reachable(client: &Client, namespace: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// Samples every VIP of `namespace` until `stop`: each must reach some of its own engines
-/// (none outside its spec) and keep its ports open. Returns the violations seen.
-fn sample_reachability(
+/// What a sample asks of every VIP.
+#[derive(Debug, Clone, Copy)]
+enum Check {
+    /// [`exact`]: exactly the engines that should carry it.
+    Exact,
+    /// [`reachable`]: some of its own engines, none else.
+    Reachable,
+}
+
+/// Samples every VIP of `namespace` every 50 ms until `stop`; returns the samples taken and
+/// the violations seen.
+fn sample(
     client: Client,
     namespace: String,
     stop: Arc<AtomicBool>,
+    check: Check,
 ) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
     tokio::spawn(async move {
-        let expected = expectations(&client, &namespace, &BTreeSet::new()).await;
         let mut samples = 0;
         let mut violations = Vec::new();
         while !stop.load(Ordering::Relaxed) {
-            let routes = emulator_collection(url(), "routes").await;
-            let firewalls = emulator_collection(url(), "firewalls").await;
             samples += 1;
-            for (name, vip, _, all, ports) in &expected {
-                let reached = effective(&routes, *vip);
-                if reached.is_empty() || !reached.is_subset(all) {
-                    violations.push(format!(
-                        "sample {samples}: {name} ({vip}) reaches {reached:?}"
-                    ));
-                }
-                if !opened(&firewalls, *vip, ports) {
-                    violations.push(format!("sample {samples}: {name} ({vip}) ports closed"));
-                }
+            let verdict = match check {
+                Check::Exact => exact(&client, &namespace, &BTreeSet::new()).await,
+                Check::Reachable => reachable(&client, &namespace).await,
+            };
+            if let Err(why) = verdict {
+                violations.push(format!("sample {samples}: {why}"));
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -315,20 +318,12 @@ fn sample_reachability(
 
 /// As `support::eventually`, with three minutes: a layout is made in rounds (the longest
 /// prefixes first), each an operation long, and CI runs two suites at once on two cores.
-async fn eventually<F, Fut>(what: &str, mut check: F)
+async fn eventually<F, Fut>(what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
-    let mut last = String::new();
-    for _ in 0..900 {
-        match check().await {
-            Ok(()) => return,
-            Err(why) => last = why,
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("{what} did not happen within 180 s: {last}");
+    support::eventually_within(what, 180, check).await;
 }
 
 async fn all_ready(client: &Client, namespace: &str, count: usize) {
@@ -541,7 +536,12 @@ async fn a_pool_fleet_at_default_quotas_is_exact_and_fails_over() {
         })
         .collect();
     let stop = Arc::new(AtomicBool::new(false));
-    let sampler = sample_reachability(client.clone(), ns.clone(), Arc::clone(&stop));
+    let sampler = sample(
+        client.clone(),
+        ns.clone(),
+        Arc::clone(&stop),
+        Check::Reachable,
+    );
     let stopped = compute(
         reqwest::Method::POST,
         "zones/us-central1-a/instances/se-1/stop",
@@ -657,29 +657,7 @@ async fn migrating_to_a_pool_loses_no_reachability() {
     assert_eq!(own_rules.len(), count);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let exactness = Arc::new(Mutex::new(Vec::<String>::new()));
-    let watcher = {
-        let (client, ns, stop, exactness) = (
-            client.clone(),
-            ns.clone(),
-            Arc::clone(&stop),
-            Arc::clone(&exactness),
-        );
-        tokio::spawn(async move {
-            let mut samples = 0;
-            while !stop.load(Ordering::Relaxed) {
-                samples += 1;
-                if let Err(why) = exact(&client, &ns, &BTreeSet::new()).await {
-                    exactness
-                        .lock()
-                        .unwrap()
-                        .push(format!("sample {samples}: {why}"));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            samples
-        })
-    };
+    let sampler = sample(client.clone(), ns.clone(), Arc::clone(&stop), Check::Exact);
     let mut manifest = cloud_manifest(
         &cloud,
         url(),
@@ -708,8 +686,7 @@ async fn migrating_to_a_pool_loses_no_reachability() {
     .await;
     all_ready(&client, &ns, count).await;
     stop.store(true, Ordering::Relaxed);
-    let samples = watcher.await.unwrap();
-    let violations = exactness.lock().unwrap().clone();
+    let (samples, violations) = sampler.await.unwrap();
     assert!(samples >= 3, "only {samples} samples");
     assert!(
         violations.is_empty(),
@@ -728,28 +705,12 @@ async fn migrating_to_a_pool_loses_no_reachability() {
     // ones go. Its own /32 routes win as soon as the first of them is made, so until the last
     // is, a VIP may reach fewer of its engines: reachable at every sample, exact at the end.
     let stop = Arc::new(AtomicBool::new(false));
-    let watcher = {
-        let (client, ns, stop, exactness) = (
-            client.clone(),
-            ns.clone(),
-            Arc::clone(&stop),
-            Arc::clone(&exactness),
-        );
-        tokio::spawn(async move {
-            let mut samples = 0;
-            while !stop.load(Ordering::Relaxed) {
-                samples += 1;
-                if let Err(why) = reachable(&client, &ns).await {
-                    exactness
-                        .lock()
-                        .unwrap()
-                        .push(format!("back, sample {samples}: {why}"));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            samples
-        })
-    };
+    let sampler = sample(
+        client.clone(),
+        ns.clone(),
+        Arc::clone(&stop),
+        Check::Reachable,
+    );
     apply(
         &client,
         cloud_manifest(
@@ -785,8 +746,7 @@ async fn migrating_to_a_pool_loses_no_reachability() {
     .await;
     all_ready(&client, &ns, count).await;
     stop.store(true, Ordering::Relaxed);
-    let samples = watcher.await.unwrap();
-    let violations = exactness.lock().unwrap().clone();
+    let (samples, violations) = sampler.await.unwrap();
     exact(&client, &ns, &BTreeSet::new()).await.unwrap();
     assert!(samples >= 3, "only {samples} samples back");
     assert!(
@@ -844,24 +804,12 @@ async fn pool_mistakes_stall_with_the_field() {
         "{message}"
     );
     // The cloud says it too.
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
-    eventually("a PoolRefused event on the cloud", || async {
-        let list = events
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        list.items
-            .iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("PoolRefused")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cloud.as_str())
-                    && e.note
-                        .as_deref()
-                        .is_some_and(|n| n.contains("'in-subnet' (10.128.4.0/24)"))
-            })
-            .map(|_| ())
-            .ok_or_else(|| "none yet".to_string())
-    })
+    wait_event(
+        &client,
+        &cloud,
+        "PoolRefused",
+        "'in-subnet' (10.128.4.0/24)",
+    )
     .await;
     // A /28 has fourteen usable addresses (its first and last are never handed out).
     let names: Vec<String> = (1..=15).map(|i| format!("t{i}")).collect();
@@ -964,22 +912,7 @@ async fn the_quota_forecast_warns_near_a_limit() {
         printed.contains("ROUTES") && printed.contains("4/4"),
         "{printed}"
     );
-    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
-    eventually("a QuotaForecast event on the cloud", || async {
-        let list = events
-            .list(&ListParams::default())
-            .await
-            .map_err(|e| e.to_string())?;
-        list.items
-            .iter()
-            .find(|e| {
-                e.reason.as_deref() == Some("QuotaForecast")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cloud.as_str())
-            })
-            .map(|_| ())
-            .ok_or_else(|| format!("no QuotaForecast event for {cloud} yet"))
-    })
-    .await;
+    wait_event(&client, &cloud, "QuotaForecast", "ROUTES").await;
 
     // A change of the cloud's spec rebuilds its engine and pool state from the objects'
     // status: every VIP keeps its address.
@@ -1034,6 +967,27 @@ async fn the_quota_forecast_warns_near_a_limit() {
     for name in ["q-0", "q-1", "q-2"] {
         wait_ready::<VirtualService>(&client, Some(&ns), name).await;
     }
+}
+
+/// Waits until the GcpCloud `cloud` has an event `reason` whose note contains `note`.
+async fn wait_event(client: &Client, cloud: &str, reason: &str, note: &str) {
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::all(client.clone());
+    eventually(&format!("a {reason} event on {cloud}"), || async {
+        let list = events
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        list.items
+            .iter()
+            .find(|e| {
+                e.reason.as_deref() == Some(reason)
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(cloud)
+                    && e.note.as_deref().is_some_and(|n| n.contains(note))
+            })
+            .map(|_| ())
+            .ok_or_else(|| "none yet".to_string())
+    })
+    .await;
 }
 
 /// Waits until `name` is Stalled with `reason`; its message.

@@ -25,11 +25,12 @@ use ipnet::Ipv4Net;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
 
+use crate::controller::apply::{delete_of as delete, waiting_to_retry};
 use crate::controller::claims::stalled;
 use crate::controller::context::{CloudRuntime, Context, Triggers};
 use crate::controller::pools::{Membership, SharedView, key};
 use crate::controller::status::ready_for_generation;
-use crate::gcp::{Collection, Engine, InventoryEvent, Lane, Mutation, Snapshot, Target};
+use crate::gcp::{Collection, InventoryEvent, Lane, Mutation, Snapshot, Target};
 use crate::plan::resource::{last_segment, same_content};
 use crate::plan::shared::{self, Member, Rule};
 use crate::plan::virtualservice::{Hop, Opening, hops, opening};
@@ -349,7 +350,7 @@ pub(crate) fn pass(
     } = failed;
     let mut started = 0usize;
     for (mutation, lane) in work {
-        if recently_failed(engine, &mutation.target) {
+        if waiting_to_retry(engine, &mutation.target).is_some() {
             continue;
         }
         if engine.begin(mutation, lane) {
@@ -470,18 +471,6 @@ fn carried_elsewhere(
 
 fn insert(resource: &DesiredResource) -> Mutation {
     Mutation::insert(resource.target.clone(), resource.body.clone())
-}
-
-fn delete(engine: &Engine, target: &Target) -> Mutation {
-    let network = engine.inventory().read(|s| s.network_of(target));
-    Mutation::delete(target.clone(), network)
-}
-
-/// A change whose last attempt failed waits out its retry delay.
-fn recently_failed(engine: &Engine, target: &Target) -> bool {
-    engine.failure(target).is_some_and(|failure| {
-        failure.at.elapsed() < crate::controller::apply::error_phase(&failure.error).1
-    })
 }
 
 /// `zone` and instance name of a `…/zones/Z/instances/I` link.

@@ -104,20 +104,29 @@ pub async fn test_namespace(client: &Client, prefix: &str) -> String {
 
 /// Polls until `check` holds, every 200 ms for at most 60 s (two cores are shared with other
 /// tests), then fails with the last reason `check` gave.
-pub async fn eventually<F, Fut>(what: &str, mut check: F)
+pub async fn eventually<F, Fut>(what: &str, check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    eventually_within(what, 60, check).await;
+}
+
+/// [`eventually`] with a limit of `seconds`.
+pub async fn eventually_within<F, Fut>(what: &str, seconds: u64, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<(), String>>,
 {
     let mut last = String::new();
-    for _ in 0..300 {
+    for _ in 0..seconds * 5 {
         match check().await {
             Ok(()) => return,
             Err(why) => last = why,
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    panic!("{what} did not happen within 60 s: {last}");
+    panic!("{what} did not happen within {seconds} s: {last}");
 }
 
 /// Installs the checked-in CRDs into the control plane of `kubeconfig` and waits until they are
