@@ -12,7 +12,7 @@ pub enum Error {
     #[error("finalizer: {0}")]
     Finalizer(String),
     /// The object changed since the cached copy this reconcile started from (a finalizer patch
-    /// whose precondition failed): retried at once with the fresh copy.
+    /// whose precondition failed): retried once the watch has brought the fresh copy.
     #[error("the object changed meanwhile: {0}")]
     Conflict(String),
     #[error("{0}")]

@@ -35,31 +35,43 @@ pub use metrics::ControllerMetrics;
 use crate::api::{GcpCloud, VirtualService, VpcRoute};
 use crate::gcp::GcpMetrics;
 
-/// What of a GcpCloud its objects and its own reconcile react to: everything but
-/// `status.progress`, which the progress task rewrites every few seconds during a rollout and
-/// which no reconcile reads. Without this filter each progress write would reconcile the cloud
-/// (a full inventory refresh) and every object that uses it.
+/// What of a GcpCloud its own reconcile reacts to: what people change (spec, labels,
+/// annotations) and its deletion, never its status. The status is the reconcile's own output:
+/// inventory counts and quota figures change with every refresh during a rollout, and reacting
+/// to them would refresh the inventory again at once, in a loop.
 fn cloud_change(cloud: &GcpCloud) -> Option<u64> {
-    use std::hash::{Hash, Hasher};
-    let mut status = cloud.status.clone();
-    if let Some(status) = status.as_mut() {
-        status.progress = None;
-    }
     let meta = &cloud.metadata;
-    let seen = serde_json::to_string(&(
+    hash_of(&(
         meta.generation,
         &meta.deletion_timestamp,
         &meta.labels,
         &meta.annotations,
-        &status,
     ))
-    .ok()?;
+}
+
+/// What of a GcpCloud its objects react to: [`cloud_change`] and whether it is Ready (an object
+/// that waits for its cloud shows the cloud's own reason). Not the rest of its status: every
+/// write of it would reconcile every object of the cloud, 50,000 of them at fleet scale.
+fn cloud_change_for_objects(cloud: &GcpCloud) -> Option<u64> {
+    let ready = cloud
+        .status
+        .as_ref()
+        .and_then(|s| {
+            crate::api::conditions::find_condition(&s.conditions, crate::api::conditions::READY)
+        })
+        .map(|c| (&c.status, &c.reason, &c.message, c.observed_generation));
+    hash_of(&(cloud_change(cloud), ready))
+}
+
+fn hash_of(seen: &impl serde::Serialize) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let seen = serde_json::to_string(seen).ok()?;
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     seen.hash(&mut hasher);
     Some(hasher.finish())
 }
 
-/// GcpCloud changes as triggers, without the progress-only ones ([`cloud_change`]). A deleted
+/// GcpCloud changes as triggers of its objects ([`cloud_change_for_objects`]). A deleted
 /// cloud's last state hashes like its state before, so this stream may drop the deletion: the
 /// sweep that stops a deleted cloud's engine requeues its objects instead.
 fn cloud_triggers(
@@ -71,14 +83,14 @@ fn cloud_triggers(
     )
     .default_backoff()
     .touched_objects()
-    .predicate_filter(cloud_change, Default::default())
+    .predicate_filter(cloud_change_for_objects, Default::default())
 }
 
 fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action {
     if let Error::Conflict(_) = error {
         // Expected while the watch catches up with the operator's own patch: try again soon.
         tracing::debug!(error = %error, "reconcile raced a newer version of the object");
-        return Action::requeue(Duration::from_millis(500));
+        return Action::requeue(Duration::from_secs(2));
     }
     tracing::warn!(error = %error, kind = %error.label(), "reconcile failed");
     Action::requeue(Duration::from_secs(10))
@@ -212,4 +224,108 @@ pub async fn run(
 
     tokio::join!(vs, vr, clouds);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::conditions::{READY, set_condition};
+    use crate::api::{GcpCloudStatus, InventoryCounts, QuotaStatus};
+
+    fn cloud() -> GcpCloud {
+        let mut cloud: GcpCloud = serde_json::from_value(serde_json::json!({
+            "apiVersion": "adc.dev/v1alpha1", "kind": "GcpCloud",
+            "metadata": {"name": "prod", "generation": 3},
+            "spec": {"project": "acme-prod", "network": "prod-vpc", "region": "us-central1",
+                     "credentials": {"workloadIdentity": {}}},
+        }))
+        .unwrap();
+        let mut status = GcpCloudStatus::default();
+        set_condition(
+            &mut status.conditions,
+            READY,
+            true,
+            "Connected",
+            "reachable",
+            Some(3),
+            "2026-12-06T10:00:00Z",
+        );
+        cloud.status = Some(status);
+        cloud
+    }
+
+    #[test]
+    fn a_refresh_written_into_the_status_triggers_nothing() {
+        let before = cloud();
+        let mut after = before.clone();
+        let status = after.status.as_mut().unwrap();
+        status.inventory = Some(InventoryCounts {
+            routes: 480,
+            ..Default::default()
+        });
+        status.routes = Some("480/250".into());
+        status.quota = vec![QuotaStatus {
+            metric: "ROUTES".into(),
+            scope: "global".into(),
+            usage: 480.0,
+            limit: 250.0,
+            needed: Some(12.0),
+            projected: Some(12.0),
+        }];
+        status.abandoned = vec!["r-1".into()];
+        // The Ready condition rewritten with a new time only.
+        set_condition(
+            &mut status.conditions,
+            READY,
+            true,
+            "Connected",
+            "reachable",
+            Some(3),
+            "2026-12-06T11:00:00Z",
+        );
+        assert_eq!(cloud_change(&before), cloud_change(&after));
+        assert_eq!(
+            cloud_change_for_objects(&before),
+            cloud_change_for_objects(&after)
+        );
+    }
+
+    #[test]
+    fn a_spec_change_triggers_the_cloud_and_its_objects() {
+        let before = cloud();
+        let mut after = before.clone();
+        after.metadata.generation = Some(4);
+        assert_ne!(cloud_change(&before), cloud_change(&after));
+        assert_ne!(
+            cloud_change_for_objects(&before),
+            cloud_change_for_objects(&after)
+        );
+        let mut annotated = before.clone();
+        annotated
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert("adc.dev/note".into(), "x".into());
+        assert_ne!(cloud_change(&before), cloud_change(&annotated));
+    }
+
+    #[test]
+    fn readiness_triggers_the_objects_only() {
+        let before = cloud();
+        let mut after = before.clone();
+        set_condition(
+            &mut after.status.as_mut().unwrap().conditions,
+            READY,
+            false,
+            "GcpUnreachable",
+            "cannot reach Compute",
+            Some(3),
+            "2026-12-06T11:00:00Z",
+        );
+        assert_eq!(cloud_change(&before), cloud_change(&after));
+        assert_ne!(
+            cloud_change_for_objects(&before),
+            cloud_change_for_objects(&after)
+        );
+    }
 }

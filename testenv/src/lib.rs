@@ -385,9 +385,42 @@ pub fn spawn_for_process_lifetime(
         )),
     };
     sent.map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
-    reply_rx
+    let child = reply_rx
         .recv()
-        .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+        .map_err(|_| std::io::Error::other("the spawner thread is gone"))??;
+    match LIFETIME_CHILDREN.lock() {
+        Ok(mut guard) => guard.push(child.id()),
+        Err(poisoned) => poisoned.into_inner().push(child.id()),
+    }
+    Ok(child)
+}
+
+/// The processes [`spawn_for_process_lifetime`] started, by PID: killed at exit before the
+/// shared control planes stop, so that an operator does not fill the end of the test output
+/// (where the failures are summed up) with errors about the API server that went away.
+static LIFETIME_CHILDREN: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+
+/// SIGKILLs the [`LIFETIME_CHILDREN`] that are still running. A PID is signalled only while it
+/// is an unreaped child of this process (`waitpid` with `WNOHANG` says it runs), so a PID
+/// reused after a test reaped its process is never touched.
+fn kill_lifetime_children() {
+    let pids = match LIFETIME_CHILDREN.lock() {
+        Ok(mut guard) => std::mem::take(&mut *guard),
+        Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+    };
+    for pid in pids {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            continue;
+        };
+        let mut status = 0;
+        // SAFETY: plain syscalls on a PID; WNOHANG never blocks.
+        unsafe {
+            if libc::waitpid(pid, &mut status, libc::WNOHANG) == 0 {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &mut status, 0);
+            }
+        }
+    }
 }
 
 /// What a test needs to reach the shared control plane.
@@ -410,6 +443,7 @@ static STOP_AT_EXIT: Once = Once::new();
 pub const DEFAULT_SHARED: &str = "default";
 
 extern "C" fn stop_shared_at_exit() {
+    kill_lifetime_children();
     // A poisoned lock still holds the planes: stop them all the same.
     let planes = match SHARED_PLANES.lock() {
         Ok(mut guard) => std::mem::take(&mut *guard),
