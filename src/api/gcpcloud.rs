@@ -166,6 +166,15 @@ pub struct GcpCloudSpec {
     #[serde(default)]
     pub batching: BatchingSpec,
 
+    /// What the operator may do in GCP for this cloud's objects: `Full` (default: plan and
+    /// write), `Observe` (plan, show the plan in each object's `status.plan`, write only what
+    /// the annotation `adc.dev/approved-plan` approves) or `Paused` (neither plan nor write;
+    /// nothing is collected). An object's annotation `adc.dev/management-policy` overrides it.
+    /// Switching to Observe or Paused stops writes at once: queued changes are dropped, the
+    /// ones Compute already runs finish.
+    #[serde(default)]
+    pub management_policy: super::ManagementPolicy,
+
     /// How often the operator re-reads the network's inventory to detect drift, as a duration
     /// such as `30s`, `5m` or `1h` (default `5m`).
     #[schemars(regex(pattern = crate::api::DURATION_PATTERN), length(max = 32))]

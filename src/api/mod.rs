@@ -4,6 +4,7 @@
 
 pub mod conditions;
 pub mod gcpcloud;
+pub mod policy;
 pub mod virtualservice;
 pub mod vpcroute;
 
@@ -20,6 +21,7 @@ pub use gcpcloud::{
     InventoryCounts, QuotaStatus, RateLimitSpec, ReserveError, SecretKeySelector, UrgentReserve,
     VipPool, WorkloadIdentity,
 };
+pub use policy::{ManagementPolicy, PlanStatus};
 pub use virtualservice::{
     AllocationType, GcpResources, HaMode, Protocol, ServiceEngineRef, ServicePort, Vip,
     VipAllocation, VirtualService, VirtualServiceSpec, VirtualServiceStatus,
@@ -221,6 +223,7 @@ mod tests {
             vip_pools: Vec::new(),
             rate_limit: RateLimitSpec::default(),
             batching: BatchingSpec::default(),
+            management_policy: Default::default(),
             resync_interval: "5m".into(),
             instance_poll_interval: "5s".into(),
         };

@@ -226,6 +226,11 @@ pub struct VirtualServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<GcpResources>,
 
+    /// The plan waiting for approval while the object's management policy is Observe (its
+    /// hash, counts and first changes); absent under Full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<super::PlanStatus>,
+
     /// `Ready`, `Reconciling` and `Stalled`, with kstatus semantics.
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

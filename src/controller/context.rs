@@ -49,6 +49,42 @@ pub struct CloudRuntime {
     pub settling: std::sync::atomic::AtomicBool,
     /// The cloud's VIP pools, their addresses and the shared layout's wake-up.
     pub pools: super::pools::Pools,
+    /// The cloud's `spec.managementPolicy`, current (objects may override it).
+    pub policy: RwLock<crate::api::ManagementPolicy>,
+}
+
+impl CloudRuntime {
+    /// The cloud's management policy.
+    pub fn policy(&self) -> crate::api::ManagementPolicy {
+        match self.policy.read() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    /// Whether the cloud itself may write (its shared layout, its orphan collection).
+    pub fn writes(&self) -> bool {
+        self.policy() == crate::api::ManagementPolicy::Full
+    }
+
+    /// Takes the cloud's policy from its spec. Leaving Full stops the writes at once: the
+    /// engine drops every mutation it has not sent (an object allowed to write, by its
+    /// annotation or an approval, hands its work over again on its next reconcile). Returns
+    /// whether the policy changed.
+    pub fn set_policy(&self, policy: crate::api::ManagementPolicy) -> bool {
+        let was = {
+            let mut guard = match self.policy.write() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            std::mem::replace(&mut *guard, policy)
+        };
+        if was == crate::api::ManagementPolicy::Full && policy != was {
+            let dropped = self.engine.withhold(|_| true);
+            tracing::info!(cloud = %self.view.cloud, %policy, dropped, "writes stopped by the management policy");
+        }
+        was != policy
+    }
 }
 
 /// Waits until a reflector store holds its first full list; false when its writer is gone.

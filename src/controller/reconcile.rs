@@ -22,11 +22,13 @@ use super::context::{CloudRuntime, Context};
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
 use crate::api::conditions::{Condition, READY, STALLED, find_condition};
-use crate::api::{FleetObject, GcpCloud};
+use crate::api::policy::{APPROVED_ANNOTATION, POLICY_ANNOTATION};
+use crate::api::{FleetObject, GcpCloud, ManagementPolicy, PlanStatus};
 use crate::gcp::{Collection, Target};
 use crate::plan::DesiredResource;
 use crate::plan::diff::{Diff, diff};
 use crate::plan::owner::Owner;
+use crate::plan::policy::{Decision, Plan, decide, effective};
 
 /// The finalizer that removes GCP resources before the object goes.
 pub const FINALIZER: &str = "adc.dev/cleanup";
@@ -57,6 +59,13 @@ pub struct Step<R> {
     pub requeue: Duration,
 }
 
+/// A status's `observedGeneration`, conditions and `plan`, for the shared reconcile to write.
+pub type Bookkeeping<'a> = (
+    &'a mut Option<i64>,
+    &'a mut Vec<Condition>,
+    &'a mut Option<PlanStatus>,
+);
+
 /// What a kind brings to the shared reconcile.
 pub trait Kind:
     FleetObject
@@ -80,8 +89,8 @@ pub trait Kind:
 
     /// The current status.
     fn status(&self) -> Option<&Self::Status>;
-    /// The status's `observedGeneration` and conditions.
-    fn bookkeeping(status: &mut Self::Status) -> (&mut Option<i64>, &mut Vec<Condition>);
+    /// The status's `observedGeneration`, conditions and plan.
+    fn bookkeeping(status: &mut Self::Status) -> Bookkeeping<'_>;
     /// Writes the report into the status; None when the cloud is unusable (nothing known).
     fn fill(status: &mut Self::Status, report: Option<&Self::Report>);
     /// The zones whose instances the object reads.
@@ -125,6 +134,14 @@ pub fn owner<K: Kind>(ctx: &Context, object: &K) -> Owner {
 pub async fn reconcile<K: Kind>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = object.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    // A deletion the management policy holds keeps the finalizer: decided before kube-runtime's
+    // helper, which removes the finalizer once a cleanup returns.
+    if object.meta().deletion_timestamp.is_some()
+        && object.finalizers().iter().any(|f| f == FINALIZER)
+        && let Some(held) = deletion_held(&api, &*object, &ctx).await?
+    {
+        return Ok(held);
+    }
     let outcome = finalizer(&api, FINALIZER, object, |event| async {
         match event {
             Finalizer::Apply(object) => apply_object(&api, &*object, &ctx).await,
@@ -165,6 +182,35 @@ async fn apply_object<K: Kind>(api: &Api<K>, object: &K, ctx: &Context) -> Resul
         return Ok(Action::requeue(Duration::from_secs(300)));
     }
     let owner = owner(ctx, object);
+    let policy = match policy_of(object, &runtime) {
+        Ok(policy) => policy,
+        Err(message) => {
+            report(
+                api,
+                object,
+                Phase::stalled("InvalidAnnotation", message),
+                None,
+            )
+            .await?;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    };
+    if policy == ManagementPolicy::Paused {
+        let previous = object.status().and_then(|s| plan_of::<K>(s));
+        if let Decision::Hold {
+            reason, message, ..
+        } = decide(
+            policy,
+            &Plan::new(&Diff::default(), &[], None),
+            previous.as_ref(),
+            None,
+            &kubectl_name(object),
+        ) {
+            // Neither planned nor written: the status keeps what it showed, besides why.
+            report_full(api, object, Phase::suspended(reason, message), None, None).await?;
+        }
+        return Ok(Action::requeue(Duration::from_secs(300)));
+    }
     let observation = object.observe(ctx, &runtime, &owner).await?;
     if !observation.problems.is_empty() {
         let message = observation.problems.join("; ");
@@ -181,6 +227,69 @@ async fn apply_object<K: Kind>(api: &Api<K>, object: &K, ctx: &Context) -> Resul
 
     let engine = &runtime.engine;
     let changes = diff(&observation.desired, &observation.owned);
+    let previous = object.status().and_then(|s| plan_of::<K>(s));
+    let plan = Plan::new(
+        &changes,
+        &observation.owned,
+        previous.as_ref().and_then(|p| p.applied.as_deref()),
+    );
+    let approval = object
+        .annotations()
+        .get(APPROVED_ANNOTATION)
+        .map(String::as_str);
+    let plan_status = match decide(
+        policy,
+        &plan,
+        previous.as_ref(),
+        approval,
+        &kubectl_name(object),
+    ) {
+        Decision::Write { plan } => plan,
+        Decision::Hold {
+            reason,
+            message,
+            plan: status,
+        } => {
+            // Whatever of this object's the engine has not sent yet stops here (a switch from
+            // Full in the middle of a rollout).
+            let dropped = engine.withhold(|t| plan.items.iter().any(|i| &i.target == t));
+            if dropped > 0 {
+                tracing::info!(kind = K::KIND, namespace = ?object.namespace(), name = %object.name_any(), dropped, "queued changes dropped by the management policy");
+            }
+            let told = find_condition(object.conditions(), READY)
+                .is_some_and(|c| c.reason == reason && c.message == message);
+            if !told {
+                ctx.event(object, false, reason, "Plan", message.clone())
+                    .await;
+            }
+            report_full(
+                api,
+                object,
+                Phase::suspended(reason, message),
+                Some(Some(&observation.report)),
+                Some(Some(status)),
+            )
+            .await?;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    };
+    let approved_now = plan_status.as_ref().and_then(|p| p.approved.as_deref());
+    if let Some(hash) =
+        approved_now.filter(|h| previous.as_ref().and_then(|p| p.approved.as_deref()) != Some(*h))
+    {
+        ctx.event(
+            object,
+            false,
+            "PlanApproved",
+            "Apply",
+            format!(
+                "applying the approved plan {hash}: {} change(s)",
+                plan.items.len()
+            ),
+        )
+        .await;
+    }
+    let plan_status = Some(plan_status);
     let withdrawals = withdrawals(&changes, &observation);
     let superseded = superseded_inserts(
         engine,
@@ -200,23 +309,37 @@ async fn apply_object<K: Kind>(api: &Api<K>, object: &K, ctx: &Context) -> Resul
         let (phase, retry) = super::apply::error_phase(&err);
         ctx.event(object, true, "GcpError", "Apply", err.to_string())
             .await;
-        report(api, object, phase, reported).await?;
+        report_full(api, object, phase, Some(reported), plan_status.clone()).await?;
         return Ok(Action::requeue(retry));
     }
     if let Some(step) = object
         .before_synced(&runtime, &observation, &changes)
         .await?
     {
-        report(api, object, step.phase, step.report.as_ref()).await?;
+        report_full(
+            api,
+            object,
+            step.phase,
+            Some(step.report.as_ref()),
+            plan_status.clone(),
+        )
+        .await?;
         return Ok(Action::requeue(step.requeue));
     }
     if !changes.is_empty() {
         // The inventory's events requeue the object as its operations finish.
         let phase = super::apply::applying_phase(&progress);
-        report(api, object, phase, reported).await?;
+        report_full(api, object, phase, Some(reported), plan_status.clone()).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
-    report(api, object, K::synced(&observation.report), reported).await?;
+    report_full(
+        api,
+        object,
+        K::synced(&observation.report),
+        Some(reported),
+        plan_status,
+    )
+    .await?;
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
@@ -340,12 +463,137 @@ async fn report<K: Kind>(
     phase: Phase,
     report: Option<&K::Report>,
 ) -> Result<(), Error> {
+    report_full(api, object, phase, Some(report), None).await
+}
+
+/// [`report`], where None keeps what the status shows: `report` the kind's own fields, `plan`
+/// its `status.plan`.
+async fn report_full<K: Kind>(
+    api: &Api<K>,
+    object: &K,
+    phase: Phase,
+    report: Option<Option<&K::Report>>,
+    plan: Option<Option<PlanStatus>>,
+) -> Result<(), Error> {
     let mut status = object.status().cloned().unwrap_or_default();
     let generation = object.meta().generation;
-    K::fill(&mut status, report);
-    let (observed, conditions) = K::bookkeeping(&mut status);
+    if let Some(report) = report {
+        K::fill(&mut status, report);
+    }
+    let (observed, conditions, shown) = K::bookkeeping(&mut status);
     *observed = generation;
     apply_phase(conditions, &phase, generation);
+    if let Some(plan) = plan {
+        *shown = plan;
+    }
     write_status(api, object, object.status(), &status).await?;
     Ok(())
+}
+
+/// The object's `status.plan`.
+fn plan_of<K: Kind>(status: &K::Status) -> Option<PlanStatus> {
+    let mut status = status.clone();
+    K::bookkeeping(&mut status).2.clone()
+}
+
+/// How to name the object to kubectl: `virtualservice/web -n shop`.
+fn kubectl_name<K: Kind>(object: &K) -> String {
+    format!(
+        "{}/{} -n {}",
+        K::KIND.to_lowercase(),
+        object.name_any(),
+        object.namespace().unwrap_or_default()
+    )
+}
+
+/// The management policy for the object: its annotation's, else its cloud's.
+fn policy_of<K: Kind>(object: &K, runtime: &CloudRuntime) -> Result<ManagementPolicy, String> {
+    effective(
+        runtime.policy(),
+        object
+            .annotations()
+            .get(POLICY_ANNOTATION)
+            .map(String::as_str),
+    )
+}
+
+/// Whether the deletion of an object waits for its management policy: Paused keeps the
+/// finalizer (its GCP resources stay as they are), Observe shows the deletes as a plan to
+/// approve. An object that abandons its resources writes nothing and goes at once; so does one
+/// whose cloud has no engine here (the cleanup says why).
+async fn deletion_held<K: Kind>(
+    api: &Api<K>,
+    object: &K,
+    ctx: &Context,
+) -> Result<Option<Action>, Error> {
+    if super::context::abandons(object) {
+        return Ok(None);
+    }
+    let Some(runtime) = ctx.cloud(object.cloud_ref()) else {
+        return Ok(None);
+    };
+    let policy = match policy_of(object, &runtime) {
+        Ok(policy) => policy,
+        Err(message) => {
+            report_full(
+                api,
+                object,
+                Phase::stalled("InvalidAnnotation", message),
+                None,
+                None,
+            )
+            .await?;
+            return Ok(Some(Action::requeue(Duration::from_secs(300))));
+        }
+    };
+    if policy == ManagementPolicy::Full {
+        return Ok(None);
+    }
+    let owner = owner(ctx, object);
+    let owned = runtime
+        .engine
+        .inventory()
+        .read(|s| s.owned_by(&owner, &runtime.view.resource_prefix));
+    let changes = Diff {
+        deletes: owned.iter().map(|(t, _)| t.clone()).collect(),
+        ..Diff::default()
+    };
+    let previous = object.status().and_then(|s| plan_of::<K>(s));
+    let plan = Plan::new(
+        &changes,
+        &owned,
+        previous.as_ref().and_then(|p| p.applied.as_deref()),
+    );
+    let approval = object
+        .annotations()
+        .get(APPROVED_ANNOTATION)
+        .map(String::as_str);
+    match decide(
+        policy,
+        &plan,
+        previous.as_ref(),
+        approval,
+        &kubectl_name(object),
+    ) {
+        Decision::Write { .. } => Ok(None),
+        Decision::Hold {
+            reason,
+            message,
+            plan: status,
+        } => {
+            runtime
+                .engine
+                .withhold(|t| plan.items.iter().any(|i| &i.target == t));
+            let message = format!("deletion waits: {message}");
+            report_full(
+                api,
+                object,
+                Phase::suspended(reason, message),
+                None,
+                Some(Some(status)),
+            )
+            .await?;
+            Ok(Some(Action::requeue(Duration::from_secs(300))))
+        }
+    }
 }

@@ -20,6 +20,9 @@ pub enum Phase {
     Progressing { reason: String, message: String },
     /// No progress without a change to the spec or the cloud; the message says what to change.
     Stalled { reason: String, message: String },
+    /// Held on purpose (a management policy: waiting for approval, paused): not Ready, neither
+    /// progressing nor stalled, so kstatus tools show it as waiting, not failed.
+    Suspended { reason: String, message: String },
 }
 
 impl Phase {
@@ -33,6 +36,13 @@ impl Phase {
     /// Progressing.
     pub fn progressing(reason: &str, message: impl Into<String>) -> Self {
         Phase::Progressing {
+            reason: reason.into(),
+            message: message.into(),
+        }
+    }
+    /// Suspended.
+    pub fn suspended(reason: &str, message: impl Into<String>) -> Self {
+        Phase::Suspended {
             reason: reason.into(),
             message: message.into(),
         }
@@ -76,6 +86,11 @@ pub fn apply_phase(conditions: &mut Vec<Condition>, phase: &Phase, generation: O
             set_condition(conditions, READY, false, reason, message, generation, &now);
             set_condition(conditions, RECONCILING, false, reason, "", generation, &now);
             set_condition(conditions, STALLED, true, reason, message, generation, &now);
+        }
+        Phase::Suspended { reason, message } => {
+            set_condition(conditions, READY, false, reason, message, generation, &now);
+            set_condition(conditions, RECONCILING, false, reason, "", generation, &now);
+            set_condition(conditions, STALLED, false, reason, "", generation, &now);
         }
     }
 }

@@ -10,9 +10,8 @@ use super::claims::{Claim, address_claimed_by, stalled};
 use super::context::{CloudRuntime, Context};
 use super::error::Error;
 use super::pools::{Membership, key, overlapped_subnet};
-use super::reconcile::{Kind, Observation, Step};
+use super::reconcile::{Bookkeeping, Kind, Observation, Step};
 use super::status::Phase;
-use crate::api::conditions::Condition;
 use crate::api::{GcpResources, VirtualService, VirtualServiceStatus};
 use crate::gcp::{Collection, Target};
 use crate::plan::diff::Diff;
@@ -59,8 +58,12 @@ impl Kind for VirtualService {
         self.status.as_ref()
     }
 
-    fn bookkeeping(status: &mut VirtualServiceStatus) -> (&mut Option<i64>, &mut Vec<Condition>) {
-        (&mut status.observed_generation, &mut status.conditions)
+    fn bookkeeping(status: &mut VirtualServiceStatus) -> Bookkeeping<'_> {
+        (
+            &mut status.observed_generation,
+            &mut status.conditions,
+            &mut status.plan,
+        )
     }
 
     fn fill(status: &mut VirtualServiceStatus, report: Option<&Report>) {

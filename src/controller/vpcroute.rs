@@ -7,9 +7,8 @@ use kube::ResourceExt;
 use super::claims::{Claim, address_claimed_by, stalled};
 use super::context::{CloudRuntime, Context};
 use super::error::Error;
-use super::reconcile::{Kind, Observation};
+use super::reconcile::{Bookkeeping, Kind, Observation};
 use super::status::Phase;
-use crate::api::conditions::Condition;
 use crate::api::{VpcRoute, VpcRouteStatus};
 use crate::plan::guard::{Surroundings, check_vpc_route};
 use crate::plan::owner::Owner;
@@ -26,8 +25,12 @@ impl Kind for VpcRoute {
         self.status.as_ref()
     }
 
-    fn bookkeeping(status: &mut VpcRouteStatus) -> (&mut Option<i64>, &mut Vec<Condition>) {
-        (&mut status.observed_generation, &mut status.conditions)
+    fn bookkeeping(status: &mut VpcRouteStatus) -> Bookkeeping<'_> {
+        (
+            &mut status.observed_generation,
+            &mut status.conditions,
+            &mut status.plan,
+        )
     }
 
     fn fill(status: &mut VpcRouteStatus, route_name: Option<&String>) {

@@ -275,6 +275,15 @@ impl Engine {
             .unwrap_or(Err(GcpError::Shutdown))
     }
 
+    /// Drops the work not yet sent for the targets `which` picks: a management policy that
+    /// stopped writing stops them at once (what Compute already runs finishes). Returns how
+    /// many mutations it dropped.
+    pub fn withhold(&self, which: impl Fn(&Target) -> bool) -> usize {
+        let (dropped, effects) = lock(&self.shared.queue).withhold(which);
+        self.shared.carry_out(effects);
+        dropped
+    }
+
     /// Stops taking work; pending callers get [`GcpError::Shutdown`].
     pub fn shutdown(&self) {
         let shared = &self.shared;

@@ -499,6 +499,33 @@ impl Queue {
         effects
     }
 
+    /// Drops the work not yet sent for the targets `which` picks (a management policy that
+    /// stopped writing): what Compute already runs finishes and settles as usual; the dropped
+    /// work's waiters are told [`GcpError::Superseded`]. Returns how many mutations it dropped.
+    pub fn withhold(&mut self, which: impl Fn(&Target) -> bool) -> (usize, Vec<Effect>) {
+        let mut effects = Vec::new();
+        let mut dropped = 0;
+        let mut emptied = Vec::new();
+        for (target, slot) in self.slots.iter_mut().filter(|(t, _)| which(t)) {
+            let keep = usize::from(slot.in_flight);
+            while slot.works.len() > keep {
+                if let Some(work) = slot.works.pop_back() {
+                    dropped += 1;
+                    answer(&mut effects, work.waiters, Err(GcpError::Superseded));
+                }
+            }
+            if slot.works.is_empty() {
+                emptied.push(target.clone());
+            }
+        }
+        for target in emptied {
+            // Lane and delay entries of an emptied slot are skipped when they come up.
+            self.slots.remove(&target);
+            self.retrying.remove(&target);
+        }
+        (dropped, effects)
+    }
+
     /// Stops: every waiter still waiting, to be told [`GcpError::Shutdown`].
     pub fn shutdown(&mut self) -> Vec<WaiterId> {
         self.urgent.clear();

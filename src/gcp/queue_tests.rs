@@ -706,3 +706,35 @@ fn only_our_own_marker_adopts_an_existing_resource() {
         Err(GcpError::NotOwned { .. })
     ));
 }
+
+#[test]
+fn withheld_work_is_never_sent_and_what_runs_finishes() {
+    let t0 = Instant::now();
+    let budget = budget(t0, 1500);
+    let mut q = queue();
+    q.enqueue(insert(1), Lane::Bulk, Waiter::Caller(1), nothing, t0);
+    let sent = q.take_ready(1, &budget, t0);
+    assert_eq!(names(&sent), ["adc-1"]);
+    // Behind the insert in flight, its delete; and two more inserts not sent yet.
+    q.enqueue(delete(1), Lane::Urgent, Waiter::Caller(2), nothing, t0);
+    q.enqueue(insert(2), Lane::Bulk, Waiter::Caller(3), nothing, t0);
+    q.enqueue(insert(3), Lane::Bulk, Waiter::Caller(4), nothing, t0);
+    let (dropped, effects) = q.withhold(|t| t.name != "adc-3");
+    assert_eq!(
+        dropped, 2,
+        "the delete behind adc-1 and the insert of adc-2"
+    );
+    assert_eq!(
+        answers(&effects),
+        [
+            (vec![2], Err("superseded".to_string())),
+            (vec![3], Err("superseded".to_string()))
+        ]
+    );
+    // Only the unpicked target is sent; the one in flight settles as usual.
+    assert_eq!(names(&q.take_ready(10, &budget, t0)), ["adc-3"]);
+    let effects = q.finish(&sent.dispatches[0], Ok(()), &budget, t0);
+    assert_eq!(answers(&effects), [(vec![1], Ok(()))]);
+    assert_eq!(q.pending(), 1, "adc-3 in flight");
+    assert!(q.take_ready(10, &budget, t0).dispatches.is_empty());
+}

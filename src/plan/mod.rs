@@ -7,6 +7,7 @@ pub mod diff;
 pub mod guard;
 pub mod names;
 pub mod owner;
+pub mod policy;
 pub mod pool;
 pub mod quota;
 pub mod resource;

@@ -20,6 +20,7 @@ mod helm;
 mod image;
 mod leader;
 mod operator;
+mod policy;
 mod pools;
 mod reliability;
 mod security;

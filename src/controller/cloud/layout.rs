@@ -348,6 +348,9 @@ pub(crate) fn pass(
         Ok(guard) => guard,
         Err(poisoned) => poisoned.into_inner(),
     } = failed;
+    // Under Observe or Paused the cloud's shared layout is planned (the forecast, what carries
+    // whom) and never written.
+    let work = if runtime.writes() { work } else { Vec::new() };
     let mut started = 0usize;
     for (mutation, lane) in work {
         if waiting_to_retry(engine, &mutation.target).is_some() {

@@ -82,6 +82,10 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
             }
         },
     };
+    if runtime.set_policy(cloud.spec.management_policy) {
+        // Objects judge their policy from the runtime: let them see the new one.
+        ctx.requeue_users_of(&name);
+    }
     let checked = match runtime.engine.check_network(&cloud.spec.network).await {
         Ok(()) => refresh_inventory(&ctx, &name, &runtime).await,
         Err(err) if err.is_not_found() => {
@@ -164,7 +168,12 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
             .await;
         }
     }
-    let collected = collect_garbage(&ctx, &name, &abandoned, &runtime).await;
+    // Orphans are collected only while the cloud may write.
+    let collected = if runtime.writes() {
+        collect_garbage(&ctx, &name, &abandoned, &runtime).await
+    } else {
+        0
+    };
     if collected > 0 {
         ctx.event(
             &*cloud,

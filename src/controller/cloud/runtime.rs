@@ -50,8 +50,12 @@ pub(super) async fn credentials(ctx: &Context, cloud: &GcpCloud) -> Result<Crede
     Ok(Credentials::metadata_server())
 }
 
+/// The spec the engine is built from. The management policy is not part of it: a switch
+/// takes effect on the running engine ([`CloudRuntime::set_policy`]) without a rebuild.
 pub(super) fn fingerprint(cloud: &GcpCloud) -> String {
-    serde_json::to_string(&cloud.spec).unwrap_or_default()
+    let mut spec = cloud.spec.clone();
+    spec.management_policy = Default::default();
+    serde_json::to_string(&spec).unwrap_or_default()
 }
 
 pub(super) async fn build_runtime(
@@ -104,6 +108,7 @@ pub(super) async fn build_runtime(
         refresh_failures: Default::default(),
         settling: std::sync::atomic::AtomicBool::new(true),
         pools: crate::controller::pools::Pools::from_spec(spec),
+        policy: std::sync::RwLock::new(spec.management_policy),
         engine,
     });
     forward_inventory_events(ctx, &runtime);

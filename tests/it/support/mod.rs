@@ -27,6 +27,7 @@ pub enum Plane {
     Helm,
     Leader,
     Operator,
+    Policy,
     Pools,
     Security,
 }
@@ -39,6 +40,7 @@ impl Plane {
             Plane::Helm => "helm",
             Plane::Leader => "leader",
             Plane::Operator => "operator",
+            Plane::Policy => "policy",
             Plane::Pools => "pools",
             Plane::Security => "security",
         }
