@@ -57,6 +57,13 @@ if reconciling ~= nil and reconciling.status == "True" then
   hs.message = describe(reconciling)
   return hs
 end
+-- Held on purpose by a management policy: waiting for a plan's approval, or paused.
+if ready ~= nil and (ready.reason == "AwaitingApproval" or ready.reason == "PlanChanged" or
+    ready.reason == "Paused") then
+  hs.status = "Suspended"
+  hs.message = describe(ready)
+  return hs
+end
 
 hs.status = "Progressing"
 hs.message = "Waiting for the operator to report Ready"

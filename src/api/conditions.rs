@@ -82,7 +82,14 @@ pub enum ObjectState {
     Reconciling,
     /// Stalled=True: it waits for a change of its spec or of its cloud.
     Stalled,
+    /// Held on purpose by its management policy (Ready=False for its generation with reason
+    /// `AwaitingApproval`, `PlanChanged` or `Paused`): it waits for a person, not for the
+    /// operator.
+    Held,
 }
+
+/// The Ready reasons of an object its management policy holds.
+pub const HELD_REASONS: [&str; 3] = ["AwaitingApproval", "PlanChanged", "Paused"];
 
 impl ObjectState {
     /// The lower-case label used in metrics and summaries.
@@ -91,6 +98,7 @@ impl ObjectState {
             ObjectState::Ready => "ready",
             ObjectState::Reconciling => "reconciling",
             ObjectState::Stalled => "stalled",
+            ObjectState::Held => "held",
         }
     }
 }
@@ -99,7 +107,8 @@ impl ObjectState {
 /// condition gives (`Pending` when the operator has written no condition yet).
 ///
 /// Stalled=True wins over everything; Ready=True counts only for the current generation (an
-/// older Ready is a change not yet reconciled); anything else is reconciling, with the reason of
+/// older Ready is a change not yet reconciled), and so does a hold by the management policy;
+/// anything else is reconciling, with the reason of
 /// the Reconciling condition, else the Ready one's.
 pub fn object_state(conditions: &[Condition], generation: Option<i64>) -> (ObjectState, &str) {
     if let Some(stalled) = find_condition(conditions, STALLED).filter(|c| c.status == "True") {
@@ -109,6 +118,13 @@ pub fn object_state(conditions: &[Condition], generation: Option<i64>) -> (Objec
     if let Some(ready) = ready.filter(|c| c.status == "True" && c.observed_generation == generation)
     {
         return (ObjectState::Ready, ready.reason.as_str());
+    }
+    if let Some(held) = ready.filter(|c| {
+        c.status == "False"
+            && c.observed_generation == generation
+            && HELD_REASONS.contains(&c.reason.as_str())
+    }) {
+        return (ObjectState::Held, held.reason.as_str());
     }
     let reason = find_condition(conditions, RECONCILING)
         .filter(|c| c.status == "True")
@@ -120,6 +136,32 @@ pub fn object_state(conditions: &[Condition], generation: Option<i64>) -> (Objec
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_held_by_its_policy_is_held_not_reconciling() {
+        let mut conditions = Vec::new();
+        for (type_, status) in [(READY, false), (RECONCILING, false), (STALLED, false)] {
+            set_condition(
+                &mut conditions,
+                type_,
+                status,
+                "AwaitingApproval",
+                "plan 1234",
+                Some(2),
+                T0,
+            );
+        }
+        assert_eq!(
+            object_state(&conditions, Some(2)),
+            (ObjectState::Held, "AwaitingApproval")
+        );
+        // About an older generation it says nothing yet.
+        assert_eq!(
+            object_state(&conditions, Some(3)).0,
+            ObjectState::Reconciling
+        );
+        assert_eq!(ObjectState::Held.label(), "held");
+    }
 
     #[test]
     fn object_state_follows_kstatus() {

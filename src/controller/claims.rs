@@ -2,6 +2,7 @@
 //! destination. Both kinds' guard rails ask it, so that no object takes another's traffic.
 
 use kube::Resource;
+use kube::runtime::reflector::ObjectRef;
 
 use super::context::Context;
 use crate::plan::{virtualservice, vpcroute};
@@ -71,35 +72,46 @@ pub fn address_claimed_by(
         |other: &str| other == cloud_ref || (mine.is_some() && network_of(other) == mine);
     let host_route = format!("{address}/32");
     let mut claims: Vec<Claim> = Vec::new();
-    for vs in ctx.virtual_services.state() {
-        let status = vs.status.as_ref();
-        let vip = vs
-            .spec
-            .vip
-            .address
-            .as_deref()
-            .or_else(|| status.and_then(|s| s.vip.as_deref()));
-        if vip == Some(address)
-            && vs.metadata.deletion_timestamp.is_none()
-            && vs.meta().uid != me.uid
-            && same_network(&vs.spec.cloud_ref)
-        {
-            let holding = status
-                .is_some_and(|s| s.vip.as_deref() == Some(address) && !stalled(&s.conditions));
-            claims.push(Claim::of(virtualservice::KIND, &*vs, holding));
-        }
-    }
-    for route in ctx.vpc_routes.state() {
-        if route.spec.dest_range == host_route
-            && route.metadata.deletion_timestamp.is_none()
-            && route.meta().uid != me.uid
-            && same_network(&route.spec.cloud_ref)
-        {
-            let holding = route
-                .status
-                .as_ref()
-                .is_some_and(|s| s.route_name.is_some() && !stalled(&s.conditions));
-            claims.push(Claim::of(vpcroute::KIND, &*route, holding));
+    // Only the objects the index says name the address: each is read back from its store and
+    // checked again, so an index a moment behind the store can only cost a lookup.
+    for (kind, namespace, name) in ctx.addresses.naming(address) {
+        if kind == virtualservice::KIND {
+            let at = ObjectRef::new(&name).within(&namespace);
+            let Some(vs) = ctx.virtual_services.get(&at) else {
+                continue;
+            };
+            let status = vs.status.as_ref();
+            let vip = vs
+                .spec
+                .vip
+                .address
+                .as_deref()
+                .or_else(|| status.and_then(|s| s.vip.as_deref()));
+            if vip == Some(address)
+                && vs.metadata.deletion_timestamp.is_none()
+                && vs.meta().uid != me.uid
+                && same_network(&vs.spec.cloud_ref)
+            {
+                let holding = status
+                    .is_some_and(|s| s.vip.as_deref() == Some(address) && !stalled(&s.conditions));
+                claims.push(Claim::of(virtualservice::KIND, &*vs, holding));
+            }
+        } else if kind == vpcroute::KIND {
+            let at = ObjectRef::new(&name).within(&namespace);
+            let Some(route) = ctx.vpc_routes.get(&at) else {
+                continue;
+            };
+            if route.spec.dest_range == host_route
+                && route.metadata.deletion_timestamp.is_none()
+                && route.meta().uid != me.uid
+                && same_network(&route.spec.cloud_ref)
+            {
+                let holding = route
+                    .status
+                    .as_ref()
+                    .is_some_and(|s| s.route_name.is_some() && !stalled(&s.conditions));
+                claims.push(Claim::of(vpcroute::KIND, &*route, holding));
+            }
         }
     }
     claims

@@ -116,6 +116,8 @@ pub struct Context {
     pub recorder: Recorder,
     pub virtual_services: Store<VirtualService>,
     pub vpc_routes: Store<VpcRoute>,
+    /// Which objects name which address, kept from the same watch streams as the stores.
+    pub addresses: Arc<super::index::AddressIndex>,
     pub namespaces: Store<Namespace>,
     pub vs_trigger: mpsc::UnboundedSender<ObjectRef<VirtualService>>,
     pub vr_trigger: mpsc::UnboundedSender<ObjectRef<VpcRoute>>,

@@ -6,6 +6,7 @@ pub mod claims;
 pub mod cloud;
 pub mod context;
 pub mod error;
+pub mod index;
 pub mod metrics;
 pub mod pools;
 pub mod progress;
@@ -153,6 +154,32 @@ fn run_kind<K: reconcile::Kind>(
         .for_each(|_| futures::future::ready(()))
 }
 
+/// The controller of a fleet kind as `Controller::new` makes it (a reflector over a watch of
+/// every object, with the default backoff), with the address index kept from the same events.
+fn indexed_controller<K>(client: &Client, addresses: &Arc<index::AddressIndex>) -> Controller<K>
+where
+    K: index::Addressed
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let addresses = Arc::clone(addresses);
+    let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .inspect(move |event| {
+            if let Ok(event) = event {
+                addresses.observe(event);
+            }
+        })
+        .applied_objects();
+    Controller::for_stream(stream, store)
+}
+
 /// Runs every controller until the process is told to stop.
 pub async fn run(
     client: Client,
@@ -174,20 +201,16 @@ pub async fn run(
     .for_each(|_| futures::future::ready(()));
     tokio::spawn(namespaces);
 
-    let vs_controller = Controller::new(
-        Api::<VirtualService>::all(client.clone()),
-        watcher::Config::default(),
-    );
-    let vr_controller = Controller::new(
-        Api::<VpcRoute>::all(client.clone()),
-        watcher::Config::default(),
-    );
+    let addresses = Arc::new(index::AddressIndex::default());
+    let vs_controller = indexed_controller::<VirtualService>(&client, &addresses);
+    let vr_controller = indexed_controller::<VpcRoute>(&client, &addresses);
     let (vs_tx, vs_rx) = mpsc::unbounded_channel::<ObjectRef<VirtualService>>();
     let (vr_tx, vr_rx) = mpsc::unbounded_channel::<ObjectRef<VpcRoute>>();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), context::reporter()),
         virtual_services: vs_controller.store(),
         vpc_routes: vr_controller.store(),
+        addresses,
         namespaces: ns_store,
         clouds: Default::default(),
         vs_trigger: vs_tx,

@@ -51,6 +51,16 @@ const CASES: &[(&str, &str, &str)] = &[
         "Progressing",
         "Waiting for the operator to observe generation 1",
     ),
+    (
+        "virtualservice-awaiting-approval.json",
+        "Suspended",
+        "adc.dev/approved-plan=3f9a1c2b7d4e5a60",
+    ),
+    (
+        "virtualservice-paused.json",
+        "Suspended",
+        "management policy Paused",
+    ),
     ("vpcroute-ready.json", "Healthy", "in place"),
     (
         "vpcroute-stalled-quota.json",
@@ -153,7 +163,7 @@ fn every_fixture_gets_the_expected_health() {
         );
         reached.insert(status);
     }
-    for status in ["Healthy", "Progressing", "Degraded"] {
+    for status in ["Healthy", "Progressing", "Degraded", "Suspended"] {
         assert!(reached.contains(status), "no fixture is {status}");
     }
 }
@@ -206,6 +216,7 @@ fn conditions_from_apply_phase(conditions: &[Condition], generation: Option<i64>
             Phase::progressing(&reconciling.reason, reconciling.message.clone())
         }
         ("False", "False", "True") => Phase::stalled(&stalled.reason, stalled.message.clone()),
+        ("False", "False", "False") => Phase::suspended(&ready.reason, ready.message.clone()),
         other => panic!("no phase writes Ready/Reconciling/Stalled = {other:?}"),
     };
     let mut written = Vec::new();
