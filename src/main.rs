@@ -52,6 +52,9 @@ struct RunArgs {
     /// count only until their answer starts).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(1..))]
     kube_api_concurrency: u64,
+    /// Reconciles of each kind running at once, at most (the rest wait in the queue, cheaply).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..))]
+    max_concurrent_reconciles: u16,
     /// Log format.
     #[arg(long, value_enum, default_value_t = adc_operator::telemetry::LogFormat::Text)]
     log_format: adc_operator::telemetry::LogFormat,
@@ -220,6 +223,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         cluster_id: args.cluster_id.clone(),
         dispatch,
         gcp_time_scale: args.gcp_time_scale,
+        reconcile_concurrency: args.max_concurrent_reconciles,
     };
     if !args.leader_election {
         // The only replica: it leads.

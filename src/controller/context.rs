@@ -26,6 +26,10 @@ pub struct OperatorSettings {
     pub dispatch: DispatchMode,
     /// 1.0 against GCP; the emulator's `--time-scale` in benchmarks.
     pub gcp_time_scale: f64,
+    /// Reconciles of one kind running at once, at most. kube-runtime polls every running
+    /// reconcile whenever one of them wakes, so without a bound a fleet's backlog costs
+    /// quadratic CPU (and a future per object in memory).
+    pub reconcile_concurrency: u16,
 }
 
 /// The GCP side of one GcpCloud.

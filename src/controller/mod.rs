@@ -176,8 +176,27 @@ where
                 addresses.observe(event);
             }
         })
-        .applied_objects();
+        .applied_objects()
+        .predicate_filter(object_change::<K>, Default::default());
     Controller::for_stream(stream, store)
+}
+
+/// What of a fleet object its own reconcile reacts to: its spec (generation), metadata people
+/// and the finalizer helper change (annotations such as the management policy and approvals,
+/// labels, finalizers), its deletion, and its identity (a new object under an old name). Not
+/// its status: that is the reconcile's own output, and each write of it would reconcile the
+/// object once more for nothing (at fleet scale, a reconcile per object and status write).
+/// The reflector still applies every event, so reconciles read the current status.
+fn object_change<K: kube::Resource>(object: &K) -> Option<u64> {
+    let meta = object.meta();
+    hash_of(&(
+        &meta.uid,
+        meta.generation,
+        &meta.deletion_timestamp,
+        &meta.finalizers,
+        &meta.annotations,
+        &meta.labels,
+    ))
 }
 
 /// Runs every controller until the process is told to stop.
@@ -202,8 +221,12 @@ pub async fn run(
     tokio::spawn(namespaces);
 
     let addresses = Arc::new(index::AddressIndex::default());
-    let vs_controller = indexed_controller::<VirtualService>(&client, &addresses);
-    let vr_controller = indexed_controller::<VpcRoute>(&client, &addresses);
+    let config =
+        kube::runtime::controller::Config::default().concurrency(settings.reconcile_concurrency);
+    let vs_controller =
+        indexed_controller::<VirtualService>(&client, &addresses).with_config(config.clone());
+    let vr_controller =
+        indexed_controller::<VpcRoute>(&client, &addresses).with_config(config.clone());
     let (vs_tx, vs_rx) = mpsc::unbounded_channel::<ObjectRef<VirtualService>>();
     let (vr_tx, vr_rx) = mpsc::unbounded_channel::<ObjectRef<VpcRoute>>();
     let ctx = Arc::new(Context {
@@ -233,7 +256,8 @@ pub async fn run(
     .reflect(cloud_writer)
     .applied_objects()
     .predicate_filter(cloud_change, Default::default());
-    let cloud_controller = Controller::for_stream(cloud_stream, cloud_store.clone());
+    let cloud_controller =
+        Controller::for_stream(cloud_stream, cloud_store.clone()).with_config(config);
     // A deleted GcpCloud is never reconciled (it has no finalizer): its engine is stopped here.
     tokio::spawn(cloud::forget_deleted(Arc::downgrade(&ctx), cloud_store));
     let clouds = cloud_controller
@@ -330,6 +354,43 @@ mod tests {
             .get_or_insert_default()
             .insert("adc.dev/note".into(), "x".into());
         assert_ne!(cloud_change(&before), cloud_change(&annotated));
+    }
+
+    #[test]
+    fn an_object_reacts_to_its_spec_metadata_and_identity_not_its_status() {
+        let object: VirtualService = serde_json::from_value(serde_json::json!({
+            "apiVersion": "adc.dev/v1alpha1", "kind": "VirtualService",
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1", "generation": 1},
+            "spec": {"cloudRef": "c", "vip": {"address": "10.1.0.5"}, "ports": [{"port": 443}],
+                     "sourceRanges": ["10.0.0.0/8"],
+                     "serviceEngines": [{"name": "se-1", "zone": "z"}]},
+        }))
+        .unwrap();
+        let before = object_change(&object);
+        let mut status_only = object.clone();
+        status_only.status = Some(crate::api::VirtualServiceStatus {
+            vip: Some("10.1.0.5".into()),
+            ..Default::default()
+        });
+        assert_eq!(before, object_change(&status_only));
+        let changed = |edit: &dyn Fn(&mut VirtualService)| {
+            let mut edited = object.clone();
+            edit(&mut edited);
+            object_change(&edited)
+        };
+        assert_ne!(before, changed(&|o| o.metadata.generation = Some(2)));
+        assert_ne!(
+            before,
+            changed(&|o| o.metadata.finalizers = Some(vec!["adc.dev/cleanup".into()]))
+        );
+        assert_ne!(
+            before,
+            changed(&|o| {
+                o.metadata.annotations =
+                    Some([("adc.dev/approved-plan".to_string(), "abc".to_string())].into())
+            })
+        );
+        assert_ne!(before, changed(&|o| o.metadata.uid = Some("u2".into())));
     }
 
     #[test]
