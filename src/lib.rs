@@ -11,6 +11,7 @@ pub mod gcp;
 pub mod kubectl;
 pub mod leader;
 pub mod plan;
+pub mod planview;
 pub mod telemetry;
 
 /// The operator's version, as built.

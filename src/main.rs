@@ -23,6 +23,43 @@ enum Command {
     Crdgen(CrdgenArgs),
     /// Run the controllers.
     Run(RunArgs),
+    /// Print the Compute changes the operator would make, without making them: every insert,
+    /// replace and delete with its owner, what the guard rails refuse, quota use before and
+    /// after, and the least time at the cloud's rate limit. Reads only. Exit code 0: no change,
+    /// 2: changes, 1: an error.
+    Plan(PlanArgs),
+}
+
+#[derive(Args)]
+struct PlanArgs {
+    /// Kubeconfig to use; default: KUBECONFIG / ~/.kube/config, then in-cluster.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Only this GcpCloud; default: every cloud.
+    #[arg(long)]
+    cloud: Option<String>,
+    /// Manifests (file or directory, repeatable) to plan as if they were applied: GcpCloud,
+    /// VirtualService, VpcRoute; a namespaced object without a namespace is in `default`.
+    #[arg(short = 'f', long = "filename")]
+    filenames: Vec<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = PlanOutput::Table)]
+    output: PlanOutput,
+    /// A service-account JSON key to read GCP with, for every cloud; default: each cloud's own
+    /// credentials (its Secret; for workload identity, GOOGLE_APPLICATION_CREDENTIALS when set,
+    /// else the metadata server).
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The operator's cluster id (its ownership markers): the chart's clusterId.
+    #[arg(long, env = "ADC_CLUSTER_ID", default_value = "default")]
+    cluster_id: String,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum PlanOutput {
+    Table,
+    Json,
+    Yaml,
 }
 
 #[derive(Args)]
@@ -158,8 +195,79 @@ fn main() -> anyhow::Result<()> {
             .build()
             .context("starting the tokio runtime")?
             .block_on(run(args))?,
+        Command::Plan(args) => {
+            let code = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?
+                .block_on(plan(args));
+            let code = match code {
+                Ok(code) => code,
+                Err(err) => {
+                    eprintln!("error: {err:#}");
+                    1
+                }
+            };
+            std::process::exit(code);
+        }
     }
     Ok(())
+}
+
+/// `adc-operator plan`: the exit code.
+async fn plan(args: PlanArgs) -> anyhow::Result<i32> {
+    use adc_operator::controller::preview::{Options, preview};
+    use adc_operator::gcp::Credentials;
+    let manifests = adc_operator::planview::read_manifests(&args.filenames)
+        .map_err(|err| anyhow::anyhow!(err))?;
+    let credentials = match &args.key {
+        Some(path) => Some(
+            Credentials::from_service_account_file(path)
+                .with_context(|| format!("--key {}", path.display()))?,
+        ),
+        None => match std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS") {
+            Some(path) => Some(
+                Credentials::from_service_account_file(std::path::Path::new(&path))
+                    .context("GOOGLE_APPLICATION_CREDENTIALS")?,
+            ),
+            None => None,
+        },
+    };
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no kubeconfig and no in-cluster configuration")?,
+    };
+    let client = kube::Client::try_from(config)?;
+    let preview = preview(
+        client,
+        Options {
+            cloud: args.cloud,
+            manifests,
+            credentials,
+            cluster_id: args.cluster_id,
+        },
+    )
+    .await?;
+    match args.output {
+        PlanOutput::Table => print!("{}", adc_operator::planview::table(&preview)),
+        PlanOutput::Json => println!("{}", serde_json::to_string_pretty(&preview)?),
+        PlanOutput::Yaml => print!("{}", serde_yaml::to_string(&preview)?),
+    }
+    Ok(if preview.has_changes() {
+        adc_operator::planview::EXIT_CHANGES
+    } else {
+        0
+    })
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {

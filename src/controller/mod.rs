@@ -9,6 +9,7 @@ pub mod error;
 pub mod index;
 pub mod metrics;
 pub mod pools;
+pub mod preview;
 pub mod progress;
 pub mod reconcile;
 pub mod status;

@@ -491,7 +491,7 @@ async fn report_full<K: Kind>(
 }
 
 /// The object's `status.plan`.
-fn plan_of<K: Kind>(status: &K::Status) -> Option<PlanStatus> {
+pub(crate) fn plan_of<K: Kind>(status: &K::Status) -> Option<PlanStatus> {
     let mut status = status.clone();
     K::bookkeeping(&mut status).2.clone()
 }

@@ -211,6 +211,10 @@ impl Engine {
             let _ = tx.send(Err(GcpError::Shutdown));
             return rx;
         }
+        if self.shared.settings.read_only {
+            let _ = tx.send(Err(GcpError::ReadOnly(mutation.target.to_string())));
+            return rx;
+        }
         let shared = &self.shared;
         let id = shared.next_waiter.fetch_add(1, Ordering::Relaxed);
         lock(&shared.waiters).insert(id, tx);
@@ -233,7 +237,7 @@ impl Engine {
     /// joined to what was already pending for the resource.
     pub fn begin(&self, mutation: Mutation, lane: Lane) -> bool {
         let shared = &self.shared;
-        if self.is_shut_down() {
+        if self.is_shut_down() || shared.settings.read_only {
             return false;
         }
         let (new, effects) = lock(&shared.queue).begin(

@@ -68,6 +68,9 @@ pub enum GcpError {
     /// The engine is shutting down.
     #[error("the GCP engine is shutting down")]
     Shutdown,
+    /// The engine only reads (`adc-operator plan`): the mutation was never sent.
+    #[error("the GCP engine only reads: {0} was not changed")]
+    ReadOnly(String),
 }
 
 fn not_owned_message(resource: &str, marker: Option<&str>) -> String {
@@ -215,6 +218,7 @@ impl GcpError {
             GcpError::BeingCreated(_) => "being_created".into(),
             GcpError::Exhausted { last, .. } => last.label(),
             GcpError::Shutdown => "shutdown".into(),
+            GcpError::ReadOnly(_) => "readOnly".into(),
         }
     }
 

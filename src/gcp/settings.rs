@@ -39,6 +39,8 @@ pub struct EngineSettings {
     pub regions: Vec<String>,
     /// Attempts per mutation before its error is final.
     pub max_attempts: u32,
+    /// Reads only: every mutation is refused before it reaches the queue (`adc-operator plan`).
+    pub read_only: bool,
 }
 
 impl EngineSettings {
@@ -56,6 +58,7 @@ impl EngineSettings {
             resource_prefix: "adc-".into(),
             regions: Vec::new(),
             max_attempts: 12,
+            read_only: false,
         }
     }
 

@@ -77,9 +77,30 @@ pub fn warning(forecasts: &[Forecast]) -> Option<String> {
     })
 }
 
+/// Median route and firewall operation duration of the model (docs/compute-api.md §11), s.
+pub const OPERATION_SECONDS: f64 = 8.0;
+/// One batch round trip (median mutation latency plus batch overhead), s.
+pub const ROUND_TRIP_SECONDS: f64 = 0.3;
+
+/// The least time `writes` GCP writes take at `writes_per_minute` (bench/README.md's lower
+/// bound, writes binding): W/Q minutes, then one operation and one batch round trip, seconds.
+pub fn rollout_seconds(writes: usize, writes_per_minute: f64) -> f64 {
+    if writes == 0 {
+        return 0.0;
+    }
+    writes as f64 / writes_per_minute.max(1.0) * 60.0 + OPERATION_SECONDS + ROUND_TRIP_SECONDS
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rollout_takes_its_writes_at_the_rate_then_one_operation() {
+        assert!((rollout_seconds(15_000, 1500.0) - 608.3).abs() < 1e-9);
+        assert!((rollout_seconds(3, 1500.0) - 8.42).abs() < 1e-9);
+        assert_eq!(rollout_seconds(0, 1500.0), 0.0);
+    }
 
     #[test]
     fn the_projection_replaces_what_the_cloud_holds_with_what_it_needs() {

@@ -474,3 +474,183 @@ async fn switching_to_observe_mid_rollout_stops_the_writes_at_once() {
     })
     .await;
 }
+
+/// Runs `adc-operator plan` against this plane; returns (exit code, stdout, stderr).
+fn run_plan(args: &[&str]) -> (i32, String, String) {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_adc-operator"))
+        .arg("plan")
+        .arg("--kubeconfig")
+        .arg(&PLANE.get().kubeconfig)
+        .args(["--cluster-id", "policy-cluster"])
+        .args(args)
+        .env("GCE_METADATA_HOST", url().trim_start_matches("http://"))
+        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
+        .output()
+        .expect("running adc-operator plan");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plan_prints_the_changes_writes_nothing_and_exits_by_them() {
+    // A Compute of this test's own, so that its counters see only this cloud.
+    let own = EmulatorProcess::start(
+        &emulator_binary().expect("emulator"),
+        WORLD,
+        &["--auth", "any"],
+    )
+    .expect("emulator");
+    let fixture = fixture();
+    let client = PLANE.admin_client().await;
+    let (ns, cloud) = tenant(
+        &client,
+        &own.base_url,
+        "plan",
+        json!({"resyncInterval": "2s"}),
+    )
+    .await;
+    let _ = fixture;
+    let vip = "10.35.0.1";
+    apply(
+        &client,
+        service("shown", &cloud, vip, &["se-1"], json!({})),
+        Some(&ns),
+    )
+    .await;
+    wait_ready::<VirtualService>(&client, Some(&ns), "shown").await;
+    let stats = || async {
+        let stats = support::operator::emulator_stats(&own.base_url).await;
+        (
+            stats["operationsCreated"].clone(),
+            stats["operationsPending"].clone(),
+        )
+    };
+    support::eventually("the cloud quiet", || async {
+        match stats().await {
+            (_, pending) if pending == json!(0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let before = stats().await;
+
+    // Converged: no change, exit 0.
+    let (code, out, err) = run_plan(&["--cloud", &cloud]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("no changes"), "{out}");
+    assert!(
+        out.contains("Plan: 0 to insert, 0 to replace, 0 to delete."),
+        "{out}"
+    );
+
+    // What if: the object moves to two engines, a new one arrives, and one asks for a VIP inside
+    // the subnetwork.
+    let dir = std::env::temp_dir().join(format!("adc-plan-it-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut manifests = String::new();
+    for (name, address, engines) in [
+        ("shown", vip, vec!["se-1", "se-2"]),
+        ("extra", "10.35.0.2", vec!["se-1"]),
+        ("inside", "10.128.0.99", vec!["se-1"]),
+    ] {
+        let mut manifest = service(name, &cloud, address, &engines, json!({}));
+        manifest["metadata"]["namespace"] = json!(ns);
+        manifests.push_str(&serde_yaml::to_string(&manifest).unwrap());
+        manifests.push_str("---\n");
+    }
+    std::fs::write(dir.join("what-if.yaml"), manifests).unwrap();
+    let file = dir.join("what-if.yaml");
+    let (code, out, err) = run_plan(&[
+        "--cloud",
+        &cloud,
+        "-f",
+        file.to_str().unwrap(),
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 2, "{out}\n{err}");
+    let plan: Value = serde_json::from_str(&out).unwrap();
+    let cloud_plan = &plan["clouds"][0];
+    let changes = cloud_plan["changes"].as_array().unwrap();
+    let lines: Vec<String> = changes
+        .iter()
+        .map(|c| format!("{} {} {}", c["op"], c["detail"], c["owner"]))
+        .collect();
+    // shown: a route to se-2; extra: its route and its rule.
+    assert_eq!(changes.len(), 3, "{lines:#?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("10.35.0.1/32 via se-2") && l.contains("shown")),
+        "{lines:#?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("10.35.0.2/32 via se-1") && l.contains("extra")),
+        "{lines:#?}"
+    );
+    let refused = cloud_plan["refused"].as_array().unwrap();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert!(
+        refused[0]["object"].as_str().unwrap().ends_with("/inside")
+            && refused[0]["reason"]
+                .as_str()
+                .unwrap()
+                .contains("inside subnetwork 'default'"),
+        "{refused:?}"
+    );
+    let routes = cloud_plan["quota"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["metric"] == "ROUTES")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        routes["after"].as_f64().unwrap() - routes["usage"].as_f64().unwrap(),
+        2.0,
+        "{routes}"
+    );
+    assert!(cloud_plan["estimatedSeconds"].as_f64().unwrap() > 8.0);
+    // The table and YAML say the same.
+    let (code, out, _) = run_plan(&["--cloud", &cloud, "-f", file.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        out.contains("Plan: 3 to insert, 0 to replace, 0 to delete."),
+        "{out}"
+    );
+    assert!(out.contains("refused  VirtualService"), "{out}");
+    let (code, out, _) = run_plan(&[
+        "--cloud",
+        &cloud,
+        "-f",
+        file.to_str().unwrap(),
+        "-o",
+        "yaml",
+    ]);
+    assert_eq!(code, 2);
+    assert!(serde_yaml::from_str::<Value>(&out).unwrap()["clouds"][0]["changes"].is_array());
+
+    // It wrote nothing: not to Compute, not to the cluster.
+    assert_eq!(stats().await, before, "plan wrote to Compute");
+    let api: Api<VirtualService> = Api::namespaced(client.clone(), &ns);
+    assert!(api.get_opt("extra").await.unwrap().is_none());
+    let shown = api.get("shown").await.unwrap();
+    assert_eq!(
+        shown.spec.service_engines.len(),
+        1,
+        "plan changed the object"
+    );
+    // An error exits 1 with the reason.
+    let (code, _, err) = run_plan(&["--cloud", "no-such-cloud"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("GcpCloud 'no-such-cloud' does not exist"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

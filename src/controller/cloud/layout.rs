@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use ipnet::Ipv4Net;
 use kube::ResourceExt;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 
 use crate::controller::apply::{delete_of as delete, waiting_to_retry};
 use crate::controller::claims::stalled;
@@ -121,78 +121,13 @@ pub(crate) fn pass(
     let engine = &runtime.engine;
     let view = &runtime.view;
     let cloud = &view.cloud;
-    let owner = shared::owner(view);
-    let (seen, others, inventory_view, owned, down) = engine.inventory().read(|snapshot| {
-        let health = |zone: &str, name: &str| match snapshot.instance(zone, name) {
-            Some(instance) if instance.is_running() => EngineHealth::Running,
-            Some(_) => EngineHealth::Down,
-            None => EngineHealth::Missing,
-        };
-        let mut seen = Vec::new();
-        let mut others = Vec::new();
-        for object in triggers.virtual_services.state() {
-            if object.spec.cloud_ref != *cloud || object.metadata.deletion_timestamp.is_some() {
-                continue;
-            }
-            let Membership::Pool { cidr, .. } = runtime.pools.membership(&object.spec) else {
-                // A VIP leaving the pools (a pool removed): the shared resources keep carrying
-                // it until its own do.
-                if let Some(vip) = object
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.vip.as_deref())
-                    .and_then(|v| v.parse::<Ipv4Addr>().ok())
-                {
-                    others.push(vip);
-                }
-                continue;
-            };
-            let object_key = key(&object.namespace().unwrap_or_default(), &object.name_any());
-            let Some(vip) = runtime
-                .pools
-                .address_of(cloud, &triggers.virtual_services, &object_key)
-                .filter(|ip| cidr.contains(ip))
-            else {
-                continue;
-            };
-            let ready = ready_for_generation(
-                object.status.as_ref().map(|s| s.conditions.as_slice()),
-                object.metadata.generation,
-            ) && !stalled(
-                object
-                    .status
-                    .as_ref()
-                    .map(|s| s.conditions.as_slice())
-                    .unwrap_or_default(),
-            );
-            seen.push(Seen {
-                object: ObjectRef::from_obj(&*object),
-                member: Member {
-                    vip,
-                    hops: hops(&object.spec, health).into_iter().collect(),
-                    opening: opening(&object.spec),
-                },
-                ready,
-            });
-        }
-        let owned = snapshot.owned_by(&owner, &view.resource_prefix);
-        let down: BTreeSet<String> = owned
-            .iter()
-            .filter_map(|(_, body)| body["nextHopInstance"].as_str())
-            .filter(|hop| {
-                let (zone, name) = zone_and_name(hop);
-                health(zone, name) != EngineHealth::Running
-            })
-            .map(str::to_string)
-            .collect();
-        (
-            seen,
-            others,
-            shared_view(snapshot, &owner, &view.resource_prefix),
-            owned,
-            down,
-        )
-    });
+    let Gathered {
+        seen,
+        others,
+        inventory_view,
+        owned,
+        down,
+    } = gather(runtime, &triggers.virtual_services);
     let members: Vec<Member> = seen.iter().map(|s| s.member.clone()).collect();
     let digest = {
         use std::hash::{Hash, Hasher};
@@ -396,6 +331,105 @@ pub(crate) fn pass(
     }
     *reported = current;
     look_again
+}
+
+/// What a layout pass starts from: the members, the VIPs leaving the pools, the shared
+/// resources as a view and as bodies, and the hops of owned routes whose engine is down.
+struct Gathered {
+    seen: Vec<Seen>,
+    others: Vec<Ipv4Addr>,
+    inventory_view: SharedView,
+    owned: Vec<(Target, serde_json::Value)>,
+    down: BTreeSet<String>,
+}
+
+fn gather(runtime: &CloudRuntime, store: &Store<crate::api::VirtualService>) -> Gathered {
+    let view = &runtime.view;
+    let cloud = &view.cloud;
+    let owner = shared::owner(view);
+    runtime.engine.inventory().read(|snapshot| {
+        let health = |zone: &str, name: &str| match snapshot.instance(zone, name) {
+            Some(instance) if instance.is_running() => EngineHealth::Running,
+            Some(_) => EngineHealth::Down,
+            None => EngineHealth::Missing,
+        };
+        let mut seen = Vec::new();
+        let mut others = Vec::new();
+        for object in store.state() {
+            if object.spec.cloud_ref != *cloud || object.metadata.deletion_timestamp.is_some() {
+                continue;
+            }
+            let Membership::Pool { cidr, .. } = runtime.pools.membership(&object.spec) else {
+                // A VIP leaving the pools (a pool removed): the shared resources keep carrying
+                // it until its own do.
+                if let Some(vip) = object
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.vip.as_deref())
+                    .and_then(|v| v.parse::<Ipv4Addr>().ok())
+                {
+                    others.push(vip);
+                }
+                continue;
+            };
+            let object_key = key(&object.namespace().unwrap_or_default(), &object.name_any());
+            let Some(vip) = runtime
+                .pools
+                .address_of(cloud, store, &object_key)
+                .filter(|ip| cidr.contains(ip))
+            else {
+                continue;
+            };
+            let ready = ready_for_generation(
+                object.status.as_ref().map(|s| s.conditions.as_slice()),
+                object.metadata.generation,
+            ) && !stalled(
+                object
+                    .status
+                    .as_ref()
+                    .map(|s| s.conditions.as_slice())
+                    .unwrap_or_default(),
+            );
+            seen.push(Seen {
+                object: ObjectRef::from_obj(&*object),
+                member: Member {
+                    vip,
+                    hops: hops(&object.spec, health).into_iter().collect(),
+                    opening: opening(&object.spec),
+                },
+                ready,
+            });
+        }
+        let owned = snapshot.owned_by(&owner, &view.resource_prefix);
+        let down: BTreeSet<String> = owned
+            .iter()
+            .filter_map(|(_, body)| body["nextHopInstance"].as_str())
+            .filter(|hop| {
+                let (zone, name) = zone_and_name(hop);
+                health(zone, name) != EngineHealth::Running
+            })
+            .map(str::to_string)
+            .collect();
+        Gathered {
+            seen,
+            others,
+            inventory_view: shared_view(snapshot, &owner, &view.resource_prefix),
+            owned,
+            down,
+        }
+    })
+}
+
+/// The shared layout's end state, for `adc-operator plan`: what the cloud's pools want now
+/// and what of its shared resources exists (no hold-down, nothing handed to the engine).
+pub(crate) fn planned(
+    runtime: &CloudRuntime,
+    store: &Store<crate::api::VirtualService>,
+) -> (Vec<DesiredResource>, Vec<(Target, serde_json::Value)>) {
+    let gathered = gather(runtime, store);
+    let members: Vec<Member> = gathered.seen.into_iter().map(|s| s.member).collect();
+    let layout = shared::layout(&runtime.view, &runtime.pools.blocks(), &members);
+    (layout.desired, gathered.owned)
 }
 
 /// What the cloud's objects need of the resource quotas: the shared layout plus every

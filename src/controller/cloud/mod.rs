@@ -33,9 +33,10 @@ use garbage::*;
 use instances::*;
 use inventory::*;
 pub use inventory::{ensure_zones, refresh_inventory};
+pub(crate) use layout::planned as planned_layout;
 use layout::*;
-pub use runtime::COMPUTE_ENDPOINT;
 use runtime::*;
+pub use runtime::{COMPUTE_ENDPOINT, read_only_runtime};
 pub use sweep::forget_deleted;
 
 /// Reconciles one GcpCloud.

@@ -62,8 +62,36 @@ pub(super) async fn build_runtime(
     ctx: &Context,
     cloud: &GcpCloud,
 ) -> Result<Arc<CloudRuntime>, Error> {
-    let spec = &cloud.spec;
     let credentials = credentials(ctx, cloud).await?;
+    let runtime = runtime_with(ctx, cloud, credentials, false)?;
+    forward_inventory_events(ctx, &runtime);
+    run_layout(ctx, &runtime);
+    poll_instances(&runtime);
+    Ok(runtime)
+}
+
+/// A cloud's runtime for `adc-operator plan`: an engine that only reads, with the cloud's own
+/// credentials unless `credentials` says otherwise, and no task of its own (no layout, no
+/// instance poll, no events).
+pub async fn read_only_runtime(
+    ctx: &Context,
+    cloud: &GcpCloud,
+    credentials: Option<Credentials>,
+) -> Result<Arc<CloudRuntime>, Error> {
+    let credentials = match credentials {
+        Some(given) => given,
+        None => self::credentials(ctx, cloud).await?,
+    };
+    runtime_with(ctx, cloud, credentials, true)
+}
+
+fn runtime_with(
+    ctx: &Context,
+    cloud: &GcpCloud,
+    credentials: Credentials,
+    read_only: bool,
+) -> Result<Arc<CloudRuntime>, Error> {
+    let spec = &cloud.spec;
     let endpoint = spec
         .endpoint
         .clone()
@@ -90,6 +118,7 @@ pub(super) async fn build_runtime(
     };
     settings.resource_prefix = spec.resource_prefix.clone();
     settings.regions = vec![spec.region.clone()];
+    settings.read_only = read_only;
     let engine = crate::gcp::Engine::start(settings, credentials, Arc::clone(&ctx.metrics))?;
     let runtime = Arc::new(CloudRuntime {
         view: CloudView {
@@ -111,8 +140,5 @@ pub(super) async fn build_runtime(
         policy: std::sync::RwLock::new(spec.management_policy),
         engine,
     });
-    forward_inventory_events(ctx, &runtime);
-    run_layout(ctx, &runtime);
-    poll_instances(&runtime);
     Ok(runtime)
 }
