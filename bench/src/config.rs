@@ -168,7 +168,8 @@ impl Config {
         };
         let suites = match var("BENCH_SUITES") {
             Some(text) => list("BENCH_SUITES", &text, Suite::parse)?,
-            None => vec![Suite::Fleet, Suite::SmallChange],
+            None if quick => vec![Suite::Fleet, Suite::SmallChange],
+            None => vec![Suite::Fleet, Suite::SmallChange, Suite::Pools],
         };
         let small_sizes = match var("BENCH_SMALL_N") {
             Some(text) => list("BENCH_SMALL_N", &text, |s| Ok(s.parse::<usize>()?))?,
