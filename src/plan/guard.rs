@@ -61,26 +61,30 @@ fn has_host_bits(range: &str) -> bool {
         .is_ok_and(|net| net.addr() != net.network())
 }
 
-fn common(range: &str, what: &str, around: &Surroundings, problems: &mut Vec<String>) {
+/// The rules every kind's range follows; `field` is where the spec sets it.
+fn common(range: &str, what: &str, field: &str, around: &Surroundings, problems: &mut Vec<String>) {
     if !around.namespace_allowed {
         problems.push("the GcpCloud's allowedNamespaces does not select this namespace; ask its owner to allow it, or use another GcpCloud".into());
     }
     if let Some(net) = parse_range(range) {
         if net.prefix_len() == 0 && !around.allow_default_route {
-            problems.push(format!("{what} {range} is a default route; the GcpCloud must set allowDefaultRoute: true to permit it"));
+            problems.push(format!("{what} {range} is a default route; the GcpCloud must set allowDefaultRoute: true to permit it, or fix {field}"));
         } else if !around.allowed_ranges.is_empty() && !range_allowed(range, &around.allowed_ranges)
         {
             problems.push(format!(
-                "{what} {range} is outside the GcpCloud's allowedDestinationRanges [{}]",
+                "{what} {range} is outside the GcpCloud's allowedDestinationRanges [{}]; fix {field}",
                 around.allowed_ranges.join(", ")
             ));
         } else if let Some((subnet, cidr)) = inside_subnet(range, &around.subnet_ranges) {
             problems.push(format!(
-                "{what} {range} is inside subnetwork '{subnet}' ({cidr}); GCP refuses a route into a subnet range: choose a {what} outside the network's subnets"
+                "{what} {range} is inside subnetwork '{subnet}' ({cidr}); GCP refuses a route into a subnet range: choose a {what} outside the network's subnets ({field})"
             ));
         }
     }
 }
+
+/// Where a VirtualService's VIP comes from: `spec.vip.address`, or its allocation.
+const VIP_FIELD: &str = "spec.vip";
 
 /// The guard rails of a VirtualService with VIP `vip` (None while an allocated VIP is pending)
 /// and firewall sources `source_ranges`. The schema checks the ranges too; this catches objects
@@ -92,8 +96,8 @@ pub fn check_virtual_service(
 ) -> Vec<String> {
     let mut problems = Vec::new();
     match vip {
-        Some(vip) => common(vip, "VIP", around, &mut problems),
-        None if !around.namespace_allowed => common("", "VIP", around, &mut problems),
+        Some(vip) => common(vip, "VIP", VIP_FIELD, around, &mut problems),
+        None if !around.namespace_allowed => common("", "VIP", VIP_FIELD, around, &mut problems),
         None => {}
     }
     if let Some(other) = &around.vip_claimed_by {
@@ -139,7 +143,13 @@ pub fn check_vpc_route(dest_range: &str, around: &Surroundings) -> Vec<String> {
             "destRange {dest_range} has host bits set; write the network address {network}"
         ));
     } else {
-        common(dest_range, "destRange", around, &mut problems);
+        common(
+            dest_range,
+            "destRange",
+            "spec.destRange",
+            around,
+            &mut problems,
+        );
     }
     if let Some(other) = &around.vip_claimed_by {
         problems.push(format!(
