@@ -171,6 +171,9 @@ where
     let addresses = Arc::clone(addresses);
     let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
+        // Nothing reads managedFields (status is written by server-side apply, compared by
+        // value): the store keeps objects without them, a large part of each object's bytes.
+        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(event) = event {
