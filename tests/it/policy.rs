@@ -1,8 +1,9 @@
 //! Management policies on the real pieces: Observe shows a plan and writes only what an
 //! approval lets through, once; a plan that changed after its approval writes nothing; Paused
 //! leaves GCP as it is, deletion included; switching a cloud to Observe mid-rollout stops its
-//! writes at once. The operator and its rate windows run at a tenth of real time, so a rollout
-//! held back by `rateLimit.writesPerMinute` spans a few seconds of windows.
+//! writes at once; `adc-operator plan` prints what would change and writes nothing. The operator
+//! and its rate windows run at a tenth of real time, so a rollout held back by
+//! `rateLimit.writesPerMinute` spans a few seconds of windows.
 
 use crate::support;
 
@@ -477,10 +478,15 @@ async fn switching_to_observe_mid_rollout_stops_the_writes_at_once() {
 
 /// Runs `adc-operator plan` against this plane; returns (exit code, stdout, stderr).
 fn run_plan(args: &[&str]) -> (i32, String, String) {
+    run_plan_as(&PLANE.get().kubeconfig, args)
+}
+
+/// [`run_plan`] with the rights of `kubeconfig`.
+fn run_plan_as(kubeconfig: &std::path::Path, args: &[&str]) -> (i32, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_adc-operator"))
         .arg("plan")
         .arg("--kubeconfig")
-        .arg(&PLANE.get().kubeconfig)
+        .arg(kubeconfig)
         .args(["--cluster-id", "policy-cluster"])
         .args(args)
         .env("GCE_METADATA_HOST", url().trim_start_matches("http://"))
@@ -563,14 +569,54 @@ async fn plan_prints_the_changes_writes_nothing_and_exits_by_them() {
     }
     std::fs::write(dir.join("what-if.yaml"), manifests).unwrap();
     let file = dir.join("what-if.yaml");
-    let (code, out, err) = run_plan(&[
-        "--cloud",
-        &cloud,
-        "-f",
-        file.to_str().unwrap(),
-        "-o",
-        "json",
+    // As a ServiceAccount that may only get and list: a write would be refused (and fail the
+    // plan), so the plan's success shows it needs none.
+    let kubectl = |args: &[&str]| {
+        let plane = PLANE.get();
+        let output = std::process::Command::new(&plane.binaries.kubectl)
+            .args(args)
+            .env("KUBECONFIG", &plane.kubeconfig)
+            .output()
+            .expect("running kubectl");
+        assert!(
+            output.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let reader = format!("planner-{ns}");
+    kubectl(&["create", "serviceaccount", "planner", "-n", &ns]);
+    kubectl(&[
+        "create",
+        "clusterrole",
+        &reader,
+        "--verb=get,list",
+        "--resource=gcpclouds.adc.dev,virtualservices.adc.dev,vpcroutes.adc.dev,namespaces",
     ]);
+    kubectl(&[
+        "create",
+        "clusterrolebinding",
+        &reader,
+        "--clusterrole",
+        &reader,
+        "--serviceaccount",
+        &format!("{ns}:planner"),
+    ]);
+    let token = kubectl(&["create", "token", "planner", "-n", &ns, "--duration", "1h"]);
+    let read_only = dir.join("planner.kubeconfig");
+    PLANE.token_kubeconfig(token.trim(), &read_only);
+    let (code, out, err) = run_plan_as(
+        &read_only,
+        &[
+            "--cloud",
+            &cloud,
+            "-f",
+            file.to_str().unwrap(),
+            "-o",
+            "json",
+        ],
+    );
     assert_eq!(code, 2, "{out}\n{err}");
     let plan: Value = serde_json::from_str(&out).unwrap();
     let cloud_plan = &plan["clouds"][0];
