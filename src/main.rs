@@ -233,21 +233,7 @@ async fn plan(args: PlanArgs) -> anyhow::Result<i32> {
             None => None,
         },
     };
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no kubeconfig and no in-cluster configuration")?,
-    };
-    let client = kube::Client::try_from(config)?;
+    let client = kube::Client::try_from(kube_config(args.kubeconfig.as_deref()).await?)?;
     let preview = preview(
         client,
         Options {
@@ -270,25 +256,31 @@ async fn plan(args: PlanArgs) -> anyhow::Result<i32> {
     })
 }
 
+/// The Kubernetes configuration of `run` and `plan`: the kubeconfig given, else in-cluster,
+/// then KUBECONFIG / ~/.kube/config.
+async fn kube_config(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<kube::Config> {
+    match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
+            Ok(kube::Config::from_custom_kubeconfig(
+                kubeconfig,
+                &kube::config::KubeConfigOptions::default(),
+            )
+            .await?)
+        }
+        None => kube::Config::infer()
+            .await
+            .context("no in-cluster configuration and no kubeconfig"),
+    }
+}
+
 async fn run(args: RunArgs) -> anyhow::Result<()> {
     use adc_operator::controller::{self, OperatorSettings};
     use adc_operator::gcp::{DispatchMode, GcpMetrics};
 
     adc_operator::telemetry::init_logging(args.log_format);
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .with_context(|| format!("reading kubeconfig {}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(
-                kubeconfig,
-                &kube::config::KubeConfigOptions::default(),
-            )
-            .await?
-        }
-        None => kube::Config::infer()
-            .await
-            .context("no in-cluster configuration and no kubeconfig")?,
-    };
+    let config = kube_config(args.kubeconfig.as_deref()).await?;
     // Requests the controllers have waiting for an answer, at most: a new leader's burst of
     // thousands of status writes queues here rather than in the API server (a watch holds its
     // permit only until its answer starts). The election has a client of its own.

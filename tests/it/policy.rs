@@ -17,38 +17,17 @@ use kube::api::{Api, DeleteParams};
 use serde_json::{Value, json};
 use support::Plane;
 use support::operator::{
-    OperatorSpec, WORLD, apply, cloud_manifest, condition, status_of, tenant, virtual_service,
-    wait_ready,
+    Suite, WORLD, apply, cloud_manifest, condition, status_of, tenant, virtual_service, wait_ready,
 };
 
 const PLANE: Plane = Plane::Policy;
 /// The operator's notion of time: a rate window is 6 s.
 const SCALE: &str = "0.1";
 
-struct Fixture {
-    emulator: EmulatorProcess,
-    _operator: std::process::Child,
-}
-
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        PLANE.install_crds();
-        let emulator = EmulatorProcess::start(
-            &emulator_binary().expect("emulator"),
-            WORLD,
-            &["--auth", "token"],
-        )
-        .expect("emulator");
-        let mut spec = OperatorSpec::shared(PLANE, &emulator, "policy-cluster");
-        spec.args
-            .extend(["--gcp-time-scale".to_string(), SCALE.to_string()]);
-        let operator = spec.start();
-        Fixture {
-            emulator,
-            _operator: operator,
-        }
-    })
+fn fixture() -> &'static Suite {
+    static FIXTURE: OnceLock<Suite> = OnceLock::new();
+    FIXTURE
+        .get_or_init(|| Suite::start(PLANE, WORLD, "policy-cluster", &["--gcp-time-scale", SCALE]))
 }
 
 fn url() -> &'static str {

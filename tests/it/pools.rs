@@ -15,15 +15,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use adc_operator::api::VirtualService;
-use adc_testenv::{EmulatorProcess, emulator_binary};
 use ipnet::Ipv4Net;
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 use support::Plane;
 use support::operator::{
-    OperatorSpec, apply, cloud_manifest, emulator_collection, label_tenant, wait_ready,
-    wait_stalled,
+    Suite, apply, cloud_manifest, emulator_collection, label_tenant, wait_ready, wait_stalled,
 };
 
 const PLANE: Plane = Plane::Pools;
@@ -59,27 +57,9 @@ const WORLD: &str = "projects:
       - {name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}
 ";
 
-struct Fixture {
-    emulator: EmulatorProcess,
-    _operator: std::process::Child,
-}
-
-fn fixture() -> &'static Fixture {
-    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
-    FIXTURE.get_or_init(|| {
-        PLANE.install_crds();
-        let emulator = EmulatorProcess::start(
-            &emulator_binary().expect("emulator"),
-            WORLD,
-            &["--auth", "token"],
-        )
-        .expect("emulator");
-        let operator = OperatorSpec::shared(PLANE, &emulator, "pools-cluster").start();
-        Fixture {
-            emulator,
-            _operator: operator,
-        }
-    })
+fn fixture() -> &'static Suite {
+    static FIXTURE: OnceLock<Suite> = OnceLock::new();
+    FIXTURE.get_or_init(|| Suite::start(PLANE, WORLD, "pools-cluster", &[]))
 }
 
 fn url() -> &'static str {

@@ -119,6 +119,33 @@ impl OperatorSpec {
     }
 }
 
+/// The Compute and operator of a suite with a plane of its own: the CRDs installed on `plane`,
+/// an emulator of `world` (token auth, its metadata server the operator's identity) and the
+/// operator binary as `cluster_id`, with `args` added to `adc-operator run`.
+pub struct Suite {
+    pub emulator: EmulatorProcess,
+    _operator: Child,
+}
+
+impl Suite {
+    pub fn start(plane: super::Plane, world: &str, cluster_id: &str, args: &[&str]) -> Self {
+        plane.install_crds();
+        let emulator = EmulatorProcess::start(
+            &adc_testenv::emulator_binary().expect("emulator"),
+            world,
+            &["--auth", "token"],
+        )
+        .expect("emulator");
+        let mut spec = OperatorSpec::shared(plane, &emulator, cluster_id);
+        spec.args.extend(args.iter().map(|a| a.to_string()));
+        let operator = spec.start();
+        Suite {
+            emulator,
+            _operator: operator,
+        }
+    }
+}
+
 /// Kills a process with SIGKILL and reaps it.
 pub fn kill9(child: &mut Child) {
     let _ = child.kill();
