@@ -86,8 +86,9 @@ pub(super) fn run_layout(ctx: &Context, runtime: &Arc<CloudRuntime>) {
 /// What a cloud's layout task remembers between passes.
 #[derive(Debug, Default)]
 pub(crate) struct LayoutState {
-    /// Whether each member was carried exactly at the last pass (by namespace/name).
-    reported: std::collections::HashMap<String, bool>,
+    /// Whether each member was carried exactly at the last pass, and whether its status said
+    /// so then (by namespace/name).
+    reported: std::collections::HashMap<String, (bool, bool)>,
     /// A digest of the members (VIPs, routes, openings) at the last pass, and when it changed.
     digest: u64,
     changed_at: Option<std::time::Instant>,
@@ -313,8 +314,9 @@ pub(crate) fn pass(
         .set_forecast(forecast(runtime, triggers, &layout));
     let inventory_view = Arc::new(inventory_view);
     runtime.pools.set_view(Arc::clone(&inventory_view));
-    // The objects whose carriage changed, and does not match their status, are reconciled
-    // again (after the view is published: they read it).
+    // The objects whose carriage does not match their status are reconciled again (after the
+    // view is published: they read it), once for each change of either: a status written
+    // after the last pass from an older view (a rebuilt runtime) is as stale as a new carriage.
     let mut current = std::collections::HashMap::with_capacity(seen.len());
     for s in &seen {
         let carried = inventory_view
@@ -324,10 +326,11 @@ pub(crate) fn pass(
             s.object.namespace.as_deref().unwrap_or_default(),
             &s.object.name,
         );
-        if reported.get(&object_key) != Some(&carried) && carried != s.ready {
+        let seen_now = (carried, s.ready);
+        if carried != s.ready && reported.get(&object_key) != Some(&seen_now) {
             triggers.requeue_virtual_service(s.object.clone());
         }
-        current.insert(object_key, carried);
+        current.insert(object_key, seen_now);
     }
     *reported = current;
     look_again
