@@ -28,6 +28,39 @@ enum Command {
     /// after, and the least time at the cloud's rate limit. Reads only. Exit code 0: no change,
     /// 2: changes, 1: an error.
     Plan(PlanArgs),
+    /// Write VirtualService and VpcRoute manifests that would own a project's existing routes
+    /// and firewall rules (those without an ownership marker), each annotated
+    /// `adc.dev/adopt: "true"`, for review, `plan` and apply. What cannot be mapped is listed
+    /// on stderr (and at the end of the output) with the reason. Reads only.
+    Import(ImportArgs),
+}
+
+#[derive(Args)]
+struct ImportArgs {
+    /// Kubeconfig to use; default: KUBECONFIG / ~/.kube/config, then in-cluster.
+    #[arg(long, env = "KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// The GcpCloud whose project and network to read (it must exist in the cluster).
+    #[arg(long)]
+    cloud: String,
+    /// The namespace of the manifests.
+    #[arg(short, long, default_value = "default")]
+    namespace: String,
+    /// Only resources whose name starts with this.
+    #[arg(long)]
+    name_prefix: Option<String>,
+    /// Only routes to this instance (by name), with the firewall rules of their VIPs.
+    #[arg(long)]
+    next_hop_instance: Option<String>,
+    /// Only resources whose description contains this.
+    #[arg(long)]
+    description: Option<String>,
+    /// A service-account JSON key to read GCP with; default: the cloud's own credentials.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// The operator's cluster id (its ownership markers): the chart's clusterId.
+    #[arg(long, env = "ADC_CLUSTER_ID", default_value = "default")]
+    cluster_id: String,
 }
 
 #[derive(Args)]
@@ -195,6 +228,13 @@ fn main() -> anyhow::Result<()> {
             .build()
             .context("starting the tokio runtime")?
             .block_on(run(args))?,
+        Command::Import(args) => {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?
+                .block_on(import(args))?;
+        }
         Command::Plan(args) => {
             let code = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
@@ -217,22 +257,9 @@ fn main() -> anyhow::Result<()> {
 /// `adc-operator plan`: the exit code.
 async fn plan(args: PlanArgs) -> anyhow::Result<i32> {
     use adc_operator::controller::preview::{Options, preview};
-    use adc_operator::gcp::Credentials;
     let manifests = adc_operator::planview::read_manifests(&args.filenames)
         .map_err(|err| anyhow::anyhow!(err))?;
-    let credentials = match &args.key {
-        Some(path) => Some(
-            Credentials::from_service_account_file(path)
-                .with_context(|| format!("--key {}", path.display()))?,
-        ),
-        None => match std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS") {
-            Some(path) => Some(
-                Credentials::from_service_account_file(std::path::Path::new(&path))
-                    .context("GOOGLE_APPLICATION_CREDENTIALS")?,
-            ),
-            None => None,
-        },
-    };
+    let credentials = read_credentials(args.key.as_deref())?;
     let client = kube::Client::try_from(kube_config(args.kubeconfig.as_deref()).await?)?;
     let preview = preview(
         client,
@@ -254,6 +281,58 @@ async fn plan(args: PlanArgs) -> anyhow::Result<i32> {
     } else {
         0
     })
+}
+
+/// The credentials of `plan` and `import`: `--key`, else GOOGLE_APPLICATION_CREDENTIALS, else
+/// each cloud's own (None).
+fn read_credentials(
+    key: Option<&std::path::Path>,
+) -> anyhow::Result<Option<adc_operator::gcp::Credentials>> {
+    use adc_operator::gcp::Credentials;
+    Ok(match key {
+        Some(path) => Some(
+            Credentials::from_service_account_file(path)
+                .with_context(|| format!("--key {}", path.display()))?,
+        ),
+        None => match std::env::var_os("GOOGLE_APPLICATION_CREDENTIALS") {
+            Some(path) => Some(
+                Credentials::from_service_account_file(std::path::Path::new(&path))
+                    .context("GOOGLE_APPLICATION_CREDENTIALS")?,
+            ),
+            None => None,
+        },
+    })
+}
+
+/// `adc-operator import`: manifests on stdout, what is not mapped on stderr too.
+async fn import(args: ImportArgs) -> anyhow::Result<()> {
+    use adc_operator::plan::import::{Filters, import};
+    let credentials = read_credentials(args.key.as_deref())?;
+    let client = kube::Client::try_from(kube_config(args.kubeconfig.as_deref()).await?)?;
+    let (cloud, foreign) = adc_operator::controller::preview::foreign_resources(
+        client,
+        &args.cloud,
+        credentials,
+        &args.cluster_id,
+    )
+    .await?;
+    let filters = Filters {
+        name_prefix: args.name_prefix,
+        next_hop_instance: args.next_hop_instance,
+        description: args.description,
+    };
+    let found = import(&cloud, &args.namespace, &foreign, &filters);
+    print!("{}", adc_operator::planview::import_yaml(&cloud, &found)?);
+    for (resource, reason) in &found.unmapped {
+        eprintln!("not mapped: {resource}: {reason}");
+    }
+    eprintln!(
+        "{} manifest(s) own {} resource(s); {} not mapped",
+        found.manifests.len(),
+        found.mapped,
+        found.unmapped.len()
+    );
+    Ok(())
 }
 
 /// The Kubernetes configuration of `run` and `plan`: the kubeconfig given, else in-cluster,

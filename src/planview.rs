@@ -59,6 +59,31 @@ fn read_file(path: &Path) -> Result<Vec<Value>, String> {
     Ok(documents)
 }
 
+/// `adc-operator import`'s output: a header saying what was read, the manifests as YAML
+/// documents, and what was not mapped as comments at the end.
+pub fn import_yaml(
+    cloud: &crate::plan::CloudView,
+    found: &crate::plan::import::Import,
+) -> Result<String, serde_yaml::Error> {
+    let mut out = format!(
+        "# adc-operator import: GcpCloud {}, project {}, network {}\n# Review, then `adc-operator plan -f` this file: it should show only adoptions.\n",
+        cloud.cloud, cloud.project, cloud.network
+    );
+    for manifest in &found.manifests {
+        out.push_str("---\n");
+        out.push_str(&serde_yaml::to_string(manifest)?);
+    }
+    if !found.unmapped.is_empty() {
+        out.push_str(
+            "# Not mapped (left alone; write these by hand if the operator should own them):\n",
+        );
+        for (resource, reason) in &found.unmapped {
+            out.push_str(&format!("#   {resource}: {reason}\n"));
+        }
+    }
+    Ok(out)
+}
+
 /// The plan as a table, one section per cloud.
 pub fn table(preview: &Preview) -> String {
     let mut out = String::new();
@@ -73,10 +98,11 @@ pub fn table(preview: &Preview) -> String {
             .sum()
     };
     out.push_str(&format!(
-        "Plan: {} to insert, {} to replace, {} to delete.\n",
+        "Plan: {} to insert, {} to replace, {} to delete, {} to adopt.\n",
         total("insert"),
         total("replace"),
-        total("delete")
+        total("delete"),
+        total("adopt")
     ));
     out
 }
@@ -205,7 +231,7 @@ mod tests {
             "approve  VirtualService shop/web: adc.dev/approved-plan=0123456789abcdef",
             "quota    ROUTES 10 → 11 of 250",
             "time     at least 8.3 s",
-            "Plan: 1 to insert, 0 to replace, 0 to delete.",
+            "Plan: 1 to insert, 0 to replace, 0 to delete, 0 to adopt.",
         ] {
             assert!(text.contains(part), "{part:?} not in\n{text}");
         }

@@ -175,6 +175,12 @@ pub struct GcpCloudSpec {
     #[serde(default)]
     pub management_policy: super::ManagementPolicy,
 
+    /// Taking over routes and firewall rules that already exist in the project without this
+    /// cluster's ownership marker (made by an ADC controller, Terraform or by hand). Off by
+    /// default: without it nothing foreign is ever touched.
+    #[serde(default, skip_serializing_if = "AdoptionSpec::is_off")]
+    pub adoption: AdoptionSpec,
+
     /// How often the operator re-reads the network's inventory to detect drift, as a duration
     /// such as `30s`, `5m` or `1h` (default `5m`).
     #[schemars(regex(pattern = crate::api::DURATION_PATTERN), length(max = 32))]
@@ -190,6 +196,29 @@ pub struct GcpCloudSpec {
     #[schemars(regex(pattern = crate::api::DURATION_PATTERN), length(max = 32))]
     #[serde(default = "default_instance_poll_interval")]
     pub instance_poll_interval: String,
+}
+
+/// Adoption of existing resources: see `GcpCloudSpec.adoption`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct AdoptionSpec {
+    /// Whether objects annotated `adc.dev/adopt: "true"` may take over a route or firewall rule
+    /// that has exactly the content they want (same network, destination, next hop, priority
+    /// and tags; for a firewall rule the same direction, ranges, ports and targets) but no
+    /// ownership marker of any cluster. A firewall rule gets the marker patched into its
+    /// description; a route, which Compute cannot change, gets an identical twin with the
+    /// marker first, and the original is deleted once the twin exists. Each adoption is an
+    /// Event on the object and an `adopt` line of its plan. Turning it on makes the inventory
+    /// list every route and firewall rule of the project, not only those named with
+    /// `resourcePrefix`.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+impl AdoptionSpec {
+    fn is_off(&self) -> bool {
+        !self.enabled
+    }
 }
 
 /// How the operator authenticates to GCP: exactly one of `workloadIdentity` or `secretRef`.

@@ -224,6 +224,7 @@ mod tests {
             rate_limit: RateLimitSpec::default(),
             batching: BatchingSpec::default(),
             management_policy: Default::default(),
+            adoption: Default::default(),
             resync_interval: "5m".into(),
             instance_poll_interval: "5s".into(),
         };

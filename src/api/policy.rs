@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 /// The annotation on a VirtualService or VpcRoute that overrides its cloud's
 /// `spec.managementPolicy`: `Full`, `Observe` or `Paused`.
 pub const POLICY_ANNOTATION: &str = "adc.dev/management-policy";
+/// The annotation on a VirtualService or VpcRoute that lets it adopt foreign resources of its
+/// exact content, where its cloud's `spec.adoption.enabled` allows adoption: `"true"`.
+pub const ADOPT_ANNOTATION: &str = "adc.dev/adopt";
 /// The annotation that lets exactly one plan through under Observe: its `status.plan.hash`.
 pub const APPROVED_ANNOTATION: &str = "adc.dev/approved-plan";
 
@@ -63,6 +66,10 @@ pub struct PlanStatus {
     pub replaces: u32,
     /// Resources the plan deletes.
     pub deletes: u32,
+    /// Foreign resources the plan takes over (`GcpCloud.spec.adoption`): a firewall rule's
+    /// marker patched in, or a route's twin made before the original is deleted.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub adoptions: u32,
     /// The plan's first changes, one line each (`insert global/routes/NAME: …`); all of them
     /// with `adc-operator plan`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -77,4 +84,8 @@ pub struct PlanStatus {
     /// The last approved plan that was applied in full: an approval is used once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub applied: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }

@@ -3,6 +3,7 @@
 //! engines that are down are withdrawn at once.
 
 use crate::gcp::{Collection, Engine, GcpError, Lane, Mutation, Target};
+use crate::plan::adopt::How;
 use crate::plan::diff::Diff;
 
 fn network_of(engine: &Engine, target: &Target) -> Option<String> {
@@ -46,6 +47,8 @@ pub struct Progress {
     pub inserts: usize,
     /// Deletes started.
     pub deletes: usize,
+    /// Adoption writes started (a firewall rule's patch, a twinned route's original deleted).
+    pub adoptions: usize,
     /// The final error of an earlier attempt at one of the changes, still inside its retry
     /// delay (nothing is resent for that resource until the delay has passed).
     pub error: Option<GcpError>,
@@ -107,6 +110,22 @@ pub fn advance(
             ));
         }
     }
+    // Adoptions: a firewall rule's marker now; a route's original once its twin (an insert
+    // above) exists.
+    let mut adopting = Vec::new();
+    for adoption in &diff.adoptions {
+        let foreign = &adoption.foreign;
+        let mutation = match &adoption.how {
+            How::Patch(fields) => {
+                Mutation::patch(foreign.clone(), fields.clone(), network_of(engine, foreign))
+            }
+            How::Twin(_) if made => Mutation::delete(foreign.clone(), network_of(engine, foreign)),
+            How::Twin(_) => continue,
+        };
+        if !held(foreign) {
+            adopting.push((mutation, lane));
+        }
+    }
     // Inserts still queued or running that the plan no longer wants (an engine went down
     // before its route was made): a delete cancels an unsent insert, or follows a running one.
     for target in superseded {
@@ -121,7 +140,14 @@ pub fn advance(
         .chain(&diff.replaces)
         .map(|r| &r.target)
         .chain(&diff.deletes)
+        .chain(diff.adoptions.iter().map(|a| &a.foreign))
         .find_map(|target| engine.retrying(target));
+    for (mutation, lane) in adopting {
+        if engine.begin(mutation, lane) {
+            progress.started += 1;
+            progress.adoptions += 1;
+        }
+    }
     for (mutation, lane) in work {
         let insert = mutation.is_insert();
         if engine.begin(mutation, lane) {

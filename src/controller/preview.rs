@@ -23,7 +23,8 @@ use super::index::AddressIndex;
 use super::reconcile::{Kind, owner};
 use crate::api::policy::{APPROVED_ANNOTATION, POLICY_ANNOTATION};
 use crate::api::{GcpCloud, ManagementPolicy, VirtualService, VpcRoute};
-use crate::gcp::{Credentials, GcpMetrics};
+use crate::gcp::{Credentials, GcpMetrics, Target};
+use crate::plan::CloudView;
 use crate::plan::diff::diff;
 use crate::plan::policy::{Op, Plan, effective};
 
@@ -162,30 +163,7 @@ pub async fn preview(client: Client, options: Options) -> Result<Preview, Error>
     {
         return Err(Error::Config(format!("GcpCloud '{wanted}' does not exist")));
     }
-    let addresses = Arc::new(AddressIndex::default());
-    index_all(&services, &addresses);
-    index_all(&routes, &addresses);
-    let (vs_tx, _) = mpsc::unbounded_channel();
-    let (vr_tx, _) = mpsc::unbounded_channel();
-    let ctx = Context {
-        recorder: Recorder::new(client.clone(), super::context::reporter()),
-        virtual_services: store_of(&services),
-        vpc_routes: store_of(&routes),
-        addresses,
-        namespaces: store_of(&list::<Namespace>(&client).await?),
-        clouds: Default::default(),
-        vs_trigger: vs_tx,
-        vr_trigger: vr_tx,
-        client: client.clone(),
-        settings: OperatorSettings {
-            cluster_id: options.cluster_id.clone(),
-            dispatch: crate::gcp::DispatchMode::Batched,
-            gcp_time_scale: 1.0,
-            reconcile_concurrency: 1,
-        },
-        metrics: Arc::new(GcpMetrics::default()),
-        reconcile_metrics: Default::default(),
-    };
+    let ctx = read_context(&client, &services, &routes, &options.cluster_id).await?;
     let mut plans = Vec::new();
     for cloud in &clouds {
         let name = cloud.name_any();
@@ -209,6 +187,71 @@ pub async fn preview(client: Client, options: Options) -> Result<Preview, Error>
         runtime.engine.shutdown();
     }
     Ok(Preview { clouds: plans })
+}
+
+/// A context for reading: the objects given as stores, no controller behind the triggers.
+async fn read_context(
+    client: &Client,
+    services: &[VirtualService],
+    routes: &[VpcRoute],
+    cluster_id: &str,
+) -> Result<Context, Error> {
+    let addresses = Arc::new(AddressIndex::default());
+    index_all(services, &addresses);
+    index_all(routes, &addresses);
+    let (vs_tx, _) = mpsc::unbounded_channel();
+    let (vr_tx, _) = mpsc::unbounded_channel();
+    Ok(Context {
+        recorder: Recorder::new(client.clone(), super::context::reporter()),
+        virtual_services: store_of(services),
+        vpc_routes: store_of(routes),
+        addresses,
+        namespaces: store_of(&list::<Namespace>(client).await?),
+        clouds: Default::default(),
+        vs_trigger: vs_tx,
+        vr_trigger: vr_tx,
+        client: client.clone(),
+        settings: OperatorSettings {
+            cluster_id: cluster_id.to_string(),
+            dispatch: crate::gcp::DispatchMode::Batched,
+            gcp_time_scale: 1.0,
+            reconcile_concurrency: 1,
+        },
+        metrics: Arc::new(GcpMetrics::default()),
+        reconcile_metrics: Default::default(),
+    })
+}
+
+/// The routes and firewall rules of GcpCloud `name`'s network that carry no ownership marker
+/// (what `adc-operator import` maps), and the cloud as the planner sees it. Reads only.
+pub async fn foreign_resources(
+    client: Client,
+    name: &str,
+    credentials: Option<Credentials>,
+    cluster_id: &str,
+) -> Result<(CloudView, Vec<(Target, Value)>), Error> {
+    let clouds: Api<GcpCloud> = Api::all(client.clone());
+    let Some(mut cloud) = clouds.get_opt(name).await? else {
+        return Err(Error::Config(format!("GcpCloud '{name}' does not exist")));
+    };
+    // Every route of the project, whatever its name: what adoption lists too.
+    cloud.spec.adoption.enabled = true;
+    let ctx = read_context(&client, &[], &[], cluster_id).await?;
+    let runtime = super::cloud::read_only_runtime(&ctx, &cloud, credentials).await?;
+    match ctx.clouds.write() {
+        Ok(mut guard) => guard.insert(name.to_string(), Arc::clone(&runtime)),
+        Err(poisoned) => poisoned
+            .into_inner()
+            .insert(name.to_string(), Arc::clone(&runtime)),
+    };
+    super::cloud::refresh_inventory(&ctx, name, &runtime).await?;
+    let view = runtime.view.clone();
+    let foreign = runtime
+        .engine
+        .inventory()
+        .read(|s| s.foreign(&view.resource_prefix, &view.network));
+    runtime.engine.shutdown();
+    Ok((view, foreign))
 }
 
 async fn plan_cloud(
@@ -356,7 +399,16 @@ async fn plan_object<K: Kind>(
         });
         return Ok(());
     }
-    let changes = diff(&observation.desired, &observation.owned);
+    let changes = match super::reconcile::changes_of(object, runtime, &observation) {
+        Ok(changes) => changes,
+        Err(reason) => {
+            plan.refused.push(Refusal {
+                object: label,
+                reason,
+            });
+            return Ok(());
+        }
+    };
     let previous = object
         .status()
         .and_then(|s| super::reconcile::plan_of::<K>(s));
@@ -467,7 +519,7 @@ fn index_all<K: super::index::Addressed + Clone>(objects: &[K], addresses: &Addr
 /// Changes of a collection, for the table's summary line.
 pub fn counts(plan: &CloudPlan) -> BTreeMap<&'static str, usize> {
     let mut counts = BTreeMap::new();
-    for op in [Op::Insert, Op::Replace, Op::Delete] {
+    for op in [Op::Insert, Op::Replace, Op::Delete, Op::Adopt] {
         counts.insert(
             op.verb(),
             plan.changes.iter().filter(|c| c.op == op.verb()).count(),

@@ -22,11 +22,12 @@ use super::context::{CloudRuntime, Context};
 use super::error::Error;
 use super::status::{Phase, apply_phase, write_status};
 use crate::api::conditions::{Condition, READY, STALLED, find_condition};
-use crate::api::policy::{APPROVED_ANNOTATION, POLICY_ANNOTATION};
+use crate::api::policy::{ADOPT_ANNOTATION, APPROVED_ANNOTATION, POLICY_ANNOTATION};
 use crate::api::{FleetObject, GcpCloud, ManagementPolicy, PlanStatus};
 use crate::gcp::{Collection, Target};
 use crate::plan::DesiredResource;
-use crate::plan::diff::{Diff, diff};
+use crate::plan::adopt::How;
+use crate::plan::diff::{Diff, diff, diff_adopting};
 use crate::plan::owner::Owner;
 use crate::plan::policy::{Decision, Plan, decide, effective};
 
@@ -226,8 +227,15 @@ async fn apply_object<K: Kind>(api: &Api<K>, object: &K, ctx: &Context) -> Resul
     }
 
     let engine = &runtime.engine;
-    let changes = diff(&observation.desired, &observation.owned);
-    let previous = object.status().and_then(|s| plan_of::<K>(s));
+    let changes = match changes_of(object, &runtime, &observation) {
+        Ok(changes) => changes,
+        Err(message) => {
+            let phase = Phase::stalled("InvalidAnnotation", message);
+            report(api, object, phase, None).await?;
+            return Ok(Action::requeue(Duration::from_secs(300)));
+        }
+    };
+    let previous = latest_plan(api, object, policy).await?;
     let plan = Plan::new(
         &changes,
         &observation.owned,
@@ -252,7 +260,8 @@ async fn apply_object<K: Kind>(api: &Api<K>, object: &K, ctx: &Context) -> Resul
         } => {
             // Whatever of this object's the engine has not sent yet stops here (a switch from
             // Full in the middle of a rollout).
-            let dropped = engine.withhold(|t| plan.items.iter().any(|i| &i.target == t));
+            let targets = targets_of(&changes);
+            let dropped = engine.withhold(|t| targets.contains(&t));
             if dropped > 0 {
                 tracing::info!(kind = K::KIND, namespace = ?object.namespace(), name = %object.name_any(), dropped, "queued changes dropped by the management policy");
             }
@@ -300,7 +309,10 @@ async fn apply_object<K: Kind>(api: &Api<K>, object: &K, ctx: &Context) -> Resul
     // work, ahead of the bulk creation of new objects.
     let urgent = !observation.owned.is_empty();
     let progress = advance(engine, &changes, urgent, &withdrawals, &superseded);
-    if progress.started > 0 {
+    if progress.adoptions > 0 {
+        adopting_event(ctx, object, &changes).await;
+    }
+    if progress.started > progress.adoptions {
         let failover = !withdrawals.is_empty() || !observation.down_engines.is_empty();
         applying_event::<K>(ctx, object, failover, &progress).await;
     }
@@ -327,10 +339,12 @@ async fn apply_object<K: Kind>(api: &Api<K>, object: &K, ctx: &Context) -> Resul
         return Ok(Action::requeue(step.requeue));
     }
     if !changes.is_empty() {
-        // The inventory's events requeue the object as its operations finish.
+        // The inventory's events requeue the object as its operations finish; the delete of
+        // a twinned route's original names no owner, so an adopting object looks again soon.
         let phase = super::apply::applying_phase(&progress);
         report_full(api, object, phase, Some(reported), plan_status.clone()).await?;
-        return Ok(Action::requeue(Duration::from_secs(30)));
+        let again = if changes.adoptions.is_empty() { 30 } else { 3 };
+        return Ok(Action::requeue(Duration::from_secs(again)));
     }
     report_full(
         api,
@@ -341,6 +355,84 @@ async fn apply_object<K: Kind>(api: &Api<K>, object: &K, ctx: &Context) -> Resul
     )
     .await?;
     Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+/// The object's `status.plan` as last written. Under Observe with an approval, the watch's copy
+/// may predate the status this operator wrote a moment ago (the approval it recorded): deciding
+/// on it would take a plan half applied for a changed one. Read it from the API server then.
+async fn latest_plan<K: Kind>(
+    api: &Api<K>,
+    object: &K,
+    policy: ManagementPolicy,
+) -> Result<Option<PlanStatus>, Error> {
+    if policy == ManagementPolicy::Observe && object.annotations().contains_key(APPROVED_ANNOTATION)
+    {
+        let fresh = api.get_status(&object.name_any()).await?;
+        return Ok(fresh.status().and_then(|s| plan_of::<K>(s)));
+    }
+    Ok(object.status().and_then(|s| plan_of::<K>(s)))
+}
+
+/// What `observation` asks to change in GCP: the diff of desired against owned, taking over
+/// foreign resources of the same content where the object adopts. An adoption annotation that
+/// says neither true nor false is an error naming it.
+pub(crate) fn changes_of<K: Kind>(
+    object: &K,
+    runtime: &CloudRuntime,
+    observation: &Observation<K::Report>,
+) -> Result<Diff, String> {
+    let annotation = object
+        .annotations()
+        .get(ADOPT_ANNOTATION)
+        .map(String::as_str);
+    if !crate::plan::adopt::wanted(runtime.spec.adoption.enabled, annotation)? {
+        return Ok(diff(&observation.desired, &observation.owned));
+    }
+    let foreign = runtime
+        .engine
+        .inventory()
+        .read(|s| s.foreign(&runtime.view.resource_prefix, &runtime.view.network));
+    Ok(diff_adopting(
+        &observation.desired,
+        &observation.owned,
+        &foreign,
+    ))
+}
+
+/// Every resource a diff writes to: what the engine drops when the policy holds the plan.
+fn targets_of(changes: &Diff) -> std::collections::HashSet<&Target> {
+    changes
+        .inserts
+        .iter()
+        .chain(&changes.replaces)
+        .map(|r| &r.target)
+        .chain(&changes.deletes)
+        .chain(changes.adoptions.iter().map(|a| &a.foreign))
+        .collect()
+}
+
+/// One Event per reconcile that starts adoptions, naming what is taken over.
+async fn adopting_event<K: Kind>(ctx: &Context, object: &K, changes: &Diff) {
+    let names: Vec<String> = changes
+        .adoptions
+        .iter()
+        .map(|a| match &a.how {
+            How::Patch(_) => format!("{} (marker patched in)", a.foreign),
+            How::Twin(twin) => format!("{} (twin {twin})", a.foreign),
+        })
+        .collect();
+    let shown = names.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    let more = names.len().saturating_sub(5);
+    let note = if more > 0 {
+        format!(
+            "adopting {} resource(s): {shown} and {more} more",
+            names.len()
+        )
+    } else {
+        format!("adopting {} resource(s): {shown}", names.len())
+    };
+    tracing::info!(kind = K::KIND, namespace = ?object.namespace(), name = %object.name_any(), adoptions = names.len(), "adopting");
+    ctx.event(object, false, "Adopting", "Adopt", note).await;
 }
 
 /// The deletes of the diff that are routes to a down engine: they go at once; everything else

@@ -14,6 +14,8 @@ pub trait CollectionCalls {
     fn write_group(self, location: &str) -> (RateGroup, String);
     /// Discovery method names: (insert, delete, get).
     fn method_names(self) -> (&'static str, &'static str, &'static str);
+    /// The Discovery name of its `patch`, for collections Compute lets change in place.
+    fn patch_method(self) -> Option<&'static str>;
 }
 
 impl CollectionCalls for Collection {
@@ -32,6 +34,13 @@ impl CollectionCalls for Collection {
                     .map_or(location, |(region, _)| region)
                     .to_string(),
             ),
+        }
+    }
+
+    fn patch_method(self) -> Option<&'static str> {
+        match self {
+            Collection::Firewalls => Some("compute.firewalls.patch"),
+            _ => None,
         }
     }
 
@@ -108,6 +117,19 @@ pub fn mutation_call(mutation: &Mutation, project: &str, request_id: &str) -> Ca
             body: None,
             group,
             method_name: delete,
+        },
+        // The plan patches only firewall rules; the name of any other would be Compute's
+        // own refusal (405), which is what such a call gets.
+        Change::Patch(fields) => Call {
+            method: Method::PATCH,
+            path: target.path(project),
+            query,
+            body: Some(fields.clone()),
+            group,
+            method_name: target
+                .collection
+                .patch_method()
+                .unwrap_or("compute.unsupported.patch"),
         },
     }
 }

@@ -34,6 +34,9 @@ pub struct Snapshot {
     pub(crate) instances: ByLocation<Instance>,
     /// Every subnetwork of the cloud's regions (any network), keyed by (region, name).
     pub(crate) subnetworks: ByLocation<Subnetwork>,
+    /// Firewall rules named outside the resource prefix that carry an ownership marker: the
+    /// adopted ones, which keep the name they were made with (`owned_by` finds them here).
+    pub(crate) adopted_firewalls: std::collections::BTreeSet<String>,
     /// Whether a full refresh has completed.
     pub(crate) loaded: bool,
 }
@@ -127,6 +130,44 @@ impl Snapshot {
         Some(last_segment(link).to_string())
     }
 
+    /// Routes and firewall rules on `network` that carry no ownership marker of any cluster and
+    /// are not named with `resource_prefix`: what adoption may take over. Routes named with the
+    /// prefix (the fleet's own, most of the map) are skipped by range, not scanned.
+    pub fn foreign(&self, resource_prefix: &str, network: &str) -> Vec<(Target, Value)> {
+        use std::ops::Bound::{Excluded, Unbounded};
+        let after = format!("{resource_prefix}\u{10ffff}");
+        let on_network = |link: &str| last_segment(link) == network;
+        let unmarked = |description: &str| crate::plan::owner::marker(description).is_none();
+        let mut found = Vec::new();
+        let routes = self
+            .routes
+            .range::<str, _>((Unbounded, Excluded(resource_prefix)))
+            .chain(
+                self.routes
+                    .range::<str, _>((Excluded(after.as_str()), Unbounded)),
+            );
+        for (name, route) in routes {
+            if on_network(&route.network) && unmarked(&route.description) {
+                found.push((
+                    Target::route(name.clone()),
+                    serde_json::to_value(route).unwrap_or(Value::Null),
+                ));
+            }
+        }
+        for (name, firewall) in &self.firewalls {
+            if !name.starts_with(resource_prefix)
+                && on_network(&firewall.network)
+                && unmarked(&firewall.description)
+            {
+                found.push((
+                    Target::firewall(name.clone()),
+                    serde_json::to_value(firewall).unwrap_or(Value::Null),
+                ));
+            }
+        }
+        found
+    }
+
     /// The IP address reserved for `owner`, if the inventory holds one.
     pub fn address_of(&self, owner: &Owner) -> Option<&str> {
         self.addresses
@@ -188,6 +229,16 @@ impl Snapshot {
             .take_while(|(n, _)| named(n))
         {
             if mine(&firewall.description) {
+                owned.push((
+                    Target::firewall(name.clone()),
+                    serde_json::to_value(firewall).unwrap_or(Value::Null),
+                ));
+            }
+        }
+        for name in &self.adopted_firewalls {
+            if let Some(firewall) = self.firewalls.get(name)
+                && mine(&firewall.description)
+            {
                 owned.push((
                     Target::firewall(name.clone()),
                     serde_json::to_value(firewall).unwrap_or(Value::Null),
@@ -493,12 +544,31 @@ fn apply_to(snapshot: &mut Snapshot, mutation: &Mutation) {
             Collection::ForwardingRules => insert(&mut snapshot.forwarding_rules, key, body),
             Collection::TargetInstances => insert(&mut snapshot.target_instances, key, body),
         },
+        Change::Patch(fields) => match target.collection {
+            Collection::Firewalls => {
+                // The operator patches a firewall rule only to adopt it.
+                if fields["description"]
+                    .as_str()
+                    .is_some_and(|d| crate::plan::owner::marker(d).is_some())
+                {
+                    snapshot.adopted_firewalls.insert(target.name.clone());
+                }
+                patch(&mut snapshot.firewalls, target.name.clone(), fields);
+            }
+            Collection::Routes => patch(&mut snapshot.routes, target.name.clone(), fields),
+            Collection::GlobalAddresses | Collection::Addresses => {
+                patch(&mut snapshot.addresses, key, fields)
+            }
+            Collection::ForwardingRules => patch(&mut snapshot.forwarding_rules, key, fields),
+            Collection::TargetInstances => patch(&mut snapshot.target_instances, key, fields),
+        },
         Change::Delete => match target.collection {
             Collection::Routes => {
                 snapshot.routes.remove(&target.name);
             }
             Collection::Firewalls => {
                 snapshot.firewalls.remove(&target.name);
+                snapshot.adopted_firewalls.remove(&target.name);
             }
             Collection::GlobalAddresses | Collection::Addresses => {
                 snapshot.addresses.remove(&key);
@@ -511,6 +581,24 @@ fn apply_to(snapshot: &mut Snapshot, mutation: &Mutation) {
             }
         },
     }
+}
+
+/// Merges the top-level `fields` of a completed patch into what the view holds (nothing when
+/// it holds nothing there: the next refresh reads it).
+fn patch<K: Ord, T: DeserializeOwned + serde::Serialize>(
+    map: &mut BTreeMap<K, T>,
+    key: K,
+    fields: &Value,
+) {
+    let Some(Ok(Value::Object(mut held))) = map.get(&key).map(serde_json::to_value) else {
+        return;
+    };
+    if let Value::Object(fields) = fields {
+        for (field, value) in fields {
+            held.insert(field.clone(), value.clone());
+        }
+    }
+    insert(map, key, &Value::Object(held));
 }
 
 pub(crate) fn insert<K: Ord, T: DeserializeOwned>(map: &mut BTreeMap<K, T>, key: K, body: &Value) {

@@ -1,5 +1,6 @@
 //! Loading the inventory: paged list calls (500 per page) of every collection the operator
-//! writes (by its name prefix), the subnetworks of its regions and the instances of the zones
+//! writes (by its name prefix; firewall rules whole, and routes too when the cloud adopts),
+//! the subnetworks of its regions and the instances of the zones
 //! objects name, all through the read path, pages of every collection travelling together.
 
 use reqwest::Method;
@@ -155,13 +156,16 @@ pub(crate) async fn refresh(
         Listing::new(
             format!("projects/{project}/global/routes"),
             "",
-            true,
+            !source.settings.list_foreign,
             "compute.routes.list",
         ),
         Listing::new(
             format!("projects/{project}/global/firewalls"),
             "",
-            true,
+            // Every rule, whatever its name: an adopted rule keeps the name it was made
+            // with, and stays the operator's after adoption is turned off. A project holds
+            // a few hundred rules (its FIREWALLS quota): a page or two.
+            false,
             "compute.firewalls.list",
         ),
         Listing::new(
@@ -351,6 +355,16 @@ async fn load(
             }
         }
     }
+    let prefix = &source.settings.resource_prefix;
+    into.adopted_firewalls = into
+        .firewalls
+        .iter()
+        .filter(|(name, f)| {
+            !name.starts_with(prefix.as_str())
+                && crate::plan::owner::marker(&f.description).is_some()
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
     Ok(into)
 }
 

@@ -41,6 +41,10 @@ pub struct EngineSettings {
     pub max_attempts: u32,
     /// Reads only: every mutation is refused before it reaches the queue (`adc-operator plan`).
     pub read_only: bool,
+    /// The inventory lists every route of the project, whatever its name (adoption needs to see
+    /// what others made), not only those with the resource prefix. Firewall rules are always
+    /// listed whole.
+    pub list_foreign: bool,
 }
 
 impl EngineSettings {
@@ -59,6 +63,7 @@ impl EngineSettings {
             regions: Vec::new(),
             max_attempts: 12,
             read_only: false,
+            list_foreign: false,
         }
     }
 

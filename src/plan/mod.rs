@@ -2,9 +2,11 @@
 //! (spec, inventory view) only: no I/O, no clocks, no randomness. Unit and property tests live
 //! here.
 
+pub mod adopt;
 pub mod aggregate;
 pub mod diff;
 pub mod guard;
+pub mod import;
 pub mod names;
 pub mod owner;
 pub mod policy;

@@ -6,6 +6,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::DesiredResource;
+use super::adopt::How;
 use super::diff::Diff;
 use super::resource::{Target, last_segment};
 use crate::api::policy::POLICY_ANNOTATION;
@@ -36,6 +37,8 @@ pub enum Op {
     Insert,
     Replace,
     Delete,
+    /// A foreign resource taken over (its marker patched in, or a twin made and it deleted).
+    Adopt,
 }
 
 impl Op {
@@ -45,6 +48,7 @@ impl Op {
             Op::Insert => "insert",
             Op::Replace => "replace",
             Op::Delete => "delete",
+            Op::Adopt => "adopt",
         }
     }
 }
@@ -95,9 +99,40 @@ impl Plan {
             summary: summary(&resource.target, &resource.body),
             digest: digest(&resource.body),
         };
+        let twins: Vec<&Target> = diff
+            .adoptions
+            .iter()
+            .filter_map(|a| match &a.how {
+                How::Twin(twin) => Some(twin),
+                How::Patch(_) => None,
+            })
+            .collect();
+        let adoptions = diff.adoptions.iter().map(|adoption| {
+            let (how, sent) = match &adoption.how {
+                How::Patch(fields) => ("its description gets the marker".to_string(), fields),
+                How::Twin(twin) => (
+                    format!("twin {twin} first, then it is deleted"),
+                    diff.inserts
+                        .iter()
+                        .find(|i| &i.target == twin)
+                        .map_or(&Value::Null, |i| &i.body),
+                ),
+            };
+            Item {
+                op: Op::Adopt,
+                target: adoption.foreign.clone(),
+                summary: format!("{} ({how})", summary(&adoption.foreign, &adoption.body)),
+                digest: match &adoption.how {
+                    // A twin's body is the same whether it is still to make or made.
+                    How::Twin(twin) => digest(&serde_json::json!({"twin": twin.to_string()})),
+                    How::Patch(_) => digest(sent),
+                },
+            }
+        });
         let mut items: Vec<Item> = diff
             .inserts
             .iter()
+            .filter(|r| !twins.contains(&&r.target))
             .map(|r| described(Op::Insert, r))
             .chain(diff.replaces.iter().map(|r| described(Op::Replace, r)))
             .chain(diff.deletes.iter().map(|target| {
@@ -112,6 +147,7 @@ impl Plan {
                     digest: String::new(),
                 }
             }))
+            .chain(adoptions)
             .collect();
         items.sort();
         let mut hasher = Sha256::new();
@@ -259,6 +295,7 @@ pub fn decide(
             inserts: plan.count(Op::Insert),
             replaces: plan.count(Op::Replace),
             deletes: plan.count(Op::Delete),
+            adoptions: plan.count(Op::Adopt),
             items: plan.items.iter().take(LISTED).map(Item::line).collect(),
             approved,
             approved_changes: changes,
@@ -290,11 +327,12 @@ pub fn decide(
                 };
             }
             let changes = format!(
-                "{} change(s) planned ({} insert, {} replace, {} delete)",
+                "{} change(s) planned ({} insert, {} replace, {} delete, {} adopt)",
                 plan.items.len(),
                 plan.count(Op::Insert),
                 plan.count(Op::Replace),
-                plan.count(Op::Delete)
+                plan.count(Op::Delete),
+                plan.count(Op::Adopt)
             );
             let approve = format!(
                 "kubectl annotate {what} --overwrite {}={}",
@@ -362,6 +400,7 @@ mod tests {
             inserts: vec![route("r-b", "10.1.0.5/32", "se-2", 1000)],
             deletes: vec![Target::route("r-a")],
             replaces: vec![],
+            adoptions: vec![],
         };
         let owned = vec![(
             Target::route("r-a"),
@@ -419,6 +458,7 @@ mod tests {
             inserts: vec![route("r-new", "10.1.0.5/32", "se-2", 1000)],
             deletes: vec![Target::route("r-old")],
             replaces: vec![],
+            adoptions: vec![],
         };
         let plan = Plan::new(&diff, &[], None);
         // Waiting: the hash and the command to approve it.

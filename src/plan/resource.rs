@@ -85,6 +85,8 @@ pub enum Change {
     Insert(Value),
     /// Delete it.
     Delete,
+    /// Change these fields of it (Compute's `patch`: firewall rules only; routes are immutable).
+    Patch(Value),
 }
 
 /// A change of one resource, and the VPC network it touches (for the serialisation limit).
@@ -116,6 +118,16 @@ impl Mutation {
         Self {
             target,
             change: Change::Delete,
+            network,
+        }
+    }
+
+    /// A patch of the fields in `fields` of a firewall rule on `network`.
+    pub fn patch(target: Target, fields: Value, network: Option<String>) -> Self {
+        let network = network.filter(|_| target.collection.holds_network());
+        Self {
+            target,
+            change: Change::Patch(fields),
             network,
         }
     }

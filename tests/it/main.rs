@@ -10,6 +10,7 @@
 
 mod support;
 
+mod adoption;
 mod argocd_health;
 mod bad_input;
 mod control_plane;

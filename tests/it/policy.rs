@@ -24,17 +24,17 @@ const PLANE: Plane = Plane::Policy;
 /// The operator's notion of time: a rate window is 6 s.
 const SCALE: &str = "0.1";
 
-fn fixture() -> &'static Suite {
+pub(crate) fn fixture() -> &'static Suite {
     static FIXTURE: OnceLock<Suite> = OnceLock::new();
     FIXTURE
         .get_or_init(|| Suite::start(PLANE, WORLD, "policy-cluster", &["--gcp-time-scale", SCALE]))
 }
 
-fn url() -> &'static str {
+pub(crate) fn url() -> &'static str {
     &fixture().emulator.base_url
 }
 
-async fn setup(prefix: &str, spec: Value) -> (Client, String, String) {
+pub(crate) async fn setup(prefix: &str, spec: Value) -> (Client, String, String) {
     let fixture = fixture();
     let client = PLANE.admin_client().await;
     let mut spec = spec;
@@ -456,7 +456,7 @@ async fn switching_to_observe_mid_rollout_stops_the_writes_at_once() {
 }
 
 /// Runs `adc-operator plan` against this plane; returns (exit code, stdout, stderr).
-fn run_plan(args: &[&str]) -> (i32, String, String) {
+pub(crate) fn run_plan(args: &[&str]) -> (i32, String, String) {
     run_plan_as(&PLANE.get().kubeconfig, args)
 }
 
@@ -527,7 +527,7 @@ async fn plan_prints_the_changes_writes_nothing_and_exits_by_them() {
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(out.contains("no changes"), "{out}");
     assert!(
-        out.contains("Plan: 0 to insert, 0 to replace, 0 to delete."),
+        out.contains("Plan: 0 to insert, 0 to replace, 0 to delete, 0 to adopt."),
         "{out}"
     );
 
@@ -645,7 +645,7 @@ async fn plan_prints_the_changes_writes_nothing_and_exits_by_them() {
     let (code, out, _) = run_plan(&["--cloud", &cloud, "-f", file.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(
-        out.contains("Plan: 3 to insert, 0 to replace, 0 to delete."),
+        out.contains("Plan: 3 to insert, 0 to replace, 0 to delete, 0 to adopt."),
         "{out}"
     );
     assert!(out.contains("refused  VirtualService"), "{out}");

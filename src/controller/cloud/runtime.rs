@@ -119,6 +119,7 @@ fn runtime_with(
     settings.resource_prefix = spec.resource_prefix.clone();
     settings.regions = vec![spec.region.clone()];
     settings.read_only = read_only;
+    settings.list_foreign = spec.adoption.enabled;
     let engine = crate::gcp::Engine::start(settings, credentials, Arc::clone(&ctx.metrics))?;
     let runtime = Arc::new(CloudRuntime {
         view: CloudView {
