@@ -110,8 +110,7 @@ pub fn advance(
             ));
         }
     }
-    // Adoptions: a firewall rule's marker now; a route's original once its twin (an insert
-    // above) exists.
+    // Adoptions: a firewall rule's marker now; a route's original once its own twin exists.
     let mut adopting = Vec::new();
     for adoption in &diff.adoptions {
         let foreign = &adoption.foreign;
@@ -119,7 +118,11 @@ pub fn advance(
             How::Patch(fields) => {
                 Mutation::patch(foreign.clone(), fields.clone(), network_of(engine, foreign))
             }
-            How::Twin(_) if made => Mutation::delete(foreign.clone(), network_of(engine, foreign)),
+            // Its own twin exists: the original may go, whatever else is still being made
+            // (each adoption frees its quota as it goes).
+            How::Twin(twin) if !diff.inserts.iter().any(|i| &i.target == twin) => {
+                Mutation::delete(foreign.clone(), network_of(engine, foreign))
+            }
             How::Twin(_) => continue,
         };
         if !held(foreign) {
