@@ -276,6 +276,16 @@ fn observe(
         address: plan.address.as_ref().map(|t| t.name.clone()),
         shared: false,
     };
+    // An adopted firewall rule keeps the name it was made with: the status names it.
+    if let Some(planned) = resources.firewall.clone()
+        && !owned.iter().any(|(t, _)| t.name == planned)
+        && let Some(want) = plan.desired.iter().find(|d| d.target.name == planned)
+        && let Some((adopted, _)) = owned.iter().find(|(t, body)| {
+            t.collection == Collection::Firewalls && crate::plan::adopt::same_behaviour(want, body)
+        })
+    {
+        resources.firewall = Some(adopted.name.clone());
+    }
     // A VIP of a pool is carried by the cloud's shared routes and rule. Until they carry it
     // exactly, the object keeps what it has of its own (a VIP migrating from its own routes
     // loses nothing; routes to engines that are down still go at once) and makes nothing new.

@@ -344,6 +344,14 @@ async fn a_brownfield_project_is_imported_planned_approved_and_adopted_without_a
     stop.store(true, Ordering::Relaxed);
     sampler.await.unwrap();
 
+    // The status names the adopted rule by the name it kept.
+    let status = status_of(&api, "vip-10-77-0-1").await;
+    assert_eq!(
+        status["resources"]["firewall"],
+        format!("{FOREIGN}fw-1"),
+        "{status}"
+    );
+
     // Every resource carries the marker; the foreign routes are gone; the rules kept their names.
     let routes = emulator_collection(url(), "routes").await;
     let foreign_left: Vec<&str> = routes
