@@ -985,7 +985,8 @@ fn control_plane_faults(objects: usize) {
         assert_eq!(
             (inserts, deletes),
             (3 * objects as u64, 0),
-            "one insert per resource and no delete"
+            "one insert per resource and no delete; the emulator's errors: {}",
+            emulator_stats(&emulator.base_url).await["errors"]
         );
     });
     assert!(
