@@ -1,5 +1,6 @@
 //! The `fields` system parameter (partial responses): `name,status`, `items(name,status)`,
-//! `items/name,nextPageToken`.
+//! `items/name,nextPageToken`, and `*` for every key of an object, as in an aggregated list's
+//! `items/*/instances(name,zone)`.
 
 use serde_json::{Map, Value};
 
@@ -33,13 +34,18 @@ impl Selection {
             }
             Value::Object(map) => {
                 let mut out = Map::new();
+                let keep = |found: &Value, sub: &Option<Selection>| match sub {
+                    Some(sub) => sub.apply(found),
+                    None => found.clone(),
+                };
                 for (key, sub) in &self.0 {
-                    if let Some(found) = map.get(key) {
-                        let kept = match sub {
-                            Some(sub) => sub.apply(found),
-                            None => found.clone(),
-                        };
-                        merge(&mut out, key, kept);
+                    if key == "*" {
+                        // Every key of the object (a map such as an aggregated list's `items`).
+                        for (name, found) in map {
+                            merge(&mut out, name, keep(found, sub));
+                        }
+                    } else if let Some(found) = map.get(key) {
+                        merge(&mut out, key, keep(found, sub));
                     }
                 }
                 Value::Object(out)
@@ -126,6 +132,62 @@ mod tests {
         assert_eq!(
             selection.apply(&list),
             json!({"items": [{"name": "a"}, {"name": "b"}], "nextPageToken": "t"})
+        );
+    }
+
+    #[test]
+    fn star_selects_every_key_of_a_map() {
+        let aggregated = json!({
+            "kind": "compute#instanceAggregatedList",
+            "id": "projects/p/aggregated/instances",
+            "items": {
+                "zones/z-a": {"instances": [
+                    {"name": "a", "zone": "z-a", "status": "RUNNING", "id": "1"},
+                    {"name": "b", "zone": "z-a", "status": "TERMINATED", "id": "2"},
+                ]},
+                "zones/z-b": {"warning": {"code": "NO_RESULTS_ON_PAGE", "message": "m"}},
+            },
+            "nextPageToken": "t",
+            "selfLink": "s",
+        });
+        let selection =
+            Selection::parse("items/*/instances(name,zone,status),nextPageToken").unwrap();
+        assert_eq!(
+            selection.apply(&aggregated),
+            json!({
+                "items": {
+                    "zones/z-a": {"instances": [
+                        {"name": "a", "zone": "z-a", "status": "RUNNING"},
+                        {"name": "b", "zone": "z-a", "status": "TERMINATED"},
+                    ]},
+                    "zones/z-b": {},
+                },
+                "nextPageToken": "t",
+            })
+        );
+        // The parenthesised form, a wildcard next to a named key, and `*` alone.
+        let both = Selection::parse("items(*(warning/code,instances/name)),kind").unwrap();
+        assert_eq!(
+            both.apply(&aggregated),
+            json!({
+                "kind": "compute#instanceAggregatedList",
+                "items": {
+                    "zones/z-a": {"instances": [{"name": "a"}, {"name": "b"}]},
+                    "zones/z-b": {"warning": {"code": "NO_RESULTS_ON_PAGE"}},
+                },
+            })
+        );
+        let ids = Selection::parse("items/*/instances/id").unwrap();
+        assert_eq!(
+            ids.apply(&aggregated),
+            json!({"items": {
+                "zones/z-a": {"instances": [{"id": "1"}, {"id": "2"}]},
+                "zones/z-b": {},
+            }})
+        );
+        assert_eq!(
+            Selection::parse("*").unwrap().apply(&aggregated),
+            aggregated
         );
     }
 

@@ -154,3 +154,89 @@ impl CollectionKey {
         }
     }
 }
+
+/// A collection served by an `aggregatedList` method, `projects/{p}/aggregated/{segment}`: one
+/// list across every scope of the project.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregated {
+    Instances,
+    /// Operations of every scope (`compute.globalOperations.aggregatedList`).
+    Operations,
+    /// Global and regional addresses.
+    Addresses,
+    ForwardingRules,
+    TargetInstances,
+}
+
+impl Aggregated {
+    /// Every aggregated collection.
+    pub const ALL: [Aggregated; 5] = [
+        Aggregated::Instances,
+        Aggregated::Operations,
+        Aggregated::Addresses,
+        Aggregated::ForwardingRules,
+        Aggregated::TargetInstances,
+    ];
+
+    /// Parses the segment after `aggregated/`.
+    pub fn from_segment(segment: &str) -> Option<Aggregated> {
+        Self::ALL.into_iter().find(|a| a.segment() == segment)
+    }
+
+    /// The segment after `aggregated/`, which is also the field of each scoped list
+    /// (`InstancesScopedList.instances`, `OperationsScopedList.operations`, ...).
+    pub fn segment(self) -> &'static str {
+        match self {
+            Aggregated::Instances => "instances",
+            Aggregated::Operations => "operations",
+            Aggregated::Addresses => "addresses",
+            Aggregated::ForwardingRules => "forwardingRules",
+            Aggregated::TargetInstances => "targetInstances",
+        }
+    }
+
+    /// The discovery method id, as `callsByMethod` counts it.
+    pub fn method(self) -> &'static str {
+        match self {
+            Aggregated::Instances => "compute.instances.aggregatedList",
+            Aggregated::Operations => "compute.globalOperations.aggregatedList",
+            Aggregated::Addresses => "compute.addresses.aggregatedList",
+            Aggregated::ForwardingRules => "compute.forwardingRules.aggregatedList",
+            Aggregated::TargetInstances => "compute.targetInstances.aggregatedList",
+        }
+    }
+
+    /// The `kind` of the response.
+    pub fn list_kind(self) -> &'static str {
+        match self {
+            Aggregated::Instances => "compute#instanceAggregatedList",
+            Aggregated::Operations => "compute#operationAggregatedList",
+            Aggregated::Addresses => "compute#addressAggregatedList",
+            Aggregated::ForwardingRules => "compute#forwardingRuleAggregatedList",
+            Aggregated::TargetInstances => "compute#targetInstanceAggregatedList",
+        }
+    }
+
+    /// The resource kinds listed (none for operations, which are not stored as resources).
+    pub fn kinds(self) -> &'static [Kind] {
+        match self {
+            Aggregated::Instances => &[Kind::Instance],
+            Aggregated::Operations => &[],
+            Aggregated::Addresses => &[Kind::GlobalAddress, Kind::Address],
+            Aggregated::ForwardingRules => &[Kind::ForwardingRule],
+            Aggregated::TargetInstances => &[Kind::TargetInstance],
+        }
+    }
+
+    /// The scope types listed when `includeAllScopes` is not true: those where the resource can
+    /// be found (forwarding rules have a global scope in Compute, though none is served here).
+    pub fn placements(self) -> &'static [Placement] {
+        match self {
+            Aggregated::Instances | Aggregated::TargetInstances => &[Placement::Zonal],
+            Aggregated::Addresses | Aggregated::ForwardingRules => {
+                &[Placement::Global, Placement::Regional]
+            }
+            Aggregated::Operations => &[Placement::Global, Placement::Regional, Placement::Zonal],
+        }
+    }
+}

@@ -12,7 +12,7 @@ use crate::auth::TokenStore;
 use crate::error::ApiError;
 use crate::faults::Faults;
 use crate::filter::Filter;
-use crate::kinds::{CollectionKey, Kind, Placement};
+use crate::kinds::{Aggregated, CollectionKey, Kind, Placement};
 use crate::model::{BusyBehavior, Timing};
 use crate::state::{ListParams, MutationContext, RateGroup, State};
 use crate::stats::Stats;
@@ -92,6 +92,8 @@ enum Target {
     Regions,
     /// `projects/{p}/regions/{region}`.
     Region(String),
+    /// `projects/{p}/aggregated/{collection}`: the collection across every scope.
+    Aggregated(Aggregated),
 }
 
 /// The emulated Compute API.
@@ -357,6 +359,12 @@ impl Emulator {
             ("GET", Target::Region(region)) => lock(&self.state)
                 .region_resource(project, &region, now)
                 .map(Some),
+            ("GET", Target::Aggregated(what)) => {
+                let (params, include_all_scopes) = aggregated_params(&call.query)?;
+                lock(&self.state)
+                    .aggregated_list(project, what, &params, include_all_scopes, now)
+                    .map(Some)
+            }
             (method, _) => Err(ApiError::method_not_allowed(method, &call.path)),
         }
     }
@@ -491,6 +499,10 @@ fn list_params(query: &[(String, String)]) -> Result<ListParams, ApiError> {
                     .map_err(|err| ApiError::invalid_field("filter", value, &format!("{err}")))?;
                 params.filter = Some(filter);
             }
+            // Accepted (nothing is ever unreachable here) but checked like any boolean.
+            "returnPartialSuccess" => {
+                bool_param(key, value)?;
+            }
             "orderBy" => match value.trim() {
                 "" | "name" => {}
                 "creationTimestamp desc" => params.order_by_creation_desc = true,
@@ -508,6 +520,40 @@ fn list_params(query: &[(String, String)]) -> Result<ListParams, ApiError> {
     Ok(params)
 }
 
+/// A boolean query parameter: `true` or `false` in any case (gcloud sends `True`).
+fn bool_param(name: &str, value: &str) -> Result<bool, ApiError> {
+    if value.eq_ignore_ascii_case("true") {
+        Ok(true)
+    } else if value.eq_ignore_ascii_case("false") {
+        Ok(false)
+    } else {
+        Err(ApiError::invalid_field(
+            name,
+            value,
+            "Must be a boolean: true or false.",
+        ))
+    }
+}
+
+/// The parameters of an `aggregatedList`: those of a list, `includeAllScopes` and
+/// `serviceProjectNumber` (an int64, accepted and not used).
+fn aggregated_params(query: &[(String, String)]) -> Result<(ListParams, bool), ApiError> {
+    let params = list_params(query)?;
+    let mut include_all_scopes = false;
+    for (key, value) in query {
+        match key.as_str() {
+            "includeAllScopes" => include_all_scopes = bool_param(key, value)?,
+            "serviceProjectNumber" => {
+                value.trim().parse::<i64>().map_err(|_| {
+                    ApiError::invalid_field(key, value, "Must be an int64 project number.")
+                })?;
+            }
+            _ => {}
+        }
+    }
+    Ok((params, include_all_scopes))
+}
+
 /// Maps a path below `/compute/v1/` to its project and target.
 fn route(method: &str, path: &str) -> Result<(String, Target), ApiError> {
     let not_found = || ApiError::no_such_method(method, &format!("/compute/v1/{path}"));
@@ -523,6 +569,9 @@ fn route(method: &str, path: &str) -> Result<(String, Target), ApiError> {
         [] => Target::Project,
         ["regions"] => Target::Regions,
         ["regions", region] => Target::Region((*region).into()),
+        ["aggregated", collection] => {
+            Target::Aggregated(Aggregated::from_segment(collection).ok_or_else(not_found)?)
+        }
         ["global", "operations"] => Target::Operations("global".into()),
         ["global", "operations", name] => Target::Operation("global".into(), (*name).into()),
         ["global", "operations", name, "wait"] => {
@@ -678,6 +727,9 @@ fn describe(method: &str, target: &Target) -> (String, RateGroup, String) {
             RateGroup::Reads,
             String::new(),
         ),
+        // Charged like any list (RATE: reads); the operations one too (a model choice: it is not
+        // charged to operation reads).
+        Target::Aggregated(what) => (what.method().into(), RateGroup::Reads, String::new()),
     }
 }
 
@@ -718,6 +770,77 @@ mod tests {
         assert!(
             matches!(route("GET", "projects/p/regions/r").unwrap().1, Target::Region(ref r) if r == "r")
         );
+    }
+
+    #[test]
+    fn routes_aggregated_lists() {
+        for (segment, method) in [
+            ("instances", "compute.instances.aggregatedList"),
+            ("operations", "compute.globalOperations.aggregatedList"),
+            ("addresses", "compute.addresses.aggregatedList"),
+            ("forwardingRules", "compute.forwardingRules.aggregatedList"),
+            ("targetInstances", "compute.targetInstances.aggregatedList"),
+        ] {
+            let (project, target) =
+                route("GET", &format!("projects/p/aggregated/{segment}")).unwrap();
+            assert_eq!(project, "p");
+            assert!(matches!(target, Target::Aggregated(a) if a.segment() == segment));
+            let (name, group, region) = describe("GET", &target);
+            assert_eq!(
+                (name.as_str(), group, region.as_str()),
+                (method, RateGroup::Reads, "")
+            );
+        }
+        for path in [
+            "projects/p/aggregated/routes",
+            "projects/p/aggregated",
+            "projects/p/aggregated/instances/x",
+        ] {
+            let err = route("GET", path).unwrap_err();
+            assert_eq!((err.code, err.reason), (404, "notFound"), "{path}");
+        }
+    }
+
+    #[test]
+    fn aggregated_params_are_checked() {
+        let q = |pairs: &[(&str, &str)]| -> Vec<(String, String)> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        // What gcloud 528 sends for `compute instances list`.
+        let (params, all) = aggregated_params(&q(&[
+            ("alt", "json"),
+            ("includeAllScopes", "True"),
+            ("maxResults", "500"),
+            ("returnPartialSuccess", "True"),
+        ]))
+        .unwrap();
+        assert!(all);
+        assert_eq!(params.max_results, 500);
+        let (_, all) = aggregated_params(&q(&[
+            ("includeAllScopes", "false"),
+            ("serviceProjectNumber", "123456789012"),
+            ("unknownParameter", "x"),
+        ]))
+        .unwrap();
+        assert!(!all);
+        for bad in [
+            ("returnPartialSuccess", "maybe"),
+            ("includeAllScopes", "1"),
+            ("serviceProjectNumber", "abc"),
+            ("maxResults", "501"),
+            ("orderBy", "zone"),
+            ("filter", "name eq ("),
+        ] {
+            let err = aggregated_params(&q(&[bad])).unwrap_err();
+            assert_eq!((err.code, err.reason), (400, "invalid"), "{bad:?}");
+            assert!(err.message.contains(bad.0), "{}", err.message);
+        }
+        // A per-scope list checks returnPartialSuccess too, and ignores includeAllScopes.
+        assert!(list_params(&q(&[("returnPartialSuccess", "maybe")])).is_err());
+        assert!(list_params(&q(&[("includeAllScopes", "maybe")])).is_ok());
     }
 
     #[test]

@@ -22,6 +22,8 @@ use crate::operation::{Clock, Effect, Failure, Operation, Status, operation_name
 use crate::resources::{self, Built};
 use crate::world::{ProjectSpec, World, region_of_zone};
 
+mod aggregated;
+
 /// Where a stored resource is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

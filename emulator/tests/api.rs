@@ -1074,3 +1074,297 @@ async fn project_and_region_gets_are_reads_with_rates_faults_and_auth() {
         .unwrap();
     assert_eq!(response.status().as_u16(), 401);
 }
+
+/// Every key of an aggregated list's `items`, in the order sent.
+fn scopes(page: &Value) -> Vec<String> {
+    page["items"].as_object().unwrap().keys().cloned().collect()
+}
+
+/// `(scope, name)` of every item on an aggregated page whose scoped lists hold `field`.
+fn aggregated_names(page: &Value, field: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (scope, scoped) in page["items"].as_object().unwrap() {
+        match scoped.get(field).and_then(Value::as_array) {
+            Some(items) => {
+                assert!(
+                    !items.is_empty(),
+                    "{scope}: an empty list instead of the warning"
+                );
+                assert!(scoped.get("warning").is_none(), "{scope}: list and warning");
+                for item in items {
+                    out.push((scope.clone(), item["name"].as_str().unwrap().to_string()));
+                }
+            }
+            None => {
+                assert_eq!(
+                    scoped,
+                    &json!({"warning": {
+                        "code": "NO_RESULTS_ON_PAGE",
+                        "message": format!("There are no results for scope '{scope}' on this page."),
+                        "data": [{"key": "scope", "value": scope}],
+                    }}),
+                    "{scope}"
+                );
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn aggregated_lists_span_every_scope_in_computes_shape() {
+    let emu = Emulator::start(&world(""), &[]);
+    for (path, body) in [
+        ("regions/us-central1/addresses", json!({"name": "addr-r"})),
+        ("global/addresses", json!({"name": "addr-g"})),
+        (
+            "regions/us-central1/forwardingRules",
+            json!({"name": "fr-1"}),
+        ),
+        (
+            "zones/us-central1-b/targetInstances",
+            json!({"name": "ti-1", "instance": "zones/us-central1-b/instances/se-2"}),
+        ),
+        ("zones/us-central1-a/instances/se-1/stop", json!({})),
+    ] {
+        let (status, op) = emu.post(path, body).await;
+        assert_eq!(status, 200, "{path}: {op}");
+        emu.wait_done(&op).await;
+    }
+    let zones = [
+        "zones/us-central1-a",
+        "zones/us-central1-b",
+        "zones/us-central1-c",
+        "zones/us-central1-f",
+    ];
+
+    let (status, page) = emu.get("aggregated/instances").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["kind"], "compute#instanceAggregatedList");
+    assert_eq!(
+        page["id"],
+        format!("projects/{PROJECT}/aggregated/instances")
+    );
+    assert_eq!(
+        page["selfLink"],
+        format!("{LINK}{PROJECT}/aggregated/instances")
+    );
+    assert!(page.get("nextPageToken").is_none() && page.get("unreachables").is_none());
+    assert_eq!(scopes(&page), zones);
+    assert_eq!(
+        aggregated_names(&page, "instances"),
+        [
+            ("zones/us-central1-a".to_string(), "se-1".to_string()),
+            ("zones/us-central1-b".to_string(), "se-2".to_string()),
+        ]
+    );
+    let (_, se1) = emu.get("zones/us-central1-a/instances/se-1").await;
+    assert_eq!(page["items"]["zones/us-central1-a"]["instances"][0], se1);
+
+    // Paging counts items across scopes; every scope is on every page.
+    let (_, first) = emu.get("aggregated/instances?maxResults=1").await;
+    assert_eq!(scopes(&first), zones);
+    assert_eq!(aggregated_names(&first, "instances")[0].1, "se-1");
+    let token = first["nextPageToken"].as_str().unwrap();
+    let (_, second) = emu
+        .get(&format!(
+            "aggregated/instances?maxResults=1&pageToken={token}"
+        ))
+        .await;
+    assert_eq!(scopes(&second), zones);
+    assert_eq!(aggregated_names(&second, "instances")[0].1, "se-2");
+    assert!(second.get("nextPageToken").is_none());
+
+    // filter, and fields with the map wildcard.
+    let (_, filtered) = emu
+        .get("aggregated/instances?filter=status%20%3D%20TERMINATED")
+        .await;
+    assert_eq!(
+        aggregated_names(&filtered, "instances"),
+        [("zones/us-central1-a".to_string(), "se-1".to_string())]
+    );
+    let (_, partial) = emu
+        .get(
+            "aggregated/instances?maxResults=1&fields=items/*/instances(name,status),nextPageToken",
+        )
+        .await;
+    assert_eq!(
+        partial,
+        json!({
+            "items": {
+                "zones/us-central1-a": {"instances": [{"name": "se-1", "status": "TERMINATED"}]},
+                "zones/us-central1-b": {},
+                "zones/us-central1-c": {},
+                "zones/us-central1-f": {},
+            },
+            "nextPageToken": first["nextPageToken"],
+        })
+    );
+    // gcloud's parameters.
+    let (status, _) = emu
+        .get("aggregated/instances?alt=json&includeAllScopes=True&maxResults=500&returnPartialSuccess=True")
+        .await;
+    assert_eq!(status, 200);
+    let (_, all_scopes) = emu.get("aggregated/instances?includeAllScopes=true").await;
+    assert_eq!(scopes(&all_scopes)[..2], ["global", "regions/us-central1"]);
+
+    // Operations: the same operation JSON as the per-scope lists.
+    let (status, ops) = emu.get("aggregated/operations").await;
+    assert_eq!(status, 200, "{ops}");
+    assert_eq!(ops["kind"], "compute#operationAggregatedList");
+    let mut expected_scopes = vec!["global".to_string(), "regions/us-central1".to_string()];
+    expected_scopes.extend(zones.iter().map(|z| z.to_string()));
+    assert_eq!(scopes(&ops), expected_scopes);
+    for scope in [
+        "global",
+        "regions/us-central1",
+        "zones/us-central1-a",
+        "zones/us-central1-b",
+    ] {
+        let (_, list) = emu.get(&format!("{scope}/operations")).await;
+        assert_eq!(ops["items"][scope]["operations"], list["items"], "{scope}");
+    }
+    assert_eq!(aggregated_names(&ops, "operations").len(), 5);
+
+    let (_, addresses) = emu.get("aggregated/addresses").await;
+    assert_eq!(addresses["kind"], "compute#addressAggregatedList");
+    assert_eq!(
+        aggregated_names(&addresses, "addresses"),
+        [
+            ("global".to_string(), "addr-g".to_string()),
+            ("regions/us-central1".to_string(), "addr-r".to_string()),
+        ]
+    );
+    let (_, rules) = emu.get("aggregated/forwardingRules").await;
+    assert_eq!(rules["kind"], "compute#forwardingRuleAggregatedList");
+    assert_eq!(scopes(&rules), ["global", "regions/us-central1"]);
+    assert_eq!(
+        aggregated_names(&rules, "forwardingRules"),
+        [("regions/us-central1".to_string(), "fr-1".to_string())]
+    );
+    let (_, targets) = emu.get("aggregated/targetInstances").await;
+    assert_eq!(targets["kind"], "compute#targetInstanceAggregatedList");
+    assert_eq!(
+        aggregated_names(&targets, "targetInstances"),
+        [("zones/us-central1-b".to_string(), "ti-1".to_string())]
+    );
+
+    // Bad values get the list errors; unknown collections and methods, 404 and 405.
+    for query in [
+        "maxResults=501",
+        "maxResults=x",
+        "returnPartialSuccess=maybe",
+        "includeAllScopes=2",
+        "orderBy=zone",
+        "pageToken=not-a-token",
+        "filter=name%20eq%20(",
+    ] {
+        let (status, error) = emu.get(&format!("aggregated/instances?{query}")).await;
+        assert_eq!(status, 400, "{query}: {error}");
+        assert_eq!(error["error"]["errors"][0]["reason"], "invalid", "{query}");
+    }
+    let (status, _) = emu.get("aggregated/routes").await;
+    assert_eq!(status, 404);
+    let (status, error) = emu.post("aggregated/instances", json!({})).await;
+    assert_eq!(status, 405, "{error}");
+    let response = emu
+        .client
+        .get(format!(
+            "{}/compute/v1/projects/nope/aggregated/operations",
+            emu.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = support::decode(response).await;
+    assert_eq!(status, 404);
+    assert_eq!(
+        error["error"]["message"],
+        "The resource 'projects/nope' was not found"
+    );
+
+    // A batch carries them too.
+    let part = |id: usize, collection: &str| InnerRequest {
+        content_id: Some(format!("agg+{id}")),
+        method: "GET".into(),
+        path_and_query: format!(
+            "/compute/v1/projects/{PROJECT}/aggregated/{collection}?maxResults=1"
+        ),
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    let (status, replies) =
+        send_batch(&emu, vec![part(1, "instances"), part(2, "operations")]).await;
+    assert_eq!(status, 200);
+    let mut kinds: Vec<String> = replies
+        .iter()
+        .map(|r| {
+            assert_eq!(r.status, 200);
+            let body: Value = serde_json::from_slice(&r.body).unwrap();
+            assert!(body["nextPageToken"].is_string());
+            body["kind"].as_str().unwrap().to_string()
+        })
+        .collect();
+    kinds.sort();
+    assert_eq!(
+        kinds,
+        [
+            "compute#instanceAggregatedList",
+            "compute#operationAggregatedList"
+        ]
+    );
+
+    let stats = emu.admin(Method::GET, "stats", None).await;
+    let by_method = &stats["callsByMethod"];
+    assert_eq!(by_method["compute.instances.aggregatedList"], 16);
+    assert_eq!(by_method["compute.globalOperations.aggregatedList"], 3);
+    assert_eq!(by_method["compute.addresses.aggregatedList"], 1);
+    assert_eq!(by_method["compute.forwardingRules.aggregatedList"], 1);
+    assert_eq!(by_method["compute.targetInstances.aggregatedList"], 1);
+}
+
+#[tokio::test]
+async fn aggregated_lists_are_reads_with_rates_and_auth() {
+    let emu = Emulator::start(
+        &world("    rateLimits: {readsPerMinute: 2}"),
+        &["--profile", "gcp", "--time-scale", "0.1"],
+    );
+    // A scaled window is 6 s: start early in one.
+    let into_window = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+            % 6000
+    };
+    while into_window() > 1000 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let mut statuses = Vec::new();
+    for path in [
+        "aggregated/instances",
+        "aggregated/operations",
+        "aggregated/addresses",
+    ] {
+        let (status, body) = emu.get(path).await;
+        if status == 403 {
+            assert_eq!(body["error"]["errors"][0]["reason"], "rateLimitExceeded");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("read_requests"),
+                "{body}"
+            );
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 200, 403], "2 reads per window");
+    let stats = emu.admin(Method::GET, "stats", None).await;
+    assert_eq!(stats["callsByGroup"]["read"], 3);
+    assert!(stats["callsByGroup"].get("operationRead").is_none());
+
+    let emu = Emulator::start(&world(""), &["--auth", "token"]);
+    let (status, _) = emu.get("aggregated/instances").await;
+    assert_eq!(status, 401);
+}
