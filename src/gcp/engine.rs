@@ -193,6 +193,13 @@ impl Engine {
         super::refresh::refresh_instances(&self.source(), zones).await
     }
 
+    /// The instance poll: the instances named in `names` that are in `zones`, read with one
+    /// paged `instances.aggregatedList` for every zone (trimmed with `fields`, filtered by
+    /// name), and each one whose status changed announced.
+    pub async fn poll_instances(&self, zones: &[String], names: &[String]) -> Result<(), GcpError> {
+        super::refresh::poll_instances(&self.source(), zones, names).await
+    }
+
     /// Whether [`Engine::shutdown`] was called.
     pub fn is_shut_down(&self) -> bool {
         self.shared.reader.is_stopped()

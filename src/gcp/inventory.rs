@@ -488,6 +488,28 @@ impl Inventory {
     /// Replaces the instances of `zones` with a fresh load of them and announces every instance
     /// whose status changed. Instances of other zones and every other collection stay as they
     /// are; this is not a full refresh, so [`InventoryEvent::Refreshed`] is not sent.
+    /// [`Inventory::replace_instances`] for a poll that read only the instances named in
+    /// `names` (all of them when None): only those of `zones` are replaced.
+    pub(crate) fn replace_polled_instances(
+        &self,
+        zones: &[String],
+        names: Option<&[String]>,
+        fresh: ByLocation<Instance>,
+    ) {
+        let Some(names) = names else {
+            return self.replace_instances(zones, fresh);
+        };
+        let mut events = Vec::new();
+        self.update(|snapshot| {
+            diff_instance_status(&snapshot.instances, &fresh, &mut events);
+            snapshot
+                .instances
+                .retain(|(zone, name), _| !(zones.contains(zone) && names.contains(name)));
+            snapshot.instances.extend(fresh);
+        });
+        self.announce(events);
+    }
+
     pub(crate) fn replace_instances(&self, zones: &[String], fresh: ByLocation<Instance>) {
         let mut events = Vec::new();
         self.update(|snapshot| {

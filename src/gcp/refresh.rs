@@ -12,7 +12,7 @@ use super::error::GcpError;
 use super::inventory::{Inventory, Snapshot, insert};
 use super::reader::Reader;
 use super::settings::EngineSettings;
-use super::types::{ListPage, last_segment};
+use super::types::{AggregatedPage, ListPage, last_segment};
 
 /// What a refresh reads from and writes into.
 pub(crate) struct Source<'a> {
@@ -25,8 +25,13 @@ pub(crate) struct Source<'a> {
 
 /// A regular expression matching names that start with `prefix`.
 fn prefix_filter(prefix: &str) -> String {
-    let escaped: String = prefix
-        .chars()
+    format!("name eq {}.*", escape_regex(prefix))
+}
+
+/// `text` as a literal in an RE2 expression (names are letters, digits and hyphens; anything
+/// else is escaped).
+fn escape_regex(text: &str) -> String {
+    text.chars()
         .flat_map(|c| {
             if c.is_ascii_alphanumeric() || c == '-' {
                 vec![c]
@@ -34,13 +39,27 @@ fn prefix_filter(prefix: &str) -> String {
                 vec!['\\', c]
             }
         })
-        .collect();
-    format!("name eq {escaped}.*")
+        .collect()
 }
 
 /// What an instance list asks for: every field [`Instance`] reads, and nothing else (an
 /// instance's disks, metadata and tags are most of its size).
 const INSTANCE_FIELDS: &str = "items(name,zone,status,canIpForward,selfLink,networkInterfaces(network,subnetwork,networkIP)),nextPageToken";
+/// The same for an `instances.aggregatedList` (`*` is every scope).
+const AGGREGATED_INSTANCE_FIELDS: &str = "items/*/instances(name,zone,status,canIpForward,selfLink,networkInterfaces(network,subnetwork,networkIP)),nextPageToken";
+/// A name filter longer than this is left out of the poll (URLs have limits): the poll then
+/// reads every instance of the project and keeps those of the zones in use.
+const MAX_NAME_FILTER: usize = 2000;
+
+/// `name eq (a|b|…)`: the instances named, as one anchored regular expression.
+fn names_filter(names: &[String]) -> Option<String> {
+    if names.is_empty() {
+        return None;
+    }
+    let alternatives: Vec<String> = names.iter().map(|n| escape_regex(n)).collect();
+    let filter = format!("name eq ({})", alternatives.join("|"));
+    (filter.len() <= MAX_NAME_FILTER).then_some(filter)
+}
 
 /// One paged list in progress.
 struct Listing {
@@ -54,7 +73,9 @@ struct Listing {
     /// A 404 means an empty listing (a zone no object should name), not a failed refresh.
     missing_ok: bool,
     /// A filter of its own instead of the resource-prefix one.
-    own_filter: Option<&'static str>,
+    own_filter: Option<String>,
+    /// An `aggregatedList`: its pages hold scoped lists, the items under this key.
+    aggregated: Option<&'static str>,
     token: Option<String>,
     items: Vec<Value>,
     done: bool,
@@ -70,6 +91,7 @@ impl Listing {
             method_name,
             missing_ok: false,
             own_filter: None,
+            aggregated: None,
             token: None,
             items: Vec::new(),
             done: false,
@@ -89,15 +111,35 @@ impl Listing {
         }
     }
 
+    /// Every instance of the project in one paged `instances.aggregatedList` (all zones at
+    /// once), only those named in `names` when given, trimmed like [`Listing::instances`].
+    fn aggregated_instances(project: &str, names: Option<String>) -> Self {
+        Self {
+            fields: Some(AGGREGATED_INSTANCE_FIELDS),
+            own_filter: names,
+            aggregated: Some("instances"),
+            ..Self::new(
+                format!("projects/{project}/aggregated/instances"),
+                "",
+                false,
+                "compute.instances.aggregatedList",
+            )
+        }
+    }
+
     fn call(&self, filter: &str) -> Call {
         let mut query = vec![("maxResults".to_string(), "500".to_string())];
-        if let Some(own) = self.own_filter {
-            query.push(("filter".to_string(), own.to_string()));
+        if let Some(own) = &self.own_filter {
+            query.push(("filter".to_string(), own.clone()));
         } else if self.filtered {
             query.push(("filter".to_string(), filter.to_string()));
         }
         if let Some(fields) = self.fields {
             query.push(("fields".to_string(), fields.to_string()));
+        }
+        if self.aggregated.is_some() {
+            // A scope Compute cannot reach is reported in `unreachables`, not an error.
+            query.push(("returnPartialSuccess".to_string(), "true".to_string()));
         }
         if let Some(token) = &self.token {
             query.push(("pageToken".to_string(), token.clone()));
@@ -131,7 +173,7 @@ fn operations_in_flight(project: &str, scope: &str, location: &str) -> Listing {
         "compute.regionOperations.list"
     };
     Listing {
-        own_filter: Some("status != DONE"),
+        own_filter: Some("status != DONE".to_string()),
         ..Listing::new(
             format!("projects/{project}/{scope}/operations"),
             location,
@@ -257,6 +299,39 @@ pub(crate) async fn refresh_instances(
     Ok(())
 }
 
+/// The instance poll: the instances named in `names` (every instance when that filter would
+/// be too long) in one paged `instances.aggregatedList` for all zones, instead of one list per
+/// zone; those of `zones` replace what the inventory holds of them, and each one whose status
+/// changed is announced.
+pub(crate) async fn poll_instances(
+    source: &Source<'_>,
+    zones: &[String],
+    names: &[String],
+) -> Result<(), GcpError> {
+    let project = &source.settings.project;
+    let filter = names_filter(names);
+    let polled = filter.is_some().then_some(names);
+    let listing = Listing::aggregated_instances(project, filter);
+    // The poll that detects a stopped engine: it may spend the urgent reserve.
+    let fresh = load(
+        source,
+        vec![listing],
+        Lane::Urgent,
+        Snapshot::default(),
+        &mut 0,
+    )
+    .await?;
+    let fresh = fresh
+        .instances
+        .into_iter()
+        .filter(|((zone, _), _)| zones.contains(zone))
+        .collect();
+    source
+        .inventory
+        .replace_polled_instances(zones, polled, fresh);
+    Ok(())
+}
+
 /// Runs `listings` to their last page, through the read budget (as work of `lane`) and the
 /// client's batching, and files what they found into `into`.
 async fn load(
@@ -288,10 +363,25 @@ async fn load(
             match answer {
                 Ok(answer) => {
                     failures[index] = 0;
-                    let page: ListPage<Value> = serde_json::from_slice(&answer.body)
-                        .map_err(|err| GcpError::Decode(format!("{}: {err}", listing.path)))?;
-                    listing.items.extend(page.items);
-                    match page.next_page_token {
+                    let decode = |err: serde_json::Error| {
+                        GcpError::Decode(format!("{}: {err}", listing.path))
+                    };
+                    let next = match listing.aggregated {
+                        Some(key) => {
+                            let page: AggregatedPage =
+                                serde_json::from_slice(&answer.body).map_err(decode)?;
+                            let next = page.next_page_token.clone();
+                            listing.items.extend(page.flatten(key));
+                            next
+                        }
+                        None => {
+                            let page: ListPage<Value> =
+                                serde_json::from_slice(&answer.body).map_err(decode)?;
+                            listing.items.extend(page.items);
+                            page.next_page_token
+                        }
+                    };
+                    match next {
                         Some(token) if !token.is_empty() => listing.token = Some(token),
                         _ => listing.done = true,
                     }
@@ -384,6 +474,27 @@ mod tests {
         assert!(
             sent_before(&serde_json::json!({}), started),
             "unreadable: earlier"
+        );
+    }
+
+    #[test]
+    fn the_poll_asks_one_aggregated_list_for_the_engines_named() {
+        let names = vec!["se-1".to_string(), "se.2".to_string()];
+        let filter = names_filter(&names);
+        assert_eq!(filter.as_deref(), Some("name eq (se-1|se\\.2)"));
+        let call = Listing::aggregated_instances("p", filter).call("name eq adc-.*");
+        assert_eq!(call.path, "projects/p/aggregated/instances");
+        assert_eq!(call.method_name, "compute.instances.aggregatedList");
+        let query: std::collections::BTreeMap<_, _> = call.query.iter().cloned().collect();
+        assert_eq!(query["filter"], "name eq (se-1|se\\.2)");
+        assert_eq!(query["returnPartialSuccess"], "true");
+        assert!(query["fields"].starts_with("items/*/instances(name,zone,status"));
+        assert_eq!(names_filter(&[]), None, "no names: no filter");
+        let many: Vec<String> = (0..1000).map(|i| format!("engine-{i}")).collect();
+        assert_eq!(
+            names_filter(&many),
+            None,
+            "too long for a URL: every instance"
         );
     }
 

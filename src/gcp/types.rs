@@ -317,9 +317,58 @@ pub struct ListPage<T> {
     pub next_page_token: Option<String>,
 }
 
+/// One page of an `aggregatedList`: scoped lists by scope (`zones/Z`, `regions/R`, `global`),
+/// each holding its items under the collection's name, or a warning when the scope has none on
+/// this page.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AggregatedPage {
+    #[serde(default)]
+    pub items: std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+    #[serde(default)]
+    pub next_page_token: Option<String>,
+}
+
+impl AggregatedPage {
+    /// Every item of every scope under `key` (`instances`, `operations`…), scope by scope.
+    pub fn flatten(self, key: &str) -> Vec<serde_json::Value> {
+        self.items
+            .into_values()
+            .filter_map(|mut scoped| scoped.remove(key))
+            .filter_map(|list| match list {
+                serde_json::Value::Array(items) => Some(items),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_aggregated_page_flattens_its_scopes_and_skips_warnings() {
+        let page: AggregatedPage = serde_json::from_value(serde_json::json!({
+            "kind": "compute#instanceAggregatedList",
+            "items": {
+                "zones/us-central1-a": {"instances": [{"name": "se-1"}, {"name": "se-3"}]},
+                "zones/us-central1-b": {"warning": {"code": "NO_RESULTS_ON_PAGE",
+                    "data": [{"key": "scope", "value": "zones/us-central1-b"}]}},
+                "zones/us-central1-c": {"instances": [{"name": "se-2"}]}
+            },
+            "nextPageToken": "t"
+        }))
+        .unwrap();
+        assert_eq!(page.next_page_token.as_deref(), Some("t"));
+        let names: Vec<String> = page
+            .flatten("instances")
+            .iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(names, ["se-1", "se-3", "se-2"]);
+    }
 
     #[test]
     fn route_serialises_like_the_api_expects() {

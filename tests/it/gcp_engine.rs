@@ -627,3 +627,85 @@ async fn the_instance_poll_reads_only_instances_and_sees_a_stop() {
         Err(adc_operator::gcp::GcpError::Shutdown)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_poll_is_one_aggregated_list_for_every_zone() {
+    // Engines in three zones and a VM in use by nobody.
+    let world = format!(
+        "projects:
+  - id: {PROJECT}
+    networks:
+      - name: default
+        subnetworks:
+          - {{name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}}
+    instances:
+      - {{name: se-1, zone: us-central1-a, networkIP: 10.128.0.10, canIpForward: true}}
+      - {{name: se-2, zone: us-central1-b, networkIP: 10.128.0.11, canIpForward: true}}
+      - {{name: se-3, zone: us-central1-c, networkIP: 10.128.0.12, canIpForward: true}}
+      - {{name: bystander, zone: us-central1-a, networkIP: 10.128.0.13}}
+"
+    );
+    let emulator = start(&world, &[]);
+    let (engine, _) = engine(&emulator, DispatchMode::Batched, |_| {});
+    let zones: Vec<String> = ["us-central1-a", "us-central1-b", "us-central1-c"]
+        .map(String::from)
+        .into();
+    engine.refresh_inventory(&zones).await.unwrap();
+    let mut events = engine.inventory().subscribe();
+    let stopped = reqwest::Client::new()
+        .post(format!(
+            "{}/compute/v1/projects/{PROJECT}/zones/us-central1-b/instances/se-2/stop",
+            emulator.base_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(stopped.status().is_success(), "{stopped:?}");
+
+    let calls = |stats: &Value, method: &str| stats["callsByMethod"][method].as_u64().unwrap_or(0);
+    let before = admin(&emulator, "stats").await;
+    let engines: Vec<String> = ["se-1", "se-2", "se-3"].map(String::from).into();
+    engine.poll_instances(&zones, &engines).await.unwrap();
+    let after = admin(&emulator, "stats").await;
+    let new = |method: &str| calls(&after, method) - calls(&before, method);
+    assert_eq!(
+        new("compute.instances.aggregatedList"),
+        1,
+        "one call for three zones"
+    );
+    assert_eq!(new("compute.instances.list"), 0, "no list per zone");
+
+    let snapshot = engine.inventory().snapshot();
+    assert!(
+        !snapshot
+            .instance("us-central1-b", "se-2")
+            .unwrap()
+            .is_running()
+    );
+    assert!(
+        snapshot
+            .instance("us-central1-a", "se-1")
+            .unwrap()
+            .is_running()
+    );
+    assert!(
+        snapshot.instance("us-central1-a", "bystander").is_some(),
+        "an instance the poll did not ask for stays as the refresh loaded it"
+    );
+    assert_eq!(
+        events.try_recv().unwrap(),
+        adc_operator::gcp::InventoryEvent::Instance {
+            zone: "us-central1-b".into(),
+            name: "se-2".into(),
+            status: snapshot
+                .instance("us-central1-b", "se-2")
+                .unwrap()
+                .status
+                .clone(),
+        }
+    );
+    assert!(
+        events.try_recv().is_err(),
+        "only the stopped engine changed"
+    );
+}

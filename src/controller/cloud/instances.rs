@@ -1,12 +1,13 @@
 //! The instance poll: the status of the instances objects route to, re-read every
-//! `spec.instancePollInterval`, so that a stopped service engine is noticed between full
+//! `spec.instancePollInterval` with one paged `instances.aggregatedList` for all zones (filtered
+//! to the instances the objects name), so that a stopped service engine is noticed between full
 //! inventory refreshes.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::api::parse_duration;
-use crate::controller::context::CloudRuntime;
+use crate::controller::context::{CloudRuntime, Context, Triggers};
 
 /// Used when `instancePollInterval` does not parse.
 pub(super) const DEFAULT_INSTANCE_POLL: Duration = Duration::from_secs(5);
@@ -29,7 +30,8 @@ pub(super) fn instance_poll_period(spec: &crate::api::GcpCloudSpec, time_scale: 
 /// without waiting for the inventory resync. The task holds only a weak reference: it ends when
 /// the runtime is dropped or its engine shut down. A failing poll changes no condition (the
 /// resync reports reachability); it is logged once when it starts failing and when it recovers.
-pub(super) fn poll_instances(runtime: &Arc<CloudRuntime>) {
+pub(super) fn poll_instances(ctx: &Context, runtime: &Arc<CloudRuntime>) {
+    let triggers = ctx.triggers();
     let period = instance_poll_period(&runtime.spec, runtime.engine.settings().time_scale);
     let cloud = runtime.view.cloud.clone();
     let weak = Arc::downgrade(runtime);
@@ -56,7 +58,8 @@ pub(super) fn poll_instances(runtime: &Arc<CloudRuntime>) {
             if zones.is_empty() {
                 continue;
             }
-            match engine.refresh_instances(&zones).await {
+            let names = engines_in_use(&triggers, &cloud);
+            match engine.poll_instances(&zones, &names).await {
                 Ok(()) => {
                     if std::mem::take(&mut failing) {
                         tracing::info!(cloud = %cloud, "instance status poll recovered");
@@ -73,6 +76,35 @@ pub(super) fn poll_instances(runtime: &Arc<CloudRuntime>) {
             }
         }
     });
+}
+
+/// The instances the cloud's objects name (service engines, next-hop instances), sorted: what
+/// the poll reads.
+fn engines_in_use(triggers: &Triggers, cloud: &str) -> Vec<String> {
+    let mut names: Vec<String> = triggers
+        .virtual_services
+        .state()
+        .iter()
+        .filter(|vs| vs.spec.cloud_ref == cloud)
+        .flat_map(|vs| {
+            vs.spec
+                .service_engines
+                .iter()
+                .map(|e| e.name.clone())
+                .collect::<Vec<_>>()
+        })
+        .chain(
+            triggers
+                .vpc_routes
+                .state()
+                .iter()
+                .filter(|vr| vr.spec.cloud_ref == cloud)
+                .filter_map(|vr| vr.spec.next_hop.instance.as_ref().map(|i| i.name.clone())),
+        )
+        .collect();
+    names.sort();
+    names.dedup();
+    names
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ pub(super) async fn build_runtime(
     let runtime = runtime_with(ctx, cloud, credentials, false)?;
     forward_inventory_events(ctx, &runtime);
     run_layout(ctx, &runtime);
-    poll_instances(&runtime);
+    poll_instances(ctx, &runtime);
     Ok(runtime)
 }
 
