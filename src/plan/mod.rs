@@ -5,6 +5,7 @@
 pub mod adopt;
 pub mod aggregate;
 pub mod diff;
+pub mod failover;
 pub mod guard;
 pub mod import;
 pub mod names;

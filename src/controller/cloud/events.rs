@@ -101,6 +101,7 @@ pub(super) fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime
             };
             match event {
                 InventoryEvent::Instance { zone, name, .. } => {
+                    withdraw_at_once(&runtime, &triggers.virtual_services, &cluster, &zone, &name);
                     triggers.requeue_instance_users(&zone, &name);
                 }
                 InventoryEvent::Resource(target) => {
@@ -139,4 +140,58 @@ pub(super) fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime
             }
         }
     });
+}
+
+/// When the instance `zone/name` is not RUNNING, deletes at once (urgent lane) every route of a
+/// VirtualService that sends a VIP to it, without waiting for the objects' reconciles: how fast
+/// a VIP moves off a stopped engine does not depend on how many reconciles are queued
+/// (`plan::failover` says which routes may go). Nothing is written while the cloud's policy, or
+/// the object's, holds its writes.
+fn withdraw_at_once(
+    runtime: &CloudRuntime,
+    virtual_services: &Store<crate::api::VirtualService>,
+    cluster: &str,
+    zone: &str,
+    name: &str,
+) {
+    if !runtime.writes() {
+        return;
+    }
+    let engine = &runtime.engine;
+    let cloud = &runtime.view.cloud;
+    let cloud_policy = runtime.policy();
+    let held = |owner: &Owner| {
+        let object = ObjectRef::<crate::api::VirtualService>::new(&owner.name)
+            .within(&owner.namespace);
+        let annotation = virtual_services.get(&object).and_then(|vs| {
+            vs.annotations()
+                .get(crate::api::policy::POLICY_ANNOTATION)
+                .cloned()
+        });
+        crate::plan::policy::effective(cloud_policy, annotation.as_deref())
+            != Ok(crate::api::ManagementPolicy::Full)
+    };
+    let gone = engine.inventory().read(|snapshot| {
+        if snapshot.instance(zone, name).is_some_and(|i| i.is_running()) {
+            return Vec::new();
+        }
+        let routes = snapshot
+            .routes()
+            .values()
+            .map(|r| crate::plan::failover::RouteView {
+                name: &r.name,
+                description: &r.description,
+                next_hop_instance: r.next_hop_instance.as_deref(),
+            });
+        crate::plan::failover::withdrawable(routes, zone, name, cluster, cloud, held)
+    });
+    if gone.is_empty() {
+        return;
+    }
+    tracing::info!(%cloud, zone, instance = name, routes = gone.len(), "engine not RUNNING: withdrawing its VIP routes at once");
+    for route in gone {
+        let target = crate::gcp::Target::route(route);
+        let delete = crate::controller::apply::delete_of(engine, &target);
+        engine.begin(delete, crate::gcp::Lane::Urgent);
+    }
 }
