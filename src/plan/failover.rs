@@ -58,7 +58,9 @@ mod tests {
 
     #[test]
     fn only_routes_of_free_virtual_services_of_this_cloud_to_that_engine_go() {
-        let hop = |i: &str| format!("https://www.googleapis.com/compute/v1/projects/p/zones/z-a/instances/{i}");
+        let hop = |i: &str| {
+            format!("https://www.googleapis.com/compute/v1/projects/p/zones/z-a/instances/{i}")
+        };
         let descriptions = [
             marker("VirtualService", "prod", "gcp", "web"),
             marker("VirtualService", "prod", "gcp", "web"),

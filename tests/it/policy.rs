@@ -49,8 +49,8 @@ fn service(name: &str, cloud: &str, vip: &str, engines: &[&str], annotations: Va
         .iter()
         .map(|e| {
             let zone = match *e {
-                "se-1" | "se-4" => "us-central1-a",
-                "se-2" | "se-6" => "us-central1-b",
+                "se-1" | "se-4" | "se-7" => "us-central1-a",
+                "se-2" | "se-6" | "se-8" => "us-central1-b",
                 "se-3" => "us-central1-c",
                 _ => "us-central1-f",
             };
@@ -678,4 +678,74 @@ async fn plan_prints_the_changes_writes_nothing_and_exits_by_them() {
         "{err}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A stopped engine's routes go for an object under Full; an object under Observe keeps them
+/// until its plan is approved: the direct withdrawal of a failover (which does not wait for
+/// the objects' reconciles) asks each object's policy too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_leaves_an_observed_object_as_it_is() {
+    let (client, ns, cloud) = setup("fo", json!({"instancePollInterval": "1s"})).await;
+    let api: Api<VirtualService> = Api::namespaced(client.clone(), &ns);
+    let (free, held) = ("10.36.0.1", "10.36.0.2");
+    for (name, vip) in [("free", free), ("held", held)] {
+        apply(
+            &client,
+            service(name, &cloud, vip, &["se-7", "se-8"], json!({})),
+            Some(&ns),
+        )
+        .await;
+    }
+    for name in ["free", "held"] {
+        wait_ready::<VirtualService>(&client, Some(&ns), name).await;
+    }
+    api.patch(
+        "held",
+        &kube::api::PatchParams::default(),
+        &kube::api::Patch::Merge(
+            json!({"metadata": {"annotations": {"adc.dev/management-policy": "Observe"}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    support::eventually("held under Observe", || async {
+        let status = status_of(&api, "held").await;
+        if status["plan"]["hash"].is_string() {
+            Ok(())
+        } else {
+            Err(status.to_string())
+        }
+    })
+    .await;
+    assert_eq!(hops(free).await, ["se-7", "se-8"]);
+    assert_eq!(hops(held).await, ["se-7", "se-8"]);
+
+    let power = |verb: &'static str| async move {
+        support::operator::compute(
+            url(),
+            reqwest::Method::POST,
+            &format!("zones/us-central1-a/instances/se-7/{verb}"),
+            json!({}),
+        )
+        .await
+    };
+    power("stop").await;
+    support::eventually("the free VIP's route to se-7 withdrawn", || async {
+        match hops(free).await.as_slice() {
+            [only] if only == "se-8" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let status = wait_reason(&api, "held", "AwaitingApproval").await;
+    assert_eq!(status["plan"]["deletes"], 1, "{status}");
+    stays(held, &["se-7", "se-8"], 1, 3).await;
+    power("start").await;
+    support::eventually("the free VIP back on both engines", || async {
+        match hops(free).await.as_slice() {
+            [a, b] if a == "se-7" && b == "se-8" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 }

@@ -161,8 +161,8 @@ fn withdraw_at_once(
     let cloud = &runtime.view.cloud;
     let cloud_policy = runtime.policy();
     let held = |owner: &Owner| {
-        let object = ObjectRef::<crate::api::VirtualService>::new(&owner.name)
-            .within(&owner.namespace);
+        let object =
+            ObjectRef::<crate::api::VirtualService>::new(&owner.name).within(&owner.namespace);
         let annotation = virtual_services.get(&object).and_then(|vs| {
             vs.annotations()
                 .get(crate::api::policy::POLICY_ANNOTATION)
@@ -172,7 +172,10 @@ fn withdraw_at_once(
             != Ok(crate::api::ManagementPolicy::Full)
     };
     let gone = engine.inventory().read(|snapshot| {
-        if snapshot.instance(zone, name).is_some_and(|i| i.is_running()) {
+        if snapshot
+            .instance(zone, name)
+            .is_some_and(|i| i.is_running())
+        {
             return Vec::new();
         }
         let routes = snapshot

@@ -36,6 +36,8 @@ pub const WORLD: &str = "projects:
       - {name: se-4, zone: us-central1-a, networkIP: 10.128.0.13, canIpForward: true}
       - {name: se-5, zone: us-central1-f, networkIP: 10.128.0.14, canIpForward: true}
       - {name: se-6, zone: us-central1-b, networkIP: 10.128.0.15, canIpForward: true}
+      - {name: se-7, zone: us-central1-a, networkIP: 10.128.0.16, canIpForward: true}
+      - {name: se-8, zone: us-central1-b, networkIP: 10.128.0.17, canIpForward: true}
 ";
 
 /// How to start one operator process.
