@@ -165,20 +165,17 @@ fn sent_before(operation: &Value, started: std::time::SystemTime) -> bool {
         .is_none_or(|inserted| std::time::SystemTime::from(inserted) < started)
 }
 
-/// Operations not DONE yet, of one scope (`global` or `regions/{region}`).
-fn operations_in_flight(project: &str, scope: &str, location: &str) -> Listing {
-    let method_name = if scope == "global" {
-        "compute.globalOperations.list"
-    } else {
-        "compute.regionOperations.list"
-    };
+/// Operations not DONE yet, in every scope (global, regions, zones), in one paged
+/// `globalOperations.aggregatedList` rather than one list per scope.
+fn operations_in_flight(project: &str) -> Listing {
     Listing {
         own_filter: Some("status != DONE".to_string()),
+        aggregated: Some("operations"),
         ..Listing::new(
-            format!("projects/{project}/{scope}/operations"),
-            location,
+            format!("projects/{project}/aggregated/operations"),
+            "",
             false,
-            method_name,
+            "compute.globalOperations.aggregatedList",
         )
     }
 }
@@ -256,14 +253,7 @@ pub(crate) async fn refresh(
         });
     }
     if operations {
-        listings.push(operations_in_flight(project, "global", ""));
-        for region in &source.settings.regions {
-            listings.push(operations_in_flight(
-                project,
-                &format!("regions/{region}"),
-                region,
-            ));
-        }
+        listings.push(operations_in_flight(project));
     }
     let ticket = source.inventory.begin_refresh();
     let mut in_flight = 0;
