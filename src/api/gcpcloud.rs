@@ -189,11 +189,13 @@ pub struct GcpCloudSpec {
 
     /// How often the operator reads the status of the instances that service engines and next
     /// hops use, as a duration such as `5s` or `1m` (default `5s`; taken as at least `1s` and at
-    /// most `24h`). Each poll is one paged `instances.aggregatedList` for every zone at once,
-    /// filtered to the instances the cloud's objects name and trimmed with `fields` to what the
-    /// operator reads, so routes are withdrawn from an engine within about this long after it
-    /// stops, without waiting for the inventory resync. It costs one read call per page (500
-    /// instances) per poll, out of `rateLimit.readsPerMinute`.
+    /// most `24h`). Each poll is one `instances.aggregatedList` for every zone at once of the
+    /// instances that are not RUNNING, trimmed with `fields` to what the operator reads, so
+    /// routes are withdrawn from an engine within about this long after it stops, without
+    /// waiting for the inventory resync. An engine that was down and no longer is listed, or
+    /// one the operator has not seen yet, is then read by name. It costs one read call per
+    /// poll while nothing changes, whatever the number of engines, out of
+    /// `rateLimit.readsPerMinute`.
     #[schemars(regex(pattern = crate::api::DURATION_PATTERN), length(max = 32))]
     #[serde(default = "default_instance_poll_interval")]
     pub instance_poll_interval: String,

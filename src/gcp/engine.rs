@@ -193,9 +193,9 @@ impl Engine {
         super::refresh::refresh_instances(&self.source(), zones).await
     }
 
-    /// The instance poll: the instances named in `names` that are in `zones`, read with one
-    /// paged `instances.aggregatedList` for every zone (trimmed with `fields`, filtered by
-    /// name), and each one whose status changed announced.
+    /// The instance poll of the instances named in `names` that are in `zones`: one
+    /// `instances.aggregatedList` of those not RUNNING for every zone, a read by name of the
+    /// few it leaves open, and each one whose status changed announced.
     pub async fn poll_instances(&self, zones: &[String], names: &[String]) -> Result<(), GcpError> {
         super::refresh::poll_instances(&self.source(), zones, names).await
     }

@@ -488,24 +488,36 @@ impl Inventory {
     /// Replaces the instances of `zones` with a fresh load of them and announces every instance
     /// whose status changed. Instances of other zones and every other collection stay as they
     /// are; this is not a full refresh, so [`InventoryEvent::Refreshed`] is not sent.
-    /// [`Inventory::replace_instances`] for a poll that read only the instances named in
-    /// `names` (all of them when None): only those of `zones` are replaced.
-    pub(crate) fn replace_polled_instances(
+    /// What an instance poll found: `down`, every named instance of `zones` that is not
+    /// RUNNING; `confirmed`, what a read by name found of the `unsure` ones (one it did not find
+    /// no longer exists). The other instances stay as they are; each one whose status changed is
+    /// announced.
+    pub(crate) fn apply_poll(
         &self,
         zones: &[String],
-        names: Option<&[String]>,
-        fresh: ByLocation<Instance>,
+        unsure: &[String],
+        down: ByLocation<Instance>,
+        confirmed: ByLocation<Instance>,
     ) {
-        let Some(names) = names else {
-            return self.replace_instances(zones, fresh);
-        };
         let mut events = Vec::new();
         self.update(|snapshot| {
-            diff_instance_status(&snapshot.instances, &fresh, &mut events);
-            snapshot
-                .instances
-                .retain(|(zone, name), _| !(zones.contains(zone) && names.contains(name)));
-            snapshot.instances.extend(fresh);
+            diff_instance_status(&snapshot.instances, &down, &mut events);
+            diff_instance_status(&snapshot.instances, &confirmed, &mut events);
+            snapshot.instances.retain(|(zone, name), _| {
+                let keep = !(zones.contains(zone) && unsure.contains(name))
+                    || confirmed.contains_key(&(zone.clone(), name.clone()));
+                if !keep {
+                    // Deleted: its users see it Missing.
+                    events.push(InventoryEvent::Instance {
+                        zone: zone.clone(),
+                        name: name.clone(),
+                        status: String::new(),
+                    });
+                }
+                keep
+            });
+            snapshot.instances.extend(down);
+            snapshot.instances.extend(confirmed);
         });
         self.announce(events);
     }

@@ -9,10 +9,10 @@ use serde_json::Value;
 use super::budget::{Lane, RateGroup};
 use super::client::Call;
 use super::error::GcpError;
-use super::inventory::{Inventory, Snapshot, insert};
+use super::inventory::{ByLocation, Inventory, Snapshot, insert};
 use super::reader::Reader;
 use super::settings::EngineSettings;
-use super::types::{AggregatedPage, ListPage, last_segment};
+use super::types::{AggregatedPage, Instance, ListPage, last_segment};
 
 /// What a refresh reads from and writes into.
 pub(crate) struct Source<'a> {
@@ -47,9 +47,11 @@ fn escape_regex(text: &str) -> String {
 const INSTANCE_FIELDS: &str = "items(name,zone,status,canIpForward,selfLink,networkInterfaces(network,subnetwork,networkIP)),nextPageToken";
 /// The same for an `instances.aggregatedList` (`*` is every scope).
 const AGGREGATED_INSTANCE_FIELDS: &str = "items/*/instances(name,zone,status,canIpForward,selfLink,networkInterfaces(network,subnetwork,networkIP)),nextPageToken";
-/// A name filter longer than this is left out of the poll (URLs have limits): the poll then
-/// reads every instance of the project and keeps those of the zones in use.
-const MAX_NAME_FILTER: usize = 2000;
+/// Names per `name eq (a|b|…)` filter: a URL stays well under its limits (names are at most
+/// 63 characters).
+const MAX_NAMES_PER_FILTER: usize = 30;
+/// The instances the poll lists every time: those not RUNNING (AIP-160).
+const NOT_RUNNING: &str = "status != RUNNING";
 
 /// `name eq (a|b|…)`: the instances named, as one anchored regular expression.
 fn names_filter(names: &[String]) -> Option<String> {
@@ -57,8 +59,7 @@ fn names_filter(names: &[String]) -> Option<String> {
         return None;
     }
     let alternatives: Vec<String> = names.iter().map(|n| escape_regex(n)).collect();
-    let filter = format!("name eq ({})", alternatives.join("|"));
-    (filter.len() <= MAX_NAME_FILTER).then_some(filter)
+    Some(format!("name eq ({})", alternatives.join("|")))
 }
 
 /// One paged list in progress.
@@ -289,37 +290,88 @@ pub(crate) async fn refresh_instances(
     Ok(())
 }
 
-/// The instance poll: the instances named in `names` (every instance when that filter would
-/// be too long) in one paged `instances.aggregatedList` for all zones, instead of one list per
-/// zone; those of `zones` replace what the inventory holds of them, and each one whose status
-/// changed is announced.
+/// The instance poll, in one call per page whatever the fleet's size: an
+/// `instances.aggregatedList` of the instances that are **not** RUNNING (normally none: one
+/// short page), trimmed with `fields`. What it cannot tell from that list is read by name in a
+/// second aggregated list, only when there is any: a named instance that was down and is no
+/// longer listed (back, or deleted), and one the inventory does not hold (created since). Every
+/// other named instance of `zones` was RUNNING and is not listed as down: it still is. Each
+/// instance whose status changed is announced.
 pub(crate) async fn poll_instances(
     source: &Source<'_>,
     zones: &[String],
     names: &[String],
 ) -> Result<(), GcpError> {
     let project = &source.settings.project;
-    let filter = names_filter(names);
-    let polled = filter.is_some().then_some(names);
-    let listing = Listing::aggregated_instances(project, filter);
+    let in_scope =
+        |zone: &str, name: &str| zones.iter().any(|z| z == zone) && names.iter().any(|n| n == name);
+    let down_listing = Listing::aggregated_instances(project, Some(NOT_RUNNING.to_string()));
     // The poll that detects a stopped engine: it may spend the urgent reserve.
-    let fresh = load(
+    let down = load(
         source,
-        vec![listing],
+        vec![down_listing],
         Lane::Urgent,
         Snapshot::default(),
         &mut 0,
     )
-    .await?;
-    let fresh = fresh
-        .instances
+    .await?
+    .instances;
+    let down: ByLocation<Instance> = down
         .into_iter()
-        .filter(|((zone, _), _)| zones.contains(zone))
+        .filter(|((zone, name), _)| in_scope(zone, name))
         .collect();
-    source
+    let unsure = source
         .inventory
-        .replace_polled_instances(zones, polled, fresh);
+        .read(|snapshot| to_confirm(snapshot, zones, names, &down));
+    let mut confirmed = ByLocation::new();
+    if !unsure.is_empty() {
+        let listings = unsure
+            .chunks(MAX_NAMES_PER_FILTER)
+            .map(|chunk| Listing::aggregated_instances(project, names_filter(chunk)))
+            .collect();
+        confirmed = load(source, listings, Lane::Urgent, Snapshot::default(), &mut 0)
+            .await?
+            .instances
+            .into_iter()
+            .filter(|((zone, name), _)| in_scope(zone, name))
+            .collect();
+    }
+    source.inventory.apply_poll(zones, &unsure, down, confirmed);
     Ok(())
+}
+
+/// The names the down-list of a poll leaves open: named instances of `zones` that the
+/// inventory holds as not RUNNING and `down` no longer lists (back, or deleted), and named ones
+/// it does not hold at all (created since, or never there).
+fn to_confirm(
+    snapshot: &Snapshot,
+    zones: &[String],
+    names: &[String],
+    down: &ByLocation<Instance>,
+) -> Vec<String> {
+    let mut unsure: Vec<String> = names
+        .iter()
+        .filter(|name| {
+            let held: Vec<(&String, &Instance)> = zones
+                .iter()
+                .filter_map(|zone| {
+                    snapshot
+                        .instances
+                        .get(&(zone.clone(), (*name).clone()))
+                        .map(|i| (zone, i))
+                })
+                .collect();
+            held.is_empty()
+                || held.iter().any(|(zone, instance)| {
+                    !instance.is_running()
+                        && !down.contains_key(&((*zone).clone(), (*name).clone()))
+                })
+        })
+        .cloned()
+        .collect();
+    unsure.sort();
+    unsure.dedup();
+    unsure
 }
 
 /// Runs `listings` to their last page, through the read budget (as work of `lane`) and the
@@ -468,23 +520,51 @@ mod tests {
     }
 
     #[test]
-    fn the_poll_asks_one_aggregated_list_for_the_engines_named() {
+    fn the_poll_lists_what_is_down_and_confirms_only_what_that_leaves_open() {
         let names = vec!["se-1".to_string(), "se.2".to_string()];
-        let filter = names_filter(&names);
-        assert_eq!(filter.as_deref(), Some("name eq (se-1|se\\.2)"));
-        let call = Listing::aggregated_instances("p", filter).call("name eq adc-.*");
+        assert_eq!(
+            names_filter(&names).as_deref(),
+            Some("name eq (se-1|se\\.2)")
+        );
+        assert_eq!(names_filter(&[]), None);
+        let call = Listing::aggregated_instances("p", Some(NOT_RUNNING.into())).call("-");
         assert_eq!(call.path, "projects/p/aggregated/instances");
         assert_eq!(call.method_name, "compute.instances.aggregatedList");
         let query: std::collections::BTreeMap<_, _> = call.query.iter().cloned().collect();
-        assert_eq!(query["filter"], "name eq (se-1|se\\.2)");
+        assert_eq!(query["filter"], "status != RUNNING");
         assert_eq!(query["returnPartialSuccess"], "true");
         assert!(query["fields"].starts_with("items/*/instances(name,zone,status"));
-        assert_eq!(names_filter(&[]), None, "no names: no filter");
-        let many: Vec<String> = (0..1000).map(|i| format!("engine-{i}")).collect();
+
+        let instance = |name: &str, status: &str| Instance {
+            name: name.into(),
+            status: status.into(),
+            ..Instance::default()
+        };
+        let mut snapshot = Snapshot::default();
+        for (name, status) in [
+            ("up", "RUNNING"),
+            ("was-down", "TERMINATED"),
+            ("still-down", "STOPPING"),
+        ] {
+            snapshot
+                .instances
+                .insert(("z".into(), name.into()), instance(name, status));
+        }
+        let zones = vec!["z".to_string()];
+        let mut names: Vec<String> = ["new", "still-down", "up", "was-down"]
+            .map(String::from)
+            .into();
+        names.sort();
+        let mut down = ByLocation::new();
+        down.insert(
+            ("z".into(), "still-down".into()),
+            instance("still-down", "TERMINATED"),
+        );
+        // up: RUNNING and not listed as down, still RUNNING. still-down: listed. was-down: not
+        // listed any more, back or gone. new: not held, created since or never there.
         assert_eq!(
-            names_filter(&many),
-            None,
-            "too long for a URL: every instance"
+            to_confirm(&snapshot, &zones, &names, &down),
+            ["new", "was-down"]
         );
     }
 

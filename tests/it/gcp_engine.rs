@@ -708,4 +708,47 @@ async fn the_instance_poll_is_one_aggregated_list_for_every_zone() {
         events.try_recv().is_err(),
         "only the stopped engine changed"
     );
+
+    // Nothing changed: one call, the list of what is down.
+    let before = admin(&emulator, "stats").await;
+    engine.poll_instances(&zones, &engines).await.unwrap();
+    let after = admin(&emulator, "stats").await;
+    assert_eq!(
+        calls(&after, "compute.instances.aggregatedList")
+            - calls(&before, "compute.instances.aggregatedList"),
+        1
+    );
+    assert!(events.try_recv().is_err(), "nothing changed");
+
+    // se-2 starts again: it leaves the down list, and one read by name confirms it RUNNING.
+    let started = reqwest::Client::new()
+        .post(format!(
+            "{}/compute/v1/projects/{PROJECT}/zones/us-central1-b/instances/se-2/start",
+            emulator.base_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(started.status().is_success(), "{started:?}");
+    let before = admin(&emulator, "stats").await;
+    engine.poll_instances(&zones, &engines).await.unwrap();
+    let after = admin(&emulator, "stats").await;
+    assert_eq!(
+        calls(&after, "compute.instances.aggregatedList")
+            - calls(&before, "compute.instances.aggregatedList"),
+        2,
+        "the down list and one confirmation by name"
+    );
+    let snapshot = engine.inventory().snapshot();
+    assert!(
+        snapshot
+            .instance("us-central1-b", "se-2")
+            .unwrap()
+            .is_running()
+    );
+    assert!(matches!(
+        events.try_recv().unwrap(),
+        adc_operator::gcp::InventoryEvent::Instance { ref name, ref status, .. }
+            if name == "se-2" && status == "RUNNING"
+    ));
 }

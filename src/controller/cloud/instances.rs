@@ -1,7 +1,7 @@
 //! The instance poll: the status of the instances objects route to, re-read every
-//! `spec.instancePollInterval` with one paged `instances.aggregatedList` for all zones (filtered
-//! to the instances the objects name), so that a stopped service engine is noticed between full
-//! inventory refreshes.
+//! `spec.instancePollInterval` with one `instances.aggregatedList` for all zones of the instances
+//! that are not RUNNING (and a read by name of those the list leaves open), so that a stopped
+//! service engine is noticed between full inventory refreshes.
 
 use std::sync::Arc;
 use std::time::Duration;
