@@ -247,12 +247,26 @@ impl Engine {
         if self.is_shut_down() || shared.settings.read_only {
             return false;
         }
-        let (new, effects) = lock(&shared.queue).begin(
-            mutation,
-            lane,
-            |target| shared.inventory.read(|s| s.json_of(target)),
-            Instant::now(),
-        );
+        let (new, effects) = {
+            let mut queue = lock(&shared.queue);
+            // A delete of what nothing is doing and the inventory no longer holds is done:
+            // two paths (a failover's withdrawal and a reconcile) may ask for the same one.
+            if matches!(mutation.change, crate::plan::resource::Change::Delete)
+                && queue.is_idle(&mutation.target)
+                && shared
+                    .inventory
+                    .read(|s| s.json_of(&mutation.target))
+                    .is_none()
+            {
+                return false;
+            }
+            queue.begin(
+                mutation,
+                lane,
+                |target| shared.inventory.read(|s| s.json_of(target)),
+                Instant::now(),
+            )
+        };
         shared.carry_out(effects);
         new
     }
@@ -490,12 +504,16 @@ impl Shared {
                     let shared = Arc::clone(self);
                     tokio::spawn(async move {
                         let verdict = shared.verify_existing(&dispatch).await;
-                        let effects = lock(&shared.queue).settle(
-                            &dispatch,
-                            verdict,
-                            &shared.reader.budget,
-                            Instant::now(),
-                        );
+                        let effects = {
+                            let mut queue = lock(&shared.queue);
+                            let effects = queue.settle(
+                                &dispatch,
+                                verdict,
+                                &shared.reader.budget,
+                                Instant::now(),
+                            );
+                            shared.apply_now(effects)
+                        };
                         shared.carry_out(effects);
                     });
                 }
@@ -507,11 +525,30 @@ impl Shared {
         }
     }
 
-    /// The outcome of a mutation that was sent.
+    /// The outcome of a mutation that was sent. What it did is in the inventory before the
+    /// queue is released: a reconcile never finds the resource idle in the queue and not yet
+    /// changed in the inventory (and sends a delete of what is already gone).
     fn finish(self: &Arc<Self>, dispatch: &Dispatch, outcome: Result<(), GcpError>) {
-        let effects =
-            lock(&self.queue).finish(dispatch, outcome, &self.reader.budget, Instant::now());
+        let effects = {
+            let mut queue = lock(&self.queue);
+            let effects = queue.finish(dispatch, outcome, &self.reader.budget, Instant::now());
+            self.apply_now(effects)
+        };
         self.carry_out(effects);
+    }
+
+    /// Applies the inventory changes among `effects` at once; the rest is returned.
+    fn apply_now(&self, effects: Vec<Effect>) -> Vec<Effect> {
+        effects
+            .into_iter()
+            .filter(|effect| match effect {
+                Effect::Apply(mutation) => {
+                    self.inventory.apply(mutation);
+                    false
+                }
+                _ => true,
+            })
+            .collect()
     }
 
     /// Takes what may be sent now (and when to look again).

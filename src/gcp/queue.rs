@@ -292,6 +292,11 @@ impl Queue {
         effects
     }
 
+    /// Whether nothing is queued or in flight for `target`.
+    pub fn is_idle(&self, target: &Target) -> bool {
+        self.slots.get(target).is_none_or(|slot| slot.works.is_empty())
+    }
+
     /// Starts a mutation nobody waits for: the outcome shows in the inventory (done) or in
     /// [`Queue::failure`] (a final error, announced). Clears the target's last failure. Returns
     /// whether it is new work rather than joined to work already pending for the resource.
