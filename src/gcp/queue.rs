@@ -294,7 +294,9 @@ impl Queue {
 
     /// Whether nothing is queued or in flight for `target`.
     pub fn is_idle(&self, target: &Target) -> bool {
-        self.slots.get(target).is_none_or(|slot| slot.works.is_empty())
+        self.slots
+            .get(target)
+            .is_none_or(|slot| slot.works.is_empty())
     }
 
     /// Starts a mutation nobody waits for: the outcome shows in the inventory (done) or in
