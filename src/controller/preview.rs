@@ -170,16 +170,8 @@ pub async fn preview(client: Client, options: Options) -> Result<Preview, Error>
         if options.cloud.as_ref().is_some_and(|wanted| wanted != &name) {
             continue;
         }
-        let runtime =
-            super::cloud::read_only_runtime(&ctx, cloud, options.credentials.clone()).await?;
+        let runtime = loaded(&ctx, cloud, options.credentials.clone()).await?;
         runtime.set_policy(cloud.spec.management_policy);
-        match ctx.clouds.write() {
-            Ok(mut guard) => guard.insert(name.clone(), Arc::clone(&runtime)),
-            Err(poisoned) => poisoned
-                .into_inner()
-                .insert(name.clone(), Arc::clone(&runtime)),
-        };
-        super::cloud::refresh_inventory(&ctx, &name, &runtime).await?;
         runtime
             .ready
             .store(true, std::sync::atomic::Ordering::Relaxed);
@@ -237,14 +229,7 @@ pub async fn foreign_resources(
     // Every route of the project, whatever its name: what adoption lists too.
     cloud.spec.adoption.enabled = true;
     let ctx = read_context(&client, &[], &[], cluster_id).await?;
-    let runtime = super::cloud::read_only_runtime(&ctx, &cloud, credentials).await?;
-    match ctx.clouds.write() {
-        Ok(mut guard) => guard.insert(name.to_string(), Arc::clone(&runtime)),
-        Err(poisoned) => poisoned
-            .into_inner()
-            .insert(name.to_string(), Arc::clone(&runtime)),
-    };
-    super::cloud::refresh_inventory(&ctx, name, &runtime).await?;
+    let runtime = loaded(&ctx, &cloud, credentials).await?;
     let view = runtime.view.clone();
     let foreign = runtime
         .engine
@@ -252,6 +237,25 @@ pub async fn foreign_resources(
         .read(|s| s.foreign(&view.resource_prefix, &view.network));
     runtime.engine.shutdown();
     Ok((view, foreign))
+}
+
+/// A read-only runtime of `cloud`, known to `ctx` under the cloud's name, its inventory
+/// loaded once.
+async fn loaded(
+    ctx: &Context,
+    cloud: &GcpCloud,
+    credentials: Option<Credentials>,
+) -> Result<Arc<CloudRuntime>, Error> {
+    let name = cloud.name_any();
+    let runtime = super::cloud::read_only_runtime(ctx, cloud, credentials).await?;
+    match ctx.clouds.write() {
+        Ok(mut guard) => guard.insert(name.clone(), Arc::clone(&runtime)),
+        Err(poisoned) => poisoned
+            .into_inner()
+            .insert(name.clone(), Arc::clone(&runtime)),
+    };
+    super::cloud::refresh_inventory(ctx, &name, &runtime).await?;
+    Ok(runtime)
 }
 
 async fn plan_cloud(

@@ -253,10 +253,7 @@ impl Engine {
             // two paths (a failover's withdrawal and a reconcile) may ask for the same one.
             if matches!(mutation.change, crate::plan::resource::Change::Delete)
                 && queue.is_idle(&mutation.target)
-                && shared
-                    .inventory
-                    .read(|s| s.json_of(&mutation.target))
-                    .is_none()
+                && !shared.inventory.read(|s| s.holds(&mutation.target))
             {
                 return false;
             }

@@ -47,6 +47,20 @@ impl Snapshot {
         self.instances.get(&(zone.to_string(), name.to_string()))
     }
 
+    /// Whether the inventory holds anything under `target` (no copy made).
+    pub fn holds(&self, target: &Target) -> bool {
+        let key = || (target.location.clone(), target.name.clone());
+        match target.collection {
+            Collection::Routes => self.routes.contains_key(&target.name),
+            Collection::Firewalls => self.firewalls.contains_key(&target.name),
+            Collection::Addresses | Collection::GlobalAddresses => {
+                self.addresses.contains_key(&key())
+            }
+            Collection::ForwardingRules => self.forwarding_rules.contains_key(&key()),
+            Collection::TargetInstances => self.target_instances.contains_key(&key()),
+        }
+    }
+
     /// What the inventory holds under `target`, as JSON; None when it holds nothing there.
     pub fn json_of(&self, target: &Target) -> Option<Value> {
         let key = || (target.location.clone(), target.name.clone());

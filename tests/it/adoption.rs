@@ -7,7 +7,7 @@
 //! the smallest priority value, ECMP among equals) and its firewall opening are sampled
 //! throughout and must never change; the writes are exactly the adoptions.
 
-use crate::policy::{run_plan, setup, url};
+use crate::policy::{run_operator, run_plan, setup, url};
 use crate::support;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -20,7 +20,9 @@ use adc_operator::api::VirtualService;
 use ipnet::Ipv4Net;
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::{Value, json};
-use support::operator::{apply, cloud_manifest, compute, emulator_collection, status_of};
+use support::operator::{
+    apply, cloud_manifest, compute, effective, emulator_collection, status_of,
+};
 
 const VIPS: u8 = 100;
 /// The foreign owner's names.
@@ -71,46 +73,13 @@ async fn traffic() -> BTreeMap<u8, (BTreeSet<String>, bool)> {
             r["selfLink"]
                 .as_str()
                 .is_some_and(|l| l.contains("/projects/demo-project/"))
-                && r["network"]
-                    .as_str()
-                    .is_some_and(|n| n.ends_with("/networks/default"))
         })
         .collect();
     let rules: Vec<Value> = emulator_collection(url(), "firewalls").await;
     let mut out = BTreeMap::new();
     for i in 1..=VIPS {
         let address = vip(i);
-        let matching: Vec<(u8, u64, String)> = routes
-            .iter()
-            .filter_map(|r| {
-                let range: Ipv4Net = r["destRange"].as_str()?.parse().ok()?;
-                range.contains(&address).then(|| {
-                    (
-                        range.prefix_len(),
-                        r["priority"].as_u64().unwrap_or(1000),
-                        r["nextHopInstance"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .rsplit('/')
-                            .next()
-                            .unwrap_or_default()
-                            .to_string(),
-                    )
-                })
-            })
-            .collect();
-        let longest = matching.iter().map(|m| m.0).max().unwrap_or(0);
-        let best = matching
-            .iter()
-            .filter(|m| m.0 == longest)
-            .map(|m| m.1)
-            .min()
-            .unwrap_or(0);
-        let engines: BTreeSet<String> = matching
-            .into_iter()
-            .filter(|m| m.0 == longest && m.1 == best)
-            .map(|m| m.2)
-            .collect();
+        let engines = effective(&routes, address);
         let open = rules.iter().any(|f| {
             f["disabled"] != true
                 && f["destinationRanges"].as_array().is_some_and(|ranges| {
@@ -157,23 +126,6 @@ async fn writes() -> BTreeMap<String, usize> {
         }
     }
     counts
-}
-
-fn run(args: &[&str]) -> (i32, String, String) {
-    let output = std::process::Command::new(env!("CARGO_BIN_EXE_adc-operator"))
-        .args(args)
-        .arg("--kubeconfig")
-        .arg(&support::Plane::Policy.get().kubeconfig)
-        .args(["--cluster-id", "policy-cluster"])
-        .env("GCE_METADATA_HOST", url().trim_start_matches("http://"))
-        .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
-        .output()
-        .expect("running adc-operator");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,15 +186,18 @@ async fn a_brownfield_project_is_imported_planned_approved_and_adopted_without_a
     };
 
     // import → manifests for every VIP, nothing unmapped.
-    let (code, yaml, stderr) = run(&[
+    let (code, yaml, stderr) = run_operator(
+        &support::Plane::Policy.get().kubeconfig,
         "import",
-        "--cloud",
-        &cloud,
-        "--namespace",
-        &namespace,
-        "--name-prefix",
-        FOREIGN,
-    ]);
+        &[
+            "--cloud",
+            &cloud,
+            "--namespace",
+            &namespace,
+            "--name-prefix",
+            FOREIGN,
+        ],
+    );
     assert_eq!(code, 0, "{stderr}");
     assert!(
         stderr.contains("100 manifest(s) own 300 resource(s); 0 not mapped"),

@@ -30,6 +30,22 @@ fn world(routes_quota: u64, rate_limits: &str) -> String {
     )
 }
 
+/// Stops or starts (`verb`) an instance through the emulator's Compute API.
+async fn power(emulator: &EmulatorProcess, zone: &str, instance: &str, verb: &str) {
+    let answer = reqwest::Client::new()
+        .post(format!(
+            "{}/compute/v1/projects/{PROJECT}/zones/{zone}/instances/{instance}/{verb}",
+            emulator.base_url
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        answer.status().is_success(),
+        "{verb} {instance}: {answer:?}"
+    );
+}
+
 fn start(world_yaml: &str, args: &[&str]) -> EmulatorProcess {
     let binary = emulator_binary().expect("gce-emulator binary");
     let mut all = vec!["--auth", "none"];
@@ -545,15 +561,7 @@ async fn the_instance_poll_reads_only_instances_and_sees_a_stop() {
     let before = engine.inventory().snapshot();
     let mut events = engine.inventory().subscribe();
 
-    let stopped = reqwest::Client::new()
-        .post(format!(
-            "{}/compute/v1/projects/{PROJECT}/zones/us-central1-a/instances/se-1/stop",
-            emulator.base_url
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert!(stopped.status().is_success(), "{stopped:?}");
+    power(&emulator, "us-central1-a", "se-1", "stop").await;
     let calls = |stats: &Value, method: &str| stats["callsByMethod"][method].as_u64().unwrap_or(0);
     let stats_before = admin(&emulator, "stats").await;
     engine.refresh_instances(&zones).await.unwrap();
@@ -652,15 +660,7 @@ async fn the_instance_poll_is_one_aggregated_list_for_every_zone() {
         .into();
     engine.refresh_inventory(&zones).await.unwrap();
     let mut events = engine.inventory().subscribe();
-    let stopped = reqwest::Client::new()
-        .post(format!(
-            "{}/compute/v1/projects/{PROJECT}/zones/us-central1-b/instances/se-2/stop",
-            emulator.base_url
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert!(stopped.status().is_success(), "{stopped:?}");
+    power(&emulator, "us-central1-b", "se-2", "stop").await;
 
     let calls = |stats: &Value, method: &str| stats["callsByMethod"][method].as_u64().unwrap_or(0);
     let before = admin(&emulator, "stats").await;
@@ -721,15 +721,7 @@ async fn the_instance_poll_is_one_aggregated_list_for_every_zone() {
     assert!(events.try_recv().is_err(), "nothing changed");
 
     // se-2 starts again: it leaves the down list, and one read by name confirms it RUNNING.
-    let started = reqwest::Client::new()
-        .post(format!(
-            "{}/compute/v1/projects/{PROJECT}/zones/us-central1-b/instances/se-2/start",
-            emulator.base_url
-        ))
-        .send()
-        .await
-        .unwrap();
-    assert!(started.status().is_success(), "{started:?}");
+    power(&emulator, "us-central1-b", "se-2", "start").await;
     let before = admin(&emulator, "stats").await;
     engine.poll_instances(&zones, &engines).await.unwrap();
     let after = admin(&emulator, "stats").await;

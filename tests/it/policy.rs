@@ -462,8 +462,19 @@ pub(crate) fn run_plan(args: &[&str]) -> (i32, String, String) {
 
 /// [`run_plan`] with the rights of `kubeconfig`.
 fn run_plan_as(kubeconfig: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    run_operator(kubeconfig, "plan", args)
+}
+
+/// Runs `adc-operator COMMAND` (plan, import) against this plane with the rights of
+/// `kubeconfig`, as the suite's cluster, reading GCP with the emulator's metadata-server
+/// identity; returns (exit code, stdout, stderr).
+pub(crate) fn run_operator(
+    kubeconfig: &std::path::Path,
+    command: &str,
+    args: &[&str],
+) -> (i32, String, String) {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_adc-operator"))
-        .arg("plan")
+        .arg(command)
         .arg("--kubeconfig")
         .arg(kubeconfig)
         .args(["--cluster-id", "policy-cluster"])
@@ -471,7 +482,7 @@ fn run_plan_as(kubeconfig: &std::path::Path, args: &[&str]) -> (i32, String, Str
         .env("GCE_METADATA_HOST", url().trim_start_matches("http://"))
         .env_remove("GOOGLE_APPLICATION_CREDENTIALS")
         .output()
-        .expect("running adc-operator plan");
+        .expect("running adc-operator");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),

@@ -21,7 +21,8 @@ use kube::api::{Api, DeleteParams, ListParams};
 use serde_json::{Value, json};
 use support::Plane;
 use support::operator::{
-    Suite, apply, cloud_manifest, emulator_collection, label_tenant, wait_ready, wait_stalled,
+    Suite, apply, cloud_manifest, effective, emulator_collection, label_tenant, wait_ready,
+    wait_stalled,
 };
 
 const PLANE: Plane = Plane::Pools;
@@ -112,48 +113,6 @@ fn zone(engine: &str) -> &'static str {
     } else {
         "us-central1-b"
     }
-}
-
-/// The engines a packet to `vip` is spread over, by Compute's rule, from the emulator's routes.
-fn effective(routes: &[Value], vip: Ipv4Addr) -> BTreeSet<String> {
-    let matching: Vec<(u8, u64, String)> = routes
-        .iter()
-        .filter(|r| {
-            r["network"]
-                .as_str()
-                .is_some_and(|n| n.ends_with("/networks/default"))
-        })
-        .filter_map(|r| {
-            let range: Ipv4Net = r["destRange"].as_str()?.parse().ok()?;
-            range.contains(&vip).then(|| {
-                (
-                    range.prefix_len(),
-                    r["priority"].as_u64().unwrap_or(1000),
-                    r["nextHopInstance"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .rsplit('/')
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
-                )
-            })
-        })
-        .collect();
-    let Some(longest) = matching.iter().map(|m| m.0).max() else {
-        return BTreeSet::new();
-    };
-    let best = matching
-        .iter()
-        .filter(|m| m.0 == longest)
-        .map(|m| m.1)
-        .min()
-        .unwrap_or_default();
-    matching
-        .into_iter()
-        .filter(|m| m.0 == longest && m.1 == best)
-        .map(|m| m.2)
-        .collect()
 }
 
 /// Whether a firewall rule allows exactly `ports` (TCP) from 10.0.0.0/8 to `vip`.

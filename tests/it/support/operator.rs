@@ -567,3 +567,47 @@ pub async fn compute(
         .await
         .unwrap_or(Value::Null)
 }
+
+/// The engines a packet to `vip` is spread over on the network `default`, by Compute's rule
+/// (longest prefix, then the smallest priority value, ECMP among equals), from the emulator's
+/// routes: independent of the operator's own code.
+pub fn effective(routes: &[Value], vip: std::net::Ipv4Addr) -> std::collections::BTreeSet<String> {
+    let matching: Vec<(u8, u64, String)> = routes
+        .iter()
+        .filter(|r| {
+            r["network"]
+                .as_str()
+                .is_some_and(|n| n.ends_with("/networks/default"))
+        })
+        .filter_map(|r| {
+            let range: ipnet::Ipv4Net = r["destRange"].as_str()?.parse().ok()?;
+            range.contains(&vip).then(|| {
+                (
+                    range.prefix_len(),
+                    r["priority"].as_u64().unwrap_or(1000),
+                    r["nextHopInstance"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .rsplit('/')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
+                )
+            })
+        })
+        .collect();
+    let Some(longest) = matching.iter().map(|m| m.0).max() else {
+        return std::collections::BTreeSet::new();
+    };
+    let best = matching
+        .iter()
+        .filter(|m| m.0 == longest)
+        .map(|m| m.1)
+        .min()
+        .unwrap_or_default();
+    matching
+        .into_iter()
+        .filter(|m| m.0 == longest && m.1 == best)
+        .map(|m| m.2)
+        .collect()
+}
