@@ -60,6 +60,9 @@ pub struct CloudSummary {
     pub project: String,
     pub network: String,
     pub region: String,
+    /// The replica that reconciles the cloud (`status.holder`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
     /// The cloud's Ready condition: status, reason, message.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ready: Option<ConditionSummary>,
@@ -177,6 +180,7 @@ pub fn summarize<'a>(
                     project: cloud.spec.project.clone(),
                     network: cloud.spec.network.clone(),
                     region: cloud.spec.region.clone(),
+                    holder: status.holder,
                     ready,
                     progress: status.progress,
                     quota: status.quota,
@@ -272,6 +276,7 @@ fn missing_cloud(name: &str) -> CloudSummary {
         project: String::new(),
         network: String::new(),
         region: String::new(),
+        holder: None,
         ready: None,
         progress: None,
         quota: Vec::new(),
@@ -322,6 +327,9 @@ pub fn render(status: &FleetStatus, now: Timestamp) -> String {
                 "GcpCloud {}: does not exist (objects name it in spec.cloudRef)",
                 cloud.name
             );
+        }
+        if let Some(holder) = &cloud.holder {
+            let _ = writeln!(out, "  Holder:    {holder}");
         }
         if let Some(ready) = &cloud.ready {
             let _ = writeln!(
@@ -413,7 +421,7 @@ pub fn render(status: &FleetStatus, now: Timestamp) -> String {
         out.push('\n');
     }
     if status.leaders.is_empty() {
-        out.push_str("Leader: no leader Lease found (a single replica without leader election, or a different --lease-name)\n");
+        out.push_str("Leader: no leader Lease found (a single replica without leader election, sharding (each cloud's Holder reconciles it), or a different --lease-name)\n");
     }
     for leader in &status.leaders {
         let renewed = leader

@@ -27,6 +27,8 @@ pub const STEP_DOWN_EXIT_CODE: i32 = 3;
 pub struct LeaderMetrics {
     pub leader: prometheus_client::metrics::gauge::Gauge,
     pub lease_transitions: prometheus_client::metrics::gauge::Gauge,
+    /// With sharding: how many GcpClouds this replica holds.
+    pub clouds_held: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl LeaderMetrics {
@@ -41,6 +43,11 @@ impl LeaderMetrics {
             "lease_transitions",
             "How often the leader Lease changed hands (spec.leaseTransitions as the leader last read it)",
             self.lease_transitions.clone(),
+        );
+        registry.register(
+            "clouds_held",
+            "With sharding: the GcpClouds this replica holds the Lease of and reconciles",
+            self.clouds_held.clone(),
         );
     }
 }
@@ -65,20 +72,20 @@ impl LeaseSettings {
         (self.duration_seconds / 2).max(1)
     }
 
-    fn duration_seconds_at_least_2(&self) -> u64 {
+    pub(crate) fn duration_seconds_at_least_2(&self) -> u64 {
         self.duration_seconds.max(2)
     }
 
     /// How long before the lapse the leader gives up if no renewal was seen: a quarter of the
     /// grace (the rest is the renewal's own time), within 250 ms to 2 s. It covers the clocks
     /// of two nodes disagreeing; a standby acts only after the lapse, and only after two calls.
-    fn margin(&self) -> Duration {
+    pub(crate) fn margin(&self) -> Duration {
         (Duration::from_secs(self.grace_seconds()) / 4)
             .clamp(Duration::from_millis(250), Duration::from_secs(2))
     }
 
     /// How often the fence reads the Lease: twice within the margin, at most once a second.
-    fn fence_period(&self) -> Duration {
+    pub(crate) fn fence_period(&self) -> Duration {
         (self.margin() / 2).min(Duration::from_secs(1))
     }
 }

@@ -3,7 +3,8 @@
 //! rate-shaped for the whole fleet.
 //!
 //! The crate is laid out as in `ARCHITECTURE.md`: `api` (CRD types), `plan` (pure planning and
-//! diffing), `gcp` (all Compute I/O), `controller` (kube-runtime glue and status), `leader` (leader election).
+//! diffing), `gcp` (all Compute I/O), `controller` (kube-runtime glue and status), `leader` (leader election), `shard` (clouds
+//! spread over replicas by Leases).
 
 pub mod api;
 pub mod controller;
@@ -12,6 +13,7 @@ pub mod kubectl;
 pub mod leader;
 pub mod plan;
 pub mod planview;
+pub mod shard;
 pub mod telemetry;
 
 /// The operator's version, as built.

@@ -142,6 +142,11 @@ struct RunArgs {
     /// renews at half of it and exits if no renewal lands shortly before the lapse.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
     lease_duration: u64,
+    /// Spread the GcpClouds over every replica: each cloud, with its objects and its engine,
+    /// is reconciled by the holder of its own Lease (`<lease-name>-cloud-<cloud>`), and
+    /// replicas balance the clouds between them. Replaces --leader-election.
+    #[arg(long, conflicts_with = "leader_election")]
+    sharding: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -398,18 +403,6 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         },
     };
     tracing::info!(version = adc_operator::VERSION, cluster_id = %args.cluster_id, "adc-operator starting");
-    let operator = OperatorSettings {
-        cluster_id: args.cluster_id.clone(),
-        dispatch,
-        gcp_time_scale: args.gcp_time_scale,
-        reconcile_concurrency: args.max_concurrent_reconciles,
-    };
-    if !args.leader_election {
-        // The only replica: it leads.
-        leader_metrics.leader.set(1);
-        controller::run(client, operator, metrics, reconcile_metrics).await?;
-        return Ok(());
-    }
     let identity = std::env::var("POD_NAME").unwrap_or_else(|_| {
         format!(
             "{}-{}",
@@ -417,12 +410,51 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             std::process::id()
         )
     });
+    let operator = OperatorSettings {
+        cluster_id: args.cluster_id.clone(),
+        dispatch,
+        gcp_time_scale: args.gcp_time_scale,
+        reconcile_concurrency: args.max_concurrent_reconciles,
+        identity: identity.clone(),
+    };
+    let lease_namespace = args
+        .lease_namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    if args.sharding {
+        // Every replica runs and holds its share of the clouds.
+        leader_metrics.leader.set(1);
+        let settings = adc_operator::shard::ShardSettings {
+            lease_prefix: args.lease_name.clone(),
+            namespace: lease_namespace,
+            identity: identity.clone(),
+            duration_seconds: args.lease_duration,
+        };
+        let stopped = move |why: String| {
+            // Nothing renews this replica's Leases any more (its write gates close by
+            // themselves before they lapse): restart.
+            tracing::error!(%identity, reason = %why, "the shard loop stopped: exiting");
+            std::process::exit(adc_operator::leader::STEP_DOWN_EXIT_CODE);
+        };
+        let (shards, events) = adc_operator::shard::start(
+            config,
+            settings,
+            leader_metrics.clouds_held.clone(),
+            stopped,
+        )?;
+        let sharding = controller::Sharding { shards, events };
+        controller::run(client, operator, metrics, reconcile_metrics, Some(sharding)).await?;
+        return Ok(());
+    }
+    if !args.leader_election {
+        // The only replica: it leads.
+        leader_metrics.leader.set(1);
+        controller::run(client, operator, metrics, reconcile_metrics, None).await?;
+        return Ok(());
+    }
     let settings = adc_operator::leader::LeaseSettings {
         name: args.lease_name.clone(),
-        namespace: args
-            .lease_namespace
-            .clone()
-            .unwrap_or_else(|| "default".into()),
+        namespace: lease_namespace,
         identity,
         duration_seconds: args.lease_duration,
     };
@@ -433,7 +465,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::error!(%identity, reason = %lost, "leadership lost: exiting so that no two replicas reconcile");
         std::process::exit(adc_operator::leader::STEP_DOWN_EXIT_CODE);
     };
-    let work = controller::run(client, operator, metrics, reconcile_metrics);
+    let work = controller::run(client, operator, metrics, reconcile_metrics, None);
     adc_operator::leader::lead(config, settings, leader_metrics, step_down, work).await??;
     Ok(())
 }

@@ -71,6 +71,12 @@ use super::conditions::Condition;
         description = "Estimated time until the queued GCP work is done"
     ),
     printcolumn(
+        name = "HOLDER",
+        type_ = "string",
+        json_path = ".status.holder",
+        description = "The replica that reconciles this cloud (the holder of its Lease with sharding)"
+    ),
+    printcolumn(
         name = "AGE",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -440,6 +446,11 @@ pub struct GcpCloudStatus {
     /// updated every few seconds while anything changes, never when nothing does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub progress: Option<CloudProgress>,
+
+    /// The replica (pod) that reconciles this cloud: with sharding, the holder of the cloud's
+    /// Lease; otherwise the leader.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub holder: Option<String>,
 
     /// Objects deleted with `adc.dev/deletion-policy: abandon` (`Kind/namespace/name`): their
     /// GCP resources were left in place on purpose and garbage collection never deletes them.

@@ -30,6 +30,9 @@ pub struct OperatorSettings {
     /// reconcile whenever one of them wakes, so without a bound a fleet's backlog costs
     /// quadratic CPU (and a future per object in memory).
     pub reconcile_concurrency: u16,
+    /// This replica's identity (the pod's name): what `status.holder` of the clouds it
+    /// reconciles says.
+    pub identity: String,
 }
 
 /// The GCP side of one GcpCloud.
@@ -125,6 +128,8 @@ pub struct Context {
     pub namespaces: Store<Namespace>,
     pub vs_trigger: mpsc::UnboundedSender<ObjectRef<VirtualService>>,
     pub vr_trigger: mpsc::UnboundedSender<ObjectRef<VpcRoute>>,
+    /// With `--sharding`: which clouds this replica holds. None: it reconciles every cloud.
+    pub shards: Option<Arc<crate::shard::Shards>>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -138,6 +143,23 @@ impl Context {
     /// The runtime of a GcpCloud, once its engine is built.
     pub fn cloud(&self, name: &str) -> Option<Arc<CloudRuntime>> {
         read(&self.clouds).get(name).cloned()
+    }
+
+    /// Whether this replica reconciles `cloud` and the objects that name it: always, unless
+    /// sharding gives the cloud to another replica.
+    pub fn holds(&self, cloud: &str) -> bool {
+        self.shards.as_ref().is_none_or(|s| s.holds(cloud))
+    }
+
+    /// Stops and forgets a cloud's engine (its Lease was lost or handed back).
+    pub fn drop_cloud(&self, cloud: &str) {
+        let runtime = match self.clouds.write() {
+            Ok(mut guard) => guard.remove(cloud),
+            Err(poisoned) => poisoned.into_inner().remove(cloud),
+        };
+        if let Some(runtime) = runtime {
+            runtime.engine.shutdown();
+        }
     }
 
     /// Publishes a Kubernetes Event on `object` (best effort: a failed event is only logged).

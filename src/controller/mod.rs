@@ -203,13 +203,52 @@ fn object_change<K: kube::Resource>(object: &K) -> Option<u64> {
     ))
 }
 
+/// With `--sharding`: which clouds this replica holds, and what the shard loop tells it.
+pub struct Sharding {
+    pub shards: Arc<crate::shard::Shards>,
+    pub events: mpsc::UnboundedReceiver<crate::shard::ShardEvent>,
+}
+
+/// Carries out what the shard loop decides: a cloud acquired is reconciled at once (its
+/// objects follow once its engine is ready), a cloud lost stops its engine, a cloud handed
+/// back drains its engine first.
+async fn follow_shards(
+    ctx: std::sync::Weak<Context>,
+    mut events: mpsc::UnboundedReceiver<crate::shard::ShardEvent>,
+    clouds: mpsc::UnboundedSender<ObjectRef<GcpCloud>>,
+) {
+    use crate::shard::ShardEvent;
+    while let Some(event) = events.recv().await {
+        let Some(ctx) = ctx.upgrade() else {
+            return;
+        };
+        match event {
+            ShardEvent::Acquired(cloud) => {
+                let _ = clouds.send(ObjectRef::new(&cloud));
+            }
+            ShardEvent::Lost(cloud) => ctx.drop_cloud(&cloud),
+            ShardEvent::Release { cloud, done } => {
+                tokio::spawn(async move {
+                    cloud::drain(&ctx, &cloud).await;
+                    let _ = done.send(());
+                });
+            }
+        }
+    }
+}
+
 /// Runs every controller until the process is told to stop.
 pub async fn run(
     client: Client,
     settings: OperatorSettings,
     metrics: Arc<GcpMetrics>,
     reconcile_metrics: Arc<ControllerMetrics>,
+    sharding: Option<Sharding>,
 ) -> Result<(), Error> {
+    let (shards, shard_events) = match sharding {
+        Some(Sharding { shards, events }) => (Some(shards), Some(events)),
+        None => (None, None),
+    };
     let (ns_store, ns_writer) = reflector::store::<Namespace>();
     let namespaces = reflector::reflector(
         ns_writer,
@@ -246,6 +285,7 @@ pub async fn run(
         settings,
         metrics,
         reconcile_metrics: Arc::clone(&reconcile_metrics),
+        shards,
     });
 
     let vs = run_kind(vs_controller, vs_rx, &client, &ctx, &reconcile_metrics);
@@ -260,8 +300,13 @@ pub async fn run(
     .reflect(cloud_writer)
     .applied_objects()
     .predicate_filter(cloud_change, Default::default());
-    let cloud_controller =
-        Controller::for_stream(cloud_stream, cloud_store.clone()).with_config(config);
+    let (cloud_tx, cloud_rx) = mpsc::unbounded_channel::<ObjectRef<GcpCloud>>();
+    if let Some(events) = shard_events {
+        tokio::spawn(follow_shards(Arc::downgrade(&ctx), events, cloud_tx));
+    }
+    let cloud_controller = Controller::for_stream(cloud_stream, cloud_store.clone())
+        .with_config(config)
+        .reconcile_on(UnboundedReceiverStream::new(cloud_rx));
     // A deleted GcpCloud is never reconciled (it has no finalizer): its engine is stopped here.
     tokio::spawn(cloud::forget_deleted(Arc::downgrade(&ctx), cloud_store));
     let clouds = cloud_controller

@@ -208,9 +208,11 @@ async fn read_context(
             dispatch: crate::gcp::DispatchMode::Batched,
             gcp_time_scale: 1.0,
             reconcile_concurrency: 1,
+            identity: "adc-operator-plan".to_string(),
         },
         metrics: Arc::new(GcpMetrics::default()),
         reconcile_metrics: Default::default(),
+        shards: None,
     })
 }
 

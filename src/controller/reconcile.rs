@@ -135,6 +135,11 @@ pub fn owner<K: Kind>(ctx: &Context, object: &K) -> Owner {
 pub async fn reconcile<K: Kind>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = object.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
+    if !ctx.holds(object.cloud_ref()) {
+        // Another replica holds the cloud: it reconciles the object (and its deletion). This
+        // one writes nothing, not even a finalizer; it is requeued when it takes the cloud.
+        return Ok(Action::await_change());
+    }
     // A deletion the management policy holds keeps the finalizer: decided before kube-runtime's
     // helper, which removes the finalizer once a cleanup returns.
     if object.meta().deletion_timestamp.is_some()

@@ -308,15 +308,7 @@ impl Engine {
 
     /// Stops taking work; pending callers get [`GcpError::Shutdown`].
     pub fn shutdown(&self) {
-        let shared = &self.shared;
-        shared.reader.stop();
-        // Every caller still waiting is in the map: the queue's list of them adds nothing.
-        drop(lock(&shared.queue).shutdown());
-        for (_, sender) in lock(&shared.waiters).drain() {
-            let _ = sender.send(Err(GcpError::Shutdown));
-        }
-        shared.wake.notify_waiters();
-        shared.tracker.wake();
+        self.shared.stop();
     }
 
     /// GETs one resource and records what GCP holds in the inventory (e.g. the IP GCP chose for
@@ -456,6 +448,26 @@ pub struct EngineProgress {
 }
 
 impl Shared {
+    /// The write gate closed: this engine sends nothing more. It stops as
+    /// [`Engine::shutdown`] stops it (the replica lost the cloud's Lease, or could not renew it
+    /// in time); a new engine is built if the cloud is held again.
+    fn gate_closed(&self) {
+        tracing::warn!(project = %self.settings.project, "the cloud's write gate closed: this engine stops writing");
+        self.stop();
+    }
+
+    /// Stops taking work; pending callers get [`GcpError::Shutdown`].
+    fn stop(&self) {
+        self.reader.stop();
+        // Every caller still waiting is in the map: the queue's list of them adds nothing.
+        drop(lock(&self.queue).shutdown());
+        for (_, sender) in lock(&self.waiters).drain() {
+            let _ = sender.send(Err(GcpError::Shutdown));
+        }
+        self.wake.notify_waiters();
+        self.tracker.wake();
+    }
+
     /// Answers waiting callers.
     fn answer(&self, waiters: Vec<WaiterId>, outcome: &Result<(), GcpError>) {
         let mut senders = lock(&self.waiters);
@@ -633,6 +645,10 @@ async fn dispatcher(shared: Arc<Shared>) {
             if shared.reader.is_stopped() {
                 return;
             }
+            if !shared.settings.may_write() {
+                shared.gate_closed();
+                return;
+            }
             let (ready, next) = shared.take_ready(max);
             if !ready.is_empty() {
                 break ready;
@@ -641,6 +657,11 @@ async fn dispatcher(shared: Arc<Shared>) {
             // Let more work arrive so that it travels together.
             tokio::time::sleep(shared.settings.scaled(shared.settings.linger)).await;
         };
+        if !shared.settings.may_write() {
+            // The gate closed while the batch gathered: nothing of it goes.
+            shared.gate_closed();
+            return;
+        }
         let shared = Arc::clone(&shared);
         tokio::spawn(async move {
             let calls: Vec<Call> = ready
@@ -659,6 +680,10 @@ async fn dispatcher(shared: Arc<Shared>) {
 async fn per_object_worker(shared: Arc<Shared>) {
     loop {
         if shared.reader.is_stopped() {
+            return;
+        }
+        if !shared.settings.may_write() {
+            shared.gate_closed();
             return;
         }
         let (mut ready, next) = shared.take_ready(1);

@@ -30,4 +30,4 @@ pub use error::GcpError;
 pub use inventory::{Inventory, InventoryEvent, Snapshot};
 pub use metrics::GcpMetrics;
 pub use queue::{Failure, Lane};
-pub use settings::{DispatchMode, EngineSettings};
+pub use settings::{DispatchMode, EngineSettings, WriteGate};

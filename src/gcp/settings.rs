@@ -45,6 +45,50 @@ pub struct EngineSettings {
     /// what others made), not only those with the resource prefix. Firewall rules are always
     /// listed whole.
     pub list_foreign: bool,
+    /// Writes are sent only while this gate is open (sharding: while this replica holds the
+    /// cloud's Lease with time to spare). None: always.
+    pub write_gate: Option<WriteGate>,
+}
+
+/// When an engine may still send writes: a deadline the holder of a cloud's Lease moves forward
+/// with every renewal it sees. A replica whose renewals stop landing stops writing at the
+/// deadline by itself, before its Lease lapses, even if nothing else in the process runs.
+#[derive(Debug, Clone, Default)]
+pub struct WriteGate(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl WriteGate {
+    /// A closed gate.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Open until `deadline`.
+    pub fn open_until(&self, deadline: std::time::SystemTime) {
+        let millis = deadline
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        self.0.store(millis, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closed for good (until opened again).
+    pub fn close(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether writes may go now.
+    pub fn is_open(&self) -> bool {
+        self.is_open_at(std::time::SystemTime::now())
+    }
+
+    /// Whether writes may go at `now`.
+    pub fn is_open_at(&self, now: std::time::SystemTime) -> bool {
+        let now = now
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+            .unwrap_or(0);
+        now < self.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
 }
 
 impl EngineSettings {
@@ -64,7 +108,13 @@ impl EngineSettings {
             max_attempts: 12,
             read_only: false,
             list_foreign: false,
+            write_gate: None,
         }
+    }
+
+    /// Whether the write gate (if any) lets writes go now.
+    pub fn may_write(&self) -> bool {
+        self.write_gate.as_ref().is_none_or(WriteGate::is_open)
     }
 
     pub(crate) fn scaled(&self, duration: Duration) -> Duration {
@@ -75,4 +125,28 @@ impl EngineSettings {
 /// `duration` in an engine's time: multiplied by its time scale (1.0 against GCP).
 pub fn scaled(duration: Duration, time_scale: f64) -> Duration {
     duration.mul_f64(time_scale.max(1e-6))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::SystemTime;
+
+    #[test]
+    fn a_gate_is_open_until_its_deadline_only() {
+        let gate = WriteGate::new();
+        let now = SystemTime::now();
+        assert!(!gate.is_open_at(now), "a new gate is closed");
+        gate.open_until(now + Duration::from_secs(5));
+        assert!(gate.is_open_at(now));
+        assert!(gate.is_open_at(now + Duration::from_millis(4_999)));
+        assert!(!gate.is_open_at(now + Duration::from_secs(5)));
+        let shared = gate.clone();
+        shared.close();
+        assert!(!gate.is_open_at(now), "clones share the deadline");
+        let mut settings = EngineSettings::new("p", "http://x");
+        assert!(settings.may_write(), "no gate: always");
+        settings.write_gate = Some(gate);
+        assert!(!settings.may_write());
+    }
 }

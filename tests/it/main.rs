@@ -25,3 +25,4 @@ mod policy;
 mod pools;
 mod reliability;
 mod security;
+mod sharding;

@@ -47,7 +47,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) }}
 {{- end }}
 
-{{/* Leader election is on with more than one replica, or when asked for. */}}
+{{/* Leader election is on with more than one replica, or when asked for; sharding replaces it. */}}
 {{- define "adc-operator.leaderElection" -}}
-{{- if or (gt (int .Values.replicas) 1) .Values.leaderElection.enabled }}true{{ end }}
+{{- if and (not .Values.sharding.enabled) (or (gt (int .Values.replicas) 1) .Values.leaderElection.enabled) }}true{{ end }}
+{{- end }}
+
+{{/* Sharding: every replica holds a share of the clouds, by a Lease per cloud. */}}
+{{- define "adc-operator.sharding" -}}
+{{- if .Values.sharding.enabled }}
+{{- if lt (int .Values.replicas) 2 }}
+{{- fail "sharding.enabled needs replicas >= 2: one replica holds every cloud anyway (leave sharding off)" }}
+{{- end }}true
+{{- end }}
 {{- end }}

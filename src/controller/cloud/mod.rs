@@ -52,10 +52,15 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
         }
         return Ok(Action::await_change());
     }
+    if !ctx.holds(&name) {
+        // Another replica holds the cloud's Lease; the shard loop requeues it when this one
+        // takes it.
+        return Ok(Action::await_change());
+    }
     let resync = parse_duration(&cloud.spec.resync_interval).unwrap_or(Duration::from_secs(300));
     let existing = ctx
         .cloud(&name)
-        .filter(|r| r.fingerprint == fingerprint(&cloud));
+        .filter(|r| r.fingerprint == fingerprint(&cloud) && !r.engine.is_shut_down());
     let runtime = match existing {
         Some(runtime) => runtime,
         None => match build_runtime(&ctx, &cloud).await {
@@ -78,7 +83,7 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
             }
             Err(err) => {
                 let phase = Phase::stalled("InvalidCredentials", err.to_string());
-                report(&api, &cloud, phase, None, None).await?;
+                report(&api, &ctx.settings.identity, &cloud, phase, None, None).await?;
                 return Ok(Action::requeue(Duration::from_secs(60)));
             }
         },
@@ -98,7 +103,7 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
                 ),
             );
             runtime.ready.store(false, Ordering::Relaxed);
-            report(&api, &cloud, phase, None, None).await?;
+            report(&api, &ctx.settings.identity, &cloud, phase, None, None).await?;
             return Ok(Action::requeue(Duration::from_secs(60)));
         }
         Err(err) => Err(err.into()),
@@ -138,7 +143,7 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
                 ),
             ),
         };
-        report(&api, &cloud, phase, None, None).await?;
+        report(&api, &ctx.settings.identity, &cloud, phase, None, None).await?;
         return Ok(Action::requeue(Duration::from_secs(30)));
     }
     runtime.refresh_failures.store(0, Ordering::Relaxed);
@@ -210,7 +215,16 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
             cloud.spec.project, cloud.spec.network
         ),
     );
-    if let Some(warning) = report(&api, &cloud, phase, Some(counts), quota).await? {
+    if let Some(warning) = report(
+        &api,
+        &ctx.settings.identity,
+        &cloud,
+        phase,
+        Some(counts),
+        quota,
+    )
+    .await?
+    {
         ctx.event(&*cloud, true, "QuotaForecast", "Plan", warning)
             .await;
     }
@@ -219,6 +233,26 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
         return Ok(Action::requeue(resync.min(soon)));
     }
     Ok(Action::requeue(resync))
+}
+
+/// Hands a cloud back (sharding): its engine drops what it has not sent and stops once
+/// Compute has answered everything it did send, so that no operation of the cloud is left
+/// unaccounted for when the next holder takes over; within a minute at most (the next
+/// holder's settling refresh still sees what runs then).
+pub async fn drain(ctx: &Context, name: &str) {
+    if let Some(runtime) = ctx.cloud(name) {
+        let started = std::time::Instant::now();
+        loop {
+            // Reconciles of the cloud no longer start, but one running may still hand work over.
+            runtime.engine.withhold(|_| true);
+            if runtime.engine.pending() == 0 || started.elapsed() > Duration::from_secs(60) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tracing::info!(cloud = %name, left = runtime.engine.pending(), took = ?started.elapsed(), "drained the cloud's engine");
+    }
+    ctx.drop_cloud(name);
 }
 
 /// The quotas with what the cloud's objects need of them (from the last layout pass) and the
@@ -276,6 +310,7 @@ fn quota_forecast(
 
 async fn report(
     api: &Api<GcpCloud>,
+    holder: &str,
     cloud: &GcpCloud,
     phase: Phase,
     inventory: Option<InventoryCounts>,
@@ -293,6 +328,7 @@ async fn report(
         current.progress = None;
     }
     status.observed_generation = cloud.metadata.generation;
+    status.holder = Some(holder.to_string());
     apply_phase(&mut status.conditions, &phase, cloud.metadata.generation);
     if inventory.is_some() {
         status.inventory = inventory;

@@ -120,6 +120,16 @@ fn runtime_with(
     settings.regions = vec![spec.region.clone()];
     settings.read_only = read_only;
     settings.list_foreign = spec.adoption.enabled;
+    if let Some(shards) = &ctx.shards
+        && !read_only
+    {
+        // Without the cloud's Lease nothing is written: a closed gate.
+        settings.write_gate = Some(
+            shards
+                .gate(&cloud.name_any())
+                .unwrap_or_else(crate::gcp::WriteGate::new),
+        );
+    }
     let engine = crate::gcp::Engine::start(settings, credentials, Arc::clone(&ctx.metrics))?;
     let runtime = Arc::new(CloudRuntime {
         view: CloudView {
