@@ -22,13 +22,16 @@ pub const STEP_DOWN_EXIT_CODE: i32 = 3;
 
 /// What the election exports on /metrics: whether this replica leads, and how often the Lease
 /// changed hands (its `spec.leaseTransitions`, as the leader's fence last read it; standbys do
-/// not read the Lease and leave it at 0).
+/// not read the Lease and leave it at 0). With sharding every replica leads the clouds it holds
+/// (`clouds_held`) and `sharding` is 1.
 #[derive(Debug, Default)]
 pub struct LeaderMetrics {
     pub leader: prometheus_client::metrics::gauge::Gauge,
     pub lease_transitions: prometheus_client::metrics::gauge::Gauge,
     /// With sharding: how many GcpClouds this replica holds.
     pub clouds_held: prometheus_client::metrics::gauge::Gauge,
+    /// 1 when the replicas shard the clouds (every replica leads its own).
+    pub sharding: prometheus_client::metrics::gauge::Gauge,
 }
 
 impl LeaderMetrics {
@@ -48,6 +51,11 @@ impl LeaderMetrics {
             "clouds_held",
             "With sharding: the GcpClouds this replica holds the Lease of and reconciles",
             self.clouds_held.clone(),
+        );
+        registry.register(
+            "sharding",
+            "1 when the clouds are sharded over the replicas (each leads the clouds it holds), 0 under one leader",
+            self.sharding.clone(),
         );
     }
 }

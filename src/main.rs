@@ -424,6 +424,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if args.sharding {
         // Every replica runs and holds its share of the clouds.
         leader_metrics.leader.set(1);
+        leader_metrics.sharding.set(1);
         let settings = adc_operator::shard::ShardSettings {
             lease_prefix: args.lease_name.clone(),
             namespace: lease_namespace,

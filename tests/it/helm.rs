@@ -542,6 +542,55 @@ fn chart_lints_and_renders_with_the_schema() {
             .any(|a| a == "--leader-election")
     );
 
+    // Sharding replaces leader election: --sharding with the Lease flags, a Role over the
+    // namespace's Leases (per-cloud names cannot be listed in resourceNames), no election Role.
+    let objects = render("adc-operator", "adc-system", &["sharding.enabled=true"]);
+    let sharded = args(find(&objects, "Deployment", "adc-operator"));
+    assert!(sharded.iter().any(|a| a == "--sharding"), "{sharded:?}");
+    assert!(
+        !sharded.iter().any(|a| a == "--leader-election"),
+        "{sharded:?}"
+    );
+    assert!(
+        sharded.iter().any(|a| a == "--lease-namespace=adc-system"),
+        "{sharded:?}"
+    );
+    let roles = all_of(&objects, "Role");
+    assert_eq!(roles.len(), 1, "only the sharding Role: {roles:?}");
+    assert_eq!(roles[0]["metadata"]["name"], "adc-operator-sharding");
+    assert_eq!(
+        rule_set(roles[0]),
+        expand(&[(
+            "coordination.k8s.io",
+            &["leases"],
+            &[
+                "get", "list", "watch", "create", "update", "patch", "delete"
+            ],
+            "",
+        )])
+    );
+    let output = helm(
+        &[
+            "template",
+            "adc-operator",
+            chart,
+            "--set",
+            "sharding.enabled=true",
+            "--set",
+            "replicas=1",
+        ],
+        false,
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        !output.status.success(),
+        "sharding with one replica rendered"
+    );
+    assert!(
+        stderr.contains("sharding.enabled needs replicas >= 2"),
+        "{stderr}"
+    );
+
     // The schema refuses bad values and names them.
     for (set, names) in [
         ("replicas=0", "replicas"),
@@ -1052,6 +1101,130 @@ async fn the_chart_rbac_runs_the_operator_and_refuses_the_rest() {
     assert!(
         !log.to_lowercase().contains("forbidden"),
         "the operator was refused something it needs:\n{log}"
+    );
+
+    // The same release with sharding: its Role lets the operator hold a Lease per cloud (and
+    // its membership Lease) in the release namespace, and nothing elsewhere.
+    helm_ok(
+        &[
+            "upgrade",
+            release,
+            chart.to_str().unwrap(),
+            "--namespace",
+            &namespace,
+            "--reuse-values",
+            "--set",
+            "replicas=2",
+            "--set",
+            "sharding.enabled=true",
+        ],
+        true,
+    );
+    let roles: Api<Role> = Api::namespaced(admin.clone(), &namespace);
+    assert!(
+        roles
+            .get_opt(&format!("{release}-sharding"))
+            .await
+            .unwrap()
+            .is_some(),
+        "the sharding Role is installed"
+    );
+    assert!(
+        roles
+            .get_opt(&format!("{release}-leader-election"))
+            .await
+            .unwrap()
+            .is_none(),
+        "sharding replaces leader election"
+    );
+    assert_forbidden(
+        Api::<Lease>::namespaced(operator_client.clone(), &other_ns)
+            .list(&ListParams::default())
+            .await,
+        "listing Leases outside the release namespace",
+    );
+    let shard_log = dir.join("operator-sharded.log");
+    let mut command = Command::new(binary);
+    command
+        .args(["run", "--kubeconfig"])
+        .arg(&kubeconfig)
+        .args(["--metrics-addr", "127.0.0.1:0"])
+        .args(["--cluster-id", "helm-test"])
+        .args([
+            "--sharding",
+            "--lease-name",
+            "adc-operator",
+            "--lease-namespace",
+            &namespace,
+        ])
+        .env(
+            "GCE_METADATA_HOST",
+            emulator.base_url.trim_start_matches("http://"),
+        )
+        .env("POD_NAME", &pod_name)
+        .env("POD_NAMESPACE", &namespace)
+        .env("RUST_LOG", "warn")
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&shard_log).unwrap());
+    let mut sharded =
+        adc_testenv::spawn_for_process_lifetime(command).expect("starting adc-operator --sharding");
+    let shard_cloud = format!("helm-shard-{}", std::process::id());
+    clouds
+        .patch(
+            &shard_cloud,
+            &PatchParams::apply("test").force(),
+            &Patch::Apply(json!({
+                "apiVersion": "adc.dev/v1alpha1", "kind": "GcpCloud", "metadata": {"name": shard_cloud},
+                "spec": {"project": "helm-project", "network": "default", "region": "us-central1",
+                         "credentials": {"workloadIdentity": {}}, "endpoint": emulator.base_url}
+            })),
+        )
+        .await
+        .unwrap();
+    let leases: Api<Lease> = Api::namespaced(admin.clone(), &namespace);
+    eventually("the sharded operator holds the cloud", || async {
+        let holder = clouds
+            .get(&shard_cloud)
+            .await
+            .unwrap()
+            .status
+            .and_then(|s| s.holder);
+        let lease = leases
+            .get_opt(&format!("adc-operator-cloud-{shard_cloud}"))
+            .await
+            .unwrap()
+            .and_then(|l| l.spec)
+            .and_then(|s| s.holder_identity);
+        let member = leases
+            .get_opt(&format!("adc-operator-member-{pod_name}"))
+            .await
+            .unwrap()
+            .is_some();
+        if holder.as_deref() == Some(pod_name.as_str())
+            && lease.as_deref() == Some(pod_name.as_str())
+            && member
+        {
+            Ok(())
+        } else {
+            let log = std::fs::read_to_string(&shard_log).unwrap_or_default();
+            Err(format!(
+                "status.holder {holder:?}, Lease holder {lease:?}, membership Lease {member}; log:\n{log}"
+            ))
+        }
+    })
+    .await;
+    clouds
+        .delete(&shard_cloud, &DeleteParams::default())
+        .await
+        .unwrap();
+    sharded.kill().unwrap();
+    sharded.wait().unwrap();
+    let log = std::fs::read_to_string(&shard_log).unwrap();
+    assert!(
+        !log.to_lowercase().contains("forbidden"),
+        "the sharded operator was refused something it needs:\n{log}"
     );
     let _ = std::fs::remove_dir_all(&dir);
     assert!(
