@@ -215,6 +215,7 @@ pub struct Sharding {
 async fn follow_shards(
     ctx: std::sync::Weak<Context>,
     mut events: mpsc::UnboundedReceiver<crate::shard::ShardEvent>,
+    store: reflector::Store<GcpCloud>,
     clouds: mpsc::UnboundedSender<ObjectRef<GcpCloud>>,
 ) {
     use crate::shard::ShardEvent;
@@ -224,7 +225,20 @@ async fn follow_shards(
         };
         match event {
             ShardEvent::Acquired(cloud) => {
-                let _ = clouds.send(ObjectRef::new(&cloud));
+                // A request for an object the controller's store does not hold yet would be
+                // dropped: the shard loop lists the clouds itself and may be ahead of the watch.
+                let store = store.clone();
+                let clouds = clouds.clone();
+                tokio::spawn(async move {
+                    let reference = ObjectRef::new(&cloud);
+                    for _ in 0..600 {
+                        if store.get(&reference).is_some() {
+                            break;
+                        }
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    let _ = clouds.send(reference);
+                });
             }
             ShardEvent::Lost(cloud) => ctx.drop_cloud(&cloud),
             ShardEvent::Release { cloud, done } => {
@@ -302,7 +316,12 @@ pub async fn run(
     .predicate_filter(cloud_change, Default::default());
     let (cloud_tx, cloud_rx) = mpsc::unbounded_channel::<ObjectRef<GcpCloud>>();
     if let Some(events) = shard_events {
-        tokio::spawn(follow_shards(Arc::downgrade(&ctx), events, cloud_tx));
+        tokio::spawn(follow_shards(
+            Arc::downgrade(&ctx),
+            events,
+            cloud_store.clone(),
+            cloud_tx,
+        ));
     }
     let cloud_controller = Controller::for_stream(cloud_stream, cloud_store.clone())
         .with_config(config)

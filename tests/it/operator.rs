@@ -800,10 +800,22 @@ async fn fleet_progress_and_kubectl_adc_status() {
         header,
         [
             "NAME", "PROJECT", "NETWORK", "READY", "ROUTES", "OBJECTS", "PROGRESS", "QUEUED",
-            "LEFT", "AGE"
+            "LEFT", "HOLDER", "AGE"
         ]
     );
     assert!(table.contains("[#########.] 92% 13/14"), "{table}");
+    // The replica that reconciles the cloud (the only one here, named by its host and pid).
+    let holder = clouds
+        .get(&cloud)
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.holder)
+        .expect("status.holder");
+    assert!(
+        !holder.is_empty() && table.contains(&holder),
+        "{holder}: {table}"
+    );
 
     // Nothing changes: no progress write. The progress task's own field manager records when
     // it last changed the object.
