@@ -90,7 +90,7 @@ endif
 ## bench-convergence: a fleet on kube-apiserver + the operator binary + the emulator's gcp
 ## profile, every scenario in every dispatch mode (bench/README.md: BENCH_N, BENCH_MODES,
 ## BENCH_SCALE, BENCH_PER_OBJECT_DIVISOR, BENCH_QUICK, BENCH_SUITES, BENCH_SMALL_N, BENCH_SMALL_SCALE,
-## BENCH_SEED, BENCH_POOL_N, BENCH_POOL_MINUTES)
+## BENCH_SEED, BENCH_POOL_N, BENCH_POOL_MINUTES, BENCH_SHARD_N, BENCH_SHARD_CLOUDS, BENCH_SHARD_REPLICAS)
 bench-convergence: envtest
 	$(CARGO) build --release -p adc-operator -p gce-emulator -p adc-bench --bins
 	$${CARGO_TARGET_DIR:-$(CURDIR)/target}/release/adc-bench

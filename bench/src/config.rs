@@ -52,6 +52,9 @@ pub enum Suite {
     /// VIP pools at Compute's default resource quotas: a rollout of N pool VIPs and the
     /// failover of one engine, per size.
     Pools,
+    /// Many projects on sharded replicas: N objects over `BENCH_SHARD_CLOUDS` clouds, one
+    /// replica killed mid-rollout.
+    Shards,
 }
 
 impl Suite {
@@ -60,7 +63,10 @@ impl Suite {
             "fleet" => Suite::Fleet,
             "small-change" => Suite::SmallChange,
             "pools" => Suite::Pools,
-            other => bail!("BENCH_SUITES: unknown suite '{other}' (fleet, small-change, pools)"),
+            "shards" => Suite::Shards,
+            other => {
+                bail!("BENCH_SUITES: unknown suite '{other}' (fleet, small-change, pools, shards)")
+            }
         })
     }
 }
@@ -102,6 +108,12 @@ pub struct Config {
     /// Wall-clock time one size of the pools suite may take to roll out before the run gives up
     /// and records how far it got (`BENCH_POOL_MINUTES`).
     pub pool_deadline: std::time::Duration,
+    /// Sizes of the shards suite (`BENCH_SHARD_N`): objects over every cloud together.
+    pub shard_sizes: Vec<usize>,
+    /// Clouds (each in a project of its own) of the shards suite (`BENCH_SHARD_CLOUDS`).
+    pub shard_clouds: usize,
+    /// Sharded operator replicas of the shards suite (`BENCH_SHARD_REPLICAS`, at least 2).
+    pub shard_replicas: usize,
     /// Where JSON results and charts go.
     pub results_dir: PathBuf,
     /// The README a markdown table is appended to (`None` in quick runs).
@@ -168,8 +180,13 @@ impl Config {
         };
         let suites = match var("BENCH_SUITES") {
             Some(text) => list("BENCH_SUITES", &text, Suite::parse)?,
-            None if quick => vec![Suite::Fleet, Suite::SmallChange],
-            None => vec![Suite::Fleet, Suite::SmallChange, Suite::Pools],
+            None if quick => vec![Suite::Fleet, Suite::SmallChange, Suite::Shards],
+            None => vec![
+                Suite::Fleet,
+                Suite::SmallChange,
+                Suite::Pools,
+                Suite::Shards,
+            ],
         };
         let small_sizes = match var("BENCH_SMALL_N") {
             Some(text) => list("BENCH_SMALL_N", &text, |s| Ok(s.parse::<usize>()?))?,
@@ -203,6 +220,29 @@ impl Config {
         if !(pool_minutes > 0.0 && pool_minutes.is_finite()) {
             bail!("BENCH_POOL_MINUTES: {pool_minutes} is not a positive number of minutes");
         }
+        let shard_sizes = match var("BENCH_SHARD_N") {
+            Some(text) => list("BENCH_SHARD_N", &text, |s| Ok(s.parse::<usize>()?))?,
+            None if quick => vec![600],
+            None => vec![50_000],
+        };
+        if shard_sizes.iter().any(|n| *n == 0 || *n > 100_000) {
+            bail!("BENCH_SHARD_N: every size must be between 1 and 100000");
+        }
+        let shard_clouds = match var("BENCH_SHARD_CLOUDS") {
+            Some(text) => text.parse::<usize>().context("BENCH_SHARD_CLOUDS")?,
+            None if quick => 3,
+            None => 10,
+        };
+        if !(1..=50).contains(&shard_clouds) {
+            bail!("BENCH_SHARD_CLOUDS: {shard_clouds} is outside 1..=50");
+        }
+        let shard_replicas = match var("BENCH_SHARD_REPLICAS") {
+            Some(text) => text.parse::<usize>().context("BENCH_SHARD_REPLICAS")?,
+            None => 3,
+        };
+        if !(2..=10).contains(&shard_replicas) {
+            bail!("BENCH_SHARD_REPLICAS: {shard_replicas} is outside 2..=10");
+        }
         let seed = match var("BENCH_SEED") {
             Some(text) => text.parse::<u64>().context("BENCH_SEED")?,
             None => crate::report::unix_millis() as u64,
@@ -214,6 +254,9 @@ impl Config {
             small_scale,
             seed,
             pool_sizes,
+            shard_sizes,
+            shard_clouds,
+            shard_replicas,
             pool_deadline: std::time::Duration::from_secs_f64(pool_minutes * 60.0),
             modes,
             scale,

@@ -13,6 +13,7 @@ mod pools;
 mod probe;
 mod report;
 mod scenarios;
+mod shards;
 mod small;
 
 use anyhow::Context as _;
@@ -94,6 +95,19 @@ async fn run(config: config::Config, plane: &adc_testenv::ControlPlane) -> anyho
             failures.push(format!("small changes: {err:#}"));
         }
         measures.extend(small);
+    }
+
+    // Last: its clouds and replicas would only be in the way of the other suites.
+    if config.suites.contains(&config::Suite::Shards) {
+        for n in &config.shard_sizes {
+            match shards::run(&config, &client, plane.kubeconfig(), *n).await {
+                Ok(found) => measures.extend(found),
+                Err(err) => {
+                    println!("!! shards {n}: {err:#}");
+                    failures.push(format!("shards {n}: {err:#}"));
+                }
+            }
+        }
     }
 
     for path in report::write_json(&config, &date, &measures)? {

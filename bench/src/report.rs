@@ -209,6 +209,47 @@ pub fn markdown(config: &Config, when: &str, measures: &[Measure]) -> String {
     {
         text.push_str(&pool_failover_line(m));
     }
+    for m in measures.iter().filter(|m| m.scenario == "shards-rollout") {
+        let d = &m.detail;
+        let replicas: Vec<String> = d["per_replica"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| {
+                format!(
+                    "{}{}: peak {} MiB, {} CPU s",
+                    r["replica"].as_str().unwrap_or_default(),
+                    if r["killed"] == Value::Bool(true) {
+                        " (killed)"
+                    } else {
+                        ""
+                    },
+                    figure(&r["peak_rss_mib"], 0),
+                    figure(&r["cpu_seconds"], 1),
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            text,
+            "- shards, N={} over {} clouds in {} projects on {} replicas: Ready in {:.1} s, {:.2}× the slowest project's bound ({:.1} s); {} of {} clouds moved off the killed replica ({} Ready at the kill, {} operations in flight), held again {} s (wall) after the kill; {} inserts for {} resources; {} ms operator CPU per object in all; {}",
+            m.n,
+            d["clouds"],
+            d["clouds"],
+            d["replicas"],
+            m.seconds,
+            m.ratio,
+            m.lower_bound_seconds,
+            d["clouds_moved"],
+            d["clouds"],
+            d["ready_at_kill"],
+            d["operations_in_flight_at_kill"],
+            figure(&d["takeover_seconds_wall"], 1),
+            d["inserts"],
+            m.writes_needed,
+            figure(&d["cpu_ms_per_object"], 2),
+            replicas.join("; "),
+        );
+    }
     for m in measures.iter().filter(|m| m.scenario == "rollout") {
         let _ = writeln!(
             text,
