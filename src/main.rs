@@ -132,14 +132,17 @@ struct RunArgs {
     /// GCP, the others stand by and take over when its lease lapses.
     #[arg(long)]
     leader_election: bool,
-    /// The Lease's name.
+    /// The Lease's name; with --sharding, the start of every Lease's name
+    /// (`<name>-cloud-<cloud>`, `<name>-member-<pod>`).
     #[arg(long, default_value = "adc-operator")]
     lease_name: String,
     /// The Lease's namespace; default: the pod's (POD_NAMESPACE), else `default`.
     #[arg(long, env = "POD_NAMESPACE")]
     lease_namespace: Option<String>,
     /// Seconds a leader's lease lasts without renewal before a standby may take over. The leader
-    /// renews at half of it and exits if no renewal lands shortly before the lapse.
+    /// renews at half of it and exits if no renewal lands shortly before the lapse. With
+    /// --sharding: the same for each cloud's Lease (a replica drops the cloud instead of
+    /// exiting).
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
     lease_duration: u64,
     /// Spread the GcpClouds over every replica: each cloud, with its objects and its engine,

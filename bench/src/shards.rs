@@ -63,11 +63,12 @@ fn start_replica(
 ) -> anyhow::Result<Replica> {
     let port = adc_testenv::free_port()?;
     let binary = std::env::current_exe()?.with_file_name("adc-operator");
-    let log = config
-        .results_dir
-        .parent()
-        .unwrap_or(&config.results_dir)
-        .join(format!("shards-{name}.log"));
+    let log = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(
+            || adc_testenv::repo_root().join("target"),
+            std::path::PathBuf::from,
+        )
+        .join(format!("bench-shards-{name}.log"));
     let mut command = Command::new(&binary);
     command
         .args(["run", "--cluster-id", "bench", "--metrics-addr"])

@@ -130,6 +130,8 @@ pub struct Context {
     pub vr_trigger: mpsc::UnboundedSender<ObjectRef<VpcRoute>>,
     /// With `--sharding`: which clouds this replica holds. None: it reconciles every cloud.
     pub shards: Option<Arc<crate::shard::Shards>>,
+    /// The GcpClouds, as the cloud controller's watch sees them.
+    pub gcp_clouds: Store<crate::api::GcpCloud>,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
@@ -148,7 +150,9 @@ impl Context {
     /// Whether this replica reconciles `cloud` and the objects that name it: always, unless
     /// sharding gives the cloud to another replica.
     pub fn holds(&self, cloud: &str) -> bool {
-        self.shards.as_ref().is_none_or(|s| s.holds(cloud))
+        self.shards
+            .as_ref()
+            .is_none_or(|s| s.holds(cloud, self.gcp_clouds.get(&ObjectRef::new(cloud)).is_some()))
     }
 
     /// Stops and forgets a cloud's engine (its Lease was lost or handed back).

@@ -277,6 +277,7 @@ pub async fn run(
     .for_each(|_| futures::future::ready(()));
     tokio::spawn(namespaces);
 
+    let (cloud_store, cloud_writer) = reflector::store::<GcpCloud>();
     let addresses = Arc::new(index::AddressIndex::default());
     let config =
         kube::runtime::controller::Config::default().concurrency(settings.reconcile_concurrency);
@@ -300,12 +301,12 @@ pub async fn run(
         metrics,
         reconcile_metrics: Arc::clone(&reconcile_metrics),
         shards,
+        gcp_clouds: cloud_store.clone(),
     });
 
     let vs = run_kind(vs_controller, vs_rx, &client, &ctx, &reconcile_metrics);
     let vr = run_kind(vr_controller, vr_rx, &client, &ctx, &reconcile_metrics);
 
-    let (cloud_store, cloud_writer) = reflector::store::<GcpCloud>();
     let cloud_stream = watcher(
         Api::<GcpCloud>::all(client.clone()),
         watcher::Config::default(),

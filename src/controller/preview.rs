@@ -213,6 +213,8 @@ async fn read_context(
         metrics: Arc::new(GcpMetrics::default()),
         reconcile_metrics: Default::default(),
         shards: None,
+        // Only sharding reads it, and plan does not shard.
+        gcp_clouds: store_of::<GcpCloud>(&[]),
     })
 }
 

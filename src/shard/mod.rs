@@ -155,13 +155,17 @@ impl Shards {
 
     /// Whether this replica reconciles `cloud` (and every object that names it). A cloud that
     /// does not exist has no Lease: one live replica (by rendezvous weight) speaks for it, so
-    /// that the objects naming it still say so in their status.
-    pub fn holds(&self, cloud: &str) -> bool {
+    /// that the objects naming it still say so in their status. `exists` is whether the
+    /// caller's own view (the controller's watch) holds the cloud: a cloud is missing only when
+    /// neither that view nor the shard loop's last list has it, so that a cloud just created is
+    /// never taken for a missing one by a replica that has not listed it yet.
+    pub fn holds(&self, cloud: &str, exists: bool) -> bool {
         let state = self.state();
         if state.held.contains_key(cloud) {
             return true;
         }
-        state.known
+        !exists
+            && state.known
             && !state.clouds.contains(cloud)
             && balance::speaker(cloud, &state.members) == Some(self.settings.identity.as_str())
     }
@@ -824,15 +828,17 @@ mod tests {
             state.held.insert("mine".into(), WriteGate::new());
         }
         assert!(
-            !shards.holds("missing"),
+            !shards.holds("missing", false),
             "nothing is spoken for before the first read"
         );
         shards.state().known = true;
-        assert!(shards.holds("mine"));
-        assert!(!shards.holds("theirs"));
+        assert!(shards.holds("mine", true));
+        assert!(!shards.holds("theirs", true));
         let members = shards.state().members.clone();
         let speaks = balance::speaker("missing", &members) == Some("a");
-        assert_eq!(shards.holds("missing"), speaks);
+        assert_eq!(shards.holds("missing", false), speaks);
+        // Created a moment ago: the controller sees it, the shard loop has not listed it yet.
+        assert!(!shards.holds("missing", true));
         assert_eq!(shards.held(), vec!["mine".to_string()]);
     }
 }

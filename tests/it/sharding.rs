@@ -493,27 +493,40 @@ fn clouds_spread_over_replicas_move_when_one_is_cut_off_or_killed_and_come_back(
             .as_u64()
             .unwrap_or(0);
         // No renewal of replica-c can land any more: its Leases' lapses are fixed.
-        let lapse = *lapses_of(&client, REPLICAS[2]).await.iter().min().expect("replica-c holds clouds");
-        let dropped = loop {
+        let mut lapses = lapses_of(&client, REPLICAS[2]).await;
+        lapses.sort();
+        assert!(!lapses.is_empty(), "replica-c holds clouds");
+        // Each cloud is judged by its own Lease: the k-th cloud dropped (the gauge going down
+        // by one) must go before the k-th lapse.
+        let mut drops: Vec<SystemTime> = Vec::new();
+        while drops.len() < lapses.len() {
             let held = metric(ports[2], "adc_operator_clouds_held", |_| true).await;
-            if held == Some(0.0) {
-                break SystemTime::now();
+            if let Some(held) = held {
+                let now = SystemTime::now();
+                while drops.len() < lapses.len().saturating_sub(held as usize) {
+                    drops.push(now);
+                }
             }
             assert!(
-                SystemTime::now() < lapse + Duration::from_secs(20),
+                SystemTime::now() < lapses[lapses.len() - 1] + Duration::from_secs(20),
                 "replica-c still holds {held:?} clouds 20 s after its Leases lapsed"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        }
         let writes_at_drop = write_calls(ports[2]).await.expect("replica-c's metrics");
-        let Ok(early) = lapse.duration_since(dropped) else {
-            panic!(
-                "replica-c let go of its clouds {:?} after their Leases lapsed",
-                dropped.duration_since(lapse).unwrap_or_default()
-            )
-        };
+        let mut early = Vec::new();
+        for (k, (dropped, lapse)) in drops.iter().zip(&lapses).enumerate() {
+            match lapse.duration_since(*dropped) {
+                Ok(before) => early.push(before),
+                Err(_) => panic!(
+                    "replica-c let go of its cloud #{} {:?} after its Lease lapsed",
+                    k + 1,
+                    dropped.duration_since(*lapse).unwrap_or_default()
+                ),
+            }
+        }
         eprintln!(
-            "  act 2: cut {cut} connections; replica-c dropped its clouds {early:?} before the lapse, {in_flight_at_cut} operations in flight"
+            "  act 2: cut {cut} connections; replica-c dropped each of its clouds before its Lease lapsed ({early:?} before), {in_flight_at_cut} operations in flight"
         );
         let held = scene
             .spread(&REPLICAS[..2], 3, Duration::from_secs(60))
