@@ -191,15 +191,6 @@ fn transient(err: &kube::Error) -> bool {
     }
 }
 
-/// Deletes every object of kind `K` in the namespace (the operator's finalizer then deletes their
-/// GCP resources).
-pub async fn delete_all<K: Object>(client: &Client, namespace: &str) -> anyhow::Result<()> {
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.delete_collection(&DeleteParams::default(), &ListParams::default())
-        .await?;
-    Ok(())
-}
-
 /// Deletes the named objects of kind `K`, `concurrency` at a time (one missing already is
 /// fine): thousands of objects with finalizers outlast the kube-apiserver's request timeout in
 /// one `deletecollection`.

@@ -120,6 +120,7 @@ pub struct Context {
     /// The controllers' own metrics (reconciles, objects by state, progress).
     pub reconcile_metrics: Arc<super::ControllerMetrics>,
     pub clouds: RwLock<HashMap<String, Arc<CloudRuntime>>>,
+    /// Publishes Warning events, counting repeats into a series.
     pub recorder: Recorder,
     pub virtual_services: Store<VirtualService>,
     pub vpc_routes: Store<VpcRoute>,
@@ -186,7 +187,20 @@ impl Context {
             action: action.to_string(),
             secondary: None,
         };
-        if let Err(err) = self.recorder.publish(&event, &object.object_ref(&())).await {
+        // kube-runtime's Recorder keeps every event it published for six minutes (to count a
+        // repeat into the first one's series) and sweeps that cache on every publish: a
+        // rollout's one-off Normal events (an `Applying` per object) made it the largest heap
+        // consumer after the inventory (bench/README.md, "Footprint"), and its sweep quadratic.
+        // Warnings repeat (a failing object retries), so they keep the series; Normal events
+        // go through a recorder that keeps nothing.
+        let published = if warning {
+            self.recorder.publish(&event, &object.object_ref(&())).await
+        } else {
+            Recorder::new(self.client.clone(), reporter())
+                .publish(&event, &object.object_ref(&()))
+                .await
+        };
+        if let Err(err) = published {
             tracing::warn!(error = %err, reason, "publishing an event failed");
         }
     }
