@@ -273,6 +273,37 @@ fn counts(holders: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
     counts
 }
 
+/// Samples every 100 ms, until stopped, the engines each VIP of `watched` reaches by
+/// Compute's route selection (from the emulator's routes, every project): a shard move must
+/// never take a converged VIP off its two engines. Returns the samples taken and what differed.
+fn sample_reachability(
+    emulator_url: String,
+    watched: std::sync::Arc<std::sync::Mutex<BTreeSet<Object>>>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(usize, Vec<String>)> {
+    tokio::spawn(async move {
+        let want: BTreeSet<String> = ["se-1".to_string(), "se-2".to_string()].into();
+        let (mut samples, mut problems) = (0, Vec::new());
+        while !*stop.borrow() {
+            let routes = emulator_collection(&emulator_url, "routes").await;
+            let objects = watched.lock().unwrap().clone();
+            for object in objects {
+                let vip = object.vip().parse().unwrap();
+                let reached = support::operator::effective(&routes, vip);
+                if reached != want && problems.len() < 20 {
+                    problems.push(format!(
+                        "sample {samples}: {} reaches {reached:?}",
+                        object.vip()
+                    ));
+                }
+            }
+            samples += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        (samples, problems)
+    })
+}
+
 struct Scene<'a> {
     client: Client,
     emulator: &'a EmulatorProcess,
@@ -479,6 +510,11 @@ fn clouds_spread_over_replicas_move_when_one_is_cut_off_or_killed_and_come_back(
         assert_eq!(counts1.len(), 3, "every replica holds clouds: {counts1:?}");
         assert!(counts1.values().all(|n| *n == 2), "two clouds each: {counts1:?}");
 
+        // From here on every converged VIP is sampled while clouds move between replicas.
+        let watched = std::sync::Arc::new(std::sync::Mutex::new(scene.objects.clone()));
+        let (stop_sampling, stop) = tokio::sync::watch::channel(false);
+        let sampler = sample_reachability(url.clone(), std::sync::Arc::clone(&watched), stop);
+
         // Act 2: replica-c is cut off from kube-apiserver while its clouds have work.
         let c_clouds: Vec<usize> = (0..CLOUDS)
             .filter(|i| held.get(&cloud_name(*i)).map(String::as_str) == Some(REPLICAS[2]))
@@ -533,6 +569,7 @@ fn clouds_spread_over_replicas_move_when_one_is_cut_off_or_killed_and_come_back(
             .await;
         eprintln!("  act 2: clouds held {held:?}");
         scene.converge("replica cut off from kube-apiserver: its clouds move", Duration::from_secs(120)).await;
+        *watched.lock().unwrap() = scene.objects.clone();
         assert_eq!(
             write_calls(ports[2]).await,
             Some(writes_at_drop),
@@ -566,6 +603,7 @@ fn clouds_spread_over_replicas_move_when_one_is_cut_off_or_killed_and_come_back(
             killed.elapsed().as_secs_f64()
         );
         scene.converge("replica killed mid-rollout: its clouds move", Duration::from_secs(120)).await;
+        *watched.lock().unwrap() = scene.objects.clone();
         let (inserts, _) = writes(&url).await;
         let needed = 3 * scene.objects.len() as u64;
         eprintln!(
@@ -590,6 +628,14 @@ fn clouds_spread_over_replicas_move_when_one_is_cut_off_or_killed_and_come_back(
             returned.elapsed().as_secs_f64()
         );
         scene.converge("replicas return: clouds rebalance", Duration::from_secs(60)).await;
+        stop_sampling.send(true).unwrap();
+        let (samples, unreachable) = sampler.await.unwrap();
+        eprintln!("  reachability: {samples} samples of every converged VIP through acts 2-4");
+        assert!(samples > 10, "the sampler ran {samples} times");
+        assert!(
+            unreachable.is_empty(),
+            "a VIP lost an engine while clouds moved: {unreachable:#?}"
+        );
         let (_, writes_after) = writes(&url).await;
         assert_eq!(
             writes_after,
