@@ -649,8 +649,8 @@ fn patch<K: Ord, T: DeserializeOwned + serde::Serialize>(
     insert(map, key, &Value::Object(held));
 }
 
-pub(crate) fn insert<K: Ord, T: DeserializeOwned>(map: &mut BTreeMap<K, T>, key: K, body: &Value) {
-    if let Ok(resource) = serde_json::from_value(body.clone()) {
+fn insert<K: Ord, T: DeserializeOwned>(map: &mut BTreeMap<K, T>, key: K, body: &Value) {
+    if let Ok(resource) = T::deserialize(body) {
         map.insert(key, resource);
     }
 }

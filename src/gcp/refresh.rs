@@ -4,15 +4,19 @@
 //! objects name, all through the read path, pages of every collection travelling together.
 
 use reqwest::Method;
-use serde_json::Value;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 
 use super::budget::{Lane, RateGroup};
 use super::client::Call;
 use super::error::GcpError;
-use super::inventory::{ByLocation, Inventory, Snapshot, insert};
+use super::inventory::{ByLocation, Inventory, Snapshot};
 use super::reader::Reader;
 use super::settings::EngineSettings;
-use super::types::{AggregatedPage, Instance, ListPage, last_segment};
+use super::types::{
+    Address, AggregatedPage, Firewall, ForwardingRule, Instance, RawPage, Route, Subnetwork,
+    TargetInstance, last_segment,
+};
 
 /// What a refresh reads from and writes into.
 pub(crate) struct Source<'a> {
@@ -62,8 +66,40 @@ fn names_filter(names: &[String]) -> Option<String> {
     Some(format!("name eq ({})", alternatives.join("|")))
 }
 
+/// What a listing lists, which is how its items are filed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listed {
+    Routes,
+    Firewalls,
+    Addresses,
+    ForwardingRules,
+    TargetInstances,
+    Subnetworks,
+    Instances,
+    /// Operations in flight: counted, not kept.
+    Operations,
+}
+
+impl Listed {
+    /// By the method that lists it.
+    fn of(method_name: &str) -> Self {
+        match method_name {
+            "compute.routes.list" => Self::Routes,
+            "compute.firewalls.list" => Self::Firewalls,
+            "compute.addresses.list" | "compute.globalAddresses.list" => Self::Addresses,
+            "compute.forwardingRules.list" => Self::ForwardingRules,
+            "compute.targetInstances.list" => Self::TargetInstances,
+            "compute.subnetworks.list" => Self::Subnetworks,
+            "compute.instances.list" | "compute.instances.aggregatedList" => Self::Instances,
+            // compute.globalOperations.aggregatedList, the only other list a refresh makes.
+            _ => Self::Operations,
+        }
+    }
+}
+
 /// One paged list in progress.
 struct Listing {
+    collection: Listed,
     path: String,
     location: String,
     /// Only resources whose name starts with the resource prefix.
@@ -78,13 +114,16 @@ struct Listing {
     /// An `aggregatedList`: its pages hold scoped lists, the items under this key.
     aggregated: Option<&'static str>,
     token: Option<String>,
-    items: Vec<Value>,
     done: bool,
+    /// Items of its pages that did not decode (skipped), and the first one's error.
+    skipped: usize,
+    first_skip: Option<String>,
 }
 
 impl Listing {
     fn new(path: String, location: &str, filtered: bool, method_name: &'static str) -> Self {
         Self {
+            collection: Listed::of(method_name),
             path,
             location: location.to_string(),
             filtered,
@@ -94,8 +133,9 @@ impl Listing {
             own_filter: None,
             aggregated: None,
             token: None,
-            items: Vec::new(),
             done: false,
+            skipped: 0,
+            first_skip: None,
         }
     }
 
@@ -156,12 +196,20 @@ impl Listing {
     }
 }
 
+/// What the settling refresh reads of an operation in flight.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct OperationInFlight {
+    #[serde(default)]
+    target_link: String,
+    #[serde(default)]
+    insert_time: Option<String>,
+}
+
 /// Whether an operation was inserted before `started` (by its `insertTime`). One without a
 /// readable insertTime counts as earlier: a spare refresh costs less than a missed one.
-fn sent_before(operation: &Value, started: std::time::SystemTime) -> bool {
-    operation
-        .get("insertTime")
-        .and_then(Value::as_str)
+fn sent_before(insert_time: Option<&str>, started: std::time::SystemTime) -> bool {
+    insert_time
         .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
         .is_none_or(|inserted| std::time::SystemTime::from(inserted) < started)
 }
@@ -385,6 +433,7 @@ async fn load(
 ) -> Result<Snapshot, GcpError> {
     let reader = source.reader;
     let filter = prefix_filter(&source.settings.resource_prefix);
+    let ours = (source.settings.resource_prefix.as_str(), source.started);
     // Consecutive failed attempts at the page each listing is on.
     let mut failures = vec![0u32; listings.len()];
     while listings.iter().any(|l| !l.done) {
@@ -405,24 +454,9 @@ async fn load(
             match answer {
                 Ok(answer) => {
                     failures[index] = 0;
-                    let decode = |err: serde_json::Error| {
-                        GcpError::Decode(format!("{}: {err}", listing.path))
-                    };
-                    let next = match listing.aggregated {
-                        Some(key) => {
-                            let page: AggregatedPage =
-                                serde_json::from_slice(&answer.body).map_err(decode)?;
-                            let next = page.next_page_token.clone();
-                            listing.items.extend(page.flatten(key));
-                            next
-                        }
-                        None => {
-                            let page: ListPage<Value> =
-                                serde_json::from_slice(&answer.body).map_err(decode)?;
-                            listing.items.extend(page.items);
-                            page.next_page_token
-                        }
-                    };
+                    let next =
+                        file_page(listing, &answer.body, ours, &mut into, operations_in_flight)
+                            .map_err(|err| GcpError::Decode(format!("{}: {err}", listing.path)))?;
                     match next {
                         Some(token) if !token.is_empty() => listing.token = Some(token),
                         _ => listing.done = true,
@@ -445,46 +479,13 @@ async fn load(
             tokio::time::sleep(pause).await;
         }
     }
-    for listing in listings {
-        let collection = listing
-            .path
-            .rsplit('/')
-            .next()
-            .unwrap_or_default()
-            .to_string();
-        for item in listing.items {
-            let Some(name) = item.get("name").and_then(Value::as_str).map(str::to_string) else {
-                continue;
-            };
-            let key = (listing.location.clone(), name.clone());
-            match collection.as_str() {
-                "routes" => insert(&mut into.routes, name, &item),
-                "firewalls" => insert(&mut into.firewalls, name, &item),
-                "addresses" => insert(&mut into.addresses, key, &item),
-                "forwardingRules" => insert(&mut into.forwarding_rules, key, &item),
-                "targetInstances" => insert(&mut into.target_instances, key, &item),
-                "subnetworks" => insert(&mut into.subnetworks, key, &item),
-                "operations" => {
-                    let target = item
-                        .get("targetLink")
-                        .and_then(Value::as_str)
-                        .map(last_segment)
-                        .unwrap_or_default();
-                    if target.starts_with(&source.settings.resource_prefix)
-                        && sent_before(&item, source.started)
-                    {
-                        *operations_in_flight += 1;
-                    }
-                }
-                "instances" => {
-                    let zone = item
-                        .get("zone")
-                        .and_then(Value::as_str)
-                        .map_or(listing.location.clone(), |z| last_segment(z).to_string());
-                    insert(&mut into.instances, (zone, name), &item);
-                }
-                _ => {}
-            }
+    for listing in &listings {
+        if let Some(error) = &listing.first_skip {
+            tracing::warn!(
+                list = %listing.path,
+                skipped = listing.skipped,
+                "skipped listed items that did not decode (the first: {error})"
+            );
         }
     }
     let prefix = &source.settings.resource_prefix;
@@ -500,23 +501,167 @@ async fn load(
     Ok(into)
 }
 
+/// Files one page of `listing` into `into` as it arrives, item by item, each decoded from its
+/// raw text straight into its typed form (no JSON tree of the page is built, and nothing of the
+/// page outlives this call), and returns the next page's token. An item that does not decode
+/// is skipped and counted: one odd foreign resource must not fail the whole refresh.
+fn file_page(
+    listing: &mut Listing,
+    body: &[u8],
+    (prefix, started): (&str, std::time::SystemTime),
+    into: &mut Snapshot,
+    operations_in_flight: &mut usize,
+) -> Result<Option<String>, serde_json::Error> {
+    let (items, next) = match listing.aggregated {
+        Some(key) => {
+            let page: AggregatedPage = serde_json::from_slice(body)?;
+            (page.flatten(key)?, page.next_page_token)
+        }
+        None => {
+            let page: RawPage = serde_json::from_slice(body)?;
+            (page.items, page.next_page_token)
+        }
+    };
+    let location = listing.location.as_str();
+    let at = |name: &str| (location.to_string(), name.to_string());
+    for raw in items {
+        let filed = match listing.collection {
+            Listed::Routes => decode(raw).map(|r: Route| {
+                into.routes.insert(r.name.clone(), r);
+            }),
+            Listed::Firewalls => decode(raw).map(|f: Firewall| {
+                into.firewalls.insert(f.name.clone(), f);
+            }),
+            Listed::Addresses => decode(raw).map(|a: Address| {
+                into.addresses.insert(at(&a.name), a);
+            }),
+            Listed::ForwardingRules => decode(raw).map(|f: ForwardingRule| {
+                into.forwarding_rules.insert(at(&f.name), f);
+            }),
+            Listed::TargetInstances => decode(raw).map(|t: TargetInstance| {
+                into.target_instances.insert(at(&t.name), t);
+            }),
+            Listed::Subnetworks => decode(raw).map(|s: Subnetwork| {
+                into.subnetworks.insert(at(&s.name), s);
+            }),
+            Listed::Instances => decode(raw).map(|i: Instance| {
+                let zone = if i.zone.is_empty() {
+                    location.to_string()
+                } else {
+                    last_segment(&i.zone).to_string()
+                };
+                into.instances.insert((zone, i.name.clone()), i);
+            }),
+            Listed::Operations => decode(raw).map(|op: OperationInFlight| {
+                if last_segment(&op.target_link).starts_with(prefix)
+                    && sent_before(op.insert_time.as_deref(), started)
+                {
+                    *operations_in_flight += 1;
+                }
+            }),
+        };
+        if let Err(error) = filed {
+            listing.skipped += 1;
+            listing.first_skip.get_or_insert_with(|| error.to_string());
+        }
+    }
+    Ok(next)
+}
+
+fn decode<T: serde::de::DeserializeOwned>(raw: &RawValue) -> Result<T, serde_json::Error> {
+    serde_json::from_str(raw.get())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::gcp::types::Instance;
 
     #[test]
+    fn a_page_is_filed_item_by_item_and_an_odd_item_is_skipped() {
+        let mut listing = Listing::new(
+            "projects/p/global/routes".into(),
+            "",
+            false,
+            "compute.routes.list",
+        );
+        let body = serde_json::json!({
+            "items": [
+                {"name": "adc-a", "network": "n", "destRange": "10.0.0.1/32", "priority": 1000,
+                 "nextHopInstance": "zones/z/instances/se-1", "unknownField": {"deep": [1, 2]}},
+                {"name": "odd", "priority": "not a number"},
+                {"name": "adc-b", "network": "n", "destRange": "10.0.0.2/32", "priority": 900}
+            ],
+            "nextPageToken": "next"
+        })
+        .to_string();
+        let mut into = Snapshot::default();
+        let next = file_page(
+            &mut listing,
+            body.as_bytes(),
+            ("adc-", std::time::SystemTime::now()),
+            &mut into,
+            &mut 0,
+        )
+        .unwrap();
+        assert_eq!(next.as_deref(), Some("next"));
+        assert_eq!(into.routes.keys().collect::<Vec<_>>(), ["adc-a", "adc-b"]);
+        assert_eq!(into.routes["adc-b"].priority, 900);
+        assert_eq!(listing.skipped, 1);
+        assert!(listing.first_skip.unwrap().contains("invalid type"));
+
+        // Instances are keyed by the zone they name, else the listing's own.
+        let mut listing = Listing::instances("p", "zone-b");
+        let body = r#"{"items": [{"name": "se-1", "zone": "https://x/zones/zone-a", "status": "RUNNING"},
+                                 {"name": "se-2", "status": "TERMINATED"}]}"#;
+        let next = file_page(
+            &mut listing,
+            body.as_bytes(),
+            ("adc-", std::time::SystemTime::now()),
+            &mut into,
+            &mut 0,
+        )
+        .unwrap();
+        assert_eq!(next, None);
+        assert!(into.instance("zone-a", "se-1").unwrap().is_running());
+        assert_eq!(
+            into.instance("zone-b", "se-2").unwrap().status,
+            "TERMINATED"
+        );
+
+        // Operations in flight are counted when they are on the prefix and sent earlier.
+        let mut listing = operations_in_flight("p");
+        let started = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
+        let body = serde_json::json!({"items": {
+            "global": {"operations": [
+                {"targetLink": "x/global/routes/adc-a", "insertTime": "2027-01-15T00:00:00Z"},
+                {"targetLink": "x/global/routes/other", "insertTime": "2027-01-15T00:00:00Z"}]},
+            "zones/z": {"operations": [
+                {"targetLink": "x/zones/z/instances/adc-b", "insertTime": "2027-01-15T09:00:00Z"},
+                {"targetLink": "x/zones/z/targetInstances/adc-c"}]},
+            "regions/r": {"warning": {"code": "NO_RESULTS_ON_PAGE"}}
+        }})
+        .to_string();
+        let mut in_flight = 0;
+        file_page(
+            &mut listing,
+            body.as_bytes(),
+            ("adc-", started),
+            &mut into,
+            &mut in_flight,
+        )
+        .unwrap();
+        assert_eq!(in_flight, 2, "adc-a (earlier) and adc-c (no insertTime)");
+    }
+
+    #[test]
     fn operations_count_as_earlier_by_their_insert_time() {
         let started =
             std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
         // 2027-01-15T08:00:00Z is 1_800_000_000 s after the epoch.
-        let op = |time: &str| serde_json::json!({"insertTime": time});
-        assert!(sent_before(&op("2027-01-15T00:59:59.000-07:00"), started));
-        assert!(!sent_before(&op("2027-01-15T01:00:01.000-07:00"), started));
-        assert!(
-            sent_before(&serde_json::json!({}), started),
-            "unreadable: earlier"
-        );
+        assert!(sent_before(Some("2027-01-15T00:59:59.000-07:00"), started));
+        assert!(!sent_before(Some("2027-01-15T01:00:01.000-07:00"), started));
+        assert!(sent_before(None, started), "unreadable: earlier");
     }
 
     #[test]

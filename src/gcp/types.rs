@@ -317,30 +317,48 @@ pub struct ListPage<T> {
     pub next_page_token: Option<String>,
 }
 
-/// One page of an `aggregatedList`: scoped lists by scope (`zones/Z`, `regions/R`, `global`),
-/// each holding its items under the collection's name, or a warning when the scope has none on
-/// this page.
-#[derive(Debug, Clone, Deserialize)]
+/// One page of a list call as it arrived: each item left as its raw JSON text, borrowed from
+/// the answer's body, so that a refresh decodes every item straight into its typed form, one at
+/// a time, and never builds a JSON tree of a page.
+#[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AggregatedPage {
-    #[serde(default)]
-    pub items: std::collections::BTreeMap<String, serde_json::Map<String, serde_json::Value>>,
+pub struct RawPage<'a> {
+    #[serde(borrow, default)]
+    pub items: Vec<&'a serde_json::value::RawValue>,
     #[serde(default)]
     pub next_page_token: Option<String>,
 }
 
-impl AggregatedPage {
-    /// Every item of every scope under `key` (`instances`, `operations`…), scope by scope.
-    pub fn flatten(self, key: &str) -> Vec<serde_json::Value> {
-        self.items
-            .into_values()
-            .filter_map(|mut scoped| scoped.remove(key))
-            .filter_map(|list| match list {
-                serde_json::Value::Array(items) => Some(items),
-                _ => None,
-            })
-            .flatten()
-            .collect()
+/// One page of an `aggregatedList`: scoped lists by scope (`zones/Z`, `regions/R`, `global`),
+/// each holding its items under the collection's name, or a warning when the scope has none on
+/// this page. Items stay raw, as in [`RawPage`].
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AggregatedPage<'a> {
+    #[serde(borrow, default)]
+    pub items: std::collections::BTreeMap<
+        String,
+        std::collections::BTreeMap<String, &'a serde_json::value::RawValue>,
+    >,
+    #[serde(default)]
+    pub next_page_token: Option<String>,
+}
+
+impl<'a> AggregatedPage<'a> {
+    /// Every item of every scope under `key` (`instances`, `operations`…), scope by scope. A
+    /// scoped list that is not an array of items is an error: Compute never sends one.
+    pub fn flatten(
+        &self,
+        key: &str,
+    ) -> Result<Vec<&'a serde_json::value::RawValue>, serde_json::Error> {
+        let mut all = Vec::new();
+        for scoped in self.items.values() {
+            if let Some(list) = scoped.get(key) {
+                let items: Vec<&'a serde_json::value::RawValue> = serde_json::from_str(list.get())?;
+                all.extend(items);
+            }
+        }
+        Ok(all)
     }
 }
 
@@ -350,7 +368,7 @@ mod tests {
 
     #[test]
     fn an_aggregated_page_flattens_its_scopes_and_skips_warnings() {
-        let page: AggregatedPage = serde_json::from_value(serde_json::json!({
+        let body = serde_json::json!({
             "kind": "compute#instanceAggregatedList",
             "items": {
                 "zones/us-central1-a": {"instances": [{"name": "se-1"}, {"name": "se-3"}]},
@@ -359,13 +377,15 @@ mod tests {
                 "zones/us-central1-c": {"instances": [{"name": "se-2"}]}
             },
             "nextPageToken": "t"
-        }))
-        .unwrap();
+        })
+        .to_string();
+        let page: AggregatedPage = serde_json::from_str(&body).unwrap();
         assert_eq!(page.next_page_token.as_deref(), Some("t"));
         let names: Vec<String> = page
             .flatten("instances")
+            .unwrap()
             .iter()
-            .map(|i| i["name"].as_str().unwrap().to_string())
+            .map(|raw| serde_json::from_str::<Instance>(raw.get()).unwrap().name)
             .collect();
         assert_eq!(names, ["se-1", "se-3", "se-2"]);
     }
