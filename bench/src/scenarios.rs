@@ -133,7 +133,12 @@ fn start_operator(
             "GCE_METADATA_HOST",
             emulator.base_url.trim_start_matches("http://"),
         )
-        .env("RUST_LOG", "warn")
+        // BENCH_OPERATOR_LOG: the operator's RUST_LOG (default warn), into the log beside the
+        // results.
+        .env(
+            "RUST_LOG",
+            std::env::var("BENCH_OPERATOR_LOG").unwrap_or_else(|_| "warn".to_string()),
+        )
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(log).with_context(|| log.display().to_string())?);
