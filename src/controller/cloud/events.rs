@@ -105,6 +105,14 @@ pub(super) fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime
                     triggers.requeue_instance_users(&zone, &name);
                 }
                 InventoryEvent::Resource(target) => {
+                    if target.collection == crate::plan::resource::Collection::Routes {
+                        withdraw_if_its_engine_stopped(
+                            &runtime,
+                            &triggers.virtual_services,
+                            &cluster,
+                            &target.name,
+                        );
+                    }
                     // The owner of a resource that exists says itself; one that vanished is
                     // found among the objects that reference this cloud by their planned names.
                     let description = runtime
@@ -154,6 +162,58 @@ fn withdraw_at_once(
     zone: &str,
     name: &str,
 ) {
+    withdraw(runtime, virtual_services, cluster, zone, name, None);
+}
+
+/// When the route `route` has just appeared (an insert sent before its engine stopped, finished
+/// since) and sends a VIP to an instance the inventory holds as not RUNNING, withdraws it at
+/// once as [`withdraw_at_once`] did the routes that existed at the stop: the object's own
+/// reconcile may be far behind in a rollout's backlog. An instance the inventory does not hold
+/// is not taken for stopped.
+fn withdraw_if_its_engine_stopped(
+    runtime: &CloudRuntime,
+    virtual_services: &Store<crate::api::VirtualService>,
+    cluster: &str,
+    route: &str,
+) {
+    let stopped = runtime.engine.inventory().read(|snapshot| {
+        let link = snapshot.routes().get(route)?.next_hop_instance.as_deref()?;
+        let (zone, instance) = zone_and_instance(link)?;
+        let running = snapshot.instance(zone, instance)?.is_running();
+        (!running).then(|| (zone.to_string(), instance.to_string()))
+    });
+    if let Some((zone, instance)) = stopped {
+        withdraw(
+            runtime,
+            virtual_services,
+            cluster,
+            &zone,
+            &instance,
+            Some(route),
+        );
+    }
+}
+
+/// `(zone, instance)` of an instance reference (`…/zones/Z/instances/N`, full URL or not).
+fn zone_and_instance(link: &str) -> Option<(&str, &str)> {
+    let path = crate::plan::resource::normalize_reference(link);
+    let rest = path.strip_prefix("zones/")?;
+    let (zone, rest) = rest.split_once('/')?;
+    let instance = rest.strip_prefix("instances/")?;
+    (!zone.is_empty() && !instance.is_empty() && !instance.contains('/'))
+        .then_some((zone, instance))
+}
+
+/// Deletes on the urgent lane the withdrawable routes to the stopped `zone/name` (only `only`,
+/// when given).
+fn withdraw(
+    runtime: &CloudRuntime,
+    virtual_services: &Store<crate::api::VirtualService>,
+    cluster: &str,
+    zone: &str,
+    name: &str,
+    only: Option<&str>,
+) {
     if !runtime.writes() {
         return;
     }
@@ -181,6 +241,7 @@ fn withdraw_at_once(
         let routes = snapshot
             .routes()
             .values()
+            .filter(|r| only.is_none_or(|only| r.name == only))
             .map(|r| crate::plan::failover::RouteView {
                 name: &r.name,
                 description: &r.description,
@@ -191,10 +252,46 @@ fn withdraw_at_once(
     if gone.is_empty() {
         return;
     }
-    tracing::info!(%cloud, zone, instance = name, routes = gone.len(), "engine not RUNNING: withdrawing its VIP routes at once");
+    match only {
+        None => {
+            tracing::info!(%cloud, zone, instance = name, routes = gone.len(), "engine not RUNNING: withdrawing its VIP routes at once");
+        }
+        Some(route) => {
+            tracing::info!(%cloud, zone, instance = name, route, "a route to an engine not RUNNING appeared: withdrawing it at once");
+        }
+    }
     for route in gone {
         let target = crate::gcp::Target::route(route);
         let delete = crate::controller::apply::delete_of(engine, &target);
         engine.begin(delete, crate::gcp::Lane::Urgent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::zone_and_instance;
+
+    #[test]
+    fn an_instance_reference_gives_its_zone_and_name() {
+        let full =
+            "https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-a/instances/se-1";
+        assert_eq!(zone_and_instance(full), Some(("us-central1-a", "se-1")));
+        assert_eq!(
+            zone_and_instance("projects/p/zones/z/instances/se-2"),
+            Some(("z", "se-2"))
+        );
+        assert_eq!(
+            zone_and_instance("zones/z/instances/se-3"),
+            Some(("z", "se-3"))
+        );
+        for bad in [
+            "projects/p/global/networks/default",
+            "zones/z/instances/",
+            "zones//instances/se-1",
+            "zones/z/instanceGroups/g",
+            "zones/z/instances/se-1/extra",
+        ] {
+            assert_eq!(zone_and_instance(bad), None, "{bad}");
+        }
     }
 }
