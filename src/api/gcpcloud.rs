@@ -295,7 +295,8 @@ pub struct RateLimitSpec {
     /// How much of each minute's quota bulk work (creating and updating resources) leaves unspent
     /// for urgent work (withdrawing routes from a stopped engine, deletes), as a percentage of
     /// each group's per-minute quota such as `10%`, or a number of calls such as `200` (default
-    /// `10%`: 150 of 1,500 writes, the withdrawals of 30 engines serving five VIPs each). Bulk
+    /// `25%`: 375 of 1,500 writes, the withdrawals of 75 engines serving five VIPs each; size it
+    /// to the routes of the engines one zone holds, the failure that happens at once). Bulk
     /// work otherwise spends each minute's quota as early as it can, so a change that fits in
     /// what is left of the minute goes at once; the reserve is released to bulk work in the
     /// minute's last two seconds. A percentage is 0% to 99%; a number must be below
@@ -569,7 +570,7 @@ fn default_per_minute() -> u32 {
 }
 
 fn default_urgent_reserve() -> IntOrString {
-    IntOrString::String("10%".into())
+    IntOrString::String("25%".into())
 }
 
 fn default_max_calls_per_batch() -> u32 {

@@ -357,7 +357,7 @@ mod tests {
         let text = |t: &str| with(IntOrString::String(t.into())).urgent_reserve();
         assert_eq!(
             RateLimitSpec::default().urgent_reserve(),
-            Ok(UrgentReserve::Percent(10))
+            Ok(UrgentReserve::Percent(25))
         );
         assert_eq!(text(" 25% "), Ok(UrgentReserve::Percent(25)));
         assert_eq!(text("0%"), Ok(UrgentReserve::Percent(0)));

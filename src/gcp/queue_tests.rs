@@ -28,8 +28,10 @@ fn queue() -> Queue {
 }
 
 fn budget(t0: Instant, writes_per_minute: u64) -> Budget {
+    // A tenth kept for urgent work (the figures below follow from it).
     let limits = RateLimits {
         writes_per_minute,
+        urgent_reserve: crate::gcp::budget::Reserve::Percent(10),
         ..RateLimits::default()
     };
     Budget::anchored(limits, WINDOW, t0, GUARD.as_millis())
@@ -279,7 +281,7 @@ fn a_change_that_fits_the_window_goes_at_once_in_full_batches() {
 
 #[test]
 fn bulk_work_leaves_the_reserve_to_a_failover_until_the_window_ends() {
-    // Default quotas: 1,500 writes a window, a tenth of them kept for urgent work.
+    // 1,500 writes a window, a tenth of them kept for urgent work.
     let t0 = Instant::now();
     let budget = budget(t0, 1500);
     let start = t0 - GUARD;
