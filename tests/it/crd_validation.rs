@@ -400,7 +400,7 @@ async fn defaults_are_applied_by_the_api_server() {
     assert_eq!(
         spec["rateLimit"],
         json!({"readsPerMinute": 1500, "writesPerMinute": 1500, "operationReadsPerMinute": 1500,
-            "urgentReserve": "10%"})
+            "urgentReserve": "25%"})
     );
     assert_eq!(
         spec["batching"],
@@ -421,7 +421,7 @@ async fn defaults_are_applied_by_the_api_server() {
     assert_eq!(
         partial.data["spec"]["rateLimit"],
         json!({"readsPerMinute": 1500, "writesPerMinute": 600, "operationReadsPerMinute": 1500,
-            "urgentReserve": "10%"})
+            "urgentReserve": "25%"})
     );
     // The urgent reserve is a percentage or a number of calls.
     for (case, reserve) in [
