@@ -17,21 +17,11 @@ pub(super) const SETTLING_REFRESH: Duration = Duration::from_secs(5);
 
 /// Zones whose instances the objects of `cloud` use.
 pub(super) fn zones_in_use(ctx: &Context, cloud: &str, region: &str) -> BTreeSet<String> {
-    // Borrowed first: ten thousand objects name a handful of zones, and this runs every refresh.
-    let virtual_services = ctx.virtual_services.state();
-    let vpc_routes = ctx.vpc_routes.state();
-    let named: BTreeSet<&str> = virtual_services
-        .iter()
-        .filter(|vs| vs.spec.cloud_ref == cloud)
-        .flat_map(|vs| vs.spec.service_engines.iter().map(|e| e.zone.as_str()))
-        .chain(
-            vpc_routes
-                .iter()
-                .filter(|vr| vr.spec.cloud_ref == cloud)
-                .filter_map(|vr| vr.spec.next_hop.instance.as_ref().map(|i| i.zone.as_str())),
-        )
-        .collect();
-    let mut zones: BTreeSet<String> = named.into_iter().map(str::to_string).collect();
+    let mut zones: BTreeSet<String> =
+        super::instances::instances_in_use(&ctx.virtual_services, &ctx.vpc_routes, cloud)
+            .into_iter()
+            .map(|(zone, _)| zone)
+            .collect();
     if zones.is_empty() {
         zones.insert(format!("{region}-a"));
     }
