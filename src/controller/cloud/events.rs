@@ -238,15 +238,18 @@ fn withdraw(
         {
             return Vec::new();
         }
-        let routes = snapshot
-            .routes()
-            .values()
-            .filter(|r| only.is_none_or(|only| r.name == only))
-            .map(|r| crate::plan::failover::RouteView {
+        // One route is looked up, not found by a scan of the fleet's routes.
+        use std::ops::Bound::{Included, Unbounded};
+        let bounds = only.map_or((Unbounded, Unbounded), |route| {
+            (Included(route), Included(route))
+        });
+        let routes = snapshot.routes().range::<str, _>(bounds).map(|(_, r)| {
+            crate::plan::failover::RouteView {
                 name: &r.name,
                 description: &r.description,
                 next_hop_instance: r.next_hop_instance.as_deref(),
-            });
+            }
+        });
         crate::plan::failover::withdrawable(routes, zone, name, cluster, cloud, held)
     });
     if gone.is_empty() {
