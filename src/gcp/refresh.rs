@@ -577,6 +577,12 @@ mod tests {
     use super::*;
     use crate::gcp::types::Instance;
 
+    /// Files `body` as a page of `listing` for the prefix `adc-`, counting nothing in flight.
+    fn file(listing: &mut Listing, body: &str, into: &mut Snapshot) -> Option<String> {
+        let ours = ("adc-", std::time::SystemTime::now());
+        file_page(listing, body.as_bytes(), ours, into, &mut 0).unwrap()
+    }
+
     #[test]
     fn a_page_is_filed_item_by_item_and_an_odd_item_is_skipped() {
         let mut listing = Listing::new(
@@ -596,14 +602,7 @@ mod tests {
         })
         .to_string();
         let mut into = Snapshot::default();
-        let next = file_page(
-            &mut listing,
-            body.as_bytes(),
-            ("adc-", std::time::SystemTime::now()),
-            &mut into,
-            &mut 0,
-        )
-        .unwrap();
+        let next = file(&mut listing, &body, &mut into);
         assert_eq!(next.as_deref(), Some("next"));
         assert_eq!(into.routes.keys().collect::<Vec<_>>(), ["adc-a", "adc-b"]);
         assert_eq!(into.routes["adc-b"].priority, 900);
@@ -614,14 +613,7 @@ mod tests {
         let mut listing = Listing::instances("p", "zone-b");
         let body = r#"{"items": [{"name": "se-1", "zone": "https://x/zones/zone-a", "status": "RUNNING"},
                                  {"name": "se-2", "status": "TERMINATED"}]}"#;
-        let next = file_page(
-            &mut listing,
-            body.as_bytes(),
-            ("adc-", std::time::SystemTime::now()),
-            &mut into,
-            &mut 0,
-        )
-        .unwrap();
+        let next = file(&mut listing, body, &mut into);
         assert_eq!(next, None);
         assert!(into.instance("zone-a", "se-1").unwrap().is_running());
         assert_eq!(
