@@ -65,7 +65,9 @@ clippy:
 test: test-rust test-fidelity
 
 test-rust: envtest toolchain image-tools
-	$(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
+	# No backtraces: a failing test's panic message is then the last thing it prints, where
+	# a CI excerpt of the output (head and tail) shows it.
+	RUST_BACKTRACE=0 $(CARGO) test --workspace -- --test-threads=$(TEST_THREADS)
 
 ## test-fidelity: google-api-python-client against the emulator (sets up .venv by itself)
 test-fidelity:
