@@ -98,6 +98,26 @@ pub struct GcpCloudSpec {
     #[schemars(length(max = 30))]
     pub project: String,
 
+    /// The Shared VPC host project that owns `network`, its subnetworks, routes and firewall
+    /// rules, when it is not `project` (absent: `project`). The service engines, and in ILB
+    /// mode the instance groups, health checks, backend services, forwarding rules and
+    /// reserved addresses, stay in `project` and use the host's subnetworks. Routes then reach
+    /// an engine by its internal address (`nextHopIp`), as Compute takes a `nextHopInstance`
+    /// only in the route's own project, and follow it when the address changes. The
+    /// credentials must act in both projects, and each project's `rateLimit` is budgeted
+    /// separately (the same figures apply to each).
+    #[x_kube(validation = Rule::new("self.matches('^[a-z][-a-z0-9]{4,28}[a-z0-9]$')").message(
+        "networkProject must be a GCP project id: 6 to 30 lowercase letters, digits or hyphens, starting with a letter, not ending with a hyphen"
+    ))]
+    #[schemars(length(max = 30))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_project: Option<String>,
+
+    /// How the VIPs of this cloud's VirtualServices reach their engines when an object does
+    /// not say (`VirtualService.spec.vipMode`): `Routes` (default) or `ILB`.
+    #[serde(default)]
+    pub default_vip_mode: super::VipMode,
+
     /// Name of the VPC network in the project, e.g. `prod-vpc` (a GCP resource name: 1 to 63
     /// lowercase letters, digits or hyphens, starting with a letter).
     #[x_kube(validation = Rule::new("self.matches('^[a-z]([-a-z0-9]{0,61}[a-z0-9])?$')").message(

@@ -23,8 +23,9 @@ pub use gcpcloud::{
 };
 pub use policy::{ManagementPolicy, PlanStatus};
 pub use virtualservice::{
-    AllocationType, GcpResources, HaMode, Protocol, ServiceEngineRef, ServicePort, Vip,
-    VipAllocation, VirtualService, VirtualServiceSpec, VirtualServiceStatus,
+    AllocationType, EngineHealthStatus, GcpResources, HaMode, HealthCheckProtocol, HealthCheckSpec,
+    HealthState, Protocol, ServiceEngineRef, ServicePort, Vip, VipAllocation, VipMode,
+    VirtualService, VirtualServiceSpec, VirtualServiceStatus,
 };
 pub use vpcroute::{InstanceRef, NextHop, VpcRoute, VpcRouteSpec, VpcRouteStatus};
 
@@ -212,6 +213,8 @@ mod tests {
     fn parse_duration_agrees_with_the_schema_pattern_on_defaults() {
         let cloud = GcpCloudSpec {
             project: "acme-prod".into(),
+            network_project: None,
+            default_vip_mode: VipMode::Routes,
             network: "prod-vpc".into(),
             region: "us-central1".into(),
             credentials: CloudCredentials::default(),

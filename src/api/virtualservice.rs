@@ -39,6 +39,12 @@ use super::conditions::Condition;
         description = "Whether GCP carries the VIP's traffic as asked"
     ),
     printcolumn(
+        name = "MODE",
+        type_ = "string",
+        json_path = ".status.vipMode",
+        description = "How the VIP reaches its engines: Routes or ILB"
+    ),
+    printcolumn(
         name = "ENGINES",
         type_ = "string",
         json_path = ".status.activeServiceEngines",
@@ -53,6 +59,12 @@ use super::conditions::Condition;
 #[x_kube(validation = Rule::new(
     "!has(self.mode) || self.mode != 'ActiveStandby' || !has(self.routePriority) || self.routePriority < 65535"
 ).message("routePriority must be below 65535 in ActiveStandby mode: standby routes take routePriority + 1").field_path(".routePriority"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.healthCheck) || !has(self.vipMode) || self.vipMode == 'ILB'"
+).message("healthCheck applies only to vipMode ILB").field_path(".healthCheck"))]
+#[x_kube(validation = Rule::new(
+    "!has(self.vipMode) || self.vipMode != 'ILB' || !has(self.vip.allocate) || (has(self.vip.allocate.type) && self.vip.allocate.type == 'Internal')"
+).message("an ILB VIP is an internal address of a subnetwork: vip.allocate must be {type: Internal, subnetwork: ...} (not a pool or an External address)").field_path(".vip.allocate"))]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualServiceSpec {
     /// Name of the `GcpCloud` whose network carries this virtual service.
@@ -96,6 +108,113 @@ pub struct VirtualServiceSpec {
     #[schemars(range(max = 65535))]
     #[serde(default = "default_route_priority")]
     pub route_priority: u32,
+
+    /// How GCP brings the VIP to the engines. `Routes`: one VPC route per serving engine; the
+    /// VIP lies outside every subnetwork, and the operator moves routes when an engine stops.
+    /// `ILB`: an internal passthrough Network Load Balancer (an instance group per engine, a
+    /// health check, a backend service and a forwarding rule per protocol); the VIP lies
+    /// inside a subnetwork of the cloud's region (`vip.allocate: {type: Internal,
+    /// subnetwork}` reserves one), and Google's health checks move traffic off an engine with
+    /// no write by the operator. Absent: the GcpCloud's `defaultVipMode` (`Routes` unless it
+    /// says otherwise). Switching mode is make-before-break: the new path carries the VIP
+    /// before the old one is removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_mode: Option<VipMode>,
+
+    /// The health check of `ILB` mode. Absent: TCP on the first of `ports`, every 5 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<HealthCheckSpec>,
+}
+
+/// How a VIP reaches its engines.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum VipMode {
+    /// A VPC route per serving engine.
+    #[default]
+    Routes,
+    /// An internal passthrough Network Load Balancer.
+    #[serde(rename = "ILB")]
+    Ilb,
+}
+
+/// How Google's health checks probe the engines of an `ILB` VirtualService.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[x_kube(validation = Rule::new("!has(self.requestPath) || self.protocol == 'HTTP'")
+    .message("healthCheck.requestPath applies only to protocol HTTP").field_path(".requestPath"))]
+#[x_kube(validation = Rule::new("self.timeoutSeconds <= self.checkIntervalSeconds")
+    .message("healthCheck.timeoutSeconds must not exceed checkIntervalSeconds").field_path(".timeoutSeconds"))]
+#[serde(rename_all = "camelCase")]
+pub struct HealthCheckSpec {
+    /// `TCP` (default: a connection to `port` must open) or `HTTP` (a GET of `requestPath`
+    /// must answer 200).
+    #[serde(default)]
+    pub protocol: HealthCheckProtocol,
+
+    /// Port probed, 1 to 65535. Absent: the first of `spec.ports`.
+    #[schemars(range(min = 1, max = 65535))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+
+    /// Path of the HTTP probe (default `/`), starting with `/`.
+    #[x_kube(validation = Rule::new("self.startsWith('/')")
+        .message("healthCheck.requestPath must start with /"))]
+    #[schemars(length(min = 1, max = 1024))]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_path: Option<String>,
+
+    /// Seconds between probes, 1 to 300 (default 5).
+    #[schemars(range(min = 1, max = 300))]
+    #[serde(default = "default_check_interval")]
+    pub check_interval_seconds: u32,
+
+    /// Seconds a probe may take, 1 to 300 and at most `checkIntervalSeconds` (default 5).
+    #[schemars(range(min = 1, max = 300))]
+    #[serde(default = "default_check_interval")]
+    pub timeout_seconds: u32,
+
+    /// Consecutive successes that make an engine healthy, 1 to 10 (default 2).
+    #[schemars(range(min = 1, max = 10))]
+    #[serde(default = "default_threshold")]
+    pub healthy_threshold: u32,
+
+    /// Consecutive failures that make an engine unhealthy, 1 to 10 (default 2).
+    #[schemars(range(min = 1, max = 10))]
+    #[serde(default = "default_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+impl Default for HealthCheckSpec {
+    fn default() -> Self {
+        Self {
+            protocol: HealthCheckProtocol::Tcp,
+            port: None,
+            request_path: None,
+            check_interval_seconds: default_check_interval(),
+            timeout_seconds: default_check_interval(),
+            healthy_threshold: default_threshold(),
+            unhealthy_threshold: default_threshold(),
+        }
+    }
+}
+
+/// The protocol of a health check.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum HealthCheckProtocol {
+    /// A TCP connection.
+    #[default]
+    #[serde(rename = "TCP")]
+    Tcp,
+    /// An HTTP GET.
+    #[serde(rename = "HTTP")]
+    Http,
+}
+
+fn default_check_interval() -> u32 {
+    5
+}
+
+fn default_threshold() -> u32 {
+    2
 }
 
 /// The virtual IP address: exactly one of `address` or `allocate`.
@@ -217,9 +336,20 @@ pub struct VirtualServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vip: Option<String>,
 
-    /// Names of the service engines that routes currently point at.
+    /// Names of the service engines that routes currently point at (`ILB`: the engines the
+    /// load balancer's health check finds healthy).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub active_service_engines: Vec<String>,
+
+    /// The mode the VIP is carried in now (`spec.vipMode`, or the cloud's default). During a
+    /// switch it stays the old mode until the new path carries the VIP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vip_mode: Option<VipMode>,
+
+    /// `ILB`: each engine's health as the backend service's `getHealth` reports it, read at
+    /// the cloud's `instancePollInterval`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_health: Vec<EngineHealthStatus>,
 
     /// The GCP resources that carry this object's traffic, by GCP name: its own, or for a VIP
     /// of a pool the cloud's shared routes (those its VIP selects) and firewall rule.
@@ -253,10 +383,53 @@ pub struct GcpResources {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
 
+    /// `ILB`: the instance groups of the engines, as `zone/name` (shared with every ILB
+    /// VirtualService of the same engine).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instance_groups: Vec<String>,
+
+    /// `ILB`: the regional health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check: Option<String>,
+
+    /// `ILB`: the regional backend services, one per protocol of `ports`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backend_services: Vec<String>,
+
+    /// `ILB`: the internal forwarding rules carrying the VIP, one per protocol of `ports`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub forwarding_rules: Vec<String>,
+
     /// True when the routes and the firewall rule above are the cloud's shared ones (a VIP of a
     /// pool): they carry other VIPs too, belong to the GcpCloud and go when no VIP needs them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub shared: bool,
+}
+
+/// One engine's health as an ILB's backend service reports it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct EngineHealthStatus {
+    /// Instance name.
+    pub name: String,
+    /// Zone of the instance.
+    pub zone: String,
+    /// `HEALTHY`, `UNHEALTHY`, or `UNKNOWN` while the load balancer reports nothing for it.
+    pub state: HealthState,
+}
+
+/// An engine's health in an ILB.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum HealthState {
+    /// Passes the health check: the load balancer sends it traffic.
+    #[serde(rename = "HEALTHY")]
+    Healthy,
+    /// Fails the health check (or is stopped): the load balancer sends it nothing.
+    #[serde(rename = "UNHEALTHY")]
+    Unhealthy,
+    /// Not reported (yet).
+    #[serde(rename = "UNKNOWN")]
+    Unknown,
 }
 
 fn default_route_priority() -> u32 {

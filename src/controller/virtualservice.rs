@@ -12,7 +12,7 @@ use super::error::Error;
 use super::pools::{Membership, key, overlapped_subnet};
 use super::reconcile::{Bookkeeping, Kind, Observation, Step};
 use super::status::Phase;
-use crate::api::{GcpResources, VirtualService, VirtualServiceStatus};
+use crate::api::{GcpResources, VipMode, VirtualService, VirtualServiceStatus};
 use crate::gcp::{Collection, Target};
 use crate::plan::diff::Diff;
 use crate::plan::guard::{Surroundings, check_virtual_service};
@@ -256,6 +256,11 @@ fn observe(
             }),
         missing_ilb: None,
     };
+    if object.spec.vip_mode.unwrap_or(cloud_spec.default_vip_mode) == VipMode::Ilb {
+        problems.push(
+            "vipMode ILB (spec.vipMode, or the GcpCloud's defaultVipMode) is not served by this version of the operator yet; set vipMode: Routes or upgrade".into(),
+        );
+    }
     problems.extend(check_virtual_service(
         plan.vip.as_deref(),
         &object.spec.source_ranges,
@@ -275,6 +280,7 @@ fn observe(
             .map(|d| d.target.name.clone()),
         address: plan.address.as_ref().map(|t| t.name.clone()),
         shared: false,
+        ..Default::default()
     };
     // An adopted firewall rule keeps the name it was made with: the status names it.
     if let Some(planned) = resources.firewall.clone()
@@ -312,6 +318,7 @@ fn observe(
                 firewall: carriage.rule,
                 address: None,
                 shared: true,
+                ..Default::default()
             };
         } else {
             runtime.pools.wake.notify_one();
@@ -343,6 +350,7 @@ fn observe(
                     .map(|d| d.target.name.clone()),
                 address: None,
                 shared: false,
+                ..Default::default()
             };
         }
         carried = Some(carriage.exact || steady);

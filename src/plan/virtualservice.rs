@@ -273,6 +273,8 @@ mod tests {
             ],
             mode,
             route_priority: 2000,
+            vip_mode: None,
+            health_check: None,
         }
     }
 
