@@ -24,10 +24,11 @@ impl CollectionCalls for Collection {
             Collection::Routes | Collection::Firewalls | Collection::GlobalAddresses => {
                 (RateGroup::Write, String::new())
             }
-            Collection::Addresses | Collection::ForwardingRules => {
-                (RateGroup::RegionalWrite, location.to_string())
-            }
-            Collection::TargetInstances => (
+            Collection::Addresses
+            | Collection::ForwardingRules
+            | Collection::HealthChecks
+            | Collection::BackendServices => (RateGroup::RegionalWrite, location.to_string()),
+            Collection::TargetInstances | Collection::InstanceGroups => (
                 RateGroup::RegionalWrite,
                 location
                     .rsplit_once('-')
@@ -40,6 +41,8 @@ impl CollectionCalls for Collection {
     fn patch_method(self) -> Option<&'static str> {
         match self {
             Collection::Firewalls => Some("compute.firewalls.patch"),
+            Collection::HealthChecks => Some("compute.regionHealthChecks.patch"),
+            Collection::BackendServices => Some("compute.regionBackendServices.patch"),
             _ => None,
         }
     }
@@ -75,6 +78,21 @@ impl CollectionCalls for Collection {
                 "compute.targetInstances.insert",
                 "compute.targetInstances.delete",
                 "compute.targetInstances.get",
+            ),
+            Collection::InstanceGroups => (
+                "compute.instanceGroups.insert",
+                "compute.instanceGroups.delete",
+                "compute.instanceGroups.get",
+            ),
+            Collection::HealthChecks => (
+                "compute.regionHealthChecks.insert",
+                "compute.regionHealthChecks.delete",
+                "compute.regionHealthChecks.get",
+            ),
+            Collection::BackendServices => (
+                "compute.regionBackendServices.insert",
+                "compute.regionBackendServices.delete",
+                "compute.regionBackendServices.get",
             ),
         }
     }
@@ -118,8 +136,8 @@ pub fn mutation_call(mutation: &Mutation, project: &str, request_id: &str) -> Ca
             group,
             method_name: delete,
         },
-        // The plan patches only firewall rules; the name of any other would be Compute's
-        // own refusal (405), which is what such a call gets.
+        // The plan patches firewall rules, health checks and backend services; the name of
+        // any other would be Compute's own refusal (405), which is what such a call gets.
         Change::Patch(fields) => Call {
             method: Method::PATCH,
             path: target.path(project),
@@ -130,6 +148,19 @@ pub fn mutation_call(mutation: &Mutation, project: &str, request_id: &str) -> Ca
                 .collection
                 .patch_method()
                 .unwrap_or("compute.unsupported.patch"),
+        },
+        Change::AddInstances(instances) => Call {
+            method: Method::POST,
+            path: format!("{}/addInstances", target.path(project)),
+            query,
+            body: Some(serde_json::json!({
+                "instances": instances
+                    .iter()
+                    .map(|instance| serde_json::json!({"instance": instance}))
+                    .collect::<Vec<_>>(),
+            })),
+            group,
+            method_name: "compute.instanceGroups.addInstances",
         },
     }
 }
@@ -166,10 +197,41 @@ mod tests {
     }
 
     #[test]
+    fn an_engine_joins_its_group_by_add_instances() {
+        let group = Target {
+            collection: Collection::InstanceGroups,
+            location: "us-central1-a".into(),
+            name: "adc-ig".into(),
+        };
+        let link =
+            "https://www.googleapis.com/compute/v1/projects/p/zones/us-central1-a/instances/se-1";
+        let call = mutation_call(
+            &Mutation {
+                target: group,
+                change: Change::AddInstances(vec![link.into()]),
+                network: None,
+            },
+            "p",
+            "id-3",
+        );
+        assert_eq!(call.method, Method::POST);
+        assert_eq!(
+            call.path,
+            "projects/p/zones/us-central1-a/instanceGroups/adc-ig/addInstances"
+        );
+        assert_eq!(call.body, Some(json!({"instances": [{"instance": link}]})));
+        assert_eq!(call.method_name, "compute.instanceGroups.addInstances");
+    }
+
+    #[test]
     fn zonal_writes_are_charged_to_their_region() {
         assert_eq!(
             Collection::TargetInstances.write_group("us-central1-a"),
             (RateGroup::RegionalWrite, "us-central1".to_string())
+        );
+        assert_eq!(
+            Collection::InstanceGroups.write_group("europe-west4-b"),
+            (RateGroup::RegionalWrite, "europe-west4".to_string())
         );
         assert_eq!(
             Collection::Routes.write_group(""),

@@ -38,6 +38,9 @@ struct Shared {
     settings: EngineSettings,
     /// When this engine started: operations inserted before it are not its own.
     started: std::time::SystemTime,
+    /// Whether refreshes list ILB mode's groups, health checks and backend services (three
+    /// reads more, only while some object of the cloud uses ILB mode).
+    list_balancers: std::sync::atomic::AtomicBool,
     reader: Arc<Reader>,
     inventory: Inventory,
     tracker: Arc<Tracker>,
@@ -113,6 +116,7 @@ impl Engine {
         );
         let shared = Arc::new(Shared {
             started: std::time::SystemTime::now(),
+            list_balancers: std::sync::atomic::AtomicBool::new(false),
             reader,
             inventory: Inventory::new(),
             tracker: Arc::new(Tracker::new()),
@@ -168,7 +172,19 @@ impl Engine {
             inventory: &self.shared.inventory,
             settings: &self.shared.settings,
             started: self.shared.started,
+            balancers: self
+                .shared
+                .list_balancers
+                .load(std::sync::atomic::Ordering::Relaxed),
         }
+    }
+
+    /// Whether the next refreshes list ILB mode's pieces: on while any object of the cloud
+    /// uses ILB mode or the inventory still holds one of them.
+    pub fn list_balancers(&self, on: bool) {
+        self.shared
+            .list_balancers
+            .store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Reloads the inventory by paged list calls.

@@ -30,6 +30,9 @@ pub struct Snapshot {
     pub(crate) addresses: ByLocation<Address>,
     pub(crate) forwarding_rules: ByLocation<ForwardingRule>,
     pub(crate) target_instances: ByLocation<TargetInstance>,
+    /// ILB mode's instance groups, health checks and backend services (by their prefix), as
+    /// Compute returned them: one or two per ILB VirtualService, few enough to keep whole.
+    pub(crate) balancers: BTreeMap<Target, Value>,
     /// Every instance of the zones asked for, keyed by (zone, name).
     pub(crate) instances: ByLocation<Instance>,
     /// Every subnetwork of the cloud's regions (any network), keyed by (region, name).
@@ -58,6 +61,9 @@ impl Snapshot {
             }
             Collection::ForwardingRules => self.forwarding_rules.contains_key(&key()),
             Collection::TargetInstances => self.target_instances.contains_key(&key()),
+            Collection::InstanceGroups | Collection::HealthChecks | Collection::BackendServices => {
+                self.balancers.contains_key(target)
+            }
         }
     }
 
@@ -72,6 +78,9 @@ impl Snapshot {
             }
             Collection::ForwardingRules => serde_json::to_value(self.forwarding_rules.get(&key())?),
             Collection::TargetInstances => serde_json::to_value(self.target_instances.get(&key())?),
+            Collection::InstanceGroups | Collection::HealthChecks | Collection::BackendServices => {
+                Ok(self.balancers.get(target)?.clone())
+            }
         };
         value.ok()
     }
@@ -130,7 +139,14 @@ impl Snapshot {
                 .addresses
                 .get(&(target.location.clone(), target.name.clone()))
                 .map(|a| a.description.as_str()),
-            Collection::ForwardingRules | Collection::TargetInstances => None,
+            Collection::ForwardingRules => self
+                .forwarding_rules
+                .get(&(target.location.clone(), target.name.clone()))
+                .map(|f| f.description.as_str()),
+            Collection::InstanceGroups | Collection::HealthChecks | Collection::BackendServices => {
+                self.balancers.get(target)?["description"].as_str()
+            }
+            Collection::TargetInstances => None,
         }
     }
 
@@ -267,7 +283,57 @@ impl Snapshot {
                 ));
             }
         }
+        for ((location, name), rule) in &self.forwarding_rules {
+            if mine(&rule.description) {
+                owned.push((
+                    Target {
+                        collection: Collection::ForwardingRules,
+                        location: location.clone(),
+                        name: name.clone(),
+                    },
+                    serde_json::to_value(rule).unwrap_or(Value::Null),
+                ));
+            }
+        }
+        for (target, body) in &self.balancers {
+            if body["description"].as_str().is_some_and(mine) {
+                owned.push((target.clone(), body.clone()));
+            }
+        }
         owned
+    }
+
+    /// ILB mode's pieces the inventory holds of `collection` (instance groups, health checks,
+    /// backend services), as Compute returned them.
+    pub fn balancers(&self, collection: Collection) -> impl Iterator<Item = (&Target, &Value)> {
+        self.balancers
+            .iter()
+            .filter(move |(t, _)| t.collection == collection)
+    }
+
+    /// Whether an instance group exists and holds at least one instance (ILB mode's groups
+    /// hold one engine each).
+    pub fn group_ready(&self, target: &Target) -> bool {
+        self.balancers
+            .get(target)
+            .is_some_and(|g| g["size"].as_u64().unwrap_or(0) > 0)
+    }
+
+    /// The internal forwarding rules of the project (any owner), as (target, rule): what an
+    /// ILB VIP must not collide with.
+    pub fn forwarding_rules(&self) -> impl Iterator<Item = (Target, &ForwardingRule)> {
+        self.forwarding_rules
+            .iter()
+            .map(|((location, name), rule)| {
+                (
+                    Target {
+                        collection: Collection::ForwardingRules,
+                        location: location.clone(),
+                        name: name.clone(),
+                    },
+                    rule,
+                )
+            })
     }
 
     /// Every owner of `cluster_id` named in the markers of routes, firewall rules and
@@ -287,6 +353,21 @@ impl Snapshot {
         }
         for ((location, name), address) in &self.addresses {
             push(&address.description, address_target(location, name));
+        }
+        for ((location, name), rule) in &self.forwarding_rules {
+            push(
+                &rule.description,
+                Target {
+                    collection: Collection::ForwardingRules,
+                    location: location.clone(),
+                    name: name.clone(),
+                },
+            );
+        }
+        for (target, body) in &self.balancers {
+            if let Some(description) = body["description"].as_str() {
+                push(description, target.clone());
+            }
         }
         found
     }
@@ -493,6 +574,12 @@ impl Inventory {
             located(Collection::Addresses),
             &mut events,
         );
+        diff_keys(
+            &previous.balancers,
+            &fresh.balancers,
+            Target::clone,
+            &mut events,
+        );
         *guard = fresh;
         drop(guard);
         events.push(InventoryEvent::Refreshed);
@@ -591,7 +678,16 @@ fn apply_to(snapshot: &mut Snapshot, mutation: &Mutation) {
             }
             Collection::ForwardingRules => insert(&mut snapshot.forwarding_rules, key, body),
             Collection::TargetInstances => insert(&mut snapshot.target_instances, key, body),
+            Collection::InstanceGroups | Collection::HealthChecks | Collection::BackendServices => {
+                snapshot.balancers.insert(target.clone(), body.clone());
+            }
         },
+        Change::AddInstances(instances) => {
+            if let Some(Value::Object(group)) = snapshot.balancers.get_mut(target) {
+                let size = group.get("size").and_then(Value::as_u64).unwrap_or(0);
+                group.insert("size".into(), Value::from(size + instances.len() as u64));
+            }
+        }
         Change::Patch(fields) => match target.collection {
             Collection::Firewalls => {
                 // The operator patches a firewall rule only to adopt it.
@@ -609,6 +705,15 @@ fn apply_to(snapshot: &mut Snapshot, mutation: &Mutation) {
             }
             Collection::ForwardingRules => patch(&mut snapshot.forwarding_rules, key, fields),
             Collection::TargetInstances => patch(&mut snapshot.target_instances, key, fields),
+            Collection::InstanceGroups | Collection::HealthChecks | Collection::BackendServices => {
+                if let (Some(Value::Object(held)), Value::Object(fields)) =
+                    (snapshot.balancers.get_mut(target), fields)
+                {
+                    for (field, value) in fields {
+                        held.insert(field.clone(), value.clone());
+                    }
+                }
+            }
         },
         Change::Delete => match target.collection {
             Collection::Routes => {
@@ -626,6 +731,9 @@ fn apply_to(snapshot: &mut Snapshot, mutation: &Mutation) {
             }
             Collection::TargetInstances => {
                 snapshot.target_instances.remove(&key);
+            }
+            Collection::InstanceGroups | Collection::HealthChecks | Collection::BackendServices => {
+                snapshot.balancers.remove(target);
             }
         },
     }

@@ -219,3 +219,62 @@ fn owned_resources_are_found_by_name_prefix_and_marker() {
     assert_eq!(snapshot.owned_by(&api, "adc-").len(), 1);
     assert!(snapshot.owned_by(&web, "other-").is_empty());
 }
+
+#[test]
+fn ilb_pieces_are_owned_and_a_group_is_ready_once_its_engine_joined() {
+    let inventory = Inventory::new();
+    let owner = Owner::new("c1", "cloud", "VirtualService", "ns", "web");
+    let prefix = owner.name_prefix("adc-");
+    let regional = |collection, suffix: &str| Target {
+        collection,
+        location: "us-central1".into(),
+        name: format!("{prefix}{suffix}"),
+    };
+    let described =
+        |name: &str| serde_json::json!({"name": name, "description": owner.description()});
+    let service = regional(Collection::BackendServices, "bs-tcp");
+    let rule = regional(Collection::ForwardingRules, "fr-tcp");
+    inventory.apply(&Mutation::insert(service.clone(), described(&service.name)));
+    inventory.apply(&Mutation::insert(rule.clone(), described(&rule.name)));
+    let group = Target {
+        collection: Collection::InstanceGroups,
+        location: "us-central1-a".into(),
+        name: "adc-shared-ig1".into(),
+    };
+    inventory.apply(&Mutation::insert(
+        group.clone(),
+        serde_json::json!({"name": "adc-shared-ig1"}),
+    ));
+    let snapshot = inventory.snapshot();
+    let mut owned: Vec<Target> = snapshot
+        .owned_by(&owner, "adc-")
+        .into_iter()
+        .map(|(t, _)| t)
+        .collect();
+    owned.sort();
+    assert_eq!(owned, vec![rule.clone(), service.clone()]);
+    assert!(
+        snapshot
+            .owners("c1")
+            .iter()
+            .any(|(o, t)| o == &owner && t == &rule)
+    );
+    assert!(!snapshot.group_ready(&group), "no engine yet");
+    inventory.apply(&Mutation {
+        target: group.clone(),
+        change: Change::AddInstances(vec!["zones/us-central1-a/instances/se-1".into()]),
+        network: None,
+    });
+    assert!(inventory.read(|s| s.group_ready(&group)));
+    inventory.apply(&Mutation::patch(
+        service.clone(),
+        serde_json::json!({"backends": [{"group": "g"}]}),
+        None,
+    ));
+    assert_eq!(
+        inventory.read(|s| s.json_of(&service)).unwrap()["backends"][0]["group"],
+        "g"
+    );
+    inventory.apply(&Mutation::delete(service.clone(), None));
+    assert!(!inventory.read(|s| s.holds(&service)));
+}

@@ -480,7 +480,7 @@ fn a_taken_name_is_verified_and_only_our_own_counts_as_done() {
     actual["id"] = json!("5");
     let verdict = match &again.mutation.change {
         Change::Insert(desired) => judge_existing(&again.target, desired, &actual),
-        Change::Delete | Change::Patch(_) => panic!("an insert"),
+        Change::Delete | Change::Patch(_) | Change::AddInstances(_) => panic!("an insert"),
     };
     let effects = q.settle(&again, verdict, &budget, due);
     assert_eq!(answers(&effects), [(vec![1], Ok(()))]);

@@ -13,6 +13,8 @@ use super::error::GcpError;
 use super::inventory::{ByLocation, Inventory, Snapshot};
 use super::reader::Reader;
 use super::settings::EngineSettings;
+use crate::plan::resource::{Collection, Target};
+
 use super::types::{
     Address, AggregatedPage, Firewall, ForwardingRule, Instance, RawPage, Route, Subnetwork,
     TargetInstance, last_segment,
@@ -25,6 +27,8 @@ pub(crate) struct Source<'a> {
     pub settings: &'a EngineSettings,
     /// When the engine started: operations inserted before it are not its own.
     pub started: std::time::SystemTime,
+    /// Whether a full refresh lists ILB mode's groups, health checks and backend services.
+    pub balancers: bool,
 }
 
 /// A regular expression matching names that start with `prefix`.
@@ -76,6 +80,8 @@ enum Listed {
     TargetInstances,
     Subnetworks,
     Instances,
+    /// ILB mode's instance groups, health checks or backend services: kept whole.
+    Balancers(Collection),
     /// Operations in flight: counted, not kept.
     Operations,
 }
@@ -91,6 +97,9 @@ impl Listed {
             "compute.targetInstances.list" => Self::TargetInstances,
             "compute.subnetworks.list" => Self::Subnetworks,
             "compute.instances.list" | "compute.instances.aggregatedList" => Self::Instances,
+            "compute.instanceGroups.aggregatedList" => Self::Balancers(Collection::InstanceGroups),
+            "compute.regionHealthChecks.list" => Self::Balancers(Collection::HealthChecks),
+            "compute.regionBackendServices.list" => Self::Balancers(Collection::BackendServices),
             // compute.globalOperations.aggregatedList, the only other list a refresh makes.
             _ => Self::Operations,
         }
@@ -276,6 +285,20 @@ pub(crate) async fn refresh(
             true,
             "compute.forwardingRules.list",
         ));
+        if source.balancers {
+            listings.push(Listing::new(
+                format!("projects/{project}/regions/{region}/healthChecks"),
+                region,
+                true,
+                "compute.regionHealthChecks.list",
+            ));
+            listings.push(Listing::new(
+                format!("projects/{project}/regions/{region}/backendServices"),
+                region,
+                true,
+                "compute.regionBackendServices.list",
+            ));
+        }
         // Not the operator's: the guard rails keep routes out of their ranges.
         listings.push(Listing::new(
             format!("projects/{project}/regions/{region}/subnetworks"),
@@ -299,6 +322,18 @@ pub(crate) async fn refresh(
         listings.push(Listing {
             missing_ok: true,
             ..Listing::instances(project, zone)
+        });
+    }
+    // ILB mode's groups, every zone at once: one call per page.
+    if source.balancers {
+        listings.push(Listing {
+            aggregated: Some("instanceGroups"),
+            ..Listing::new(
+                format!("projects/{project}/aggregated/instanceGroups"),
+                "",
+                true,
+                "compute.instanceGroups.aggregatedList",
+            )
         });
     }
     if operations {
@@ -552,6 +587,24 @@ fn file_page(
                 };
                 into.instances.insert((zone, i.name.clone()), i);
             }),
+            Listed::Balancers(collection) => decode(raw).map(|body: serde_json::Value| {
+                let name = body["name"].as_str().unwrap_or_default().to_string();
+                // Groups come from an aggregated list: their zone is their own.
+                let location = match body["zone"].as_str() {
+                    Some(zone) if collection == Collection::InstanceGroups => {
+                        last_segment(zone).to_string()
+                    }
+                    _ => location.to_string(),
+                };
+                into.balancers.insert(
+                    Target {
+                        collection,
+                        location,
+                        name,
+                    },
+                    body,
+                );
+            }),
             Listed::Operations => decode(raw).map(|op: OperationInFlight| {
                 if last_segment(&op.target_link).starts_with(prefix)
                     && sent_before(op.insert_time.as_deref(), started)
@@ -644,6 +697,50 @@ mod tests {
         )
         .unwrap();
         assert_eq!(in_flight, 2, "adc-a (earlier) and adc-c (no insertTime)");
+    }
+
+    #[test]
+    fn ilb_pieces_are_filed_whole_groups_by_their_own_zone() {
+        let mut into = Snapshot::default();
+        let mut groups = Listing {
+            aggregated: Some("instanceGroups"),
+            ..Listing::new(
+                "projects/p/aggregated/instanceGroups".into(),
+                "",
+                true,
+                "compute.instanceGroups.aggregatedList",
+            )
+        };
+        let body = serde_json::json!({"items": {
+            "zones/us-central1-a": {"instanceGroups": [
+                {"name": "adc-ig1", "zone": "https://x/projects/p/zones/us-central1-a", "size": 1}]},
+            "zones/us-central1-b": {"warning": {"code": "NO_RESULTS_ON_PAGE"}}
+        }})
+        .to_string();
+        assert_eq!(file(&mut groups, &body, &mut into), None);
+        let group = Target {
+            collection: Collection::InstanceGroups,
+            location: "us-central1-a".into(),
+            name: "adc-ig1".into(),
+        };
+        assert!(into.group_ready(&group));
+        let mut services = Listing::new(
+            "projects/p/regions/us-central1/backendServices".into(),
+            "us-central1",
+            true,
+            "compute.regionBackendServices.list",
+        );
+        let body = r#"{"items": [{"name": "adc-x-bs-tcp", "description": "d", "backends": []}]}"#;
+        file(&mut services, body, &mut into);
+        let service = Target {
+            collection: Collection::BackendServices,
+            location: "us-central1".into(),
+            name: "adc-x-bs-tcp".into(),
+        };
+        assert!(into.holds(&service));
+        assert_eq!(into.description_of(&service), Some("d"));
+        assert_eq!(into.balancers(Collection::BackendServices).count(), 1);
+        assert_eq!(into.balancers(Collection::HealthChecks).count(), 0);
     }
 
     #[test]

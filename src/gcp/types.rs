@@ -116,6 +116,14 @@ pub struct ForwardingRule {
     pub load_balancing_scheme: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<String>,
+    /// Internal rules: the subnetwork the address lies in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnetwork: Option<String>,
+    /// Internal passthrough rules: the backend service they feed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_service: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub all_ports: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub region: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

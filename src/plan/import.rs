@@ -360,6 +360,7 @@ mod tests {
             cluster_id: "prod".into(),
             cloud: "gcp".into(),
             project: "p".into(),
+            network_project: "p".into(),
             network: "vpc".into(),
             region: "us-central1".into(),
             resource_prefix: "adc-".into(),

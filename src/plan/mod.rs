@@ -7,6 +7,7 @@ pub mod aggregate;
 pub mod diff;
 pub mod failover;
 pub mod guard;
+pub mod ilb;
 pub mod import;
 pub mod names;
 pub mod owner;
@@ -35,7 +36,11 @@ pub struct CloudView {
     pub cluster_id: String,
     /// The GcpCloud's name (part of every ownership marker).
     pub cloud: String,
+    /// The project of the engines and, in ILB mode, of the load balancers.
     pub project: String,
+    /// The project of the network, its subnetworks, routes and firewall rules: the Shared VPC
+    /// host, or `project`.
+    pub network_project: String,
     pub network: String,
     pub region: String,
     pub resource_prefix: String,

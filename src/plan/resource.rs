@@ -13,6 +13,12 @@ pub enum Collection {
     Addresses,
     ForwardingRules,
     TargetInstances,
+    /// Unmanaged instance groups (zonal): ILB mode's backends, one per engine.
+    InstanceGroups,
+    /// Regional health checks (ILB mode).
+    HealthChecks,
+    /// Regional backend services (ILB mode).
+    BackendServices,
 }
 
 impl Collection {
@@ -25,6 +31,9 @@ impl Collection {
             Collection::Addresses => format!("regions/{location}/addresses"),
             Collection::ForwardingRules => format!("regions/{location}/forwardingRules"),
             Collection::TargetInstances => format!("zones/{location}/targetInstances"),
+            Collection::InstanceGroups => format!("zones/{location}/instanceGroups"),
+            Collection::HealthChecks => format!("regions/{location}/healthChecks"),
+            Collection::BackendServices => format!("regions/{location}/backendServices"),
         }
     }
 
@@ -85,8 +94,11 @@ pub enum Change {
     Insert(Value),
     /// Delete it.
     Delete,
-    /// Change these fields of it (Compute's `patch`: firewall rules only; routes are immutable).
+    /// Change these fields of it (Compute's `patch`: firewall rules, health checks and backend
+    /// services; routes are immutable).
     Patch(Value),
+    /// Put these instances (links) into an instance group (`addInstances`).
+    AddInstances(Vec<String>),
 }
 
 /// A change of one resource, and the VPC network it touches (for the serialisation limit).

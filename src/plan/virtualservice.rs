@@ -237,6 +237,7 @@ mod tests {
             cluster_id: "c1".into(),
             cloud: "cloud".into(),
             project: "demo-project".into(),
+            network_project: "demo-project".into(),
             network: "default".into(),
             region: "us-central1".into(),
             resource_prefix: "adc-".into(),

@@ -136,6 +136,10 @@ fn runtime_with(
             cluster_id: ctx.settings.cluster_id.clone(),
             cloud: cloud.name_any(),
             project: spec.project.clone(),
+            network_project: spec
+                .network_project
+                .clone()
+                .unwrap_or_else(|| spec.project.clone()),
             network: spec.network.clone(),
             region: spec.region.clone(),
             resource_prefix: spec.resource_prefix.clone(),
