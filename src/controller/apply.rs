@@ -79,7 +79,16 @@ pub fn advance(
     };
     let mut work = Vec::new();
     for resource in &diff.replaces {
-        if !held(&resource.target) {
+        if held(&resource.target) {
+            continue;
+        }
+        if crate::plan::ilb::patched_in_place(resource.target.collection) {
+            // A health check or backend service in use cannot go: it is changed in place.
+            work.push((
+                Mutation::patch(resource.target.clone(), resource.body.clone(), None),
+                Lane::Urgent,
+            ));
+        } else {
             let network = network_of(engine, &resource.target);
             // The engine keeps one queue per resource: the insert follows the delete.
             work.push((
@@ -102,8 +111,10 @@ pub fn advance(
         }
     }
     let made = diff.inserts.is_empty() && diff.replaces.is_empty();
+    // What uses another resource goes first (an ILB's rule, then its service, then its check).
+    let stage = crate::plan::ilb::delete_stage(&diff.deletes);
     for target in &diff.deletes {
-        if (made || withdrawals.contains(target)) && !held(target) {
+        if ((made && stage.contains(target)) || withdrawals.contains(target)) && !held(target) {
             work.push((
                 Mutation::delete(target.clone(), network_of(engine, target)),
                 Lane::Urgent,
@@ -186,16 +197,26 @@ pub async fn delete_owned(
             })
             .collect::<Vec<_>>()
     });
-    let receivers: Vec<_> = owned
-        .into_iter()
-        .map(|(target, network)| {
-            runtime
-                .engine
-                .submit(Mutation::delete(target, network), Lane::Urgent)
-        })
-        .collect();
-    for receiver in receivers {
-        receiver.await.unwrap_or(Err(GcpError::Shutdown))?;
+    // In stages: what uses another resource goes before it (an ILB's forwarding rules, then
+    // its backend services and address, then its health check).
+    let mut remaining = owned;
+    while !remaining.is_empty() {
+        let targets: Vec<Target> = remaining.iter().map(|(t, _)| t.clone()).collect();
+        let stage = crate::plan::ilb::delete_stage(&targets);
+        let (now, later): (Vec<_>, Vec<_>) =
+            remaining.into_iter().partition(|(t, _)| stage.contains(t));
+        let receivers: Vec<_> = now
+            .into_iter()
+            .map(|(target, network)| {
+                runtime
+                    .engine
+                    .submit(Mutation::delete(target, network), Lane::Urgent)
+            })
+            .collect();
+        for receiver in receivers {
+            receiver.await.unwrap_or(Err(GcpError::Shutdown))?;
+        }
+        remaining = later;
     }
     Ok(())
 }

@@ -56,6 +56,8 @@ pub struct CloudRuntime {
     pub settling: std::sync::atomic::AtomicBool,
     /// The cloud's VIP pools, their addresses and the shared layout's wake-up.
     pub pools: super::pools::Pools,
+    /// ILB mode: what the cloud's backend services last reported of their engines.
+    pub ilb: super::cloud::IlbHealth,
     /// The cloud's `spec.managementPolicy`, current (objects may override it).
     pub policy: RwLock<crate::api::ManagementPolicy>,
 }

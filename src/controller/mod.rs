@@ -6,6 +6,7 @@ pub mod claims;
 pub mod cloud;
 pub mod context;
 pub mod error;
+mod ilb;
 pub mod index;
 pub mod metrics;
 pub mod pools;

@@ -34,13 +34,19 @@ pub struct Report {
     /// None while stalled: the resources listed before stay listed.
     pub resources: Option<GcpResources>,
     /// The address reserved for an allocated VIP.
-    address: Option<Target>,
+    pub(super) address: Option<Target>,
     /// For a VIP of a pool: whether the cloud's shared resources carry it exactly yet.
-    carried: Option<bool>,
+    pub(super) carried: Option<bool>,
+    /// The mode that carries the VIP now.
+    pub mode: VipMode,
+    /// ILB mode: each engine's health as the load balancer reports it.
+    pub engine_health: Vec<crate::api::EngineHealthStatus>,
+    /// ILB mode: what the next piece of the load balancer waits for.
+    pub waiting: Option<String>,
 }
 
 /// This VirtualService as a claimant of `address`.
-fn claim(object: &VirtualService, address: &str) -> Claim {
+pub(super) fn claim(object: &VirtualService, address: &str) -> Claim {
     let holding = object
         .status
         .as_ref()
@@ -69,6 +75,10 @@ impl Kind for VirtualService {
     fn fill(status: &mut VirtualServiceStatus, report: Option<&Report>) {
         status.vip = report.and_then(|r| r.vip.clone());
         status.active_service_engines = report.map(|r| r.active.clone()).unwrap_or_default();
+        if let Some(report) = report {
+            status.vip_mode = Some(report.mode);
+            status.engine_health = report.engine_health.clone();
+        }
         if let Some(resources) = report.and_then(|r| r.resources.clone()) {
             status.resources = Some(resources);
         }
@@ -118,6 +128,9 @@ impl Kind for VirtualService {
             }));
         }
         if report.vip.is_some() {
+            if report.mode == VipMode::Ilb || report.waiting.is_some() {
+                return Ok(ilb_step(runtime, report, changes));
+            }
             return Ok(None);
         }
         // Once the address exists, read back the IP GCP chose, then plan the rest.
@@ -149,6 +162,9 @@ impl Kind for VirtualService {
     }
 
     fn synced(report: &Report) -> Phase {
+        if report.mode == VipMode::Ilb {
+            return ilb_synced(report);
+        }
         if report.active.is_empty() {
             Phase::progressing(
                 "NoHealthyEngine",
@@ -178,6 +194,9 @@ fn observe(
     runtime: &CloudRuntime,
     owner: &Owner,
 ) -> Observation<Report> {
+    if super::cloud::vip_mode(object, &runtime.spec) == VipMode::Ilb {
+        return super::ilb::observe(object, ctx, runtime, owner);
+    }
     let cloud_name = &object.spec.cloud_ref;
     let cloud_spec = &runtime.spec;
     let engine = &runtime.engine;
@@ -256,11 +275,6 @@ fn observe(
             }),
         missing_ilb: None,
     };
-    if object.spec.vip_mode.unwrap_or(cloud_spec.default_vip_mode) == VipMode::Ilb {
-        problems.push(
-            "vipMode ILB (spec.vipMode, or the GcpCloud's defaultVipMode) is not served by this version of the operator yet; set vipMode: Routes or upgrade".into(),
-        );
-    }
     problems.extend(check_virtual_service(
         plan.vip.as_deref(),
         &object.spec.source_ranges,
@@ -369,6 +383,7 @@ fn observe(
             resources: Some(resources),
             address: plan.address,
             carried,
+            ..Report::default()
         },
         desired,
         owned,
@@ -445,5 +460,71 @@ fn pool_address(
                 ),
             }
         }
+    }
+}
+
+/// ILB mode before Synced: the load balancer's pieces still being made, or no health report
+/// yet.
+fn ilb_step(runtime: &CloudRuntime, report: &Report, changes: &Diff) -> Option<Step<Report>> {
+    let poll = super::cloud::instance_poll_period_of(runtime);
+    if let Some(waiting) = &report.waiting {
+        // What the next piece waits for is made by another hand (the cloud's ILB task makes
+        // the groups) or is one of this object's operations: look again soon either way.
+        let _ = changes;
+        return Some(Step {
+            phase: Phase::progressing(
+                "BuildingLoadBalancer",
+                format!("the internal load balancer is being made: waiting for {waiting}"),
+            ),
+            report: Some(report.clone()),
+            requeue: poll.max(std::time::Duration::from_millis(500)),
+        });
+    }
+    if report.mode == VipMode::Ilb
+        && report
+            .engine_health
+            .iter()
+            .all(|e| e.state == crate::api::HealthState::Unknown)
+    {
+        return Some(Step {
+            phase: Phase::progressing(
+                "WaitingForHealth",
+                "the internal load balancer exists; waiting for its first health report",
+            ),
+            report: Some(report.clone()),
+            requeue: poll,
+        });
+    }
+    None
+}
+
+/// ILB mode, Synced: Ready while some engine passes the health check.
+fn ilb_synced(report: &Report) -> Phase {
+    let rules = report
+        .resources
+        .as_ref()
+        .map(|r| r.forwarding_rules.join(", "))
+        .unwrap_or_default();
+    if report.active.is_empty() {
+        let states: Vec<String> = report
+            .engine_health
+            .iter()
+            .map(|e| format!("{} {:?}", e.name, e.state).to_uppercase())
+            .collect();
+        Phase::progressing(
+            "NoHealthyEngine",
+            format!(
+                "every service engine fails the load balancer's health check ({}); the VIP has no healthy backend",
+                states.join(", ")
+            ),
+        )
+    } else {
+        Phase::ready(
+            "Synced",
+            format!(
+                "forwarding rule(s) {rules} carry the VIP to healthy engine(s) {}",
+                report.active.join(", ")
+            ),
+        )
     }
 }

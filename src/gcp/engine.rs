@@ -216,6 +216,16 @@ impl Engine {
         super::refresh::poll_instances(&self.source(), zones, names).await
     }
 
+    /// ILB mode: what each backend service reports of the instances of each group asked
+    /// for, as (service, group link), in order (`regionBackendServices.getHealth`, batched).
+    pub async fn backend_health(
+        &self,
+        asked: &[(Target, String)],
+    ) -> Vec<Result<Vec<super::health::InstanceHealth>, GcpError>> {
+        super::health::backend_health(&self.shared.reader, &self.shared.settings.project, asked)
+            .await
+    }
+
     /// Whether [`Engine::shutdown`] was called.
     pub fn is_shut_down(&self) -> bool {
         self.shared.reader.is_stopped()

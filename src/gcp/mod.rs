@@ -11,6 +11,7 @@ pub mod calls;
 pub mod client;
 pub mod engine;
 pub mod error;
+pub mod health;
 pub mod inventory;
 pub mod metrics;
 mod per_object;

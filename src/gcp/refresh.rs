@@ -282,7 +282,8 @@ pub(crate) async fn refresh(
         listings.push(Listing::new(
             format!("projects/{project}/regions/{region}/forwardingRules"),
             region,
-            true,
+            // With ILB objects, every rule: an ILB VIP must not be one another rule holds.
+            !source.balancers,
             "compute.forwardingRules.list",
         ));
         if source.balancers {

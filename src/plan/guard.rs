@@ -170,6 +170,43 @@ pub fn check_vpc_route(dest_range: &str, around: &Surroundings) -> Vec<String> {
     problems
 }
 
+/// ILB mode: the subnetwork whose primary range holds the VIP (`subnets` are the network's
+/// ranges in the cloud's region, as [`Surroundings::subnet_ranges`] lists them; secondary
+/// ranges, named `subnet/range`, cannot hold a forwarding rule's address), and what stops it:
+/// a VIP outside every subnetwork, or one another forwarding rule holds.
+pub fn check_ilb_vip(
+    vip: Option<&str>,
+    subnets: &[(String, String)],
+    taken_by: Option<&str>,
+) -> (Option<String>, Vec<String>) {
+    let mut problems = Vec::new();
+    let Some(vip) = vip else {
+        return (None, problems);
+    };
+    let primary: Vec<(String, String)> = subnets
+        .iter()
+        .filter(|(name, _)| !name.contains('/'))
+        .cloned()
+        .collect();
+    let subnetwork = inside_subnet(vip, &primary).map(|(name, _)| name.clone());
+    if subnetwork.is_none() {
+        let ranges: Vec<String> = primary
+            .iter()
+            .map(|(name, cidr)| format!("{name} {cidr}"))
+            .collect();
+        problems.push(format!(
+            "ILB VIP {vip} lies in no subnetwork of the cloud's network and region ({}); an internal load balancer's address must be one of a subnetwork: fix {VIP_FIELD}, or use vip.allocate: {{type: Internal, subnetwork: ...}}",
+            if ranges.is_empty() { "it has none".to_string() } else { ranges.join(", ") }
+        ));
+    }
+    if let Some(rule) = taken_by {
+        problems.push(format!(
+            "ILB VIP {vip} is already taken by forwarding rule {rule}; choose another VIP ({VIP_FIELD})"
+        ));
+    }
+    (subnetwork, problems)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +318,32 @@ mod tests {
         let bad = sources(&["10.0.0.0/8", "10.1.2.3/8", "fd00::/8"]);
         assert_eq!(bad.len(), 1, "{bad:?}");
         assert!(bad[0].contains("10.1.2.3/8, fd00::/8"), "{bad:?}");
+    }
+
+    #[test]
+    fn an_ilb_vip_must_lie_in_a_primary_range_and_be_free() {
+        let subnets = vec![
+            ("se-subnet".to_string(), "10.128.0.0/20".to_string()),
+            ("se-subnet/pods".to_string(), "10.4.0.0/14".to_string()),
+        ];
+        assert_eq!(
+            check_ilb_vip(Some("10.128.0.50"), &subnets, None),
+            (Some("se-subnet".to_string()), Vec::new())
+        );
+        let (subnet, problems) = check_ilb_vip(Some("10.4.0.9"), &subnets, None);
+        assert_eq!(subnet, None, "a secondary range holds no forwarding rule");
+        assert!(
+            problems[0].contains("lies in no subnetwork")
+                && problems[0].contains("se-subnet 10.128.0.0/20")
+        );
+        let (_, problems) = check_ilb_vip(
+            Some("10.128.0.50"),
+            &subnets,
+            Some("regions/us-central1/forwardingRules/other"),
+        );
+        assert!(problems[0].contains(
+            "already taken by forwarding rule regions/us-central1/forwardingRules/other"
+        ));
+        assert_eq!(check_ilb_vip(None, &subnets, None), (None, Vec::new()));
     }
 }

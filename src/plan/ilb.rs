@@ -54,13 +54,31 @@ pub fn subnetwork_link(cloud: &CloudView, subnetwork: &str) -> String {
     ))
 }
 
+/// The owner of the cloud's ILB pieces (groups, the probe rule): the cloud, under a
+/// namespace of their own, so that the VIP pools' layout (which owns the cloud's other shared
+/// resources) never takes them for its own.
+pub fn owner(cloud: &CloudView) -> Owner {
+    Owner::new(
+        &cloud.cluster_id,
+        &cloud.cloud,
+        shared::KIND,
+        "ilb",
+        &cloud.cloud,
+    )
+}
+
+/// The prefix of the cloud's ILB pieces' names.
+pub fn name_prefix(cloud: &CloudView) -> String {
+    owner(cloud).name_prefix(&cloud.resource_prefix)
+}
+
 /// The shared instance group of one engine.
 pub fn group_target(cloud: &CloudView, zone: &str, engine: &str) -> Target {
     let hash = content_hash(&json!([zone, engine]));
     Target {
         collection: Collection::InstanceGroups,
         location: zone.to_string(),
-        name: format!("{}ig{hash}", shared::name_prefix(cloud)),
+        name: format!("{}ig{hash}", name_prefix(cloud)),
     }
 }
 
@@ -69,7 +87,7 @@ pub fn group_target(cloud: &CloudView, zone: &str, engine: &str) -> Target {
 pub fn group_body(cloud: &CloudView, target: &Target) -> Value {
     json!({
         "name": target.name,
-        "description": shared::owner(cloud).description(),
+        "description": owner(cloud).description(),
         "network": network_link(cloud),
     })
 }
@@ -82,6 +100,11 @@ pub fn engine_link(cloud: &CloudView, zone: &str, engine: &str) -> String {
     ))
 }
 
+/// The cloud's probe rule.
+pub fn health_firewall_target(cloud: &CloudView) -> Target {
+    Target::firewall(format!("{}hc", name_prefix(cloud)))
+}
+
 /// The cloud's firewall rule admitting Google's health-check probes on `ports` (TCP), to
 /// every instance of the network: the probes of a passthrough load balancer go to the
 /// forwarding rule's address on the engines. None when no ILB VirtualService needs one.
@@ -89,13 +112,14 @@ pub fn health_firewall(cloud: &CloudView, ports: &BTreeSet<u16>) -> Option<Desir
     if ports.is_empty() {
         return None;
     }
-    let name = format!("{}hc", shared::name_prefix(cloud));
+    let target = health_firewall_target(cloud);
+    let name = target.name.clone();
     let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
     Some(DesiredResource {
-        target: Target::firewall(name.clone()),
+        target,
         body: json!({
             "name": name,
-            "description": shared::owner(cloud).description(),
+            "description": owner(cloud).description(),
             "network": network_link(cloud),
             "direction": "INGRESS",
             "priority": 1000,
@@ -614,7 +638,12 @@ mod tests {
         assert_eq!(a, group_target(&cloud(), "us-central1-a", "se-1"));
         assert_ne!(a, group_target(&cloud(), "us-central1-a", "se-2"));
         assert_ne!(a, group_target(&cloud(), "us-central1-b", "se-1"));
-        assert!(a.name.starts_with(&shared::name_prefix(&cloud())));
+        assert!(a.name.starts_with(&name_prefix(&cloud())));
+        assert_ne!(
+            name_prefix(&cloud()),
+            shared::name_prefix(&cloud()),
+            "not the pools' layout's"
+        );
         assert!(a.name.len() <= 63);
         let body = group_body(&cloud(), &a);
         assert!(body["description"].as_str().unwrap().contains("/GcpCloud/"));

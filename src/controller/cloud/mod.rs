@@ -7,6 +7,7 @@
 //! `instances` (the instance poll), `events` (inventory changes to reconciles), `garbage`
 //! (orphan collection), `sweep` (deleted clouds); this file is the reconcile and its status.
 
+mod balancers;
 mod events;
 mod garbage;
 mod instances;
@@ -28,6 +29,13 @@ use crate::controller::context::Context;
 use crate::controller::error::Error;
 use crate::controller::status::{Phase, apply_phase, write_status};
 
+use balancers::*;
+pub use balancers::{IlbHealth, vip_mode};
+
+/// The instance poll period of a cloud's runtime (wall time).
+pub fn instance_poll_period_of(runtime: &crate::controller::context::CloudRuntime) -> Duration {
+    instance_poll_period(&runtime.spec, runtime.engine.settings().time_scale)
+}
 use events::*;
 use garbage::*;
 use instances::*;

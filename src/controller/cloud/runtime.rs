@@ -66,6 +66,7 @@ pub(super) async fn build_runtime(
     let runtime = runtime_with(ctx, cloud, credentials, false)?;
     forward_inventory_events(ctx, &runtime);
     run_layout(ctx, &runtime);
+    run_balancers(ctx, &runtime);
     poll_instances(ctx, &runtime);
     Ok(runtime)
 }
@@ -152,6 +153,7 @@ fn runtime_with(
         refresh_failures: Default::default(),
         settling: std::sync::atomic::AtomicBool::new(true),
         pools: crate::controller::pools::Pools::from_spec(spec),
+        ilb: Default::default(),
         policy: std::sync::RwLock::new(spec.management_policy),
         engine,
     });
