@@ -85,6 +85,32 @@ impl ApiError {
         }
     }
 
+    /// A 4xx with its own reason (`memberAlreadyExists`, `wrongSubnetwork`, ...).
+    pub fn with_reason(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            reason,
+            domain: "global",
+            message: message.into(),
+        }
+    }
+
+    /// 400 `resourceInUseByAnotherResource`: `The instance_group resource 'projects/P/zones/Z/
+    /// instanceGroups/IG' is already being used by 'projects/P/regions/R/backendServices/BS'`
+    /// (the observed shape; relative paths).
+    pub fn in_use(type_name: &str, resource: &str, user: &str) -> Self {
+        Self::with_reason(
+            400,
+            "resourceInUseByAnotherResource",
+            format!("The {type_name} resource '{resource}' is already being used by '{user}'"),
+        )
+    }
+
+    /// 412 `conditionNotMet`: a stale fingerprint.
+    pub fn condition_not_met(message: impl Into<String>) -> Self {
+        Self::with_reason(412, "conditionNotMet", message)
+    }
+
     /// 500 `backendError`.
     pub fn backend_error() -> Self {
         Self {

@@ -544,12 +544,42 @@ fn admin(
                 Err(err) => admin_error(400, err.to_string()),
             }
         }
+        ("POST", "health") => match mark_health(emulator, body) {
+            Ok(value) => json_response(200, value.to_string()),
+            Err((status, message)) => admin_error(status, message),
+        },
         ("POST", "quotas") => match update_quotas(emulator, body) {
             Ok(value) => json_response(200, value.to_string()),
             Err(message) => admin_error(400, message),
         },
         _ => admin_error(404, format!("no admin endpoint {method} /_emulator/{rest}")),
     }
+}
+
+/// `{"project": P, "zone": Z, "instance": I, "healthy": false|true}`: marks an instance
+/// unhealthy for every health check, or clears the mark. 404 for an unknown instance.
+fn mark_health(emulator: &Emulator, body: &Bytes) -> Result<Value, (u16, String)> {
+    let request: Value =
+        serde_json::from_slice(body).map_err(|err| (400, format!("body is not JSON: {err}")))?;
+    let text = |field: &str| {
+        request
+            .get(field)
+            .and_then(Value::as_str)
+            .ok_or((400, format!("missing field '{field}' (a string)")))
+    };
+    let (project, zone, instance) = (text("project")?, text("zone")?, text("instance")?);
+    let healthy = request
+        .get("healthy")
+        .and_then(Value::as_bool)
+        .ok_or((400, "missing field 'healthy' (a boolean)".to_string()))?;
+    let mut state = match emulator.state.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    state
+        .mark_health(project, zone, instance, healthy)
+        .map_err(|err| (err.code, err.message))?;
+    Ok(json!({"project": project, "zone": zone, "instance": instance, "healthy": healthy}))
 }
 
 /// `{"project": P, "quotas": {...}, "rateLimits": {...}}`, each map partial.

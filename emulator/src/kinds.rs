@@ -22,11 +22,17 @@ pub enum Kind {
     Instance,
     Network,
     Subnetwork,
+    /// Zonal unmanaged instance groups.
+    InstanceGroup,
+    /// Regional health checks.
+    HealthCheck,
+    /// Regional backend services.
+    BackendService,
 }
 
 impl Kind {
     /// Every kind, for state dumps.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Route,
         Kind::Firewall,
         Kind::GlobalAddress,
@@ -36,6 +42,9 @@ impl Kind {
         Kind::Instance,
         Kind::Network,
         Kind::Subnetwork,
+        Kind::InstanceGroup,
+        Kind::HealthCheck,
+        Kind::BackendService,
     ];
 
     /// The collection segment of the URL path.
@@ -49,6 +58,37 @@ impl Kind {
             Kind::Instance => "instances",
             Kind::Network => "networks",
             Kind::Subnetwork => "subnetworks",
+            Kind::InstanceGroup => "instanceGroups",
+            Kind::HealthCheck => "healthChecks",
+            Kind::BackendService => "backendServices",
+        }
+    }
+
+    /// The resource collection of the discovery document, as method ids name it
+    /// (`compute.globalAddresses.insert`, `compute.regionBackendServices.getHealth`).
+    pub fn method_collection(self) -> &'static str {
+        match self {
+            Kind::GlobalAddress => "globalAddresses",
+            Kind::HealthCheck => "regionHealthChecks",
+            Kind::BackendService => "regionBackendServices",
+            other => other.collection(),
+        }
+    }
+
+    /// The resource type as Compute's "already being used" errors name it (`instance_group`).
+    pub fn type_name(self) -> &'static str {
+        match self {
+            Kind::Route => "route",
+            Kind::Firewall => "firewall",
+            Kind::GlobalAddress | Kind::Address => "address",
+            Kind::ForwardingRule => "forwarding_rule",
+            Kind::TargetInstance => "target_instance",
+            Kind::Instance => "instance",
+            Kind::Network => "network",
+            Kind::Subnetwork => "subnetwork",
+            Kind::InstanceGroup => "instance_group",
+            Kind::HealthCheck => "health_check",
+            Kind::BackendService => "backend_service",
         }
     }
 
@@ -63,6 +103,9 @@ impl Kind {
             Kind::Instance => "compute#instance",
             Kind::Network => "compute#network",
             Kind::Subnetwork => "compute#subnetwork",
+            Kind::InstanceGroup => "compute#instanceGroup",
+            Kind::HealthCheck => "compute#healthCheck",
+            Kind::BackendService => "compute#backendService",
         }
     }
 
@@ -77,6 +120,9 @@ impl Kind {
             Kind::Instance => "compute#instanceList",
             Kind::Network => "compute#networkList",
             Kind::Subnetwork => "compute#subnetworkList",
+            Kind::InstanceGroup => "compute#instanceGroupList",
+            Kind::HealthCheck => "compute#healthCheckList",
+            Kind::BackendService => "compute#backendServiceList",
         }
     }
 
@@ -84,8 +130,12 @@ impl Kind {
     pub fn placement(self) -> Placement {
         match self {
             Kind::Route | Kind::Firewall | Kind::GlobalAddress | Kind::Network => Placement::Global,
-            Kind::Address | Kind::ForwardingRule | Kind::Subnetwork => Placement::Regional,
-            Kind::TargetInstance | Kind::Instance => Placement::Zonal,
+            Kind::Address
+            | Kind::ForwardingRule
+            | Kind::Subnetwork
+            | Kind::HealthCheck
+            | Kind::BackendService => Placement::Regional,
+            Kind::TargetInstance | Kind::Instance | Kind::InstanceGroup => Placement::Zonal,
         }
     }
 
@@ -98,6 +148,9 @@ impl Kind {
             Kind::ForwardingRule => Work::ForwardingRule,
             Kind::TargetInstance => Work::TargetInstance,
             Kind::Instance => Work::Instance,
+            Kind::InstanceGroup => Work::InstanceGroup,
+            Kind::HealthCheck => Work::HealthCheck,
+            Kind::BackendService => Work::BackendService,
         }
     }
 
@@ -121,8 +174,11 @@ impl Kind {
             (Placement::Regional, "addresses") => Kind::Address,
             (Placement::Regional, "forwardingRules") => Kind::ForwardingRule,
             (Placement::Regional, "subnetworks") => Kind::Subnetwork,
+            (Placement::Regional, "healthChecks") => Kind::HealthCheck,
+            (Placement::Regional, "backendServices") => Kind::BackendService,
             (Placement::Zonal, "targetInstances") => Kind::TargetInstance,
             (Placement::Zonal, "instances") => Kind::Instance,
+            (Placement::Zonal, "instanceGroups") => Kind::InstanceGroup,
             _ => return None,
         })
     }
@@ -166,16 +222,24 @@ pub enum Aggregated {
     Addresses,
     ForwardingRules,
     TargetInstances,
+    InstanceGroups,
+    /// Regional backend services (Compute's global ones have the `global` scope, empty here).
+    BackendServices,
+    /// Regional health checks (the `global` scope is empty here).
+    HealthChecks,
 }
 
 impl Aggregated {
     /// Every aggregated collection.
-    pub const ALL: [Aggregated; 5] = [
+    pub const ALL: [Aggregated; 8] = [
         Aggregated::Instances,
         Aggregated::Operations,
         Aggregated::Addresses,
         Aggregated::ForwardingRules,
         Aggregated::TargetInstances,
+        Aggregated::InstanceGroups,
+        Aggregated::BackendServices,
+        Aggregated::HealthChecks,
     ];
 
     /// Parses the segment after `aggregated/`.
@@ -192,6 +256,9 @@ impl Aggregated {
             Aggregated::Addresses => "addresses",
             Aggregated::ForwardingRules => "forwardingRules",
             Aggregated::TargetInstances => "targetInstances",
+            Aggregated::InstanceGroups => "instanceGroups",
+            Aggregated::BackendServices => "backendServices",
+            Aggregated::HealthChecks => "healthChecks",
         }
     }
 
@@ -203,6 +270,9 @@ impl Aggregated {
             Aggregated::Addresses => "compute.addresses.aggregatedList",
             Aggregated::ForwardingRules => "compute.forwardingRules.aggregatedList",
             Aggregated::TargetInstances => "compute.targetInstances.aggregatedList",
+            Aggregated::InstanceGroups => "compute.instanceGroups.aggregatedList",
+            Aggregated::BackendServices => "compute.backendServices.aggregatedList",
+            Aggregated::HealthChecks => "compute.healthChecks.aggregatedList",
         }
     }
 
@@ -214,6 +284,10 @@ impl Aggregated {
             Aggregated::Addresses => "compute#addressAggregatedList",
             Aggregated::ForwardingRules => "compute#forwardingRuleAggregatedList",
             Aggregated::TargetInstances => "compute#targetInstanceAggregatedList",
+            Aggregated::InstanceGroups => "compute#instanceGroupAggregatedList",
+            Aggregated::BackendServices => "compute#backendServiceAggregatedList",
+            // Sic: `HealthChecksAggregatedList.kind` in the discovery document.
+            Aggregated::HealthChecks => "compute#healthChecksAggregatedList",
         }
     }
 
@@ -225,6 +299,9 @@ impl Aggregated {
             Aggregated::Addresses => &[Kind::GlobalAddress, Kind::Address],
             Aggregated::ForwardingRules => &[Kind::ForwardingRule],
             Aggregated::TargetInstances => &[Kind::TargetInstance],
+            Aggregated::InstanceGroups => &[Kind::InstanceGroup],
+            Aggregated::BackendServices => &[Kind::BackendService],
+            Aggregated::HealthChecks => &[Kind::HealthCheck],
         }
     }
 
@@ -232,10 +309,13 @@ impl Aggregated {
     /// be found (forwarding rules have a global scope in Compute, though none is served here).
     pub fn placements(self) -> &'static [Placement] {
         match self {
-            Aggregated::Instances | Aggregated::TargetInstances => &[Placement::Zonal],
-            Aggregated::Addresses | Aggregated::ForwardingRules => {
-                &[Placement::Global, Placement::Regional]
+            Aggregated::Instances | Aggregated::TargetInstances | Aggregated::InstanceGroups => {
+                &[Placement::Zonal]
             }
+            Aggregated::Addresses
+            | Aggregated::ForwardingRules
+            | Aggregated::BackendServices
+            | Aggregated::HealthChecks => &[Placement::Global, Placement::Regional],
             Aggregated::Operations => &[Placement::Global, Placement::Regional, Placement::Zonal],
         }
     }

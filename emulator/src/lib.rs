@@ -8,6 +8,7 @@ pub mod filter;
 pub mod http;
 pub mod ipnet;
 pub mod kinds;
+pub mod lb;
 pub mod model;
 
 /// The batch codec, shared with the operator's client.

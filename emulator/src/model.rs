@@ -56,6 +56,10 @@ pub enum Work {
     ForwardingRule,
     TargetInstance,
     Instance,
+    /// Instance group insert, delete, addInstances, removeInstances.
+    InstanceGroup,
+    HealthCheck,
+    BackendService,
 }
 
 /// Latency and duration tables of one profile.
@@ -120,6 +124,9 @@ impl Timing {
             Work::ForwardingRule => Spread::secs(10.0, 15.0, 30.0),
             Work::TargetInstance => Spread::secs(5.0, 8.0, 15.0),
             Work::Instance => Spread::secs(20.0, 30.0, 40.0),
+            // Model values, in the range of the forwarding-rule row (no measured source).
+            Work::InstanceGroup | Work::HealthCheck => Spread::secs(5.0, 8.0, 15.0),
+            Work::BackendService => Spread::secs(10.0, 15.0, 30.0),
         }
     }
 }

@@ -24,6 +24,30 @@ pub enum Effect {
     },
     /// Nothing (a failed call that still yields an operation, e.g. QUOTA_EXCEEDED).
     Nothing,
+    /// Several effects, applied in order.
+    Many(Vec<Effect>),
+    /// An address gains a user (`users[]`, `status: IN_USE`).
+    AddUser {
+        key: CollectionKey,
+        name: String,
+        user: String,
+    },
+    /// An address loses a user (`status: RESERVED` when none is left).
+    RemoveUser {
+        key: CollectionKey,
+        name: String,
+        user: String,
+    },
+    /// An instance group's members change (instance names of its zone). `network` and
+    /// `subnetwork` (links) are set on the group if it has none yet.
+    Members {
+        zone: String,
+        group: String,
+        add: Vec<String>,
+        remove: Vec<String>,
+        network: Option<String>,
+        subnetwork: Option<String>,
+    },
 }
 
 /// Why an operation ended in error.

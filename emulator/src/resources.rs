@@ -1,6 +1,7 @@
 //! Validation of insert and patch bodies, and the stored form of each resource: what Compute
 //! checks synchronously (400/404) and the output-only fields it fills in.
 
+use std::collections::{BTreeMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde_json::{Map, Value, json};
@@ -9,7 +10,7 @@ use crate::error::ApiError;
 use crate::ipnet::Cidr;
 use crate::kinds::{CollectionKey, Kind};
 use crate::names::{NAME_REGEX, link, reference_path, valid_name};
-use crate::state::Project;
+use crate::state::{Project, Subnet};
 
 /// A validated resource ready to be stored, with what quotas and the network knob need.
 #[derive(Debug)]
@@ -18,14 +19,160 @@ pub struct Built {
     pub body: Map<String, Value>,
     /// The VPC network the resource belongs to, for per-network quotas and serialisation.
     pub network: Option<String>,
+    /// An address the resource uses (an internal forwarding rule naming its address): it gains
+    /// the resource as a user when the insert is DONE.
+    pub address_user: Option<(CollectionKey, String)>,
 }
 
-fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
+impl Built {
+    fn new(name: String, body: Map<String, Value>, network: Option<String>) -> Self {
+        Self {
+            name,
+            body,
+            network,
+            address_user: None,
+        }
+    }
+
+    /// A resource that belongs to no network slot.
+    pub fn from_parts(name: String, body: Map<String, Value>) -> Self {
+        Self::new(name, body, None)
+    }
+}
+
+/// What validation sees of the world: the project a call names, and every project (for Shared
+/// VPC, whose service projects use their host's networks and share its IP space).
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub projects: &'a BTreeMap<String, Project>,
+    pub project: &'a Project,
+}
+
+/// A network reference resolved through a [`View`].
+pub struct NetworkRef<'a> {
+    pub owner: &'a Project,
+    pub name: String,
+    /// Its full URL (`https://www.googleapis.com/compute/v1/projects/H/global/networks/N`).
+    pub link: String,
+}
+
+/// A subnetwork reference resolved through a [`View`].
+pub struct SubnetRef<'a> {
+    pub owner: &'a Project,
+    pub subnet: &'a Subnet,
+    pub link: String,
+    /// The full URL of the subnetwork's network.
+    pub network_link: String,
+}
+
+/// Compute's refusal of a reference into a project the caller may not use (Shared VPC).
+pub const CROSS_PROJECT: &str = "Cross-project references for this resource are not allowed.";
+
+impl<'a> View<'a> {
+    /// The project whose networks this project uses: its Shared VPC host, or itself.
+    pub fn host_id(&self) -> &'a str {
+        self.project
+            .network_project
+            .as_deref()
+            .unwrap_or(&self.project.id)
+    }
+
+    /// A project of the world.
+    pub fn get(&self, id: &str) -> Option<&'a Project> {
+        self.projects.get(id)
+    }
+
+    /// The project named in a network or subnetwork reference, if this project may use it: itself
+    /// or, for a Shared VPC service project, its host.
+    fn network_owner(
+        &self,
+        owner: &str,
+        field: &str,
+        reference: &str,
+    ) -> Result<&'a Project, ApiError> {
+        if owner == self.project.id {
+            return Ok(self.project);
+        }
+        if self.project.network_project.as_deref() == Some(owner)
+            && let Some(host) = self.projects.get(owner)
+        {
+            return Ok(host);
+        }
+        Err(ApiError::invalid_field(field, reference, CROSS_PROJECT))
+    }
+
+    /// Resolves a network reference (full or partial URL).
+    pub fn network(&self, reference: &str, field: &str) -> Result<NetworkRef<'a>, ApiError> {
+        let path = reference_path(reference, &self.project.id);
+        let parts: Vec<&str> = path.split('/').collect();
+        let ["projects", owner, "global", "networks", name] = parts.as_slice() else {
+            return Err(ApiError::invalid_field(
+                field,
+                reference,
+                "Must be the URL of a network.",
+            ));
+        };
+        let owner = self.network_owner(owner, field, reference)?;
+        if !owner.has_network(name) {
+            return Err(ApiError::not_found(&path));
+        }
+        Ok(NetworkRef {
+            owner,
+            name: (*name).to_string(),
+            link: link(&path),
+        })
+    }
+
+    /// Resolves a subnetwork reference (full or partial URL).
+    pub fn subnetwork(&self, reference: &str, field: &str) -> Result<SubnetRef<'a>, ApiError> {
+        let path = reference_path(reference, &self.project.id);
+        let parts: Vec<&str> = path.split('/').collect();
+        let ["projects", owner, "regions", region, "subnetworks", name] = parts.as_slice() else {
+            return Err(ApiError::invalid_field(
+                field,
+                reference,
+                "Must be the URL of a subnetwork.",
+            ));
+        };
+        let owner = self.network_owner(owner, field, reference)?;
+        let Some(subnet) = owner.subnet(region, name) else {
+            return Err(ApiError::not_found(&path));
+        };
+        Ok(SubnetRef {
+            owner,
+            subnet,
+            link: link(&path),
+            network_link: link(&format!(
+                "projects/{}/global/networks/{}",
+                owner.id, subnet.network
+            )),
+        })
+    }
+
+    /// The projects that share this project's IP space: its network host and every service
+    /// project of that host (only the project itself without Shared VPC).
+    pub fn family(&self) -> impl Iterator<Item = &'a Project> + 'a {
+        let host = self.host_id();
+        self.projects
+            .values()
+            .filter(move |p| p.id == host || p.network_project.as_deref() == Some(host))
+    }
+
+    /// Every IPv4 address in use in this project's IP space.
+    pub fn used_ips(&self) -> HashSet<Ipv4Addr> {
+        self.family().flat_map(Project::used_ips).collect()
+    }
+}
+
+pub(crate) fn object(body: &Value) -> Result<&Map<String, Value>, ApiError> {
     body.as_object()
         .ok_or_else(|| ApiError::invalid("Invalid JSON payload received. Expected an object."))
 }
 
-fn str_field<'a>(body: &'a Map<String, Value>, field: &str) -> Result<Option<&'a str>, ApiError> {
+pub(crate) fn str_field<'a>(
+    body: &'a Map<String, Value>,
+    field: &str,
+) -> Result<Option<&'a str>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -36,7 +183,7 @@ fn str_field<'a>(body: &'a Map<String, Value>, field: &str) -> Result<Option<&'a
     }
 }
 
-fn type_name(value: &Value) -> &'static str {
+pub(crate) fn type_name(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "TYPE_BOOL",
@@ -47,7 +194,7 @@ fn type_name(value: &Value) -> &'static str {
     }
 }
 
-fn string_list(body: &Map<String, Value>, field: &str) -> Result<Vec<String>, ApiError> {
+pub(crate) fn string_list(body: &Map<String, Value>, field: &str) -> Result<Vec<String>, ApiError> {
     match body.get(field) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(items)) => items
@@ -68,7 +215,7 @@ fn string_list(body: &Map<String, Value>, field: &str) -> Result<Vec<String>, Ap
     }
 }
 
-fn u32_field(
+pub(crate) fn u32_field(
     body: &Map<String, Value>,
     field: &str,
     default: u32,
@@ -90,7 +237,7 @@ fn u32_field(
     }
 }
 
-fn compact(value: &Value) -> String {
+pub(crate) fn compact(value: &Value) -> String {
     match value {
         Value::String(s) => s.clone(),
         other => other.to_string(),
@@ -110,7 +257,7 @@ pub fn check_name(body: &Map<String, Value>) -> Result<String, ApiError> {
     Ok(name.to_string())
 }
 
-fn check_description(body: &Map<String, Value>) -> Result<(), ApiError> {
+pub(crate) fn check_description(body: &Map<String, Value>) -> Result<(), ApiError> {
     if let Some(description) = str_field(body, "description")?
         && description.chars().count() > 2048
     {
@@ -124,24 +271,40 @@ fn check_description(body: &Map<String, Value>) -> Result<(), ApiError> {
 }
 
 /// Resolves a network reference (full or partial URL) to a network name of this project.
+///
+/// Routes and firewall rules live in the project of their network: a reference to another
+/// project's network (a Shared VPC host's, from a service project) is refused with Compute's
+/// `Cross project referencing is not allowed for this resource.`
 fn network_ref(project: &Project, reference: &str, field: &str) -> Result<String, ApiError> {
     let path = reference_path(reference, &project.id);
-    let prefix = format!("projects/{}/global/networks/", project.id);
-    let name = path.strip_prefix(&prefix).ok_or_else(|| {
-        ApiError::invalid_field(
+    let parts: Vec<&str> = path.split('/').collect();
+    let ["projects", owner, "global", "networks", name] = parts.as_slice() else {
+        return Err(ApiError::invalid_field(
             field,
             reference,
             "Must be the URL of a network of this project.",
-        )
-    })?;
+        ));
+    };
+    if *owner != project.id {
+        return Err(ApiError::invalid_field(
+            field,
+            reference,
+            "Cross project referencing is not allowed for this resource.",
+        ));
+    }
     if !project.has_network(name) {
         return Err(ApiError::not_found(&path));
     }
-    Ok(name.to_string())
+    Ok((*name).to_string())
 }
 
 /// Keeps only the fields a client may set, plus the common output fields.
-fn base(kind: Kind, name: &str, body: &Map<String, Value>, inputs: &[&str]) -> Map<String, Value> {
+pub(crate) fn base(
+    kind: Kind,
+    name: &str,
+    body: &Map<String, Value>,
+    inputs: &[&str],
+) -> Map<String, Value> {
     let mut out = Map::new();
     out.insert("kind".into(), json!(kind.resource_kind()));
     out.insert("name".into(), json!(name));
@@ -255,7 +418,7 @@ pub fn route(project: &Project, body: &Value) -> Result<Built, ApiError> {
             let mut parts = path.split('/');
             let (
                 Some("projects"),
-                Some(_),
+                Some(owner),
                 Some("zones"),
                 Some(zone),
                 Some("instances"),
@@ -277,6 +440,19 @@ pub fn route(project: &Project, body: &Value) -> Result<Built, ApiError> {
                     "Must be the URL of an instance: projects/P/zones/Z/instances/I.",
                 ));
             };
+            if owner != project.id {
+                // The static-routes guide: a next-hop instance "that is in the same project as
+                // the route". The wording is the emulator's (model message).
+                return Err(ApiError::invalid_field(
+                    "resource.nextHopInstance",
+                    reference,
+                    &format!(
+                        "The next-hop instance must be in the route's project '{}'; \
+                         use nextHopIp for an instance of another project.",
+                        project.id
+                    ),
+                ));
+            }
             let key = CollectionKey {
                 kind: Kind::Instance,
                 location: zone.to_string(),
@@ -367,11 +543,7 @@ pub fn route(project: &Project, body: &Value) -> Result<Built, ApiError> {
     if !warnings.is_empty() {
         out.insert("warnings".into(), json!(warnings));
     }
-    Ok(Built {
-        name,
-        body: out,
-        network: Some(network),
-    })
+    Ok(Built::new(name, out, Some(network)))
 }
 
 fn warning(code: &str, message: &str, instance: &str) -> Value {
@@ -427,7 +599,7 @@ fn check_rules(body: &Map<String, Value>, field: &str) -> Result<Option<Value>, 
     Ok(Some(Value::Array(rules.clone())))
 }
 
-fn valid_port_range(text: &str) -> bool {
+pub(crate) fn valid_port_range(text: &str) -> bool {
     let parse = |s: &str| {
         !s.is_empty()
             && s.len() <= 5
@@ -578,15 +750,12 @@ pub fn firewall(project: &Project, body: &Value) -> Result<Built, ApiError> {
     }
     out.entry("disabled").or_insert(json!(false));
     out.entry("logConfig").or_insert(json!({"enable": false}));
-    Ok(Built {
-        name,
-        body: out,
-        network: Some(network),
-    })
+    Ok(Built::new(name, out, Some(network)))
 }
 
 /// Validates an addresses.insert body (regional when `region` is given) and allocates the IP.
-pub fn address(project: &Project, region: Option<&str>, body: &Value) -> Result<Built, ApiError> {
+pub fn address(view: &View<'_>, region: Option<&str>, body: &Value) -> Result<Built, ApiError> {
+    let project = view.project;
     let body = object(body)?;
     let name = check_name(body)?;
     check_description(body)?;
@@ -630,14 +799,25 @@ pub fn address(project: &Project, region: Option<&str>, body: &Value) -> Result<
         };
         let subnet_ref = str_field(body, "subnetwork")?
             .ok_or_else(|| ApiError::required("resource.subnetwork"))?;
-        let path = reference_path(subnet_ref, &project.id);
-        let subnet_name = path.rsplit('/').next().unwrap_or_default();
-        let Some(subnet) = project.subnet(region, subnet_name) else {
-            return Err(ApiError::not_found(&path));
+        // A bare name means the subnetwork of that name in the address's region.
+        let reference = if subnet_ref.contains('/') {
+            subnet_ref.to_string()
+        } else {
+            format!("regions/{region}/subnetworks/{subnet_ref}")
         };
+        let resolved = view.subnetwork(&reference, "resource.subnetwork")?;
+        let subnet = resolved.subnet;
+        let subnet_name = subnet.name.as_str();
+        if subnet.region != region {
+            return Err(ApiError::invalid_field(
+                "resource.subnetwork",
+                subnet_ref,
+                &format!("The subnetwork must be in the address's region '{region}'."),
+            ));
+        }
         network = Some(subnet.network.clone());
-        out.insert("subnetwork".into(), json!(link(&path)));
-        let used = project.used_ips();
+        out.insert("subnetwork".into(), json!(resolved.link));
+        let used = view.used_ips();
         match requested {
             Some(ip) => {
                 if !subnet.cidr.contains(IpAddr::V4(ip)) {
@@ -666,7 +846,7 @@ pub fn address(project: &Project, region: Option<&str>, body: &Value) -> Result<
             })?,
         }
     } else {
-        let used = project.used_ips();
+        let used = view.used_ips();
         match requested {
             Some(ip) if used.contains(&ip) => {
                 return Err(ApiError::invalid_field(
@@ -703,14 +883,10 @@ pub fn address(project: &Project, region: Option<&str>, body: &Value) -> Result<
     if address_type == "EXTERNAL" {
         out.entry("networkTier").or_insert(json!("PREMIUM"));
     }
-    Ok(Built {
-        name,
-        body: out,
-        network,
-    })
+    Ok(Built::new(name, out, network))
 }
 
-fn free_ip(cidr: &Cidr, used: &std::collections::HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
+pub(crate) fn free_ip(cidr: &Cidr, used: &std::collections::HashSet<Ipv4Addr>) -> Option<Ipv4Addr> {
     // Like GCP, the first two and the last two addresses of a subnet are reserved.
     let size = cidr.size_v4();
     (2..size.saturating_sub(2)).find_map(|i| {
@@ -720,7 +896,8 @@ fn free_ip(cidr: &Cidr, used: &std::collections::HashSet<Ipv4Addr>) -> Option<Ip
 }
 
 /// Validates a forwardingRules.insert body in `region`.
-pub fn forwarding_rule(project: &Project, region: &str, body: &Value) -> Result<Built, ApiError> {
+pub fn forwarding_rule(view: &View<'_>, region: &str, body: &Value) -> Result<Built, ApiError> {
+    let project = view.project;
     let body = object(body)?;
     let name = check_name(body)?;
     check_description(body)?;
@@ -771,12 +948,22 @@ pub fn forwarding_rule(project: &Project, region: &str, body: &Value) -> Result<
             "Must be a port or a range 'low-high'.",
         ));
     }
-    if ports.len() > 5 || ports.iter().any(|p| !valid_port_range(p)) {
+    if ports.len() > 5 {
+        // The observed refusal (banzaicloud/koperator#523).
         return Err(ApiError::invalid_field(
-            "resource.ports",
-            &ports.join(","),
-            "At most five ports or ranges.",
+            "resource.ports[5]",
+            &ports[5],
+            "Too many ports specified. Maximum is 5.",
         ));
+    }
+    for (i, port) in ports.iter().enumerate() {
+        if !valid_port_range(port) || port.split('-').any(|p| p == "0") {
+            return Err(ApiError::invalid_field(
+                &format!("resource.ports[{i}]"),
+                port,
+                "Must be a port (1-65535) or a range 'low-high'.",
+            ));
+        }
     }
     let mut out = base(
         Kind::ForwardingRule,
@@ -792,6 +979,11 @@ pub fn forwarding_rule(project: &Project, region: &str, body: &Value) -> Result<
             "labels",
         ],
     );
+    if scheme == "INTERNAL" {
+        return crate::lb::internal_forwarding_rule(
+            view, region, body, name, out, protocol, port_range,
+        );
+    }
     if let Some(target) = str_field(body, "target")? {
         let path = reference_path(target, &project.id);
         let parts: Vec<&str> = path.split('/').collect();
@@ -835,7 +1027,7 @@ pub fn forwarding_rule(project: &Project, region: &str, body: &Value) -> Result<
             }
         },
         None => {
-            let used = project.used_ips();
+            let used = view.used_ips();
             free_ip(
                 &Cidr {
                     addr: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 0)),
@@ -853,15 +1045,9 @@ pub fn forwarding_rule(project: &Project, region: &str, body: &Value) -> Result<
     };
     let mut network = None;
     if let Some(reference) = str_field(body, "network")? {
-        let name = network_ref(project, reference, "resource.network")?;
-        out.insert(
-            "network".into(),
-            json!(link(&format!(
-                "projects/{}/global/networks/{name}",
-                project.id
-            ))),
-        );
-        network = Some(name);
+        let resolved = view.network(reference, "resource.network")?;
+        out.insert("network".into(), json!(resolved.link));
+        network = Some(resolved.name);
     }
     out.insert("IPAddress".into(), json!(ip));
     out.insert("IPProtocol".into(), json!(protocol));
@@ -870,11 +1056,7 @@ pub fn forwarding_rule(project: &Project, region: &str, body: &Value) -> Result<
         "region".into(),
         json!(link(&format!("projects/{}/regions/{region}", project.id))),
     );
-    Ok(Built {
-        name,
-        body: out,
-        network,
-    })
+    Ok(Built::new(name, out, network))
 }
 
 /// Validates a targetInstances.insert body in `zone`.
@@ -922,11 +1104,7 @@ pub fn target_instance(project: &Project, zone: &str, body: &Value) -> Result<Bu
         "zone".into(),
         json!(link(&format!("projects/{}/zones/{zone}", project.id))),
     );
-    Ok(Built {
-        name,
-        body: out,
-        network: None,
-    })
+    Ok(Built::new(name, out, None))
 }
 
 /// Applies a JSON merge patch (RFC 7396) of `patch` onto `target`.

@@ -94,6 +94,11 @@ enum Target {
     Region(String),
     /// `projects/{p}/aggregated/{collection}`: the collection across every scope.
     Aggregated(Aggregated),
+    /// A custom POST method of one resource: `instanceGroups/G/addInstances`,
+    /// `removeInstances`, `listInstances`, `backendServices/B/getHealth`.
+    Action(CollectionKey, String, &'static str),
+    /// `projects/{p}/getXpnHost`.
+    XpnHost,
 }
 
 /// The emulated Compute API.
@@ -328,6 +333,52 @@ impl Emulator {
                     .patch(project, key, &name, &body, &ctx)
                     .map(|v| Some(v.to_string()))
             }
+            ("PUT", Target::Item(key, name)) => {
+                let body = json_body(&call.body)?;
+                let ctx = self.mutation_context(call, key.kind, opfail)?;
+                lock(&self.state)
+                    .update(project, key, &name, &body, &ctx)
+                    .map(|v| Some(v.to_string()))
+            }
+            ("POST", Target::Action(key, name, verb)) => {
+                let body = if call.body.iter().all(u8::is_ascii_whitespace) {
+                    Value::Object(serde_json::Map::new())
+                } else {
+                    json_body(&call.body)?
+                };
+                match verb {
+                    "addInstances" | "removeInstances" => {
+                        let ctx = self.mutation_context(call, key.kind, opfail)?;
+                        lock(&self.state)
+                            .group_members(
+                                project,
+                                &key.location,
+                                &name,
+                                verb == "addInstances",
+                                &body,
+                                &ctx,
+                            )
+                            .map(|v| Some(v.to_string()))
+                    }
+                    "listInstances" => {
+                        let params = list_params(&call.query)?;
+                        lock(&self.state)
+                            .list_group_instances(
+                                project,
+                                &key.location,
+                                &name,
+                                &body,
+                                &params,
+                                now,
+                            )
+                            .map(Some)
+                    }
+                    _ => lock(&self.state)
+                        .backend_health(project, &key.location, &name, &body, now)
+                        .map(Some),
+                }
+            }
+            ("GET", Target::XpnHost) => lock(&self.state).xpn_host(project, now).map(Some),
             ("POST", Target::InstancePower { zone, name, start }) => {
                 let ctx = self.mutation_context(call, Kind::Instance, opfail)?;
                 lock(&self.state)
@@ -591,6 +642,21 @@ fn route(method: &str, path: &str) -> Result<(String, Target), ApiError> {
         ["zones", zone, "operations", name, "wait"] => {
             Target::OperationWait(format!("zones/{zone}"), (*name).into())
         }
+        ["getXpnHost"] => Target::XpnHost,
+        ["zones", zone, "instanceGroups", name, verb] => {
+            let verb = match *verb {
+                "addInstances" => "addInstances",
+                "removeInstances" => "removeInstances",
+                "listInstances" => "listInstances",
+                _ => return Err(not_found()),
+            };
+            Target::Action(key(Kind::InstanceGroup, zone), (*name).into(), verb)
+        }
+        ["regions", region, "backendServices", name, "getHealth"] => Target::Action(
+            key(Kind::BackendService, region),
+            (*name).into(),
+            "getHealth",
+        ),
         ["zones", zone, "instances", name, verb @ ("start" | "stop")] => Target::InstancePower {
             zone: (*zone).into(),
             name: (*name).into(),
@@ -636,10 +702,7 @@ fn route(method: &str, path: &str) -> Result<(String, Target), ApiError> {
 
 /// The method's discovery name (`compute.routes.insert`), its rate group and region.
 fn describe(method: &str, target: &Target) -> (String, RateGroup, String) {
-    let collection_name = |key: &CollectionKey| match key.kind {
-        Kind::GlobalAddress => "globalAddresses".to_string(),
-        other => other.collection().to_string(),
-    };
+    let collection_name = |key: &CollectionKey| key.kind.method_collection().to_string();
     let write_group = |key: &CollectionKey| match key.kind.placement() {
         Placement::Global => (RateGroup::Writes, String::new()),
         Placement::Regional => (RateGroup::RegionalWrites, key.location.clone()),
@@ -678,13 +741,32 @@ fn describe(method: &str, target: &Target) -> (String, RateGroup, String) {
         ),
         Target::Item(key, _) => {
             let (group, region) = write_group(key);
-            let verb = if method == "PATCH" { "patch" } else { "delete" };
+            let verb = match method {
+                "PATCH" => "patch",
+                "PUT" => "update",
+                _ => "delete",
+            };
             (
                 format!("compute.{}.{verb}", collection_name(key)),
                 group,
                 region,
             )
         }
+        Target::Action(key, _, verb) => {
+            let name = format!("compute.{}.{verb}", collection_name(key));
+            if matches!(*verb, "addInstances" | "removeInstances") {
+                let (group, region) = write_group(key);
+                (name, group, region)
+            } else {
+                // listInstances and getHealth read (POST only for their request bodies).
+                (name, RateGroup::Reads, String::new())
+            }
+        }
+        Target::XpnHost => (
+            "compute.projects.getXpnHost".into(),
+            RateGroup::Reads,
+            String::new(),
+        ),
         Target::InstancePower { zone, start, .. } => (
             format!(
                 "compute.instances.{}",
@@ -799,6 +881,82 @@ mod tests {
             let err = route("GET", path).unwrap_err();
             assert_eq!((err.code, err.reason), (404, "notFound"), "{path}");
         }
+    }
+
+    #[test]
+    fn routes_load_balancing_methods() {
+        for (method, path, name, group) in [
+            (
+                "POST",
+                "projects/p/zones/z-a/instanceGroups/g/addInstances",
+                "compute.instanceGroups.addInstances",
+                RateGroup::RegionalWrites,
+            ),
+            (
+                "POST",
+                "projects/p/zones/z-a/instanceGroups/g/removeInstances",
+                "compute.instanceGroups.removeInstances",
+                RateGroup::RegionalWrites,
+            ),
+            (
+                "POST",
+                "projects/p/zones/z-a/instanceGroups/g/listInstances",
+                "compute.instanceGroups.listInstances",
+                RateGroup::Reads,
+            ),
+            (
+                "POST",
+                "projects/p/regions/r/backendServices/b/getHealth",
+                "compute.regionBackendServices.getHealth",
+                RateGroup::Reads,
+            ),
+            (
+                "PUT",
+                "projects/p/regions/r/backendServices/b",
+                "compute.regionBackendServices.update",
+                RateGroup::RegionalWrites,
+            ),
+            (
+                "PATCH",
+                "projects/p/regions/r/healthChecks/h",
+                "compute.regionHealthChecks.patch",
+                RateGroup::RegionalWrites,
+            ),
+            (
+                "POST",
+                "projects/p/zones/z-a/instanceGroups",
+                "compute.instanceGroups.insert",
+                RateGroup::RegionalWrites,
+            ),
+            (
+                "GET",
+                "projects/p/getXpnHost",
+                "compute.projects.getXpnHost",
+                RateGroup::Reads,
+            ),
+            (
+                "GET",
+                "projects/p/aggregated/healthChecks",
+                "compute.healthChecks.aggregatedList",
+                RateGroup::Reads,
+            ),
+        ] {
+            let (project, target) = route(method, path).unwrap();
+            assert_eq!(project, "p");
+            let (described, charged, region) = describe(method, &target);
+            assert_eq!((described.as_str(), charged), (name, group), "{path}");
+            if group == RateGroup::RegionalWrites {
+                assert!(region == "z" || region == "r", "{path}: {region}");
+            }
+        }
+        assert!(
+            route(
+                "POST",
+                "projects/p/zones/z-a/instanceGroups/g/setNamedPorts"
+            )
+            .is_err()
+        );
+        assert!(route("GET", "projects/p/global/backendServices").is_err());
     }
 
     #[test]

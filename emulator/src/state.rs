@@ -16,10 +16,11 @@ use crate::error::ApiError;
 use crate::filter::Filter;
 use crate::ipnet::Cidr;
 use crate::kinds::{CollectionKey, Kind, Placement};
+use crate::lb;
 use crate::model::{BusyBehavior, Quotas, RateLimits};
 use crate::names::link;
 use crate::operation::{Clock, Effect, Failure, Operation, Status, operation_name};
-use crate::resources::{self, Built};
+use crate::resources::{self, Built, View};
 use crate::world::{ProjectSpec, World, region_of_zone};
 
 mod aggregated;
@@ -76,6 +77,10 @@ pub enum RateGroup {
 pub struct Project {
     pub id: String,
     pub number: u64,
+    /// Shared VPC: the host project whose networks this service project uses.
+    pub network_project: Option<String>,
+    /// Shared VPC: some project of the world names this one as its `networkProject`.
+    pub xpn_host: bool,
     /// When the world was loaded, as the project's `creationTimestamp`.
     pub created: String,
     pub quotas: Quotas,
@@ -91,6 +96,8 @@ pub struct Project {
     /// Completion events: (when, sequence, scope, name).
     events: BinaryHeap<Reverse<(Instant, u64, String, String)>>,
     rate_windows: HashMap<(RateGroup, String), (u64, u64)>,
+    /// Members of each instance group, by (zone, group): instance names of that zone.
+    members: BTreeMap<(String, String), BTreeSet<String>>,
 }
 
 /// What a mutation needs besides its body.
@@ -152,6 +159,8 @@ pub struct State {
     /// Every region of the world and its numeric id (a region's id is the same in every
     /// project, as in Compute).
     region_ids: BTreeMap<String, u64>,
+    /// Instances marked unhealthy through the admin API (`projects/P/zones/Z/instances/I`).
+    unhealthy: BTreeSet<String>,
 }
 
 impl State {
@@ -174,10 +183,25 @@ impl State {
             ops_created: 0,
             ops_done: 0,
             region_ids: BTreeMap::new(),
+            unhealthy: BTreeSet::new(),
         };
         for (index, spec) in world.projects.iter().enumerate() {
             let project = state.seed_project(spec, index as u64);
             state.projects.insert(spec.id.clone(), project);
+        }
+        // Instances after every project's networks: a Shared VPC service project's instances sit
+        // on its host's subnetworks, wherever the host is in the file.
+        for spec in &world.projects {
+            state.seed_instances(spec);
+        }
+        for spec in &world.projects {
+            if let Some(host) = spec
+                .network_project
+                .as_ref()
+                .and_then(|h| state.projects.get_mut(h))
+            {
+                host.xpn_host = true;
+            }
         }
         // Compute's region ids are small numbers (us-central1 is 1000); here 1000, 1010, ... in
         // name order over the whole world: stable for a world file, unique, project-independent.
@@ -201,6 +225,8 @@ impl State {
         let mut project = Project {
             id: spec.id.clone(),
             number: 100_000_000_000 + index,
+            network_project: spec.network_project.clone(),
+            xpn_host: false,
             created: created.clone(),
             quotas: spec.quotas,
             rate_limits: spec.rate_limits,
@@ -213,6 +239,7 @@ impl State {
             request_ids: HashMap::new(),
             events: BinaryHeap::new(),
             rate_windows: HashMap::new(),
+            members: BTreeMap::new(),
         };
         let p = &spec.id;
         for network in &spec.networks {
@@ -282,12 +309,35 @@ impl State {
                 });
             }
         }
+        project
+    }
+
+    /// Seeds a project's instances, on its own subnetworks or (Shared VPC) its host's, with
+    /// addresses free in the whole IP space the host shares.
+    fn seed_instances(&mut self, spec: &ProjectSpec) {
+        let owner = spec
+            .network_project
+            .clone()
+            .unwrap_or_else(|| spec.id.clone());
+        let subnets: Vec<Subnet> = self
+            .projects
+            .get(&owner)
+            .map(|p| p.subnets.clone())
+            .unwrap_or_default();
+        let mut used: HashSet<Ipv4Addr> = self
+            .projects
+            .values()
+            .filter(|p| p.id == owner || p.network_project.as_deref() == Some(owner.as_str()))
+            .flat_map(Project::used_ips)
+            .collect();
+        let Some(created) = self.projects.get(&spec.id).map(|p| p.created.clone()) else {
+            return;
+        };
+        let p = &spec.id;
+        let mut seeded = Vec::new();
         for instance in &spec.instances {
             let region = region_of_zone(&instance.zone).to_string();
-            project.regions.insert(region.clone());
-            project.zones.insert(instance.zone.clone());
-            let subnet = project
-                .subnets
+            let subnet = subnets
                 .iter()
                 .find(|s| {
                     s.network == instance.network
@@ -300,21 +350,23 @@ impl State {
                 .cloned();
             let network_ip = instance.network_ip.clone().or_else(|| {
                 let subnet = subnet.as_ref()?;
-                let used = project.used_ips();
                 (2..subnet.cidr.size_v4().saturating_sub(2)).find_map(|i| {
                     let ip = subnet.cidr.nth_v4(u32::try_from(i).ok()?)?;
                     (!used.contains(&ip)).then(|| ip.to_string())
                 })
             });
+            if let Some(ip) = network_ip.as_deref().and_then(|ip| ip.parse().ok()) {
+                used.insert(ip);
+            }
             let mut nic = json!({
                 "kind": "compute#networkInterface",
                 "name": "nic0",
-                "network": link(&format!("projects/{p}/global/networks/{}", instance.network)),
+                "network": link(&format!("projects/{owner}/global/networks/{}", instance.network)),
                 "networkIP": network_ip.unwrap_or_default(),
             });
             if let Some(subnet) = &subnet {
                 nic["subnetwork"] = json!(link(&format!(
-                    "projects/{p}/regions/{}/subnetworks/{}",
+                    "projects/{owner}/regions/{}/subnetworks/{}",
                     subnet.region, subnet.name
                 )));
             }
@@ -333,6 +385,23 @@ impl State {
             if !instance.tags.is_empty() {
                 body["tags"] = json!({"items": instance.tags, "fingerprint": "42WmSpB8rSM="});
             }
+            seeded.push((instance, region, body));
+        }
+        let Some(project) = self.projects.get_mut(&spec.id) else {
+            return;
+        };
+        // A service project may use every region and zone of its host's subnetworks.
+        if owner != spec.id {
+            for subnet in &subnets {
+                project.regions.insert(subnet.region.clone());
+                for suffix in ["a", "b", "c", "f"] {
+                    project.zones.insert(format!("{}-{suffix}", subnet.region));
+                }
+            }
+        }
+        for (instance, region, body) in seeded {
+            project.regions.insert(region);
+            project.zones.insert(instance.zone.clone());
             project.put(
                 Kind::Instance,
                 &instance.zone,
@@ -341,7 +410,6 @@ impl State {
                 Some(instance.network.clone()),
             );
         }
-        project
     }
 
     /// The project, or 404 in Compute's wording.
@@ -372,17 +440,31 @@ impl State {
         if let Some(op) = self.repeated_request(project_id, ctx)? {
             return Ok(op);
         }
-        let project = self.project_mut(project_id)?;
+        // Backend services' fingerprints differ on every write.
+        let nonce = if key.kind == Kind::BackendService {
+            self.next_id()
+        } else {
+            0
+        };
+        let projects = &self.projects;
+        let project = projects
+            .get(project_id)
+            .ok_or_else(|| ApiError::not_found(&format!("projects/{project_id}")))?;
         project.check_location(&key)?;
+        let view = View { projects, project };
         let built: Built = match key.kind {
             Kind::Route => resources::route(project, body)?,
             Kind::Firewall => resources::firewall(project, body)?,
-            Kind::GlobalAddress => resources::address(project, None, body)?,
-            Kind::Address => resources::address(project, Some(&key.location), body)?,
-            Kind::ForwardingRule => resources::forwarding_rule(project, &key.location, body)?,
+            Kind::GlobalAddress => resources::address(&view, None, body)?,
+            Kind::Address => resources::address(&view, Some(&key.location), body)?,
+            Kind::ForwardingRule => resources::forwarding_rule(&view, &key.location, body)?,
             Kind::TargetInstance => resources::target_instance(project, &key.location, body)?,
+            Kind::InstanceGroup => lb::instance_group(&view, &key.location, body)?,
+            Kind::HealthCheck => lb::health_check(&view, &key.location, body)?,
+            Kind::BackendService => lb::backend_service(&view, &key.location, body, nonce)?,
             _ => return Err(ApiError::method_not_allowed("POST", &key.path(project_id))),
         };
+        let project = self.project_mut(project_id)?;
         let path = format!("{}/{}", key.path(project_id), built.name);
         if project.slot(&key, &built.name).is_some() {
             return Err(ApiError::already_exists(&path));
@@ -402,13 +484,22 @@ impl State {
                 body.insert("selfLink".into(), json!(link(&path)));
                 let ordered = order_fields(body);
                 project.reserve(&key, &built.name, ordered, built.network.clone());
-                (
-                    Effect::Create {
-                        key: key.clone(),
-                        name: built.name.clone(),
-                    },
-                    ctx.fail.then(Failure::internal),
-                )
+                let create = Effect::Create {
+                    key: key.clone(),
+                    name: built.name.clone(),
+                };
+                let effect = match built.address_user {
+                    Some((address_key, address)) => Effect::Many(vec![
+                        create,
+                        Effect::AddUser {
+                            key: address_key,
+                            name: address,
+                            user: link(&path),
+                        },
+                    ]),
+                    None => create,
+                };
+                (effect, ctx.fail.then(Failure::internal))
             }
         };
         self.start_operation(
@@ -443,19 +534,28 @@ impl State {
             Some(slot) => (resource_id(&slot.json), slot.network.clone()),
         };
         if let Some(user) = project.user_of(&key, name) {
-            return Err(ApiError::invalid(format!(
-                "The {} resource '{path}' is already being used by '{user}'",
-                key.kind.collection().trim_end_matches('s')
-            )));
+            return Err(ApiError::in_use(key.kind.type_name(), &path, &user));
         }
         let network = network.filter(|_| key.kind.holds_network());
         project.check_network_free(network.as_deref())?;
         if let Some(slot) = project.slot_mut(&key, name) {
             slot.phase = Phase::Deleting;
         }
-        let effect = Effect::Delete {
+        let delete = Effect::Delete {
             key: key.clone(),
             name: name.to_string(),
+        };
+        // An internal forwarding rule frees the address it named.
+        let effect = match project.address_used_by(&key, &link(&path)) {
+            Some((address_key, address)) => Effect::Many(vec![
+                delete,
+                Effect::RemoveUser {
+                    key: address_key,
+                    name: address,
+                    user: link(&path),
+                },
+            ]),
+            None => delete,
         };
         let failure = ctx.fail.then(Failure::internal);
         self.start_operation(
@@ -463,7 +563,8 @@ impl State {
         )
     }
 
-    /// Patches a firewall rule (JSON merge patch; the name cannot change).
+    /// `patch` (JSON merge patch, RFC 7396) of a firewall rule, health check or backend service;
+    /// the merged resource is validated like an insert. The name cannot change.
     pub fn patch(
         &mut self,
         project_id: &str,
@@ -472,32 +573,107 @@ impl State {
         patch: &Value,
         ctx: &MutationContext,
     ) -> Result<Value, ApiError> {
+        self.modify(project_id, key, name, patch, false, ctx)
+    }
+
+    /// `update` (PUT, the full resource) of a health check or backend service.
+    pub fn update(
+        &mut self,
+        project_id: &str,
+        key: CollectionKey,
+        name: &str,
+        body: &Value,
+        ctx: &MutationContext,
+    ) -> Result<Value, ApiError> {
+        self.modify(project_id, key, name, body, true, ctx)
+    }
+
+    fn modify(
+        &mut self,
+        project_id: &str,
+        key: CollectionKey,
+        name: &str,
+        body: &Value,
+        replace: bool,
+        ctx: &MutationContext,
+    ) -> Result<Value, ApiError> {
         self.advance(ctx.now);
         if let Some(op) = self.repeated_request(project_id, ctx)? {
             return Ok(op);
         }
-        let project = self.project_mut(project_id)?;
-        if key.kind != Kind::Firewall {
-            return Err(ApiError::method_not_allowed("PATCH", &key.path(project_id)));
+        let (verb, method) = if replace {
+            ("update", "PUT")
+        } else {
+            ("patch", "PATCH")
+        };
+        let served = match key.kind {
+            Kind::Firewall => !replace,
+            Kind::HealthCheck | Kind::BackendService => true,
+            _ => false,
+        };
+        if !served {
+            return Err(ApiError::method_not_allowed(method, &key.path(project_id)));
         }
+        let nonce = if key.kind == Kind::BackendService {
+            self.next_id()
+        } else {
+            0
+        };
+        let projects = &self.projects;
+        let project = projects
+            .get(project_id)
+            .ok_or_else(|| ApiError::not_found(&format!("projects/{project_id}")))?;
+        project.check_location(&key)?;
         let path = format!("{}/{name}", key.path(project_id));
         let current = match project.slot(&key, name) {
             None => return Err(ApiError::not_found(&path)),
             Some(slot) if slot.phase != Phase::Live => return Err(ApiError::not_ready(&path)),
             Some(slot) => serde_json::from_str::<Value>(&slot.json).unwrap_or(Value::Null),
         };
-        if let Some(new_name) = patch.get("name").and_then(Value::as_str)
+        if !body.is_object() {
+            return Err(ApiError::invalid(
+                "Invalid JSON payload received. Expected an object.",
+            ));
+        }
+        if let Some(new_name) = body.get("name").and_then(Value::as_str)
             && new_name != name
         {
+            let what = match key.kind {
+                Kind::Firewall => "firewall rule",
+                Kind::HealthCheck => "health check",
+                _ => "backend service",
+            };
             return Err(ApiError::invalid_field(
                 "resource.name",
                 new_name,
-                "The name of a firewall rule cannot be changed.",
+                &format!("The name of a {what} cannot be changed."),
             ));
         }
-        let mut merged = current.clone();
-        resources::merge_patch(&mut merged, patch);
-        let built = resources::firewall(project, &merged)?;
+        if key.kind == Kind::BackendService
+            && let Some(sent) = body.get("fingerprint").and_then(Value::as_str)
+            && Some(sent) != current["fingerprint"].as_str()
+        {
+            // 412 conditionNotMet for a stale fingerprint (discovery: BackendService.fingerprint);
+            // the wording is the emulator's.
+            return Err(ApiError::condition_not_met(format!(
+                "Supplied fingerprint '{sent}' does not match the current fingerprint of \
+                 '{path}'; get the resource and retry with its fingerprint."
+            )));
+        }
+        let mut merged = if replace {
+            body.clone()
+        } else {
+            let mut merged = current.clone();
+            resources::merge_patch(&mut merged, body);
+            merged
+        };
+        merged["name"] = json!(name);
+        let view = View { projects, project };
+        let built = match key.kind {
+            Kind::Firewall => resources::firewall(project, &merged)?,
+            Kind::HealthCheck => lb::health_check(&view, &key.location, &merged)?,
+            _ => lb::backend_service(&view, &key.location, &merged, nonce)?,
+        };
         let mut body = built.body;
         for field in ["id", "creationTimestamp", "selfLink"] {
             if let Some(value) = current.get(field) {
@@ -505,7 +681,7 @@ impl State {
             }
         }
         let id = resource_id(&body_text(&body));
-        let network = built.network.clone();
+        let network = built.network.clone().filter(|_| key.kind.holds_network());
         project.check_network_free(network.as_deref())?;
         let effect = Effect::Replace {
             key: key.clone(),
@@ -514,8 +690,166 @@ impl State {
         };
         let failure = ctx.fail.then(Failure::internal);
         self.start_operation(
-            project_id, &key, "patch", path, id, effect, failure, network, ctx,
+            project_id, &key, verb, path, id, effect, failure, network, ctx,
         )
+    }
+
+    /// `instanceGroups.addInstances` / `removeInstances`: checked at once, members change when
+    /// the operation is DONE.
+    pub fn group_members(
+        &mut self,
+        project_id: &str,
+        zone: &str,
+        group: &str,
+        add: bool,
+        body: &Value,
+        ctx: &MutationContext,
+    ) -> Result<Value, ApiError> {
+        self.advance(ctx.now);
+        if let Some(op) = self.repeated_request(project_id, ctx)? {
+            return Ok(op);
+        }
+        let projects = &self.projects;
+        let project = projects
+            .get(project_id)
+            .ok_or_else(|| ApiError::not_found(&format!("projects/{project_id}")))?;
+        let key = CollectionKey {
+            kind: Kind::InstanceGroup,
+            location: zone.to_string(),
+        };
+        project.check_location(&key)?;
+        let path = format!("{}/{group}", key.path(project_id));
+        let current = match project.slot(&key, group) {
+            None => return Err(ApiError::not_found(&path)),
+            Some(slot) if slot.phase == Phase::Creating => return Err(ApiError::not_found(&path)),
+            Some(slot) if slot.phase != Phase::Live => return Err(ApiError::not_ready(&path)),
+            Some(slot) => serde_json::from_str::<Value>(&slot.json).unwrap_or(Value::Null),
+        };
+        let view = View { projects, project };
+        let change = if add {
+            lb::add_instances(&view, zone, group, &current, body)?
+        } else {
+            lb::remove_instances(&view, zone, group, body)?
+        };
+        let id = resource_id(&current.to_string());
+        let effect = Effect::Members {
+            zone: zone.to_string(),
+            group: group.to_string(),
+            add: change.add,
+            remove: change.remove,
+            network: change.network,
+            subnetwork: change.subnetwork,
+        };
+        let failure = ctx.fail.then(Failure::internal);
+        let verb = if add {
+            "addInstances"
+        } else {
+            "removeInstances"
+        };
+        self.start_operation(project_id, &key, verb, path, id, effect, failure, None, ctx)
+    }
+
+    /// `instanceGroups.listInstances`: the members, with their status now.
+    pub fn list_group_instances(
+        &mut self,
+        project_id: &str,
+        zone: &str,
+        group: &str,
+        body: &Value,
+        params: &ListParams,
+        now: Instant,
+    ) -> Result<String, ApiError> {
+        self.advance(now);
+        let projects = &self.projects;
+        let project = projects
+            .get(project_id)
+            .ok_or_else(|| ApiError::not_found(&format!("projects/{project_id}")))?;
+        let key = CollectionKey {
+            kind: Kind::InstanceGroup,
+            location: zone.to_string(),
+        };
+        project.check_location(&key)?;
+        let path = format!("{}/{group}", key.path(project_id));
+        let Some(current) = project.live_json(&key, group) else {
+            return Err(ApiError::not_found(&path));
+        };
+        let items = lb::list_instances(&View { projects, project }, zone, group, &current, body)?;
+        let iter = items
+            .iter()
+            .map(|(name, item)| (name.as_str(), ItemText::Value(item.clone())));
+        render_list(
+            "compute#instanceGroupsListInstances",
+            &format!("{path}/listInstances"),
+            iter,
+            params,
+        )
+    }
+
+    /// `regionBackendServices.getHealth`, evaluated now (see `lb::group_health`).
+    pub fn backend_health(
+        &mut self,
+        project_id: &str,
+        region: &str,
+        name: &str,
+        body: &Value,
+        now: Instant,
+    ) -> Result<String, ApiError> {
+        self.advance(now);
+        let projects = &self.projects;
+        let project = projects
+            .get(project_id)
+            .ok_or_else(|| ApiError::not_found(&format!("projects/{project_id}")))?;
+        project.check_region(region)?;
+        lb::group_health(
+            &View { projects, project },
+            &self.unhealthy,
+            region,
+            name,
+            body,
+        )
+    }
+
+    /// The admin API's health mark: `healthy: false` makes the instance UNHEALTHY for every
+    /// health check until cleared; 404 for an unknown instance.
+    pub fn mark_health(
+        &mut self,
+        project_id: &str,
+        zone: &str,
+        instance: &str,
+        healthy: bool,
+    ) -> Result<(), ApiError> {
+        let project = self
+            .projects
+            .get(project_id)
+            .ok_or_else(|| ApiError::not_found(&format!("projects/{project_id}")))?;
+        let key = CollectionKey {
+            kind: Kind::Instance,
+            location: zone.to_string(),
+        };
+        let path = format!("{}/{instance}", key.path(project_id));
+        if project.slot(&key, instance).is_none() {
+            return Err(ApiError::not_found(&path));
+        }
+        if healthy {
+            self.unhealthy.remove(&path);
+        } else {
+            self.unhealthy.insert(path);
+        }
+        Ok(())
+    }
+
+    /// `projects.getXpnHost`: the Shared VPC host's Project, `{}` for a project without one.
+    pub fn xpn_host(&mut self, project_id: &str, now: Instant) -> Result<String, ApiError> {
+        self.advance(now);
+        let project = self
+            .projects
+            .get(project_id)
+            .ok_or_else(|| ApiError::not_found(&format!("projects/{project_id}")))?;
+        Ok(project
+            .network_project
+            .as_ref()
+            .and_then(|host| self.projects.get(host))
+            .map_or_else(|| "{}".to_string(), Project::project_json))
     }
 
     /// instances.start / instances.stop: STAGING or STOPPING at once, RUNNING or TERMINATED when
@@ -1218,6 +1552,10 @@ impl Project {
             .collections
             .get_mut(key)
             .and_then(|slots| slots.remove(name));
+        if key.kind == Kind::InstanceGroup {
+            self.members
+                .remove(&(key.location.clone(), name.to_string()));
+        }
         if key.kind == Kind::Route
             && let Some(net) = removed
                 .and_then(|slot| slot.network)
@@ -1291,19 +1629,85 @@ impl Project {
         used
     }
 
-    /// Who uses a resource that cannot be deleted while used (a target instance used by a
-    /// forwarding rule).
+    /// Who uses a resource that cannot be deleted while used (relative path), in any phase: a
+    /// target instance or backend service used by a forwarding rule, an instance group or health
+    /// check used by a backend service, an address used by an internal forwarding rule.
     fn user_of(&self, key: &CollectionKey, name: &str) -> Option<String> {
-        if key.kind != Kind::TargetInstance {
-            return None;
-        }
         let target = link(&format!("{}/{name}", key.path(&self.id)));
+        let (user_kind, needle) = match key.kind {
+            Kind::TargetInstance => (Kind::ForwardingRule, format!("\"target\":\"{target}\"")),
+            Kind::BackendService => (
+                Kind::ForwardingRule,
+                format!("\"backendService\":\"{target}\""),
+            ),
+            Kind::InstanceGroup => (Kind::BackendService, format!("\"group\":\"{target}\"")),
+            Kind::HealthCheck => (Kind::BackendService, format!("\"{target}\"")),
+            Kind::Address => {
+                let address: Value = serde_json::from_str(&self.slot(key, name)?.json).ok()?;
+                if address["addressType"] != json!("INTERNAL") {
+                    return None;
+                }
+                let ip = address["address"].as_str()?.to_string();
+                let rules = CollectionKey {
+                    kind: Kind::ForwardingRule,
+                    location: key.location.clone(),
+                };
+                return self.collections.get(&rules)?.iter().find_map(|(n, slot)| {
+                    let rule: Value = serde_json::from_str(&slot.json).ok()?;
+                    (rule["loadBalancingScheme"] == json!("INTERNAL")
+                        && rule["IPAddress"].as_str() == Some(ip.as_str()))
+                    .then(|| format!("{}/{n}", rules.path(&self.id)))
+                });
+            }
+            _ => return None,
+        };
         self.collections
             .iter()
-            .filter(|(k, _)| k.kind == Kind::ForwardingRule)
+            .filter(|(k, _)| k.kind == user_kind)
             .flat_map(|(k, slots)| slots.iter().map(move |(n, s)| (k, n, s)))
-            .find(|(_, _, slot)| slot.json.contains(&format!("\"target\":\"{target}\"")))
-            .map(|(k, n, _)| link(&format!("{}/{n}", k.path(&self.id))))
+            .find(|(_, _, slot)| slot.json.contains(&needle))
+            .map(|(k, n, _)| format!("{}/{n}", k.path(&self.id)))
+    }
+
+    /// The address an internal forwarding rule (`rule_link`) is a user of, if any.
+    fn address_used_by(
+        &self,
+        key: &CollectionKey,
+        rule_link: &str,
+    ) -> Option<(CollectionKey, String)> {
+        if key.kind != Kind::ForwardingRule {
+            return None;
+        }
+        let addresses = CollectionKey {
+            kind: Kind::Address,
+            location: key.location.clone(),
+        };
+        let needle = format!("\"{rule_link}\"");
+        self.collections
+            .get(&addresses)?
+            .iter()
+            .find(|(_, slot)| slot.json.contains("\"users\":") && slot.json.contains(&needle))
+            .map(|(n, _)| (addresses.clone(), n.clone()))
+    }
+
+    /// Every stored resource of a kind, in any phase: (collection, name, slot).
+    pub fn slots_of(&self, kind: Kind) -> impl Iterator<Item = (&CollectionKey, &str, &Slot)> {
+        self.collections
+            .iter()
+            .filter(move |(k, _)| k.kind == kind)
+            .flat_map(|(k, slots)| slots.iter().map(move |(n, s)| (k, n.as_str(), s)))
+    }
+
+    /// Every visible resource of a kind, parsed: (collection, name, JSON).
+    pub fn live_of(&self, kind: Kind) -> impl Iterator<Item = (&CollectionKey, &str, Value)> {
+        self.slots_of(kind)
+            .filter(|(_, _, slot)| slot.phase != Phase::Creating)
+            .filter_map(|(k, n, slot)| Some((k, n, serde_json::from_str(&slot.json).ok()?)))
+    }
+
+    /// The members of an instance group (instance names of its zone).
+    pub fn members_of(&self, zone: &str, group: &str) -> Option<&BTreeSet<String>> {
+        self.members.get(&(zone.to_string(), group.to_string()))
     }
 
     fn check_region(&self, region: &str) -> Result<(), ApiError> {
@@ -1453,7 +1857,14 @@ impl Project {
                     self.number
                 )),
             ),
-            ("xpnProjectStatus", text("UNSPECIFIED_XPN_PROJECT_STATUS")),
+            (
+                "xpnProjectStatus",
+                text(if self.xpn_host {
+                    "HOST"
+                } else {
+                    "UNSPECIFIED_XPN_PROJECT_STATUS"
+                }),
+            ),
             ("defaultNetworkTier", text("PREMIUM")),
             ("vmDnsSetting", text("ZONAL_ONLY")),
         ])
@@ -1594,7 +2005,110 @@ impl Project {
                 }
             }
             Effect::Nothing => {}
+            Effect::Many(effects) => {
+                for effect in effects {
+                    self.apply(effect, failed);
+                }
+            }
+            Effect::AddUser { key, name, user } => {
+                if !failed {
+                    self.change_users(&key, &name, &user, true);
+                }
+            }
+            Effect::RemoveUser { key, name, user } => {
+                if !failed {
+                    self.change_users(&key, &name, &user, false);
+                }
+            }
+            Effect::Members {
+                zone,
+                group,
+                add,
+                remove,
+                network,
+                subnetwork,
+            } => {
+                if !failed {
+                    self.change_members(&zone, &group, add, &remove, network, subnetwork);
+                }
+            }
         }
+    }
+
+    /// Adds or removes a user of an address: `users[]`, `status` IN_USE or RESERVED.
+    fn change_users(&mut self, key: &CollectionKey, name: &str, user: &str, add: bool) {
+        let Some(slot) = self.slot_mut(key, name) else {
+            return;
+        };
+        let Ok(Value::Object(mut body)) = serde_json::from_str::<Value>(&slot.json) else {
+            return;
+        };
+        let mut users: Vec<String> = body
+            .get("users")
+            .and_then(Value::as_array)
+            .map(|users| {
+                users
+                    .iter()
+                    .filter_map(|u| u.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        users.retain(|u| u != user);
+        if add {
+            users.push(user.to_string());
+        }
+        if users.is_empty() {
+            body.remove("users");
+            body.insert("status".into(), json!("RESERVED"));
+        } else {
+            body.insert("users".into(), json!(users));
+            body.insert("status".into(), json!("IN_USE"));
+        }
+        slot.json = order_fields(body);
+    }
+
+    /// Changes an instance group's members and its `size` (and network/subnetwork when the group
+    /// had none).
+    fn change_members(
+        &mut self,
+        zone: &str,
+        group: &str,
+        add: Vec<String>,
+        remove: &[String],
+        network: Option<String>,
+        subnetwork: Option<String>,
+    ) {
+        let key = CollectionKey {
+            kind: Kind::InstanceGroup,
+            location: zone.to_string(),
+        };
+        let Some(slot) = self
+            .collections
+            .get_mut(&key)
+            .and_then(|s| s.get_mut(group))
+        else {
+            return;
+        };
+        let members = self
+            .members
+            .entry((zone.to_string(), group.to_string()))
+            .or_default();
+        members.extend(add);
+        for name in remove {
+            members.remove(name);
+        }
+        let size = members.len();
+        let Ok(Value::Object(mut body)) = serde_json::from_str::<Value>(&slot.json) else {
+            return;
+        };
+        body.insert("size".into(), json!(size));
+        if let Some(network) = network {
+            body.entry("network").or_insert(json!(network));
+        }
+        if let Some(subnetwork) = subnetwork {
+            body.entry("subnetwork").or_insert(json!(subnetwork));
+        }
+        slot.json = order_fields(body);
     }
 
     fn free_network_slot(&mut self, name: &str, at: Instant, next_event: &mut u64) {

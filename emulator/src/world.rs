@@ -35,6 +35,10 @@ pub struct ProjectSpec {
     /// Per-minute API rate quotas, enforced by `--profile gcp`.
     #[serde(default)]
     pub rate_limits: RateLimits,
+    /// Shared VPC: the host project whose networks this (service) project uses. A service
+    /// project has no networks of its own; its instances' `network`/`subnetwork` name the host's.
+    #[serde(default)]
+    pub network_project: Option<String>,
     /// VPC networks.
     #[serde(default)]
     pub networks: Vec<NetworkSpec>,
@@ -157,12 +161,49 @@ impl World {
         Ok(world)
     }
 
+    /// The project whose networks `project` uses: its Shared VPC host, or itself.
+    pub fn network_owner<'a>(&'a self, project: &'a ProjectSpec) -> &'a ProjectSpec {
+        project
+            .network_project
+            .as_deref()
+            .and_then(|host| self.projects.iter().find(|p| p.id == host))
+            .unwrap_or(project)
+    }
+
     fn validate(&self) -> Result<(), String> {
         let mut project_ids = HashSet::new();
         for (p, project) in self.projects.iter().enumerate() {
-            let at = format!("projects[{p}]");
             if project.id.is_empty() || !project_ids.insert(project.id.as_str()) {
-                return Err(format!("{at}.id: '{}' is empty or repeated", project.id));
+                return Err(format!(
+                    "projects[{p}].id: '{}' is empty or repeated",
+                    project.id
+                ));
+            }
+        }
+        for (p, project) in self.projects.iter().enumerate() {
+            let at = format!("projects[{p}]");
+            if let Some(host) = &project.network_project {
+                let Some(host_spec) = self.projects.iter().find(|h| &h.id == host) else {
+                    return Err(format!(
+                        "{at}.networkProject: no project '{host}' in this world"
+                    ));
+                };
+                if host == &project.id {
+                    return Err(format!(
+                        "{at}.networkProject: a project cannot be its own Shared VPC host"
+                    ));
+                }
+                if let Some(other) = &host_spec.network_project {
+                    return Err(format!(
+                        "{at}.networkProject: '{host}' is itself a service project of '{other}'"
+                    ));
+                }
+                if !project.networks.is_empty() {
+                    return Err(format!(
+                        "{at}.networks: a Shared VPC service project (networkProject: {host}) \
+                         has no networks of its own"
+                    ));
+                }
             }
             let mut networks = HashSet::new();
             for (n, network) in project.networks.iter().enumerate() {
@@ -212,11 +253,19 @@ impl World {
                 if !instance.zone.contains('-') || !valid_name(&instance.zone) {
                     return Err(format!("{at}.zone: '{}' is not a zone", instance.zone));
                 }
-                if !networks.contains(instance.network.as_str()) {
-                    return Err(format!(
-                        "{at}.network: no network '{}' in this project",
-                        instance.network
-                    ));
+                let owner = self.network_owner(project);
+                if !owner.networks.iter().any(|n| n.name == instance.network) {
+                    return Err(if owner.id == project.id {
+                        format!(
+                            "{at}.network: no network '{}' in this project",
+                            instance.network
+                        )
+                    } else {
+                        format!(
+                            "{at}.network: no network '{}' in the host project '{}'",
+                            instance.network, owner.id
+                        )
+                    });
                 }
                 if !matches!(instance.status.as_str(), "RUNNING" | "TERMINATED") {
                     return Err(format!(
@@ -310,6 +359,53 @@ projects:
         for (text, field) in cases {
             let err = World::parse(&text, "w.yaml").unwrap_err().to_string();
             assert!(err.contains(field), "{field}: {err}");
+        }
+    }
+
+    #[test]
+    fn shared_vpc_service_projects_use_their_hosts_networks() {
+        let shared = "projects:
+  - id: svc
+    networkProject: host
+    instances:
+      - {name: vm, zone: us-central1-a, network: shared}
+  - id: host
+    networks:
+      - name: shared
+        subnetworks:
+          - {name: s, region: us-central1, ipCidrRange: 10.0.0.0/24}
+";
+        let world = World::parse(shared, "w.yaml").unwrap();
+        assert_eq!(world.projects[0].network_project.as_deref(), Some("host"));
+        assert_eq!(world.network_owner(&world.projects[0]).id, "host");
+        let cases = [
+            (
+                shared.replace(
+                    "    instances:\n      - {name: vm",
+                    "    networks: [{name: own}]\n    instances:\n      - {name: vm",
+                ),
+                "projects[0].networks: a Shared VPC service project (networkProject: host) has no networks of its own",
+            ),
+            (
+                shared.replace("networkProject: host", "networkProject: nowhere"),
+                "projects[0].networkProject: no project 'nowhere'",
+            ),
+            (
+                shared.replace("networkProject: host", "networkProject: svc"),
+                "projects[0].networkProject: a project cannot be its own",
+            ),
+            (
+                shared.replace("network: shared}", "network: default}"),
+                "projects[0].instances[0].network: no network 'default' in the host project 'host'",
+            ),
+            (
+                format!("{shared}  - id: third\n    networkProject: svc\n"),
+                "projects[2].networkProject: 'svc' is itself a service project of 'host'",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = World::parse(&text, "w.yaml").unwrap_err().to_string();
+            assert!(err.contains(expected), "{expected}: {err}");
         }
     }
 

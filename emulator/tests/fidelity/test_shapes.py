@@ -64,12 +64,21 @@ def test_forwarding_rule_optional_fields(compute, project):
     wait_done(compute, project, compute.addresses().insert(project=project, region=REGION, body={
         "name": "fid-ilb-ip", "addressType": "INTERNAL",
         "subnetwork": f"regions/{REGION}/subnetworks/default", "address": "10.128.0.88"}).execute())
+    # An internal rule needs its backend service (and that, its health check).
+    wait_done(compute, project, compute.regionHealthChecks().insert(project=project, region=REGION, body={
+        "name": "fid-ilb-hc", "type": "TCP", "tcpHealthCheck": {"port": 80}}).execute())
+    wait_done(compute, project, compute.regionBackendServices().insert(project=project, region=REGION, body={
+        "name": "fid-ilb-bs", "loadBalancingScheme": "INTERNAL",
+        "healthChecks": [f"regions/{REGION}/healthChecks/fid-ilb-hc"]}).execute())
     internal = _insert_get(compute, project, "forwardingRules", {
         "name": "fid-ilb", "loadBalancingScheme": "INTERNAL", "network": "global/networks/default",
+        "subnetwork": f"regions/{REGION}/subnetworks/default",
+        "backendService": f"regions/{REGION}/backendServices/fid-ilb-bs",
         "ports": ["80", "443"], "allowGlobalAccess": True, "labels": {"a": "b"},
         "IPAddress": f"projects/{project}/regions/{REGION}/addresses/fid-ilb-ip"}, region=REGION)
     assert internal["IPAddress"] == "10.128.0.88"
     assert internal["ports"] == ["80", "443"] and internal["allowGlobalAccess"] is True
+    assert internal["labels"] == {"a": "b"} and internal["backendService"].endswith("/backendServices/fid-ilb-bs")
     all_ports = _insert_get(compute, project, "forwardingRules", {
         "name": "fid-all", "allPorts": True, "IPProtocol": "UDP", "networkTier": "PREMIUM"}, region=REGION)
     assert all_ports["allPorts"] is True and all_ports["IPProtocol"] == "UDP"

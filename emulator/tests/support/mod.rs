@@ -105,6 +105,22 @@ impl Emulator {
         decode(response).await
     }
 
+    /// Any method on `BASE/compute/v1/projects/` + path (the path names its project).
+    pub async fn at(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let mut request = self
+            .client
+            .request(method, format!("{}/compute/v1/projects/{path}", self.base));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        decode(request.send().await.expect("request")).await
+    }
+
     pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
         let mut request = self
             .client
