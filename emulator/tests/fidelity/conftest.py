@@ -77,8 +77,8 @@ def doc_with_root(base_url: str) -> dict:
     return doc
 
 
-def _start(tmp_path_factory, name: str, *args: str) -> emulator_proc.Emulator:
-    emu = emulator_proc.start(tmp_path_factory.mktemp(name), *args)
+def _start(tmp_path_factory, name: str, *args: str, world: str = emulator_proc.WORLD) -> emulator_proc.Emulator:
+    emu = emulator_proc.start(tmp_path_factory.mktemp(name), *args, world=world)
     _started.append(emu)
     RECORDER.bases.add(emu.base_url)
     return emu
@@ -105,6 +105,29 @@ def gcp_emulator(tmp_path_factory):
         yield emu
     finally:
         emu.stop()
+
+
+@pytest.fixture(scope="session")
+def ilb_emulator(tmp_path_factory):
+    """The instant-profile emulator on the load-balancing / Shared VPC world (ILB_WORLD)."""
+    emu = _start(tmp_path_factory, "ilb", "--profile", "instant", "--auth", "token",
+                 world=emulator_proc.ILB_WORLD)
+    try:
+        yield emu
+    finally:
+        emu.stop()
+
+
+@pytest.fixture(scope="session")
+def _ilb_compute(ilb_emulator):
+    return build_compute(ilb_emulator)[0]
+
+
+@pytest.fixture
+def ilb_compute(_ilb_compute, ilb_emulator):
+    """The Compute client on a freshly reset ILB_WORLD emulator."""
+    ilb_emulator.reset()
+    return _ilb_compute
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,48 @@ projects:
 serviceAccounts:
 {accounts}"""
 
+# Internal load balancing and Shared VPC (test_ilb.py, test_shared_vpc.py): a standalone project,
+# a Shared VPC host with one service project, and a project attached to nothing.
+ILB_PROJECT = "ilb-project"
+HOST_PROJECT = "host-project"
+SERVICE_PROJECT = "service-project"
+LONE_PROJECT = "lone-project"
+ILB_WORLD = """\
+projects:
+  - id: ilb-project
+    networks:
+      - name: default
+        subnetworks:
+          - {{name: default, region: us-central1, ipCidrRange: 10.128.0.0/20}}
+          - {{name: second, region: us-central1, ipCidrRange: 10.129.0.0/20}}
+    instances:
+      - {{name: web-1, zone: us-central1-a, networkIP: 10.128.0.21, tags: [web]}}
+      - {{name: web-2, zone: us-central1-a, networkIP: 10.128.0.22, tags: [web]}}
+      - {{name: web-3, zone: us-central1-a, networkIP: 10.128.0.23, tags: [web]}}
+      - {{name: web-b, zone: us-central1-b, networkIP: 10.128.0.24, tags: [web]}}
+      - {{name: other-subnet, zone: us-central1-a, subnetwork: second, networkIP: 10.129.0.21}}
+  - id: host-project
+    quotas: {{ROUTES: 3}}
+    networks:
+      - name: shared
+        subnetworks:
+          - {{name: shared-sub, region: us-central1, ipCidrRange: 10.10.0.0/24}}
+    instances:
+      - {{name: host-vm, zone: us-central1-a, network: shared, networkIP: 10.10.0.2}}
+  - id: service-project
+    networkProject: host-project
+    quotas: {{FORWARDING_RULES: 1}}
+    instances:
+      - {{name: app-1, zone: us-central1-a, network: shared, networkIP: 10.10.0.11, tags: [app]}}
+      - {{name: app-2, zone: us-central1-a, network: shared, networkIP: 10.10.0.12, tags: [app]}}
+  - id: lone-project
+    networks:
+      - name: default
+        subnetworks:
+          - {{name: default, region: us-central1, ipCidrRange: 10.200.0.0/20}}
+serviceAccounts:
+{accounts}"""
+
 
 @dataclass
 class Emulator:
@@ -74,8 +116,9 @@ class Emulator:
                 self.proc.wait(timeout=5)
 
 
-def start(workdir: Path, *extra_args: str) -> Emulator:
-    """keygen, world file, start on port 0, then point the key's token_uri at the real port."""
+def start(workdir: Path, *extra_args: str, world: str = WORLD) -> Emulator:
+    """keygen, world file (`world`, a template with {project} and {accounts}), start on port 0,
+    then point the key's token_uri at the real port."""
     binary = emulator_binary()
     workdir.mkdir(parents=True, exist_ok=True)
     key_path = workdir / "key.json"
@@ -85,7 +128,7 @@ def start(workdir: Path, *extra_args: str) -> Emulator:
         check=True, capture_output=True, text=True, timeout=60,
     )
     world_path = workdir / "world.yaml"
-    world_path.write_text(WORLD.format(project=PROJECT, accounts=keygen.stdout))
+    world_path.write_text(world.format(project=PROJECT, accounts=keygen.stdout))
     log_path = workdir / "emulator.log"
     log = open(log_path, "wb")
     proc = subprocess.Popen(

@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import shutil
+import subprocess
 import time
+import urllib.request
+from pathlib import Path
 
 from googleapiclient.errors import HttpError
 from googleapiclient.http import BatchHttpRequest
@@ -93,3 +100,49 @@ def list_all(collection, **kwargs) -> tuple[list[dict], list[dict]]:
         pages.append(page)
         request = collection.list_next(request, page)
     return [item for page in pages for item in page.get("items", [])], pages
+
+
+def gcloud_env(emulator, config_dir: Path) -> dict:
+    """The environment that points the real gcloud at the emulator: its compute endpoint, a token
+    the emulator issued (from the metadata path), a throw-away configuration, no prompts.
+    Skips the calling test when gcloud is not on PATH."""
+    import pytest
+
+    if shutil.which("gcloud") is None:
+        pytest.skip("gcloud is not on PATH")
+    request = urllib.request.Request(
+        f"{emulator.base_url}/computeMetadata/v1/instance/service-accounts/default/token",
+        headers={"Metadata-Flavor": "Google"})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        token = json.loads(response.read())["access_token"]
+    token_file = config_dir / "token"
+    token_file.write_text(token)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDSDK_")}
+    env.update({
+        "CLOUDSDK_CONFIG": str(config_dir / "gcloud-config"),
+        "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE": f"{emulator.base_url}/compute/v1/",
+        "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE": str(token_file),
+        "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
+    })
+    return env
+
+
+def run_gcloud(args: list[str], env: dict, ok: bool = True) -> tuple[object, list[tuple[str, str, int, object]], str]:
+    """Runs gcloud with --format=json --log-http. Returns its JSON output (None when empty), the
+    requests it sent as (method, path below /compute/v1/ with the query, response status, JSON
+    body or None), and stderr."""
+    done = subprocess.run(["gcloud", *args, "--format=json", "--log-http"], env=env,
+                          capture_output=True, text=True, timeout=180)
+    if ok:
+        assert done.returncode == 0, f"gcloud {' '.join(args)}: {done.stderr[-3000:]}"
+    requests = []
+    for block in done.stderr.split("==== request start ====")[1:]:
+        request, _, rest = block.partition("==== request end ====")
+        uri = re.search(r"^uri: (.*)$", request, re.M).group(1)
+        method = re.search(r"^method: (.*)$", request, re.M).group(1)
+        body = request.partition("== body start ==")[2].partition("== body end ==")[0].strip()
+        status = re.search(r"^status: (\d+)$", rest, re.M)
+        requests.append((method, uri.split("/compute/v1/", 1)[-1], int(status.group(1)) if status else 0,
+                         json.loads(body) if body else None))
+    output = json.loads(done.stdout) if done.stdout.strip() else None
+    return output, requests, done.stderr
