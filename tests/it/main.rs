@@ -18,6 +18,7 @@ mod crd_validation;
 mod gcp_auth;
 mod gcp_engine;
 mod helm;
+mod ilb;
 mod image;
 mod leader;
 mod operator;

@@ -625,14 +625,63 @@ async fn an_operator_killed_mid_rollout_leaves_no_duplicate_and_no_leak() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_route_to_an_existing_ilb_is_made_and_to_a_missing_one_stalls() {
     let (client, ns, cloud) = setup("vr-ilb").await;
-    let op = compute(
-        reqwest::Method::POST,
-        "regions/us-central1/forwardingRules",
-        json!({"name": "ilb-ok", "loadBalancingScheme": "INTERNAL", "IPProtocol": "TCP",
-               "ports": ["80"], "network": "global/networks/default"}),
-    )
-    .await;
-    assert_eq!(op["kind"], "compute#operation", "{op}");
+    // An internal passthrough load balancer as Compute wants it made: a group holding se-1, a
+    // health check, a backend service, then the forwarding rule; each step once the one
+    // before is DONE.
+    let group = "https://www.googleapis.com/compute/v1/projects/demo-project/zones/us-central1-a/instanceGroups/ilb-ok-group";
+    for (path, body) in [
+        (
+            "zones/us-central1-a/instanceGroups",
+            json!({"name": "ilb-ok-group", "network": "global/networks/default"}),
+        ),
+        (
+            "zones/us-central1-a/instanceGroups/ilb-ok-group/addInstances",
+            json!({"instances": [{"instance": "zones/us-central1-a/instances/se-1"}]}),
+        ),
+        (
+            "regions/us-central1/healthChecks",
+            json!({"name": "ilb-ok-check", "type": "TCP", "tcpHealthCheck": {"port": 80}}),
+        ),
+        (
+            "regions/us-central1/backendServices",
+            json!({"name": "ilb-ok-service", "loadBalancingScheme": "INTERNAL", "protocol": "TCP",
+                   "healthChecks": ["regions/us-central1/healthChecks/ilb-ok-check"],
+                   "backends": [{"group": group}]}),
+        ),
+        (
+            "regions/us-central1/forwardingRules",
+            json!({"name": "ilb-ok", "loadBalancingScheme": "INTERNAL", "IPProtocol": "TCP",
+                   "ports": ["80"], "network": "global/networks/default",
+                   "subnetwork": "regions/us-central1/subnetworks/default",
+                   "backendService": "regions/us-central1/backendServices/ilb-ok-service"}),
+        ),
+    ] {
+        let op = compute(reqwest::Method::POST, path, body).await;
+        assert_eq!(op["kind"], "compute#operation", "{path}: {op}");
+        let scope = op["zone"]
+            .as_str()
+            .or(op["region"].as_str())
+            .and_then(|link| link.split("/projects/demo-project/").nth(1))
+            .unwrap_or("global")
+            .to_string();
+        let name = op["name"].as_str().unwrap_or_default();
+        let mut done = op.clone();
+        for _ in 0..100 {
+            if done["status"] == "DONE" {
+                break;
+            }
+            done = compute(
+                reqwest::Method::POST,
+                &format!("{scope}/operations/{name}/wait"),
+                json!({}),
+            )
+            .await;
+        }
+        assert!(
+            done["status"] == "DONE" && done.get("error").is_none(),
+            "{path}: {done}"
+        );
+    }
     for (name, ilb, dest) in [
         ("to-ilb", "ilb-ok", "10.27.1.0/24"),
         ("to-nowhere", "ilb-gone", "10.27.2.0/24"),

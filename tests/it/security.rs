@@ -1018,6 +1018,7 @@ fn planned_route(cloud: &str, namespace: &str, name: &str, manifest: &Value) -> 
         cluster_id: CLUSTER_ID.into(),
         cloud: cloud.into(),
         project: PROJECT.into(),
+        network_project: PROJECT.into(),
         network: "default".into(),
         region: "us-central1".into(),
         resource_prefix: "adc-".into(),

@@ -159,9 +159,17 @@ fn pass(runtime: &CloudRuntime, triggers: &Triggers) {
             .filter(|(t, _)| t.name.starts_with(&prefix))
             .map(|(t, _)| (t.clone(), s.group_ready(t)))
             .collect();
-        // Groups a backend service of the project names: they cannot go yet.
+        // Groups a backend service of this cloud names: they cannot go yet (and the probe
+        // rule stays while there is any). Other clouds of the project have their own groups.
+        let ours = |body: &serde_json::Value| {
+            body["description"]
+                .as_str()
+                .and_then(Owner::parse)
+                .is_some_and(|o| o.cluster_id == view.cluster_id && o.cloud == view.cloud)
+        };
         let named: BTreeSet<String> = s
             .balancers(Collection::BackendServices)
+            .filter(|(_, body)| ours(body))
             .flat_map(|(_, body)| {
                 body["backends"]
                     .as_array()
