@@ -107,6 +107,7 @@ pub(super) fn observe(
         spec,
         allocated.as_deref(),
         |_, _| EngineHealth::Missing,
+        |_, _| None,
     );
     let (vip_subnet, ilb_problems) = check_ilb_vip(vip.as_deref(), &subnets, taken_by.as_deref());
     problems.extend(ilb_problems);
@@ -258,6 +259,7 @@ pub(super) fn observe(
     };
     Observation {
         down_engines: down.clone(),
+        down_addresses: Vec::new(),
         problems,
         stalled_report: Some(Report {
             vip: vip.clone(),

@@ -48,6 +48,9 @@ pub struct Observation<R> {
     /// Service engines (instance names) that are down: routes to them that the object no longer
     /// wants are withdrawn at once, before anything is made, and the change is a failover.
     pub down_engines: Vec<String>,
+    /// The internal addresses of those engines: a Shared VPC's routes name them
+    /// (`nextHopIp`).
+    pub down_addresses: Vec<String>,
     /// What the status shows otherwise.
     pub report: R,
 }
@@ -452,12 +455,14 @@ fn withdrawals<R>(changes: &Diff, observation: &Observation<R>) -> Vec<Target> {
         .filter(|(target, body)| {
             target.collection == Collection::Routes
                 && changes.deletes.contains(target)
-                && body["nextHopInstance"].as_str().is_some_and(|hop| {
+                && (body["nextHopInstance"].as_str().is_some_and(|hop| {
                     observation
                         .down_engines
                         .iter()
                         .any(|down| hop.ends_with(&format!("/instances/{down}")))
-                })
+                }) || body["nextHopIp"]
+                    .as_str()
+                    .is_some_and(|ip| observation.down_addresses.iter().any(|d| d == ip)))
         })
         .map(|(target, _)| target.clone())
         .collect()

@@ -206,11 +206,17 @@ fn observe(
             Some(_) => EngineHealth::Down,
             None => EngineHealth::Missing,
         };
-        let states: Vec<(String, String, EngineHealth)> = object
+        let states: Vec<(String, String, EngineHealth, Option<String>)> = object
             .spec
             .service_engines
             .iter()
-            .map(|e| (e.zone.clone(), e.name.clone(), health(&e.zone, &e.name)))
+            .map(|e| {
+                let ip = snapshot
+                    .instance(&e.zone, &e.name)
+                    .and_then(|i| i.network_interfaces.first())
+                    .and_then(|nic| nic.network_ip.clone());
+                (e.zone.clone(), e.name.clone(), health(&e.zone, &e.name), ip)
+            })
             .collect();
         let missing: Vec<String> = states
             .iter()
@@ -227,12 +233,24 @@ fn observe(
     let engine_health = |zone: &str, name: &str| {
         health
             .iter()
-            .find(|(z, n, _)| z == zone && n == name)
+            .find(|(z, n, _, _)| z == zone && n == name)
             .map_or(EngineHealth::Missing, |s| s.2)
+    };
+    let engine_ip = |zone: &str, name: &str| {
+        health
+            .iter()
+            .find(|(z, n, _, _)| z == zone && n == name)
+            .and_then(|s| s.3.clone())
     };
     let namespace_allowed =
         ctx.namespace_allowed(cloud_spec, &object.namespace().unwrap_or_default());
     let (pool_vip, mut problems) = pool_address(object, ctx, runtime, namespace_allowed);
+    if pool_vip.is_some() && runtime.view.network_project != runtime.view.project {
+        problems.push(format!(
+            "VIP pools are not carried in a Shared VPC yet (the GcpCloud's networkProject is '{}'): give this VirtualService a fixed vip.address outside the pools, or vip.allocate.type",
+            runtime.view.network_project
+        ));
+    }
     let plan = virtualservice::plan(
         &runtime.view,
         &object.namespace().unwrap_or_default(),
@@ -244,6 +262,7 @@ fn observe(
         }
         .as_deref(),
         engine_health,
+        engine_ip,
     );
 
     let around = Surroundings {
@@ -371,6 +390,11 @@ fn observe(
     }
     Observation {
         down_engines: plan.down_engines.clone(),
+        down_addresses: health
+            .iter()
+            .filter(|s| s.2 == EngineHealth::Down)
+            .filter_map(|s| s.3.clone())
+            .collect(),
         problems,
         stalled_report: Some(Report {
             vip: plan.vip.clone(),

@@ -143,7 +143,15 @@ async fn observe(
         missing_subnetwork: None,
         missing_ilb,
     };
-    let problems = check_vpc_route(&object.spec.dest_range, &around);
+    let mut problems = check_vpc_route(&object.spec.dest_range, &around);
+    if object.spec.next_hop.instance.is_some()
+        && runtime.view.network_project != runtime.view.project
+    {
+        problems.push(format!(
+            "the GcpCloud's network lives in the Shared VPC host project '{}', and Compute takes a nextHopInstance only in the route's own project: use nextHop.ip (the instance's internal address) instead of spec.nextHop.instance",
+            runtime.view.network_project
+        ));
+    }
     let desired = vpcroute::plan(
         &runtime.view,
         &object.namespace().unwrap_or_default(),
@@ -151,6 +159,7 @@ async fn observe(
         &object.spec,
     );
     Ok(Observation {
+        down_addresses: Vec::new(),
         report: desired.target.name.clone(),
         desired: vec![desired],
         owned,

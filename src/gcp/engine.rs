@@ -108,6 +108,7 @@ impl Engine {
         ));
         let queue = Queue::new(
             QueueSettings {
+                host_scope: settings.host_scope(),
                 max_attempts: settings.max_attempts,
                 time_scale: settings.time_scale,
                 quota_probe: QUOTA_PROBE_INTERVAL,
@@ -343,7 +344,10 @@ impl Engine {
         let shared = &self.shared;
         match shared
             .reader
-            .get(&get_call(target, &shared.settings.project))
+            .get(&get_call(
+                target,
+                shared.settings.project_for(target.collection),
+            ))
             .await
         {
             Ok(answer) => {
@@ -366,7 +370,7 @@ impl Engine {
             method: reqwest::Method::GET,
             path: format!(
                 "projects/{}/global/networks/{network}",
-                shared.settings.project
+                shared.settings.network_project()
             ),
             query: Vec::new(),
             body: None,
@@ -383,9 +387,10 @@ impl Engine {
     pub async fn read_quotas(&self) -> Result<Vec<super::types::QuotaUse>, GcpError> {
         let shared = &self.shared;
         let project = &shared.settings.project;
+        // Project-wide quotas (ROUTES, FIREWALLS) are the network's project's.
         let mut scopes = vec![(
             "global".to_string(),
-            format!("projects/{project}"),
+            format!("projects/{}", shared.settings.network_project()),
             "compute.projects.get",
         )];
         for region in &shared.settings.regions {
@@ -600,7 +605,10 @@ impl Shared {
         let Change::Insert(desired) = &dispatch.mutation.change else {
             return Ok(());
         };
-        let call = get_call(&dispatch.target, &self.settings.project);
+        let call = get_call(
+            &dispatch.target,
+            self.settings.project_for(dispatch.target.collection),
+        );
         let answer = match self.reader.get(&call).await {
             Err(err) if err.is_not_found() => {
                 return Err(GcpError::BeingCreated(dispatch.target.to_string()));
@@ -626,7 +634,10 @@ impl Shared {
                 let outcome = op.failure().map_or(Ok(()), Err);
                 self.finish(&dispatch, outcome);
             }
-            Ok(op) => self.tracker.track(op, dispatch),
+            Ok(op) => {
+                let scope = op.scope_from(&self.settings.project);
+                self.tracker.track(op, scope, dispatch);
+            }
             Err(err) => self.finish(&dispatch, Err(err)),
         }
     }
@@ -692,7 +703,13 @@ async fn dispatcher(shared: Arc<Shared>) {
         tokio::spawn(async move {
             let calls: Vec<Call> = ready
                 .iter()
-                .map(|d| mutation_call(&d.mutation, &shared.settings.project, &d.request_id))
+                .map(|d| {
+                    mutation_call(
+                        &d.mutation,
+                        shared.settings.project_for(d.mutation.target.collection),
+                        &d.request_id,
+                    )
+                })
                 .collect();
             let answers = shared.reader.exchange(calls).await;
             drop(permit);
@@ -717,8 +734,12 @@ async fn per_object_worker(shared: Arc<Shared>) {
             shared.wait_for_work(next).await;
             continue;
         };
-        let outcome =
-            super::per_object::call(&shared.reader, &shared.settings.project, &dispatch).await;
+        let outcome = super::per_object::call(
+            &shared.reader,
+            shared.settings.project_for(dispatch.target.collection),
+            &dispatch,
+        )
+        .await;
         shared.finish(&dispatch, outcome);
     }
 }

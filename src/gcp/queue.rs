@@ -113,8 +113,11 @@ pub struct Ready {
 }
 
 /// How the queue is set up.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct QueueSettings {
+    /// With Shared VPC, the budget scope of the host project: its routes' and firewall rules'
+    /// writes are charged there, apart from the service project's.
+    pub host_scope: Option<String>,
     /// Attempts per mutation before its error is final.
     pub max_attempts: u32,
     /// Multiplies backoffs and pauses (1.0 against GCP).
@@ -182,7 +185,18 @@ pub fn backoff(attempt: u32, scale: f64, jitter: f64) -> Duration {
 
 impl Queue {
     /// An empty queue; `seed` drives its jitter and request ids.
+    /// The budget group and scope a write of `target` is charged to: its collection's, in the
+    /// host project's own scope for a Shared VPC network's routes and firewall rules.
+    fn write_group(host_scope: &Option<String>, target: &Target) -> (RateGroup, String) {
+        let (group, region) = target.collection.write_group(&target.location);
+        match host_scope {
+            Some(host) if target.collection.in_network_project() => (group, host.clone()),
+            _ => (group, region),
+        }
+    }
+
     pub fn new(settings: QueueSettings, seed: u64) -> Self {
+        let quota_probe = scaled(settings.quota_probe, settings.time_scale);
         Self {
             settings,
             slots: BTreeMap::new(),
@@ -194,7 +208,7 @@ impl Queue {
             waiting_for_budget: HashMap::new(),
             failures: HashMap::new(),
             retrying: HashMap::new(),
-            quota: QuotaGates::new(scaled(settings.quota_probe, settings.time_scale)),
+            quota: QuotaGates::new(quota_probe),
             rng: StdRng::seed_from_u64(seed),
         }
     }
@@ -350,11 +364,8 @@ impl Queue {
                 if work.lane != lane {
                     continue;
                 }
-                let (group, region) = work
-                    .mutation
-                    .target
-                    .collection
-                    .write_group(&work.mutation.target.location);
+                let (group, region) =
+                    Self::write_group(&self.settings.host_scope, &work.mutation.target);
                 if blocked_groups.contains(&(group, region.clone())) {
                     skipped.push_back(target);
                     // Behind a spent group, look only a little further for other groups' work.
@@ -686,11 +697,7 @@ impl Queue {
             // The failed operation answers its requestId forever: a new try needs a new one.
             work.request_id = id;
         }
-        let (group, region) = work
-            .mutation
-            .target
-            .collection
-            .write_group(&work.mutation.target.location);
+        let (group, region) = Self::write_group(&self.settings.host_scope, &work.mutation.target);
         let at = if err.is_rate_limited() {
             budget.penalize(group, &region, err.retry_after(), jitter, now);
             budget.next_chance(group, &region, work.lane, now)

@@ -17,10 +17,39 @@ const OURS: &str =
 
 fn settings() -> QueueSettings {
     QueueSettings {
+        host_scope: None,
         max_attempts: 4,
         time_scale: 1.0,
         quota_probe: Duration::from_secs(30),
     }
+}
+
+#[test]
+fn a_shared_vpc_hosts_writes_are_budgeted_apart() {
+    let route = Target::route("adc-r");
+    let address = Target {
+        collection: Collection::Addresses,
+        location: "us-central1".into(),
+        name: "adc-a".into(),
+    };
+    let host = Some("projects/net-host".to_string());
+    assert_eq!(
+        Queue::write_group(&host, &route),
+        (RateGroup::Write, "projects/net-host".to_string())
+    );
+    assert_eq!(
+        Queue::write_group(&host, &Target::firewall("adc-f")),
+        (RateGroup::Write, "projects/net-host".to_string())
+    );
+    assert_eq!(
+        Queue::write_group(&host, &address),
+        (RateGroup::RegionalWrite, "us-central1".to_string()),
+        "the service project's own"
+    );
+    assert_eq!(
+        Queue::write_group(&None, &route),
+        (RateGroup::Write, String::new())
+    );
 }
 
 fn queue() -> Queue {

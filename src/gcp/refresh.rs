@@ -124,6 +124,8 @@ struct Listing {
     aggregated: Option<&'static str>,
     token: Option<String>,
     done: bool,
+    /// The budget scope of its reads: the Shared VPC host's, or the project's (`""`).
+    scope: String,
     /// Items of its pages that did not decode (skipped), and the first one's error.
     skipped: usize,
     first_skip: Option<String>,
@@ -143,6 +145,7 @@ impl Listing {
             aggregated: None,
             token: None,
             done: false,
+            scope: String::new(),
             skipped: 0,
             first_skip: None,
         }
@@ -249,22 +252,30 @@ pub(crate) async fn refresh(
     operations: bool,
 ) -> Result<usize, GcpError> {
     let project = &source.settings.project;
+    // The network's own collections live in its project (a Shared VPC host), read on its
+    // budget.
+    let host = source.settings.network_project();
+    let host_scope = source.settings.host_scope().unwrap_or_default();
+    let in_host = |listing: Listing| Listing {
+        scope: host_scope.clone(),
+        ..listing
+    };
     let mut listings = vec![
-        Listing::new(
-            format!("projects/{project}/global/routes"),
+        in_host(Listing::new(
+            format!("projects/{host}/global/routes"),
             "",
             !source.settings.list_foreign,
             "compute.routes.list",
-        ),
-        Listing::new(
-            format!("projects/{project}/global/firewalls"),
+        )),
+        in_host(Listing::new(
+            format!("projects/{host}/global/firewalls"),
             "",
             // Every rule, whatever its name: an adopted rule keeps the name it was made
             // with, and stays the operator's after adoption is turned off. A project holds
             // a few hundred rules (its FIREWALLS quota): a page or two.
             false,
             "compute.firewalls.list",
-        ),
+        )),
         Listing::new(
             format!("projects/{project}/global/addresses"),
             "",
@@ -301,12 +312,12 @@ pub(crate) async fn refresh(
             ));
         }
         // Not the operator's: the guard rails keep routes out of their ranges.
-        listings.push(Listing::new(
-            format!("projects/{project}/regions/{region}/subnetworks"),
+        listings.push(in_host(Listing::new(
+            format!("projects/{host}/regions/{region}/subnetworks"),
             region,
             false,
             "compute.subnetworks.list",
-        ));
+        )));
     }
     for zone in zones {
         // Zones come from what objects name; one object's unknown zone must not fail the
@@ -339,6 +350,10 @@ pub(crate) async fn refresh(
     }
     if operations {
         listings.push(operations_in_flight(project));
+        if source.settings.network_project.is_some() {
+            // The host's routes and firewall rules have their operations there.
+            listings.push(in_host(operations_in_flight(host)));
+        }
     }
     let ticket = source.inventory.begin_refresh();
     let mut in_flight = 0;
@@ -477,11 +492,22 @@ async fn load(
             return Err(GcpError::Shutdown);
         }
         let open: Vec<usize> = (0..listings.len()).filter(|i| !listings[*i].done).collect();
-        let granted = reader
-            .budget
-            .acquire(RateGroup::Read, "", open.len(), lane)
-            .await;
-        let round: Vec<usize> = open.into_iter().take(granted).collect();
+        // Each project's reads come out of its own budget.
+        let mut round: Vec<usize> = Vec::new();
+        let scopes: std::collections::BTreeSet<&str> =
+            open.iter().map(|i| listings[*i].scope.as_str()).collect();
+        for scope in scopes {
+            let of_scope: Vec<usize> = open
+                .iter()
+                .copied()
+                .filter(|i| listings[*i].scope == scope)
+                .collect();
+            let granted = reader
+                .budget
+                .acquire(RateGroup::Read, scope, of_scope.len(), lane)
+                .await;
+            round.extend(of_scope.into_iter().take(granted));
+        }
         let calls: Vec<Call> = round.iter().map(|i| listings[*i].call(&filter)).collect();
         let answers = reader.exchange(calls).await;
         let mut pause = None;

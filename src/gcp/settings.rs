@@ -20,6 +20,9 @@ pub enum DispatchMode {
 #[derive(Debug, Clone)]
 pub struct EngineSettings {
     pub project: String,
+    /// The Shared VPC host that holds the network, its subnetworks, routes and firewall rules,
+    /// when it is not `project`.
+    pub network_project: Option<String>,
     /// `https://compute.googleapis.com` or an emulator.
     pub endpoint: String,
     pub dispatch: DispatchMode,
@@ -96,6 +99,7 @@ impl EngineSettings {
     pub fn new(project: impl Into<String>, endpoint: impl Into<String>) -> Self {
         Self {
             project: project.into(),
+            network_project: None,
             endpoint: endpoint.into(),
             dispatch: DispatchMode::Batched,
             max_calls_per_batch: 500,
@@ -110,6 +114,27 @@ impl EngineSettings {
             list_foreign: false,
             write_gate: None,
         }
+    }
+
+    /// The project a collection's resources live in.
+    pub fn project_for(&self, collection: crate::plan::resource::Collection) -> &str {
+        match &self.network_project {
+            Some(host) if collection.in_network_project() => host,
+            _ => &self.project,
+        }
+    }
+
+    /// The project of the network (the Shared VPC host, or `project`).
+    pub fn network_project(&self) -> &str {
+        self.network_project.as_deref().unwrap_or(&self.project)
+    }
+
+    /// The budget scope of the host project's calls (each project is budgeted on its own):
+    /// None without Shared VPC.
+    pub fn host_scope(&self) -> Option<String> {
+        self.network_project
+            .as_ref()
+            .map(|host| format!("projects/{host}"))
     }
 
     /// Whether the write gate (if any) lets writes go now.

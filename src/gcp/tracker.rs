@@ -100,10 +100,12 @@ impl Tracker {
         }
     }
 
-    pub(crate) fn track(&self, op: Operation, dispatch: Dispatch) {
+    /// Tracks `op` under `scope` (its scope path, prefixed with its project when that is not
+    /// the engine's own: [`Operation::scope_from`]).
+    pub(crate) fn track(&self, op: Operation, scope: String, dispatch: Dispatch) {
         let insert_time = op.insert_time.clone();
         self.lock().ops.insert(
-            (op.scope(), op.name),
+            (scope, op.name),
             Tracked {
                 dispatch,
                 since: Instant::now(),
@@ -135,17 +137,27 @@ impl Tracker {
     }
 }
 
+/// The path of a scope's operations: `projects/P/global`, or the scope itself when it names
+/// its project (an operation of a Shared VPC host).
+fn scope_path(project: &str, scope: &str) -> String {
+    if scope.starts_with("projects/") {
+        scope.to_string()
+    } else {
+        format!("projects/{project}/{scope}")
+    }
+}
+
 fn get_call(project: &str, scope: &str, name: &str) -> Call {
-    let method_name = if scope.starts_with("zones/") {
+    let method_name = if scope.contains("zones/") {
         "compute.zoneOperations.get"
-    } else if scope.starts_with("regions/") {
+    } else if scope.contains("regions/") {
         "compute.regionOperations.get"
     } else {
         "compute.globalOperations.get"
     };
     Call {
         method: Method::GET,
-        path: format!("projects/{project}/{scope}/operations/{name}"),
+        path: format!("{}/operations/{name}", scope_path(project, scope)),
         query: Vec::new(),
         body: None,
         group: RateGroup::OperationRead,
@@ -154,9 +166,9 @@ fn get_call(project: &str, scope: &str, name: &str) -> Call {
 }
 
 fn list_done_call(project: &str, scope: &str, since: &str, page_token: Option<&str>) -> Call {
-    let method_name = if scope.starts_with("zones/") {
+    let method_name = if scope.contains("zones/") {
         "compute.zoneOperations.list"
-    } else if scope.starts_with("regions/") {
+    } else if scope.contains("regions/") {
         "compute.regionOperations.list"
     } else {
         "compute.globalOperations.list"
@@ -173,7 +185,7 @@ fn list_done_call(project: &str, scope: &str, since: &str, page_token: Option<&s
     }
     Call {
         method: Method::GET,
-        path: format!("projects/{project}/{scope}/operations"),
+        path: format!("{}/operations", scope_path(project, scope)),
         query,
         body: None,
         group: RateGroup::OperationRead,

@@ -265,6 +265,25 @@ impl Operation {
         "global".to_string()
     }
 
+    /// The project it runs in, from its selfLink (else its targetLink).
+    pub fn project(&self) -> Option<&str> {
+        let link = self.self_link.as_deref().unwrap_or(&self.target_link);
+        link.split("/projects/")
+            .nth(1)
+            .or_else(|| link.strip_prefix("projects/"))
+            .and_then(|rest| rest.split('/').next())
+            .filter(|p| !p.is_empty())
+    }
+
+    /// The tracker's key for it: its scope, prefixed with `projects/P/` when it runs in a
+    /// project other than `home` (a Shared VPC host's route or firewall operation).
+    pub fn scope_from(&self, home: &str) -> String {
+        match self.project() {
+            Some(project) if project != home => format!("projects/{project}/{}", self.scope()),
+            _ => self.scope(),
+        }
+    }
+
     /// The error of a DONE operation, if it failed.
     pub fn failure(&self) -> Option<super::GcpError> {
         let first = self.error.as_ref()?.errors.first()?;

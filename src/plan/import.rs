@@ -250,9 +250,15 @@ fn virtual_service(
     });
     let parsed: VirtualServiceSpec = serde_json::from_value(spec.clone())
         .map_err(|err| format!("the VirtualService it suggests is not valid: {err}"))?;
-    let plan = super::virtualservice::plan(cloud, namespace, &name, &parsed, None, |_, _| {
-        EngineHealth::Running
-    });
+    let plan = super::virtualservice::plan(
+        cloud,
+        namespace,
+        &name,
+        &parsed,
+        None,
+        |_, _| EngineHealth::Running,
+        |_, _| None,
+    );
     let mut wanted: Vec<(Target, Value)> = group.iter().map(|r| (*r).clone()).collect();
     wanted.push((Target::firewall("-"), rule.clone()));
     check(&plan.desired, &wanted)?;

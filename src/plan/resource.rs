@@ -37,6 +37,12 @@ impl Collection {
         }
     }
 
+    /// Whether it lives in the network's project (the Shared VPC host): routes and firewall
+    /// rules; everything else lives in the cloud's project.
+    pub fn in_network_project(self) -> bool {
+        matches!(self, Collection::Routes | Collection::Firewalls)
+    }
+
     /// Whether mutations of this collection occupy their VPC network (a VPC network runs only so many route and firewall
     /// mutations at once: docs/compute-api.md §11).
     pub fn holds_network(self) -> bool {

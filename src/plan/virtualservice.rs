@@ -32,7 +32,8 @@ pub struct VirtualServicePlan {
 
 /// Plans a VirtualService. `allocated_ip` is the address the inventory shows for the reserved
 /// address (None until it exists), or the address given from a VIP pool; `engine_health` tells
-/// each engine's state.
+/// each engine's state; `engine_ip` its internal address, which a Shared VPC's routes name
+/// (`nextHopIp`): Compute takes a `nextHopInstance` only in the route's own project.
 pub fn plan(
     cloud: &CloudView,
     namespace: &str,
@@ -40,6 +41,7 @@ pub fn plan(
     spec: &VirtualServiceSpec,
     allocated_ip: Option<&str>,
     engine_health: impl Fn(&str, &str) -> EngineHealth,
+    engine_ip: impl Fn(&str, &str) -> Option<String>,
 ) -> VirtualServicePlan {
     let object = object_hash(&cloud.cluster_id, KIND, namespace, name);
     let description =
@@ -62,8 +64,12 @@ pub fn plan(
             if internal {
                 body["purpose"] = json!("GCE_ENDPOINT");
                 if let Some(subnetwork) = &allocation.subnetwork {
-                    body["subnetwork"] =
-                        json!(format!("regions/{}/subnetworks/{subnetwork}", cloud.region));
+                    body["subnetwork"] = if cloud.network_project == cloud.project {
+                        json!(format!("regions/{}/subnetworks/{subnetwork}", cloud.region))
+                    } else {
+                        // A Shared VPC host's subnetwork, by its full path.
+                        json!(super::ilb::subnetwork_link(cloud, subnetwork))
+                    };
                 }
             }
             let target = Target {
@@ -97,14 +103,29 @@ pub fn plan(
         };
     };
 
+    let shared_vpc = cloud.network_project != cloud.project;
     for hop in hops(spec, &engine_health) {
-        let mut body = json!({
-            "description": description,
-            "network": network,
-            "destRange": format!("{vip}/32"),
-            "priority": hop.priority,
-            "nextHopInstance": format!("projects/{}/zones/{}/instances/{}", cloud.project, hop.zone, hop.instance),
-        });
+        let mut body = if shared_vpc {
+            // An engine whose address is not known yet gets its route once it is.
+            let Some(ip) = engine_ip(&hop.zone, &hop.instance) else {
+                continue;
+            };
+            json!({
+                "description": description,
+                "network": super::ilb::network_link(cloud),
+                "destRange": format!("{vip}/32"),
+                "priority": hop.priority,
+                "nextHopIp": ip,
+            })
+        } else {
+            json!({
+                "description": description,
+                "network": network,
+                "destRange": format!("{vip}/32"),
+                "priority": hop.priority,
+                "nextHopInstance": format!("projects/{}/zones/{}/instances/{}", cloud.project, hop.zone, hop.instance),
+            })
+        };
         let route_name = resource_name(&cloud.resource_prefix, &object, &content_hash(&body));
         body["name"] = json!(route_name);
         desired.push(DesiredResource {
@@ -307,6 +328,7 @@ mod tests {
             &spec(HaMode::ActiveActive),
             None,
             |_, _| EngineHealth::Running,
+            |_, _| None,
         );
         assert_eq!(
             routes(&plan),
@@ -347,6 +369,7 @@ mod tests {
             &spec(HaMode::ActiveActive),
             None,
             health,
+            |_, _| None,
         );
         assert_eq!(routes(&aa), vec![("se-2".into(), 2000)]);
         assert_eq!(aa.down_engines, ["se-1"]);
@@ -357,6 +380,7 @@ mod tests {
             &spec(HaMode::ActiveStandby),
             None,
             |_, _| EngineHealth::Running,
+            |_, _| None,
         );
         assert_eq!(
             routes(&healthy),
@@ -369,6 +393,7 @@ mod tests {
             &spec(HaMode::ActiveStandby),
             None,
             health,
+            |_, _| None,
         );
         assert_eq!(routes(&failed_over), vec![("se-2".into(), 2000)]);
         // The promoted route is a different resource (new content, new name): make-before-break.
@@ -399,6 +424,7 @@ mod tests {
             &spec(HaMode::ActiveActive),
             None,
             |_, _| EngineHealth::Running,
+            |_, _| None,
         );
         let b = plan(
             &cloud(),
@@ -407,6 +433,7 @@ mod tests {
             &spec(HaMode::ActiveActive),
             None,
             |_, _| EngineHealth::Running,
+            |_, _| None,
         );
         assert_eq!(a, b);
         for resource in &a.desired {
@@ -425,9 +452,15 @@ mod tests {
                 pool: None,
             }),
         };
-        let waiting = plan(&cloud(), "ns", "web", &allocated, None, |_, _| {
-            EngineHealth::Running
-        });
+        let waiting = plan(
+            &cloud(),
+            "ns",
+            "web",
+            &allocated,
+            None,
+            |_, _| EngineHealth::Running,
+            |_, _| None,
+        );
         assert_eq!(
             waiting.desired.len(),
             1,
@@ -444,8 +477,60 @@ mod tests {
             &allocated,
             Some("10.130.0.7"),
             |_, _| EngineHealth::Running,
+            |_, _| None,
         );
         assert_eq!(ready.vip.as_deref(), Some("10.130.0.7"));
         assert_eq!(ready.desired.len(), 4);
+    }
+
+    #[test]
+    fn a_shared_vpc_routes_by_the_engines_address_and_follows_it() {
+        let mut host = cloud();
+        host.network_project = "host-project".into();
+        let ip = |address: &'static str| {
+            move |_: &str, name: &str| (name == "se-1").then(|| address.to_string())
+        };
+        let first = plan(
+            &host,
+            "ns",
+            "web",
+            &spec(HaMode::ActiveActive),
+            None,
+            |_, _| EngineHealth::Running,
+            ip("10.128.0.10"),
+        );
+        let routes: Vec<&DesiredResource> = first
+            .desired
+            .iter()
+            .filter(|d| d.target.collection == Collection::Routes)
+            .collect();
+        assert_eq!(
+            routes.len(),
+            1,
+            "se-2's address is not known yet: no route to it"
+        );
+        assert_eq!(routes[0].body["nextHopIp"], "10.128.0.10");
+        assert!(routes[0].body.get("nextHopInstance").is_none());
+        assert_eq!(
+            routes[0].body["network"],
+            "https://www.googleapis.com/compute/v1/projects/host-project/global/networks/default"
+        );
+        // The engine's address changes: a new route (a new name), made before the old goes.
+        let moved = plan(
+            &host,
+            "ns",
+            "web",
+            &spec(HaMode::ActiveActive),
+            None,
+            |_, _| EngineHealth::Running,
+            ip("10.128.0.77"),
+        );
+        let route = moved
+            .desired
+            .iter()
+            .find(|d| d.target.collection == Collection::Routes)
+            .unwrap();
+        assert_eq!(route.body["nextHopIp"], "10.128.0.77");
+        assert_ne!(route.target.name, routes[0].target.name);
     }
 }

@@ -42,6 +42,16 @@ const WORLD: &str = "projects:
       - {name: se-5, zone: us-central1-b, networkIP: 10.128.0.14, canIpForward: true}
       - {name: se-6, zone: us-central1-a, networkIP: 10.128.0.15, canIpForward: true}
       - {name: se-7, zone: us-central1-b, networkIP: 10.128.0.16, canIpForward: true}
+  - id: net-host
+    networks:
+      - name: shared
+        subnetworks:
+          - {name: shared-sub, region: us-central1, ipCidrRange: 10.140.0.0/20}
+  - id: svc-project
+    networkProject: net-host
+    instances:
+      - {name: xpn-1, zone: us-central1-a, network: shared, networkIP: 10.140.0.10, canIpForward: true}
+      - {name: xpn-2, zone: us-central1-a, network: shared, networkIP: 10.140.0.11, canIpForward: true}
 ";
 
 /// The instance poll interval of the tests' clouds: health is read this often.
@@ -149,6 +159,21 @@ async fn owned(collection: &str, marker: &str) -> Vec<Value> {
         .collect()
 }
 
+/// The usage of a quota `metric` in `project`: project-wide (`projects.get`), or in the
+/// cloud's region (`regions.get`).
+async fn quota_usage(project: &str, regional: bool, metric: &str) -> f64 {
+    let path = if regional { "regions/us-central1" } else { "" };
+    let answer =
+        support::operator::compute_in(url(), project, reqwest::Method::GET, path, json!({})).await;
+    answer["quotas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|q| q["metric"] == metric)
+        .and_then(|q| q["usage"].as_f64())
+        .unwrap_or(-1.0)
+}
+
 /// The engines a load balancer sends `vip`'s traffic to, by the emulator alone: the internal
 /// forwarding rules holding the VIP, their backend services, and what `getHealth` says of each
 /// backend group's instances.
@@ -168,13 +193,16 @@ async fn balanced(vip: Ipv4Addr) -> BTreeSet<String> {
         else {
             continue;
         };
-        let path = service_link
-            .split("/projects/demo-project/")
+        let (project, path) = service_link
+            .split("/projects/")
             .nth(1)
+            .and_then(|rest| rest.split_once('/'))
             .unwrap_or_default();
         for backend in service["backends"].as_array().into_iter().flatten() {
             let group = backend["group"].as_str().unwrap_or_default();
-            let health = compute(
+            let health = support::operator::compute_in(
+                url(),
+                project,
                 reqwest::Method::POST,
                 &format!("{path}/getHealth"),
                 json!({"group": group}),
@@ -652,4 +680,142 @@ async fn switching_routes_to_ilb_and_back_keeps_the_service_reachable() {
         effective(&emulator_collection(url(), "routes").await, routed).len(),
         2
     );
+}
+
+#[tokio::test]
+async fn a_shared_vpc_cloud_converges_in_both_modes_and_charges_each_project() {
+    let client = PLANE.admin_client().await;
+    let ns = support::test_namespace(&client, "ilb-xpn").await;
+    label_tenant(&client, &ns).await;
+    let cloud = format!("cloud-{ns}");
+    let mut manifest = cloud_manifest(
+        &cloud,
+        url(),
+        &json!({"resyncInterval": "30s", "instancePollInterval": format!("{}s", POLL.as_secs())}),
+    );
+    manifest["spec"]["project"] = json!("svc-project");
+    manifest["spec"]["networkProject"] = json!("net-host");
+    manifest["spec"]["network"] = json!("shared");
+    apply(&client, manifest, None).await;
+    wait_ready::<adc_operator::api::GcpCloud>(&client, None, &cloud).await;
+    let routes_before = quota_usage("net-host", false, "ROUTES").await;
+    let rules_before = quota_usage("svc-project", true, "FORWARDING_RULES").await;
+
+    let engines = ["xpn-1", "xpn-2"];
+    apply(
+        &client,
+        service("routed", &cloud, "10.60.0.5", &engines, "Routes", false),
+        Some(&ns),
+    )
+    .await;
+    apply(
+        &client,
+        service("balanced", &cloud, "10.140.0.100", &engines, "ILB", false),
+        Some(&ns),
+    )
+    .await;
+    eventually("both Ready", || async {
+        for name in ["routed", "balanced"] {
+            if !ready(&client, &ns, name).await {
+                return Err(format!("{name}: {:?}", status_of(&client, &ns, name).await));
+            }
+        }
+        Ok(())
+    })
+    .await;
+
+    // Routes mode: the host's routes reach the engines by their addresses.
+    let marker = format!("/{cloud}/VirtualService/{ns}/routed ");
+    let routes = owned("routes", &marker).await;
+    assert_eq!(routes.len(), 2, "{routes:#?}");
+    let mut hops: Vec<&str> = routes
+        .iter()
+        .filter_map(|r| r["nextHopIp"].as_str())
+        .collect();
+    hops.sort_unstable();
+    assert_eq!(hops, ["10.140.0.10", "10.140.0.11"]);
+    for route in &routes {
+        assert!(route.get("nextHopInstance").is_none(), "{route}");
+        assert!(
+            route["selfLink"]
+                .as_str()
+                .unwrap()
+                .contains("/projects/net-host/global/routes/")
+        );
+    }
+    for rule in owned("firewalls", &format!("/{cloud}/")).await {
+        assert!(
+            rule["selfLink"]
+                .as_str()
+                .unwrap()
+                .contains("/projects/net-host/"),
+            "{rule}"
+        );
+    }
+    // ILB mode: the balancer in the service project, on the host's subnetwork.
+    let balanced_marker = format!("/{cloud}/VirtualService/{ns}/balanced ");
+    let rules = owned("forwardingRules", &balanced_marker).await;
+    assert_eq!(rules.len(), 1);
+    assert!(
+        rules[0]["selfLink"]
+            .as_str()
+            .unwrap()
+            .contains("/projects/svc-project/")
+    );
+    assert!(
+        rules[0]["subnetwork"]
+            .as_str()
+            .unwrap()
+            .contains("/projects/net-host/regions/us-central1/subnetworks/shared-sub")
+    );
+    for collection in ["backendServices", "healthChecks"] {
+        let pieces = owned(collection, &balanced_marker).await;
+        assert_eq!(pieces.len(), 1, "{collection}");
+        assert!(
+            pieces[0]["selfLink"]
+                .as_str()
+                .unwrap()
+                .contains("/projects/svc-project/")
+        );
+    }
+    assert_eq!(
+        balanced("10.140.0.100".parse().unwrap()).await,
+        ["xpn-1".to_string(), "xpn-2".to_string()].into()
+    );
+
+    // Each project is charged for what lives in it.
+    assert_eq!(
+        quota_usage("net-host", false, "ROUTES").await,
+        routes_before + 2.0
+    );
+    assert_eq!(quota_usage("svc-project", false, "ROUTES").await, 0.0);
+    assert_eq!(
+        quota_usage("svc-project", true, "FORWARDING_RULES").await,
+        rules_before + 1.0
+    );
+    assert_eq!(quota_usage("net-host", true, "FORWARDING_RULES").await, 0.0);
+
+    let api: Api<VirtualService> = Api::namespaced(client.clone(), &ns);
+    for name in ["routed", "balanced"] {
+        api.delete(name, &DeleteParams::default()).await.unwrap();
+    }
+    eventually("nothing of the cloud left in either project", || async {
+        let mut left = 0;
+        for collection in [
+            "routes",
+            "firewalls",
+            "forwardingRules",
+            "backendServices",
+            "healthChecks",
+            "instanceGroups",
+        ] {
+            left += owned(collection, &format!("/{cloud}/")).await.len();
+        }
+        if left == 0 {
+            Ok(())
+        } else {
+            Err(format!("{left} left"))
+        }
+    })
+    .await;
 }

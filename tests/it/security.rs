@@ -1023,10 +1023,15 @@ fn planned_route(cloud: &str, namespace: &str, name: &str, manifest: &Value) -> 
         region: "us-central1".into(),
         resource_prefix: "adc-".into(),
     };
-    let plan =
-        adc_operator::plan::virtualservice::plan(&view, namespace, name, &spec, None, |_, _| {
-            EngineHealth::Running
-        });
+    let plan = adc_operator::plan::virtualservice::plan(
+        &view,
+        namespace,
+        name,
+        &spec,
+        None,
+        |_, _| EngineHealth::Running,
+        |_, _| None,
+    );
     let routes: Vec<Value> = plan
         .desired
         .into_iter()

@@ -100,31 +100,21 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
         // Objects judge their policy from the runtime: let them see the new one.
         ctx.requeue_users_of(&name);
     }
-    if let Some(host) = cloud
-        .spec
-        .network_project
-        .as_deref()
-        .filter(|host| *host != cloud.spec.project)
-    {
-        let phase = Phase::stalled(
-            "SharedVpcNotServed",
-            format!(
-                "spec.networkProject '{host}' (Shared VPC) is not served by this version of the operator yet; nothing is written for this cloud: remove spec.networkProject or upgrade"
-            ),
-        );
-        runtime.ready.store(false, Ordering::Relaxed);
-        report(&api, &ctx.settings.identity, &cloud, phase, None, None).await?;
-        return Ok(Action::requeue(Duration::from_secs(300)));
-    }
     let checked = match runtime.engine.check_network(&cloud.spec.network).await {
         Ok(()) => refresh_inventory(&ctx, &name, &runtime).await,
         Err(err) if err.is_not_found() => {
             let phase = Phase::stalled(
                 "NetworkNotFound",
-                format!(
-                    "network '{}' does not exist in project '{}': fix spec.network or spec.project",
-                    cloud.spec.network, cloud.spec.project
-                ),
+                match cloud.spec.network_project.as_deref() {
+                    Some(host) if host != cloud.spec.project => format!(
+                        "network '{}' does not exist in the Shared VPC host project '{host}': fix spec.network or spec.networkProject",
+                        cloud.spec.network
+                    ),
+                    _ => format!(
+                        "network '{}' does not exist in project '{}': fix spec.network or spec.project",
+                        cloud.spec.network, cloud.spec.project
+                    ),
+                },
             );
             runtime.ready.store(false, Ordering::Relaxed);
             report(&api, &ctx.settings.identity, &cloud, phase, None, None).await?;

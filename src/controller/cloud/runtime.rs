@@ -119,6 +119,10 @@ fn runtime_with(
     };
     settings.resource_prefix = spec.resource_prefix.clone();
     settings.regions = vec![spec.region.clone()];
+    settings.network_project = spec
+        .network_project
+        .clone()
+        .filter(|host| *host != spec.project);
     settings.read_only = read_only;
     settings.list_foreign = spec.adoption.enabled;
     if let Some(shards) = &ctx.shards

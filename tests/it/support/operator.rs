@@ -542,6 +542,17 @@ pub async fn compute(
     path: &str,
     body: Value,
 ) -> Value {
+    compute_in(emulator_url, PROJECT, method, path, body).await
+}
+
+/// [`compute`] in another project of the world.
+pub async fn compute_in(
+    emulator_url: &str,
+    project: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Value,
+) -> Value {
     let token: Value = reqwest::Client::new()
         .get(format!(
             "{emulator_url}/computeMetadata/v1/instance/service-accounts/default/token"
@@ -556,7 +567,7 @@ pub async fn compute(
     reqwest::Client::new()
         .request(
             method,
-            format!("{emulator_url}/compute/v1/projects/{PROJECT}/{path}"),
+            format!("{emulator_url}/compute/v1/projects/{project}/{path}"),
         )
         .bearer_auth(token["access_token"].as_str().unwrap_or_default())
         .json(&body)
