@@ -70,7 +70,7 @@ kubectl wait --for=condition=Ready --timeout=120s -n team-a virtualservice --all
 kubectl wait --for=condition=Ready --timeout=120s -n team-a vpcroute --all >/dev/null
 # The progress is written every few seconds: wait until it shows every object Ready.
 for _ in $(seq 1 40); do
-  [ "$(kubectl get gcpcloud demo -o jsonpath='{.status.progress.summary}')" = "[##########] 100% 7/7" ] && break
+  [ "$(kubectl get gcpcloud demo -o jsonpath='{.status.progress.summary}')" = "[##########] 100% 8/8" ] && break
   sleep 0.5
 done
 kill "$watch_pid" 2>/dev/null || true
@@ -96,6 +96,15 @@ print("%-26s %-18s %s" % ("FIREWALL", "TO", "ALLOWS"))
 for f in json.load(sys.stdin).get("items", []):
     allowed = " ".join(a["IPProtocol"] + ":" + ",".join(a.get("ports", [])) for a in f.get("allowed", []))
     print("%-26s %-18s %s" % (f["name"], ",".join(f.get("destinationRanges", [])), allowed))'
+
+step "the internal load balancer of team-a/intranet (vipMode ILB): its forwarding rule, backend service and health"
+curl -sf -H "Authorization: Bearer $token" "$compute/regions/us-central1/forwardingRules" | python3 -c '
+import json, sys
+print("%-26s %-14s %-6s %s" % ("FORWARDING RULE", "VIP", "PORTS", "BACKEND SERVICE"))
+for f in json.load(sys.stdin).get("items", []):
+    if f.get("loadBalancingScheme") == "INTERNAL":
+        print("%-26s %-14s %-6s %s" % (f["name"], f["IPAddress"], ",".join(f.get("ports", [])) or "all", f["backendService"].rsplit("/", 1)[-1]))'
+kubectl -n team-a get virtualservice intranet -o jsonpath='{range .status.engineHealth[*]}{.name}{"\t"}{.state}{"\n"}{end}'
 
 step "the fleet as an SRE sees it: kubectl adc status (the operator binary linked as kubectl-adc)"
 mkdir -p "$ADC_CLUSTER_DIR/bin"

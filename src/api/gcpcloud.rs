@@ -105,7 +105,8 @@ pub struct GcpCloudSpec {
     /// an engine by its internal address (`nextHopIp`), as Compute takes a `nextHopInstance`
     /// only in the route's own project, and follow it when the address changes. The
     /// credentials must act in both projects, and each project's `rateLimit` is budgeted
-    /// separately (the same figures apply to each).
+    /// separately (the same figures apply to each). VIP pools and VpcRoutes with
+    /// `nextHop.instance` are not carried in a Shared VPC yet (they stall saying so).
     #[x_kube(validation = Rule::new("self.matches('^[a-z][-a-z0-9]{4,28}[a-z0-9]$')").message(
         "networkProject must be a GCP project id: 6 to 30 lowercase letters, digits or hyphens, starting with a letter, not ending with a hyphen"
     ))]
