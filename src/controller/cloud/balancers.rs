@@ -131,6 +131,14 @@ fn wanted(
             {
                 continue;
             }
+            // Only once its reconcile has judged this generation, and not stalled: nothing is
+            // made for an object its guard rails refuse.
+            let status = object.status.as_ref();
+            let judged = status.and_then(|s| s.observed_generation) == object.metadata.generation;
+            if !judged || status.is_some_and(|s| crate::controller::claims::stalled(&s.conditions))
+            {
+                continue;
+            }
             objects += 1;
             ports.insert(ilb::health_check_port(&object.spec));
             for engine in &object.spec.service_engines {
