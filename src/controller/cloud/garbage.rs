@@ -70,7 +70,9 @@ pub(super) async fn collect_garbage(
                 continue;
             }
         }
-        for target in targets {
+        // Users first (an ILB's forwarding rule before its backend service, that before its
+        // health check): the rest goes at a later pass, once these are gone.
+        for target in crate::plan::ilb::delete_stage(&targets) {
             let network = runtime.engine.inventory().read(|s| s.network_of(&target));
             tracing::info!(resource = %target, owner = %format!("{}/{}/{}", owner.kind, owner.namespace, owner.name), "collecting an orphan");
             receivers.push(
