@@ -56,7 +56,7 @@ GCE_METADATA_HOST=$emulator_addr setsid "${operator_cmd[@]}" run --kubeconfig "$
   --metrics-addr 127.0.0.1:0 --cluster-id demo >"$ADC_CLUSTER_DIR/operator.log" 2>&1 </dev/null &
 pids+=($!)
 
-step "applying examples/: a tenant namespace, a GcpCloud with a VIP pool, five VirtualServices (two from the pool), two VpcRoutes"
+step "applying examples/: a tenant namespace, a GcpCloud with a VIP pool, six VirtualServices (two from the pool, one carried by an internal load balancer), two VpcRoutes"
 kubectl apply --server-side -f examples/tenant.yaml
 sed "s|endpoint: http://127.0.0.1:8085 .*|endpoint: $emulator|" examples/gcpcloud.yaml | kubectl apply --server-side -f -
 kubectl apply --server-side -f examples/virtualservices.yaml -f examples/vpcroutes.yaml

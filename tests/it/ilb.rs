@@ -493,6 +493,9 @@ async fn a_stopped_engine_shows_unhealthy_with_no_write_and_the_standby_takes_ov
     })
     .await;
     let took = stopped.elapsed();
+    eprintln!(
+        "ilb failover: se-4 UNHEALTHY in the status {took:?} after its stop was sent (poll {POLL:?})"
+    );
     // The stop's operation, one poll, one reconcile and its status patch: two intervals and a
     // margin for two suites on two cores.
     assert!(

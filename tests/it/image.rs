@@ -383,8 +383,8 @@ fn the_demo_converges_with_the_operator_inside_the_image() {
         .collect();
     assert_eq!(
         objects.len(),
-        7,
-        "five VirtualServices and two VpcRoutes:\n{text}"
+        8,
+        "six VirtualServices and two VpcRoutes:\n{text}"
     );
     for object in objects {
         assert!(object.contains(" True "), "not Ready: {object}\n{text}");
