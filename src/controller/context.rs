@@ -54,6 +54,11 @@ pub struct CloudRuntime {
     /// former leader's, or this process's before a restart): until a refresh sees none, the
     /// inventory is refreshed again soon, so that what they make is collected or adopted.
     pub settling: std::sync::atomic::AtomicBool,
+    /// Whether the last settling refresh saw no such operation. Settling ends only after two
+    /// such refreshes in a row: the pages of one refresh travel together, so a resource page
+    /// read just before an operation finished and the operations page read just after it
+    /// would show neither the resource nor the operation.
+    pub quiet_once: std::sync::atomic::AtomicBool,
     /// The cloud's VIP pools, their addresses and the shared layout's wake-up.
     pub pools: super::pools::Pools,
     /// ILB mode: what the cloud's backend services last reported of their engines.

@@ -41,7 +41,10 @@ pub async fn refresh_inventory(
         if in_flight > 0 {
             tracing::info!(cloud = %name, operations = in_flight, "operations sent before this engine started still run; refreshing again soon");
         }
-        runtime.settling.store(in_flight > 0, Ordering::Relaxed);
+        let was_quiet = runtime.quiet_once.swap(in_flight == 0, Ordering::Relaxed);
+        runtime
+            .settling
+            .store(in_flight > 0 || !was_quiet, Ordering::Relaxed);
     } else {
         runtime.engine.refresh_inventory(&listed).await?;
     }

@@ -156,6 +156,7 @@ fn runtime_with(
         ready: Default::default(),
         refresh_failures: Default::default(),
         settling: std::sync::atomic::AtomicBool::new(true),
+        quiet_once: std::sync::atomic::AtomicBool::new(false),
         pools: crate::controller::pools::Pools::from_spec(spec),
         ilb: Default::default(),
         policy: std::sync::RwLock::new(spec.management_policy),
