@@ -17,11 +17,15 @@ pub enum Error {
     Conflict(String),
     #[error("{0}")]
     Config(String),
+    /// A reconcile ran longer than [`super::RECONCILE_TIMEOUT`] (a request lost on a
+    /// connection the API server dropped, say): it is given up and retried.
+    #[error("the reconcile did not finish within {0:?}; retrying")]
+    Timeout(std::time::Duration),
 }
 
 impl Error {
     /// The labels [`Self::label`] gives besides GCP's (the series are primed at zero).
-    pub const LABELS: [&'static str; 4] = ["kube", "finalizer", "conflict", "config"];
+    pub const LABELS: [&'static str; 5] = ["kube", "finalizer", "conflict", "config", "timeout"];
 
     /// A short label for metrics: the kind of failure, and for a GCP error GCP's own reason
     /// (`gcp/rateLimitExceeded`, `gcp/QUOTA_EXCEEDED`, `gcp/transport`…), so that a dashboard
@@ -33,6 +37,7 @@ impl Error {
             Error::Finalizer(_) => "finalizer".into(),
             Error::Conflict(_) => "conflict".into(),
             Error::Config(_) => "config".into(),
+            Error::Timeout(_) => "timeout".into(),
         }
     }
 }

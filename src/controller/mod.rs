@@ -99,6 +99,11 @@ fn error_policy<K>(_object: Arc<K>, error: &Error, _ctx: Arc<Context>) -> Action
     Action::requeue(Duration::from_secs(10))
 }
 
+/// The longest a reconcile may run before it is given up and retried (after the error
+/// policy's delay). A deletion that waits for its GCP deletes may take longer under load: it
+/// then resumes where the engine is (its work stays queued), at no extra cost.
+pub const RECONCILE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Wraps a reconcile function so that every run is counted and timed under `kind`.
 fn measured<K, F, Fut>(
     kind: &'static str,
@@ -114,7 +119,11 @@ where
         let metrics = Arc::clone(&metrics);
         Box::pin(async move {
             let start = std::time::Instant::now();
-            let outcome = reconcile(object, ctx).await;
+            // A reconcile hands GCP work to the engine and returns; one that hangs (a request
+            // on a connection the API server dropped without a word) would never be retried.
+            let outcome = tokio::time::timeout(RECONCILE_TIMEOUT, reconcile(object, ctx))
+                .await
+                .unwrap_or(Err(Error::Timeout(RECONCILE_TIMEOUT)));
             metrics.observe(kind, start, &outcome);
             outcome
         })
