@@ -7,15 +7,12 @@ guard of conftest.py.
 """
 
 import json
-import os
-import shutil
 import subprocess
-import urllib.request
 
 import pytest
 from googleapiclient.errors import HttpError
 
-from gce import REGION, ZONE, error_reason, wait_done
+from gce import REGION, ZONE, error_reason, gcloud_env, wait_done
 
 ZONES = [f"zones/{REGION}-{suffix}" for suffix in "abcf"]  # what the fidelity world knows
 
@@ -193,22 +190,7 @@ def _gcloud(args: list[str], env: dict) -> tuple[object, str]:
 
 
 def test_gcloud_lists_instances_and_operations(compute, emulator, project, spread, tmp_path):
-    if shutil.which("gcloud") is None:
-        pytest.skip("gcloud is not on PATH")
-    request = urllib.request.Request(
-        f"{emulator.base_url}/computeMetadata/v1/instance/service-accounts/default/token",
-        headers={"Metadata-Flavor": "Google"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        token = json.loads(response.read())["access_token"]
-    token_file = tmp_path / "token"
-    token_file.write_text(token)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CLOUDSDK_")}
-    env.update({
-        "CLOUDSDK_CONFIG": str(tmp_path / "gcloud-config"),
-        "CLOUDSDK_API_ENDPOINT_OVERRIDES_COMPUTE": f"{emulator.base_url}/compute/v1/",
-        "CLOUDSDK_AUTH_ACCESS_TOKEN_FILE": str(token_file),
-        "CLOUDSDK_CORE_DISABLE_PROMPTS": "1",
-    })
+    env = gcloud_env(emulator, tmp_path)
     base = f"{emulator.base_url}/compute/v1/projects/{project}"
 
     instances, uris = _gcloud(["compute", "instances", "list", "--project", project], env)
