@@ -149,7 +149,25 @@ struct NetworkState {
     limit: Option<u32>,
     in_flight: u32,
     successes_at_limit: u32,
-    waiting: VecDeque<Target>,
+    /// Targets held back while the network runs its limit, per lane (urgent first), each in
+    /// the order it was held.
+    waiting: [VecDeque<Target>; 2],
+}
+
+impl NetworkState {
+    fn waiting_in(&mut self, lane: Lane) -> &mut VecDeque<Target> {
+        match lane {
+            Lane::Urgent => &mut self.waiting[0],
+            Lane::Bulk => &mut self.waiting[1],
+        }
+    }
+
+    /// The held targets, urgent ones first.
+    fn next_waiting(&mut self) -> Option<Target> {
+        self.waiting[0]
+            .pop_front()
+            .or_else(|| self.waiting[1].pop_front())
+    }
 }
 
 /// The work of one project.
@@ -377,7 +395,7 @@ impl Queue {
                 if let Some(network) = &work.mutation.network {
                     let state = self.networks.entry(network.clone()).or_default();
                     if state.limit.is_some_and(|limit| state.in_flight >= limit) {
-                        state.waiting.push_back(target);
+                        state.waiting_in(lane).push_back(target);
                         continue;
                     }
                 }
@@ -594,11 +612,13 @@ impl Queue {
         self.slots.values().map(|slot| slot.works.len()).sum()
     }
 
-    /// Resources waiting in each lane (the queue-depth gauges).
+    /// Resources waiting in each lane (the queue-depth gauges), with those held back while
+    /// their network runs its limit.
     pub fn depth(&self) -> [(Lane, usize); 2] {
+        let held = |i: usize| -> usize { self.networks.values().map(|n| n.waiting[i].len()).sum() };
         [
-            (Lane::Urgent, self.urgent.len()),
-            (Lane::Bulk, self.bulk.len()),
+            (Lane::Urgent, self.urgent.len() + held(0)),
+            (Lane::Bulk, self.bulk.len() + held(1)),
         ]
     }
 
@@ -656,11 +676,27 @@ impl Queue {
             }
         }
         state.in_flight = state.in_flight.saturating_sub(1);
-        let waiting = std::mem::take(&mut state.waiting);
-        for target in waiting {
+        // As many held targets go back to their lanes as the network has room for, urgent ones
+        // first; the rest stay held. (Putting every held target back at each completion made
+        // each completion cost the whole backlog: at 10,000 objects a rollout's largest cost.)
+        let room = state.limit.map_or(usize::MAX, |limit| {
+            limit.saturating_sub(state.in_flight) as usize
+        });
+        let mut released = Vec::new();
+        while released.len() < room {
+            let Some(state) = self.networks.get_mut(network) else {
+                break;
+            };
+            let Some(target) = state.next_waiting() else {
+                break;
+            };
+            // A target with nothing left to send (done or cancelled meanwhile) takes no room.
             if let Some(lane) = self.front_lane(&target) {
-                self.lane_queue(lane).push_front(target);
+                released.push((lane, target));
             }
+        }
+        for (lane, target) in released.into_iter().rev() {
+            self.lane_queue(lane).push_front(target);
         }
     }
 

@@ -649,6 +649,45 @@ fn a_network_that_is_not_ready_gets_no_more_than_it_ran() {
 }
 
 #[test]
+fn a_network_at_its_limit_releases_held_work_by_room_urgent_first() {
+    let t0 = Instant::now();
+    let budget = budget(t0, 1500);
+    let mut q = queue();
+    for i in 1..=2 {
+        q.enqueue(insert(i), Lane::Bulk, Waiter::Caller(i as u64), nothing, t0);
+    }
+    let sent = q.take_ready(10, &budget, t0).dispatches;
+    // The network refuses the second: it runs one at a time from now on.
+    q.finish(&sent[1], Err(api(400, "resourceNotReady")), &budget, t0);
+    let later = t0 + Duration::from_millis(100);
+    // Forty bulk inserts, then one urgent delete, all held behind the one in flight.
+    for i in 10..50 {
+        q.enqueue(
+            insert(i),
+            Lane::Bulk,
+            Waiter::Caller(i as u64),
+            nothing,
+            later,
+        );
+    }
+    assert!(q.take_ready(10, &budget, later).dispatches.is_empty());
+    q.enqueue(delete(99), Lane::Urgent, Waiter::Caller(99), nothing, later);
+    assert!(q.take_ready(10, &budget, later).dispatches.is_empty());
+    let held: usize = q.depth().iter().map(|(_, n)| n).sum();
+    assert!(
+        held >= 41,
+        "held work still counts in the depth gauges: {held}"
+    );
+    // The slot frees: one target goes back to its lane, and it is the urgent one.
+    q.finish(&sent[0], Ok(()), &budget, later);
+    let ready = q.take_ready(10, &budget, later);
+    assert_eq!(names(&ready), ["adc-99"]);
+    q.finish(&ready.dispatches[0], Ok(()), &budget, later);
+    let ready = q.take_ready(10, &budget, later);
+    assert_eq!(ready.dispatches.len(), 1, "{:?}", names(&ready));
+}
+
+#[test]
 fn shutdown_hands_back_every_waiter() {
     let t0 = Instant::now();
     let mut q = queue();
