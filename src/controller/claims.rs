@@ -74,7 +74,7 @@ pub fn address_claimed_by(
     let mut claims: Vec<Claim> = Vec::new();
     // Only the objects the index says name the address: each is read back from its store and
     // checked again, so an index a moment behind the store can only cost a lookup.
-    for (kind, namespace, name) in ctx.addresses.naming(address) {
+    for (kind, namespace, name) in ctx.index.naming(address) {
         if kind == virtualservice::KIND {
             let at = ObjectRef::new(&name).within(&namespace);
             let Some(vs) = ctx.virtual_services.get(&at) else {

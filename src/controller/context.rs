@@ -131,8 +131,11 @@ pub struct Context {
     pub recorder: Recorder,
     pub virtual_services: Store<VirtualService>,
     pub vpc_routes: Store<VpcRoute>,
-    /// Which objects name which address, kept from the same watch streams as the stores.
-    pub addresses: Arc<super::index::AddressIndex>,
+    /// What the objects name (addresses, instances, modes, stubs), kept from the same watch
+    /// streams as the stores.
+    pub index: Arc<super::index::FleetIndex>,
+    /// Re-lists the fleet kinds' watches (with `--sharding`, when the clouds held change).
+    pub relist: super::slim::Relist,
     pub namespaces: Store<Namespace>,
     pub vs_trigger: mpsc::UnboundedSender<ObjectRef<VirtualService>>,
     pub vr_trigger: mpsc::UnboundedSender<ObjectRef<VpcRoute>>,
@@ -234,6 +237,7 @@ impl Context {
             cluster_id: self.settings.cluster_id.clone(),
             virtual_services: self.virtual_services.clone(),
             vpc_routes: self.vpc_routes.clone(),
+            index: Arc::clone(&self.index),
             vs: self.vs_trigger.clone(),
             vr: self.vr_trigger.clone(),
         }
@@ -246,6 +250,8 @@ pub struct Triggers {
     cluster_id: String,
     pub virtual_services: Store<VirtualService>,
     pub vpc_routes: Store<VpcRoute>,
+    /// What the objects of the stores name.
+    pub index: Arc<super::index::FleetIndex>,
     vs: mpsc::UnboundedSender<ObjectRef<VirtualService>>,
     vr: mpsc::UnboundedSender<ObjectRef<VpcRoute>>,
 }

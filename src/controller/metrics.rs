@@ -32,6 +32,14 @@ pub struct ObjectLabels {
     pub reason: String,
 }
 
+/// How a kind's objects are kept in this replica's store.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoredLabels {
+    pub kind: String,
+    /// `whole`, or `stub` (an object of a cloud another replica holds).
+    pub form: String,
+}
+
 /// A cloud label.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CloudLabel {
@@ -46,6 +54,7 @@ pub struct ControllerMetrics {
     pub duration: Family<KindLabel, Histogram>,
     pub objects: Family<ObjectLabels, Gauge>,
     pub eta_seconds: Family<CloudLabel, Gauge<f64, AtomicU64>>,
+    pub stored: Family<StoredLabels, Gauge>,
 }
 
 impl Default for ControllerMetrics {
@@ -58,6 +67,7 @@ impl Default for ControllerMetrics {
             }),
             objects: Family::default(),
             eta_seconds: Family::default(),
+            stored: Family::default(),
         }
     }
 }
@@ -86,6 +96,23 @@ impl ControllerMetrics {
             "Estimated seconds until the GCP work queued for a cloud is done (0 when idle)",
             self.eta_seconds.clone(),
         );
+        registry.register(
+            "stored_objects",
+            "VirtualServices and VpcRoutes in this replica's store, whole or as stubs (with sharding, objects of clouds other replicas hold)",
+            self.stored.clone(),
+        );
+    }
+
+    /// Sets how many objects of `kind` the store keeps whole and as stubs.
+    pub fn set_stored(&self, kind: &str, whole: usize, stubs: usize) {
+        for (form, count) in [("whole", whole), ("stub", stubs)] {
+            self.stored
+                .get_or_create(&StoredLabels {
+                    kind: kind.to_string(),
+                    form: form.to_string(),
+                })
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
     }
 
     /// Creates the reconcile series of every kind at zero (failures for every error label), so

@@ -13,6 +13,7 @@ pub mod pools;
 pub mod preview;
 pub mod progress;
 pub mod reconcile;
+pub mod slim;
 pub mod status;
 pub mod virtualservice;
 pub mod vpcroute;
@@ -167,9 +168,16 @@ fn run_kind<K: reconcile::Kind>(
 
 /// The controller of a fleet kind as `Controller::new` makes it (a reflector over a watch of
 /// every object, with the default backoff), with the address index kept from the same events.
-fn indexed_controller<K>(client: &Client, addresses: &Arc<index::AddressIndex>) -> Controller<K>
+fn indexed_controller<K>(
+    client: &Client,
+    index: &Arc<index::FleetIndex>,
+    shards: Option<Arc<crate::shard::Shards>>,
+    relist: &mut slim::Relist,
+    metrics: &Arc<ControllerMetrics>,
+) -> Controller<K>
 where
-    K: index::Addressed
+    K: index::Indexed
+        + slim::Slim
         + Clone
         + std::fmt::Debug
         + serde::de::DeserializeOwned
@@ -178,16 +186,24 @@ where
         + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let addresses = Arc::clone(addresses);
-    let stream = watcher(Api::<K>::all(client.clone()), watcher::Config::default())
+    let index = Arc::clone(index);
+    let metrics = Arc::clone(metrics);
+    let stream = relist
+        .watch(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        // Nothing reads managedFields (status is written by server-side apply, compared by
-        // value): the store keeps objects without them, a large part of each object's bytes.
-        .modify(|object: &mut K| object.meta_mut().managed_fields = None)
+        // What the store keeps of each object (`slim`): never managedFields or kubectl's
+        // last-applied record, and only a stub of an object of another replica's cloud.
+        .modify(move |object: &mut K| {
+            slim::trim(object, |cloud| {
+                shards.as_ref().is_some_and(|s| s.elsewhere(cloud))
+            });
+        })
         .reflect(writer)
         .inspect(move |event| {
             if let Ok(event) = event {
-                addresses.observe(event);
+                index.observe(event);
+                let (whole, stubs) = index.stored(K::KIND);
+                metrics.set_stored(K::KIND, whole, stubs);
             }
         })
         .applied_objects()
@@ -213,6 +229,9 @@ fn object_change<K: kube::Resource>(object: &K) -> Option<u64> {
     ))
 }
 
+/// Changes of the clouds held closer together than this make one re-list of the fleet kinds.
+const RELIST_QUIET: Duration = Duration::from_secs(1);
+
 /// With `--sharding`: which clouds this replica holds, and what the shard loop tells it.
 pub struct Sharding {
     pub shards: Arc<crate::shard::Shards>,
@@ -221,7 +240,8 @@ pub struct Sharding {
 
 /// Carries out what the shard loop decides: a cloud acquired is reconciled at once (its
 /// objects follow once its engine is ready), a cloud lost stops its engine, a cloud handed
-/// back drains its engine first.
+/// back drains its engine first. Each change of the clouds held re-lists the fleet kinds, so
+/// that the stores keep whole only this replica's objects.
 async fn follow_shards(
     ctx: std::sync::Weak<Context>,
     mut events: mpsc::UnboundedReceiver<crate::shard::ShardEvent>,
@@ -235,6 +255,8 @@ async fn follow_shards(
         };
         match event {
             ShardEvent::Acquired(cloud) => {
+                // Its objects are stubs in the stores until a re-list brings them whole.
+                ctx.relist.request();
                 // A request for an object the controller's store does not hold yet would be
                 // dropped: the shard loop lists the clouds itself and may be ahead of the watch.
                 let store = store.clone();
@@ -250,11 +272,16 @@ async fn follow_shards(
                     let _ = clouds.send(reference);
                 });
             }
-            ShardEvent::Lost(cloud) => ctx.drop_cloud(&cloud),
+            ShardEvent::Lost(cloud) => {
+                ctx.drop_cloud(&cloud);
+                ctx.relist.request();
+            }
+            ShardEvent::Listed => ctx.relist.request(),
             ShardEvent::Release { cloud, done } => {
                 tokio::spawn(async move {
                     cloud::drain(&ctx, &cloud).await;
                     let _ = done.send(());
+                    ctx.relist.request();
                 });
             }
         }
@@ -288,20 +315,37 @@ pub async fn run(
     tokio::spawn(namespaces);
 
     let (cloud_store, cloud_writer) = reflector::store::<GcpCloud>();
-    let addresses = Arc::new(index::AddressIndex::default());
+    let index = Arc::new(index::FleetIndex::default());
     let config =
         kube::runtime::controller::Config::default().concurrency(settings.reconcile_concurrency);
-    let vs_controller =
-        indexed_controller::<VirtualService>(&client, &addresses).with_config(config.clone());
-    let vr_controller =
-        indexed_controller::<VpcRoute>(&client, &addresses).with_config(config.clone());
+    let mut relist = slim::Relist::default();
+    let vs_controller = indexed_controller::<VirtualService>(
+        &client,
+        &index,
+        shards.clone(),
+        &mut relist,
+        &reconcile_metrics,
+    )
+    .with_config(config.clone());
+    let vr_controller = indexed_controller::<VpcRoute>(
+        &client,
+        &index,
+        shards.clone(),
+        &mut relist,
+        &reconcile_metrics,
+    )
+    .with_config(config.clone());
+    if shards.is_some() {
+        relist.spawn(RELIST_QUIET);
+    }
     let (vs_tx, vs_rx) = mpsc::unbounded_channel::<ObjectRef<VirtualService>>();
     let (vr_tx, vr_rx) = mpsc::unbounded_channel::<ObjectRef<VpcRoute>>();
     let ctx = Arc::new(Context {
         recorder: Recorder::new(client.clone(), context::reporter()),
         virtual_services: vs_controller.store(),
         vpc_routes: vr_controller.store(),
-        addresses,
+        index,
+        relist,
         namespaces: ns_store,
         clouds: Default::default(),
         vs_trigger: vs_tx,

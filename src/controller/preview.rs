@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::context::{CloudRuntime, Context, OperatorSettings};
 use super::error::Error;
-use super::index::AddressIndex;
+use super::index::FleetIndex;
 use super::reconcile::{Kind, owner};
 use crate::api::policy::{APPROVED_ANNOTATION, POLICY_ANNOTATION};
 use crate::api::{GcpCloud, ManagementPolicy, VirtualService, VpcRoute};
@@ -188,16 +188,17 @@ async fn read_context(
     routes: &[VpcRoute],
     cluster_id: &str,
 ) -> Result<Context, Error> {
-    let addresses = Arc::new(AddressIndex::default());
-    index_all(services, &addresses);
-    index_all(routes, &addresses);
+    let index = Arc::new(FleetIndex::default());
+    index_all(services, &index);
+    index_all(routes, &index);
     let (vs_tx, _) = mpsc::unbounded_channel();
     let (vr_tx, _) = mpsc::unbounded_channel();
     Ok(Context {
         recorder: Recorder::new(client.clone(), super::context::reporter()),
         virtual_services: store_of(services),
         vpc_routes: store_of(routes),
-        addresses,
+        index,
+        relist: Default::default(),
         namespaces: store_of(&list::<Namespace>(client).await?),
         clouds: Default::default(),
         vs_trigger: vs_tx,
@@ -515,13 +516,13 @@ where
     store
 }
 
-/// The addresses `objects` name, into `addresses`.
-fn index_all<K: super::index::Addressed + Clone>(objects: &[K], addresses: &AddressIndex) {
-    addresses.observe(&Event::<K>::Init);
+/// What `objects` name, into `index`.
+fn index_all<K: super::index::Indexed + Clone>(objects: &[K], index: &FleetIndex) {
+    index.observe(&Event::<K>::Init);
     for object in objects {
-        addresses.observe(&Event::InitApply(object.clone()));
+        index.observe(&Event::InitApply(object.clone()));
     }
-    addresses.observe(&Event::<K>::InitDone);
+    index.observe(&Event::<K>::InitDone);
 }
 
 /// Changes of a collection, for the table's summary line.

@@ -135,6 +135,9 @@ pub fn owner<K: Kind>(ctx: &Context, object: &K) -> Owner {
 }
 
 /// Reconciles one object of kind `K`.
+/// How soon a reconcile that found a stub (`controller::slim`) looks again.
+const STUB_RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub async fn reconcile<K: Kind>(object: Arc<K>, ctx: Arc<Context>) -> Result<Action, Error> {
     let namespace = object.namespace().unwrap_or_default();
     let api: Api<K> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -142,6 +145,12 @@ pub async fn reconcile<K: Kind>(object: Arc<K>, ctx: Arc<Context>) -> Result<Act
         // Another replica holds the cloud: it reconciles the object (and its deletion). This
         // one writes nothing, not even a finalizer; it is requeued when it takes the cloud.
         return Ok(Action::await_change());
+    }
+    if super::slim::is_stub(&*object) {
+        // A cloud just taken over: the store still holds a stub of the object until the
+        // re-list brings it whole. Nothing is decided on a stub.
+        ctx.relist.request();
+        return Ok(Action::requeue(STUB_RETRY));
     }
     // A deletion the management policy holds keeps the finalizer: decided before kube-runtime's
     // helper, which removes the finalizer once a cleanup returns.

@@ -51,6 +51,9 @@ pub enum ShardEvent {
     Acquired(String),
     /// The cloud's Lease is lost (taken over or not renewed in time): its engine must stop.
     Lost(String),
+    /// The clouds and the replicas were read for the first time: from now on the stores can
+    /// tell this replica's clouds from the others'.
+    Listed,
     /// Hand the cloud back: stop its engine once nothing it sent is unaccounted for, then
     /// answer on `done`.
     Release {
@@ -168,6 +171,13 @@ impl Shards {
             && state.known
             && !state.clouds.contains(cloud)
             && balance::speaker(cloud, &state.members) == Some(self.settings.identity.as_str())
+    }
+
+    /// Whether `cloud` exists and another replica reconciles it: the stores keep only stubs
+    /// of its objects (`controller::slim`).
+    pub fn elsewhere(&self, cloud: &str) -> bool {
+        let state = self.state();
+        state.known && !state.held.contains_key(cloud) && state.clouds.contains(cloud)
     }
 
     /// The write gate of a held cloud's engine.
@@ -674,7 +684,9 @@ impl Loop {
         {
             let mut state = self.shards.state();
             state.members = members.clone();
-            state.known = true;
+            if !std::mem::replace(&mut state.known, true) {
+                let _ = self.events.send(ShardEvent::Listed);
+            }
         }
         let settle = Duration::from_secs(settings.duration_seconds / 3)
             .clamp(Duration::from_secs(1), Duration::from_secs(5));

@@ -213,6 +213,53 @@ async fn write_calls(port: u16) -> Option<f64> {
     .await
 }
 
+/// Waits until every replica's store keeps whole exactly the VirtualServices of the clouds it
+/// holds and only stubs of the others (`adc_operator_stored_objects`), and says what each keeps.
+async fn stores_follow_holders(
+    ports: &[u16],
+    holders: &BTreeMap<String, String>,
+    objects: &BTreeSet<Object>,
+    within: Duration,
+) -> Vec<(f64, f64)> {
+    let deadline = Instant::now() + within;
+    loop {
+        let mut seen = Vec::new();
+        let mut wrong = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let form = |form: &'static str| {
+                move |l: &str| {
+                    l.contains("kind=\"VirtualService\"") && l.contains(&format!("form=\"{form}\""))
+                }
+            };
+            let whole = metric(*port, "adc_operator_stored_objects", form("whole")).await;
+            let stubs = metric(*port, "adc_operator_stored_objects", form("stub")).await;
+            let own = objects
+                .iter()
+                .filter(|o| {
+                    holders.get(&cloud_name(o.cloud)).map(String::as_str) == Some(REPLICAS[i])
+                })
+                .count() as f64;
+            let expected = (own, objects.len() as f64 - own);
+            let got = (whole.unwrap_or(-1.0), stubs.unwrap_or(-1.0));
+            if got != expected {
+                wrong.push(format!(
+                    "{}: (whole, stubs) {got:?}, expected {expected:?}",
+                    REPLICAS[i]
+                ));
+            }
+            seen.push(got);
+        }
+        if wrong.is_empty() {
+            return seen;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the stores do not follow the clouds held: {wrong:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Each cloud's Lease holder (live Leases only).
 async fn holders(client: &Client) -> BTreeMap<String, String> {
     let leases: Api<Lease> = Api::namespaced(client.clone(), "default");
@@ -509,6 +556,9 @@ fn clouds_spread_over_replicas_move_when_one_is_cut_off_or_killed_and_come_back(
         let counts1 = counts(&holders(&client).await);
         assert_eq!(counts1.len(), 3, "every replica holds clouds: {counts1:?}");
         assert!(counts1.values().all(|n| *n == 2), "two clouds each: {counts1:?}");
+        // Each replica keeps whole only its own clouds' objects.
+        let stored = stores_follow_holders(&ports, &holders(&client).await, &scene.objects, Duration::from_secs(30)).await;
+        eprintln!("  act 1: (whole, stub) VirtualServices per replica {stored:?}");
 
         // From here on every converged VIP is sampled while clouds move between replicas.
         let watched = std::sync::Arc::new(std::sync::Mutex::new(scene.objects.clone()));
@@ -628,6 +678,8 @@ fn clouds_spread_over_replicas_move_when_one_is_cut_off_or_killed_and_come_back(
             returned.elapsed().as_secs_f64()
         );
         scene.converge("replicas return: clouds rebalance", Duration::from_secs(60)).await;
+        let stored = stores_follow_holders(&ports, &holders(&client).await, &scene.objects, Duration::from_secs(30)).await;
+        eprintln!("  act 4: (whole, stub) VirtualServices per replica {stored:?}");
         stop_sampling.send(true).unwrap();
         let (samples, unreachable) = sampler.await.unwrap();
         eprintln!("  reachability: {samples} samples of every converged VIP through acts 2-4");

@@ -123,8 +123,20 @@ fn wanted(
     let mut groups = BTreeMap::new();
     let mut ports = BTreeSet::new();
     let mut objects = 0;
+    // The candidates come from the fleet index: a cloud without ILB objects reads none.
+    let candidates = triggers
+        .index
+        .ilb_candidates(&view.cloud, runtime.spec.default_vip_mode);
+    if candidates.is_empty() {
+        return (groups, ports, objects);
+    }
     runtime.engine.inventory().read(|snapshot| {
-        for object in triggers.virtual_services.state() {
+        let objects_of = candidates.iter().filter_map(|(_, namespace, name)| {
+            triggers
+                .virtual_services
+                .get(&ObjectRef::new(name).within(namespace))
+        });
+        for object in objects_of {
             if object.spec.cloud_ref != view.cloud
                 || object.metadata.deletion_timestamp.is_some()
                 || vip_mode(&object, &runtime.spec) != VipMode::Ilb

@@ -7,9 +7,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::runtime::reflector::Store;
-
-use crate::api::{VirtualService, VpcRoute, parse_duration};
+use crate::api::parse_duration;
 use crate::controller::context::{CloudRuntime, Context, Triggers};
 
 /// Used when `instancePollInterval` does not parse.
@@ -81,47 +79,15 @@ pub(super) fn poll_instances(ctx: &Context, runtime: &Arc<CloudRuntime>) {
     });
 }
 
-/// The instances the objects of `cloud` name (service engines, next-hop instances), as distinct
-/// `(zone, name)` pairs: what the poll reads, and where the refresh lists instances. Borrowed
-/// and deduplicated before anything is copied: a fleet names a few hundred engines ten thousand
-/// times, and this runs every poll and every refresh.
-pub(super) fn instances_in_use(
-    virtual_services: &Store<VirtualService>,
-    vpc_routes: &Store<VpcRoute>,
-    cloud: &str,
-) -> BTreeSet<(String, String)> {
-    let virtual_services = virtual_services.state();
-    let vpc_routes = vpc_routes.state();
-    let named: BTreeSet<(&str, &str)> = virtual_services
-        .iter()
-        .filter(|vs| vs.spec.cloud_ref == cloud)
-        .flat_map(|vs| {
-            vs.spec
-                .service_engines
-                .iter()
-                .map(|e| (e.zone.as_str(), e.name.as_str()))
-        })
-        .chain(
-            vpc_routes
-                .iter()
-                .filter(|vr| vr.spec.cloud_ref == cloud)
-                .filter_map(|vr| vr.spec.next_hop.instance.as_ref())
-                .map(|i| (i.zone.as_str(), i.name.as_str())),
-        )
-        .collect();
-    named
-        .into_iter()
-        .map(|(zone, name)| (zone.to_string(), name.to_string()))
-        .collect()
-}
-
-/// The names of the instances in use, sorted.
+/// The names of the instances the objects of `cloud` use, sorted (from the fleet index: the
+/// poll runs every interval at every N).
 fn engines_in_use(triggers: &Triggers, cloud: &str) -> Vec<String> {
-    let names: BTreeSet<String> =
-        instances_in_use(&triggers.virtual_services, &triggers.vpc_routes, cloud)
-            .into_iter()
-            .map(|(_, name)| name)
-            .collect();
+    let names: BTreeSet<String> = triggers
+        .index
+        .instances_of(cloud)
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
     names.into_iter().collect()
 }
 

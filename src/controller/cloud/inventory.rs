@@ -17,11 +17,12 @@ pub(super) const SETTLING_REFRESH: Duration = Duration::from_secs(5);
 
 /// Zones whose instances the objects of `cloud` use.
 pub(super) fn zones_in_use(ctx: &Context, cloud: &str, region: &str) -> BTreeSet<String> {
-    let mut zones: BTreeSet<String> =
-        super::instances::instances_in_use(&ctx.virtual_services, &ctx.vpc_routes, cloud)
-            .into_iter()
-            .map(|(zone, _)| zone)
-            .collect();
+    let mut zones: BTreeSet<String> = ctx
+        .index
+        .instances_of(cloud)
+        .into_iter()
+        .map(|(zone, _)| zone)
+        .collect();
     if zones.is_empty() {
         zones.insert(format!("{region}-a"));
     }

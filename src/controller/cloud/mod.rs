@@ -65,6 +65,12 @@ pub async fn reconcile(cloud: Arc<GcpCloud>, ctx: Arc<Context>) -> Result<Action
         // takes it.
         return Ok(Action::await_change());
     }
+    if ctx.index.has_stubs(&name) {
+        // Just taken over: the stores hold stubs of some of its objects until the re-list
+        // brings them whole. Zones, engines and layout are read from them: wait.
+        ctx.relist.request();
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
     let resync = parse_duration(&cloud.spec.resync_interval).unwrap_or(Duration::from_secs(300));
     let existing = ctx
         .cloud(&name)
