@@ -45,24 +45,23 @@ struct CloudUses {
     instances: BTreeMap<Instance, usize>,
     /// Objects whose `spec.vipMode` is ILB.
     ilb: BTreeSet<Key>,
-    /// Objects (VirtualServices) with no `spec.vipMode`: in the cloud's default mode.
-    defaulted: BTreeSet<Key>,
+    /// Objects (VirtualServices) with no `spec.vipMode`: in the cloud's default mode. Only
+    /// counted (most objects say nothing): a cloud whose default is ILB finds them by a scan.
+    defaulted: usize,
     /// Objects the store holds as stubs.
     stubs: usize,
 }
 
 impl CloudUses {
     fn is_empty(&self) -> bool {
-        self.instances.is_empty()
-            && self.ilb.is_empty()
-            && self.defaulted.is_empty()
-            && self.stubs == 0
+        self.instances.is_empty() && self.ilb.is_empty() && self.defaulted == 0 && self.stubs == 0
     }
 }
 
 #[derive(Debug, Default)]
 struct Entries {
-    by_address: HashMap<String, BTreeSet<Key>>,
+    /// Usually one object per address: a short list, not a tree node per address.
+    by_address: HashMap<String, Vec<Key>>,
     by_cloud: HashMap<String, CloudUses>,
     of: HashMap<Key, Named>,
     /// How many of `of` are stubs.
@@ -70,7 +69,13 @@ struct Entries {
 }
 
 impl Entries {
-    fn set(&mut self, key: Key, named: Option<Named>) {
+    /// Sets what `key` names; says whether the instances in use may have changed.
+    fn set(&mut self, key: Key, named: Option<Named>) -> bool {
+        let changed = match (self.of.get(&key), named.as_ref()) {
+            (Some(old), Some(new)) => old.cloud != new.cloud || old.instances != new.instances,
+            (None, None) => false,
+            _ => true,
+        };
         if let Some(old) = self.of.remove(&key) {
             if old.stub {
                 self.stubs -= 1;
@@ -78,7 +83,7 @@ impl Entries {
             if let Some(address) = &old.address
                 && let Some(keys) = self.by_address.get_mut(address)
             {
-                keys.remove(&key);
+                keys.retain(|k| k != &key);
                 if keys.is_empty() {
                     self.by_address.remove(address);
                 }
@@ -93,7 +98,9 @@ impl Entries {
                     }
                 }
                 uses.ilb.remove(&key);
-                uses.defaulted.remove(&key);
+                if key.0 == VirtualService::KIND && !old.stub && old.vip_mode.is_none() {
+                    uses.defaulted -= 1;
+                }
                 if old.stub {
                     uses.stubs -= 1;
                 }
@@ -103,13 +110,13 @@ impl Entries {
             }
         }
         let Some(named) = named else {
-            return;
+            return changed;
         };
         if let Some(address) = &named.address {
             self.by_address
                 .entry(address.clone())
                 .or_default()
-                .insert(key.clone());
+                .push(key.clone());
         }
         let uses = self.by_cloud.entry(named.cloud.clone()).or_default();
         if named.stub {
@@ -123,12 +130,11 @@ impl Entries {
             (true, Some(VipMode::Ilb)) => {
                 uses.ilb.insert(key.clone());
             }
-            (true, None) => {
-                uses.defaulted.insert(key.clone());
-            }
+            (true, None) => uses.defaulted += 1,
             _ => {}
         }
         self.of.insert(key, named);
+        changed
     }
 }
 
@@ -138,6 +144,8 @@ struct State {
     kinds: HashMap<&'static str, Entries>,
     /// A kind's re-list being gathered (between Init and InitDone).
     relisting: HashMap<&'static str, Entries>,
+    /// Moves whenever the instances in use may have changed.
+    instances_version: u64,
 }
 
 /// The fleet's objects by what they name (see the module's documentation).
@@ -222,27 +230,36 @@ impl FleetIndex {
     pub fn observe<K: Indexed>(&self, event: &Event<K>) {
         let mut state = self.lock();
         match event {
-            Event::Apply(object) => state
-                .kinds
-                .entry(K::KIND)
-                .or_default()
-                .set(key_of(object), Some(object.named())),
-            Event::Delete(object) => state
-                .kinds
-                .entry(K::KIND)
-                .or_default()
-                .set(key_of(object), None),
+            Event::Apply(object) => {
+                let changed = state
+                    .kinds
+                    .entry(K::KIND)
+                    .or_default()
+                    .set(key_of(object), Some(object.named()));
+                state.instances_version += u64::from(changed);
+            }
+            Event::Delete(object) => {
+                let changed = state
+                    .kinds
+                    .entry(K::KIND)
+                    .or_default()
+                    .set(key_of(object), None);
+                state.instances_version += u64::from(changed);
+            }
             Event::Init => {
                 state.relisting.insert(K::KIND, Entries::default());
             }
-            Event::InitApply(object) => state
-                .relisting
-                .entry(K::KIND)
-                .or_default()
-                .set(key_of(object), Some(object.named())),
+            Event::InitApply(object) => {
+                state
+                    .relisting
+                    .entry(K::KIND)
+                    .or_default()
+                    .set(key_of(object), Some(object.named()));
+            }
             Event::InitDone => {
                 let fresh = state.relisting.remove(K::KIND).unwrap_or_default();
                 state.kinds.insert(K::KIND, fresh);
+                state.instances_version += 1;
             }
         }
     }
@@ -256,6 +273,12 @@ impl FleetIndex {
             .flatten()
             .cloned()
             .collect()
+    }
+
+    /// A number that moves whenever the instances in use (of any cloud) may have changed: what
+    /// [`FleetIndex::instances_of`] said stays true while it stands still.
+    pub fn instances_version(&self) -> u64 {
+        self.lock().instances_version
     }
 
     /// The instances the objects of `cloud` use, of every kind: `(zone, name)`, sorted.
@@ -298,8 +321,15 @@ impl FleetIndex {
             return Vec::new();
         };
         let mut keys: Vec<Key> = uses.ilb.iter().cloned().collect();
-        if default == VipMode::Ilb {
-            keys.extend(uses.defaulted.iter().cloned());
+        if default == VipMode::Ilb && uses.defaulted > 0 {
+            let entries = &state.kinds[VirtualService::KIND];
+            keys.extend(
+                entries
+                    .of
+                    .iter()
+                    .filter(|(_, n)| n.cloud == cloud && !n.stub && n.vip_mode.is_none())
+                    .map(|(k, _)| k.clone()),
+            );
         }
         keys
     }
@@ -417,6 +447,29 @@ mod tests {
         index.observe(&Event::Apply(route("r", "10.1.0.0/24")));
         assert_eq!(engines(&index, "c"), ["z/se-1", "z/se-2"]);
         assert_eq!(engines(&index, "other"), ["z/se-9"]);
+        // The version moves with the instances, not with anything else.
+        let version = index.instances_version();
+        index.observe(&Event::Apply(with(
+            vs("a", Some("10.9.9.9"), None),
+            "c",
+            &["se-2", "se-1"],
+        )));
+        assert_eq!(
+            index.instances_version(),
+            version,
+            "only the address changed"
+        );
+        index.observe(&Event::Apply(with(
+            vs("a", None, None),
+            "c",
+            &["se-1", "se-2", "se-3"],
+        )));
+        assert!(index.instances_version() > version);
+        index.observe(&Event::Apply(with(
+            vs("a", None, None),
+            "c",
+            &["se-1", "se-2"],
+        )));
         // se-2 stays while one object still names it; se-1 goes with its last user.
         index.observe(&Event::Delete(with(
             vs("a", None, None),

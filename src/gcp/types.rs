@@ -8,6 +8,8 @@ fn is_false(value: &bool) -> bool {
 }
 
 /// A VPC route (`compute#route`). Routes are immutable: a change is a delete and an insert.
+/// Routes and firewall rules are the bulk of an inventory (three per VirtualService): they
+/// keep only what the operator reads, not their `selfLink` (about 120 bytes each).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Route {
@@ -27,8 +29,6 @@ pub struct Route {
     pub next_hop_gateway: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_hop_ilb: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub self_link: Option<String>,
 }
 
 /// One `allowed` or `denied` entry of a firewall rule.
@@ -64,8 +64,6 @@ pub struct Firewall {
     pub denied: Vec<FirewallRule>,
     #[serde(default, skip_serializing_if = "is_false")]
     pub disabled: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub self_link: Option<String>,
 }
 
 /// A static address (`compute#address`), global or regional.

@@ -17,12 +17,32 @@ fn hex_digest(parts: &[&str], len: usize) -> String {
         // A separator no part contains, so ("a/b", "c") and ("a", "b/c") differ.
         hasher.update([0u8]);
     }
-    let digest = hasher.finalize();
+    hex_prefix(&hasher.finalize(), len)
+}
+
+/// The first `len` hex digits of `digest` (every reconcile hashes each planned resource: no
+/// string per byte).
+fn hex_prefix(digest: &[u8], len: usize) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     digest
         .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()[..len]
-        .to_string()
+        .flat_map(|b| [HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]])
+        .take(len)
+        .map(char::from)
+        .collect()
+}
+
+/// Feeds what serde_json writes straight into the hasher.
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.update(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The stable hash of one Kubernetes object.
@@ -32,7 +52,13 @@ pub fn object_hash(cluster_id: &str, kind: &str, namespace: &str, name: &str) ->
 
 /// The hash of a resource's content (its insert body, canonical JSON).
 pub fn content_hash(body: &serde_json::Value) -> String {
-    hex_digest(&[&body.to_string()], CONTENT_HASH_LEN)
+    // The same bytes as hashing `body.to_string()` and the separator, without the string.
+    let mut hasher = Sha256::new();
+    if serde_json::to_writer(HashWriter(&mut hasher), body).is_err() {
+        return hex_digest(&[&body.to_string()], CONTENT_HASH_LEN);
+    }
+    hasher.update([0u8]);
+    hex_prefix(&hasher.finalize(), CONTENT_HASH_LEN)
 }
 
 /// A resource name: `{prefix}{object}-{suffix}`; at most 63 characters for any prefix the
@@ -43,6 +69,14 @@ pub fn resource_name(prefix: &str, object: &str, suffix: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_content_hash_is_that_of_the_compact_json_text() {
+        let body = serde_json::json!({"name": "adc-x", "priority": 2000, "tags": ["a", "b"],
+                                      "description": "{\"owner\":\"ns/é\"}"});
+        assert_eq!(content_hash(&body), hex_digest(&[&body.to_string()], CONTENT_HASH_LEN));
+        assert_eq!(hex_prefix(&[0xab, 0x01, 0xff], 5), "ab01f");
+    }
+
     use super::*;
     use proptest::prelude::*;
 

@@ -40,6 +40,7 @@ pub(super) fn poll_instances(ctx: &Context, runtime: &Arc<CloudRuntime>) {
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut failing = false;
+        let mut cached: Option<(u64, Vec<String>)> = None;
         loop {
             ticks.tick().await;
             let Some(runtime) = weak.upgrade() else {
@@ -59,8 +60,17 @@ pub(super) fn poll_instances(ctx: &Context, runtime: &Arc<CloudRuntime>) {
             if zones.is_empty() {
                 continue;
             }
-            let names = engines_in_use(&triggers, &cloud);
-            match engine.poll_instances(&zones, &names).await {
+            // The names change far less often than the poll runs.
+            let version = triggers.index.instances_version();
+            let names = match &cached {
+                Some((at, names)) if *at == version => names,
+                _ => {
+                    &cached
+                        .insert((version, engines_in_use(&triggers, &cloud)))
+                        .1
+                }
+            };
+            match engine.poll_instances(&zones, names).await {
                 Ok(()) => {
                     if std::mem::take(&mut failing) {
                         tracing::info!(cloud = %cloud, "instance status poll recovered");
