@@ -7,7 +7,7 @@
 //! index its maps.
 
 use std::collections::BTreeMap;
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -25,8 +25,8 @@ pub type ByLocation<T> = BTreeMap<(String, String), T>;
 /// One consistent view of the project.
 #[derive(Debug, Clone, Default)]
 pub struct Snapshot {
-    pub(crate) routes: BTreeMap<String, Route>,
-    pub(crate) firewalls: BTreeMap<String, Firewall>,
+    pub(crate) routes: BTreeMap<String, Arc<Route>>,
+    pub(crate) firewalls: BTreeMap<String, Arc<Firewall>>,
     pub(crate) addresses: ByLocation<Address>,
     pub(crate) forwarding_rules: ByLocation<ForwardingRule>,
     pub(crate) target_instances: ByLocation<TargetInstance>,
@@ -99,12 +99,12 @@ pub struct Counts {
 /// The questions reconciles ask of the inventory. Callers never index its maps or parse links.
 impl Snapshot {
     /// The routes, by name.
-    pub fn routes(&self) -> &BTreeMap<String, Route> {
+    pub fn routes(&self) -> &BTreeMap<String, Arc<Route>> {
         &self.routes
     }
 
     /// The firewall rules, by name.
-    pub fn firewalls(&self) -> &BTreeMap<String, Firewall> {
+    pub fn firewalls(&self) -> &BTreeMap<String, Arc<Firewall>> {
         &self.firewalls
     }
 

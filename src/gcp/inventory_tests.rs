@@ -184,7 +184,7 @@ fn a_full_refresh_announces_instance_status_changes_too() {
     );
 }
 
-fn owned_route(name: &str, description: &str) -> (String, Route) {
+fn owned_route(name: &str, description: &str) -> (String, std::sync::Arc<Route>) {
     let body = serde_json::json!({"name": name, "network": "global/networks/default",
         "destRange": "10.0.0.1/32", "priority": 2000, "nextHopIp": "10.128.0.9",
         "description": description});

@@ -6,6 +6,7 @@
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use std::sync::Arc;
 
 use super::budget::{Lane, RateGroup};
 use super::client::Call;
@@ -517,9 +518,20 @@ async fn load(
             match answer {
                 Ok(answer) => {
                     failures[index] = 0;
-                    let next =
-                        file_page(listing, &answer.body, ours, &mut into, operations_in_flight)
-                            .map_err(|err| GcpError::Decode(format!("{}: {err}", listing.path)))?;
+                    // Unchanged routes and rules are shared with the inventory being replaced,
+                    // not held twice until the refresh completes.
+                    let next = source
+                        .inventory
+                        .read(|previous| {
+                            file_page(
+                                listing,
+                                &answer.body,
+                                ours,
+                                (&mut into, Some(previous)),
+                                operations_in_flight,
+                            )
+                        })
+                        .map_err(|err| GcpError::Decode(format!("{}: {err}", listing.path)))?;
                     match next {
                         Some(token) if !token.is_empty() => listing.token = Some(token),
                         _ => listing.done = true,
@@ -564,6 +576,14 @@ async fn load(
     Ok(into)
 }
 
+/// `fresh`, as the `held` one when they are the same: an unchanged resource is not kept twice.
+fn shared<T: PartialEq>(held: Option<&Arc<T>>, fresh: T) -> Arc<T> {
+    match held {
+        Some(held) if **held == fresh => Arc::clone(held),
+        _ => Arc::new(fresh),
+    }
+}
+
 /// Files one page of `listing` into `into` as it arrives, item by item, each decoded from its
 /// raw text straight into its typed form (no JSON tree of the page is built, and nothing of the
 /// page outlives this call), and returns the next page's token. An item that does not decode
@@ -572,7 +592,7 @@ fn file_page(
     listing: &mut Listing,
     body: &[u8],
     (prefix, started): (&str, std::time::SystemTime),
-    into: &mut Snapshot,
+    (into, previous): (&mut Snapshot, Option<&Snapshot>),
     operations_in_flight: &mut usize,
 ) -> Result<Option<String>, serde_json::Error> {
     let (items, next) = match listing.aggregated {
@@ -590,10 +610,12 @@ fn file_page(
     for raw in items {
         let filed = match listing.collection {
             Listed::Routes => decode(raw).map(|r: Route| {
-                into.routes.insert(r.name.clone(), r);
+                let held = previous.and_then(|p| p.routes.get(&r.name));
+                into.routes.insert(r.name.clone(), shared(held, r));
             }),
             Listed::Firewalls => decode(raw).map(|f: Firewall| {
-                into.firewalls.insert(f.name.clone(), f);
+                let held = previous.and_then(|p| p.firewalls.get(&f.name));
+                into.firewalls.insert(f.name.clone(), shared(held, f));
             }),
             Listed::Addresses => decode(raw).map(|a: Address| {
                 into.addresses.insert(at(&a.name), a);
@@ -661,7 +683,54 @@ mod tests {
     /// Files `body` as a page of `listing` for the prefix `adc-`, counting nothing in flight.
     fn file(listing: &mut Listing, body: &str, into: &mut Snapshot) -> Option<String> {
         let ours = ("adc-", std::time::SystemTime::now());
-        file_page(listing, body.as_bytes(), ours, into, &mut 0).unwrap()
+        file_page(listing, body.as_bytes(), ours, (into, None), &mut 0).unwrap()
+    }
+
+    #[test]
+    fn unchanged_routes_are_shared_with_the_inventory_being_replaced() {
+        let page = |priority: u32| {
+            serde_json::json!({"items": [
+                {"name": "adc-a", "network": "n", "destRange": "10.0.0.1/32", "priority": 1000},
+                {"name": "adc-b", "network": "n", "destRange": "10.0.0.2/32", "priority": priority}
+            ]})
+            .to_string()
+        };
+        let listing = || {
+            Listing::new(
+                "projects/p/global/routes".into(),
+                "",
+                false,
+                "compute.routes.list",
+            )
+        };
+        let ours = ("adc-", std::time::SystemTime::now());
+        let mut previous = Snapshot::default();
+        file_page(
+            &mut listing(),
+            page(900).as_bytes(),
+            ours,
+            (&mut previous, None),
+            &mut 0,
+        )
+        .unwrap();
+        let mut fresh = Snapshot::default();
+        file_page(
+            &mut listing(),
+            page(800).as_bytes(),
+            ours,
+            (&mut fresh, Some(&previous)),
+            &mut 0,
+        )
+        .unwrap();
+        assert!(
+            Arc::ptr_eq(&fresh.routes["adc-a"], &previous.routes["adc-a"]),
+            "unchanged: shared"
+        );
+        assert!(
+            !Arc::ptr_eq(&fresh.routes["adc-b"], &previous.routes["adc-b"]),
+            "changed: its own"
+        );
+        assert_eq!(fresh.routes["adc-b"].priority, 800);
     }
 
     #[test]
@@ -720,7 +789,7 @@ mod tests {
             &mut listing,
             body.as_bytes(),
             ("adc-", started),
-            &mut into,
+            (&mut into, None),
             &mut in_flight,
         )
         .unwrap();

@@ -73,7 +73,10 @@ mod tests {
     fn the_content_hash_is_that_of_the_compact_json_text() {
         let body = serde_json::json!({"name": "adc-x", "priority": 2000, "tags": ["a", "b"],
                                       "description": "{\"owner\":\"ns/é\"}"});
-        assert_eq!(content_hash(&body), hex_digest(&[&body.to_string()], CONTENT_HASH_LEN));
+        assert_eq!(
+            content_hash(&body),
+            hex_digest(&[&body.to_string()], CONTENT_HASH_LEN)
+        );
         assert_eq!(hex_prefix(&[0xab, 0x01, 0xff], 5), "ab01f");
     }
 
