@@ -688,6 +688,26 @@ fn a_network_at_its_limit_releases_held_work_by_room_urgent_first() {
 }
 
 #[test]
+fn queued_work_keeps_its_body_as_text_and_sends_it_whole() {
+    let t0 = Instant::now();
+    let budget = budget(t0, 1500);
+    let mut q = queue();
+    // The same insert twice joins one piece of work; a different body does not.
+    q.enqueue(insert(1), Lane::Bulk, Waiter::Caller(1), nothing, t0);
+    q.enqueue(insert(1), Lane::Bulk, Waiter::Caller(2), nothing, t0);
+    assert_eq!(q.pending(), 1, "an identical insert joins the queued one");
+    let mut other = insert(1);
+    if let Change::Insert(body) = &mut other.change {
+        body["priority"] = json!(1);
+    }
+    q.enqueue(other, Lane::Bulk, Waiter::Caller(3), nothing, t0);
+    assert_eq!(q.pending(), 2, "another body is other work");
+    let sent = q.take_ready(10, &budget, t0).dispatches;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].mutation, insert(1), "sent whole, as it was queued");
+}
+
+#[test]
 fn shutdown_hands_back_every_waiter() {
     let t0 = Instant::now();
     let mut q = queue();
