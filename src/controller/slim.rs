@@ -125,7 +125,9 @@ impl Relist {
     }
 
     /// A watch of `api` that starts over (a fresh list) whenever a re-list is due. The
-    /// reflector keeps serving the old store until the new list is complete.
+    /// reflector keeps serving the old store until the new list is complete. A list in progress
+    /// is never cut short: a re-list asked for meanwhile starts once it is complete (at 50,000
+    /// objects a list takes seconds, and cutting it at every request would never finish one).
     pub fn watch<K>(
         &mut self,
         api: Api<K>,
@@ -141,17 +143,26 @@ impl Relist {
             watcher(api.clone(), config.clone()).boxed()
         };
         let first = start(&api, &config);
+        // (the watch, its api and config, the signal, whether a list is in progress, whether a
+        // re-list waits for it)
         futures::stream::unfold(
-            (first, api, config, signal),
-            move |(mut inner, api, config, signal)| async move {
+            (first, api, config, signal, true, false),
+            move |(mut inner, api, config, signal, mut listing, mut due)| async move {
                 loop {
+                    if due && !listing {
+                        tracing::debug!("re-listing a fleet kind: the clouds held changed");
+                        inner = start(&api, &config);
+                        listing = true;
+                        due = false;
+                    }
                     tokio::select! {
-                        () = signal.notified() => {
-                            tracing::debug!("re-listing a fleet kind: the clouds held changed");
-                            inner = start(&api, &config);
-                        }
+                        () = signal.notified() => due = true,
                         item = inner.next() => {
-                            return item.map(|item| (item, (inner, api, config, signal)));
+                            if let Some(Ok(watcher::Event::InitDone)) = &item {
+                                listing = false;
+                            }
+                            return item
+                                .map(|item| (item, (inner, api, config, signal, listing, due)));
                         }
                     }
                 }
