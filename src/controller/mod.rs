@@ -174,6 +174,7 @@ fn indexed_controller<K>(
     shards: Option<Arc<crate::shard::Shards>>,
     relist: &mut slim::Relist,
     metrics: &Arc<ControllerMetrics>,
+    listed: &Arc<tokio::sync::Notify>,
 ) -> Controller<K>
 where
     K: index::Indexed
@@ -188,6 +189,7 @@ where
     let (store, writer) = reflector::store::<K>();
     let index = Arc::clone(index);
     let metrics = Arc::clone(metrics);
+    let listed = Arc::clone(listed);
     let stream = relist
         .watch(Api::<K>::all(client.clone()), watcher::Config::default())
         .default_backoff()
@@ -204,6 +206,9 @@ where
                 index.observe(event);
                 let (whole, stubs) = index.stored(K::KIND);
                 metrics.set_stored(K::KIND, whole, stubs);
+                if matches!(event, watcher::Event::InitDone) {
+                    listed.notify_one();
+                }
             }
         })
         .applied_objects()
@@ -227,6 +232,49 @@ fn object_change<K: kube::Resource>(object: &K) -> Option<u64> {
         &meta.annotations,
         &meta.labels,
     ))
+}
+
+/// After each complete list of a fleet kind, requeues the objects of the clouds this replica
+/// holds that no reconcile has judged yet (no finalizer, or a generation not observed). An
+/// object first seen in a re-list is in the list's buffer, not yet in the store, when the
+/// controller asks for it, and the controller drops a request for an object its store lacks;
+/// its next event may be far off.
+async fn requeue_unjudged(ctx: std::sync::Weak<Context>, listed: Arc<tokio::sync::Notify>) {
+    loop {
+        listed.notified().await;
+        let Some(ctx) = ctx.upgrade() else {
+            return;
+        };
+        let unjudged = |meta: &kube::api::ObjectMeta, observed: Option<i64>| {
+            meta.deletion_timestamp.is_none()
+                && (!meta
+                    .finalizers
+                    .iter()
+                    .flatten()
+                    .any(|f| f == reconcile::FINALIZER)
+                    || observed != meta.generation)
+        };
+        let triggers = ctx.triggers();
+        for object in ctx.virtual_services.state() {
+            let observed = object.status.as_ref().and_then(|s| s.observed_generation);
+            if !slim::is_stub(&*object)
+                && ctx.holds(&object.spec.cloud_ref)
+                && unjudged(&object.metadata, observed)
+            {
+                triggers.requeue_virtual_service(ObjectRef::from_obj(&*object));
+            }
+        }
+        for object in ctx.vpc_routes.state() {
+            let observed = object.status.as_ref().and_then(|s| s.observed_generation);
+            if !slim::is_stub(&*object)
+                && ctx.holds(&object.spec.cloud_ref)
+                && unjudged(&object.metadata, observed)
+            {
+                ctx.triggers()
+                    .requeue_vpc_route(ObjectRef::from_obj(&*object));
+            }
+        }
+    }
 }
 
 /// Changes of the clouds held closer together than this make one re-list of the fleet kinds.
@@ -319,12 +367,14 @@ pub async fn run(
     let config =
         kube::runtime::controller::Config::default().concurrency(settings.reconcile_concurrency);
     let mut relist = slim::Relist::default();
+    let listed = Arc::new(tokio::sync::Notify::new());
     let vs_controller = indexed_controller::<VirtualService>(
         &client,
         &index,
         shards.clone(),
         &mut relist,
         &reconcile_metrics,
+        &listed,
     )
     .with_config(config.clone());
     let vr_controller = indexed_controller::<VpcRoute>(
@@ -333,6 +383,7 @@ pub async fn run(
         shards.clone(),
         &mut relist,
         &reconcile_metrics,
+        &listed,
     )
     .with_config(config.clone());
     if shards.is_some() {
@@ -358,6 +409,7 @@ pub async fn run(
         gcp_clouds: cloud_store.clone(),
     });
 
+    tokio::spawn(requeue_unjudged(Arc::downgrade(&ctx), listed));
     let vs = run_kind(vs_controller, vs_rx, &client, &ctx, &reconcile_metrics);
     let vr = run_kind(vr_controller, vr_rx, &client, &ctx, &reconcile_metrics);
 
