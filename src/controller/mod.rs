@@ -245,36 +245,39 @@ async fn requeue_unjudged(ctx: std::sync::Weak<Context>, listed: Arc<tokio::sync
         let Some(ctx) = ctx.upgrade() else {
             return;
         };
-        let unjudged = |meta: &kube::api::ObjectMeta, observed: Option<i64>| {
-            meta.deletion_timestamp.is_none()
+        let triggers = ctx.triggers();
+        for object in unjudged(&ctx, &ctx.virtual_services) {
+            triggers.requeue_virtual_service(object);
+        }
+        for object in unjudged(&ctx, &ctx.vpc_routes) {
+            triggers.requeue_vpc_route(object);
+        }
+    }
+}
+
+/// The objects of `store` in clouds this replica holds that no reconcile has judged yet: no
+/// finalizer, or a generation the status has not observed (stubs and deletions aside).
+fn unjudged<K>(ctx: &Context, store: &reflector::Store<K>) -> Vec<ObjectRef<K>>
+where
+    K: crate::api::FleetObject + Clone + 'static,
+{
+    store
+        .state()
+        .iter()
+        .filter(|object| {
+            let meta = object.meta();
+            !slim::is_stub(&***object)
+                && meta.deletion_timestamp.is_none()
+                && ctx.holds(object.cloud_ref())
                 && (!meta
                     .finalizers
                     .iter()
                     .flatten()
                     .any(|f| f == reconcile::FINALIZER)
-                    || observed != meta.generation)
-        };
-        let triggers = ctx.triggers();
-        for object in ctx.virtual_services.state() {
-            let observed = object.status.as_ref().and_then(|s| s.observed_generation);
-            if !slim::is_stub(&*object)
-                && ctx.holds(&object.spec.cloud_ref)
-                && unjudged(&object.metadata, observed)
-            {
-                triggers.requeue_virtual_service(ObjectRef::from_obj(&*object));
-            }
-        }
-        for object in ctx.vpc_routes.state() {
-            let observed = object.status.as_ref().and_then(|s| s.observed_generation);
-            if !slim::is_stub(&*object)
-                && ctx.holds(&object.spec.cloud_ref)
-                && unjudged(&object.metadata, observed)
-            {
-                ctx.triggers()
-                    .requeue_vpc_route(ObjectRef::from_obj(&*object));
-            }
-        }
-    }
+                    || object.observed_generation() != meta.generation)
+        })
+        .map(|object| ObjectRef::from_obj(&**object))
+        .collect()
 }
 
 /// Changes of the clouds held closer together than this make one re-list of the fleet kinds.
