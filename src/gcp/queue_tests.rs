@@ -828,3 +828,81 @@ fn withheld_work_is_never_sent_and_what_runs_finishes() {
     assert_eq!(q.pending(), 1, "adc-3 in flight");
     assert!(q.take_ready(10, &budget, t0).dispatches.is_empty());
 }
+
+#[test]
+fn a_lane_stalled_on_a_spent_group_is_not_looked_at_again_until_something_may_go() {
+    // 100 writes a window, 10 kept for urgent work: 90 bulk writes go, the rest wait.
+    let t0 = Instant::now();
+    let budget = budget(t0, 100);
+    let start = t0 - GUARD;
+    let release = start + WINDOW - WINDOW / 30;
+    let mut q = queue();
+    bulk(&mut q, 0, 200, t0);
+    let (sizes, next) = drain(&mut q, 500, &budget, t0);
+    assert_eq!(sizes, [90]);
+    assert_eq!(next, Some(release));
+    assert_eq!(
+        q.bulk.stalled(t0),
+        Some(release),
+        "the look found only the spent group"
+    );
+    // Work of the spent group put at the back of a long lane changes nothing: a look stops 64
+    // deep. The lane stays stalled and says when to look again.
+    bulk(&mut q, 200, 5, t0);
+    let later = t0 + Duration::from_secs(5);
+    let ready = q.take_ready(500, &budget, later);
+    assert!(ready.dispatches.is_empty());
+    assert_eq!(ready.next, Some(release));
+    assert_eq!(q.bulk.stalled(later), Some(release));
+
+    // Urgent work is its own lane: it goes at once.
+    q.enqueue(
+        delete(900),
+        Lane::Urgent,
+        Waiter::Caller(900),
+        nothing,
+        later,
+    );
+    assert_eq!(names(&q.take_ready(500, &budget, later)), ["adc-900"]);
+
+    // At the release the stall is over and bulk work spends what is left of the window.
+    assert_eq!(q.bulk.stalled(release), None);
+    let (sizes, _) = drain(&mut q, 500, &budget, release);
+    assert_eq!(sizes, [9], "the reserve less the urgent delete");
+}
+
+#[test]
+fn a_short_stalled_lane_looks_again_when_another_groups_work_arrives() {
+    let t0 = Instant::now();
+    let budget = budget(t0, 100);
+    let mut q = queue();
+    bulk(&mut q, 0, 100, t0);
+    let (sizes, _) = drain(&mut q, 500, &budget, t0);
+    assert_eq!(sizes, [90]);
+    assert!(
+        q.bulk.stalled(t0).is_some(),
+        "10 routes wait for the window"
+    );
+    // A regional write is another rate group: in a lane shorter than a look, it is looked at
+    // and goes, past the routes that still wait.
+    let address = Mutation::insert(
+        Target {
+            collection: Collection::Addresses,
+            location: "us-central1".into(),
+            name: "adc-a".into(),
+        },
+        json!({"name": "adc-a", "description": OURS}),
+    );
+    q.enqueue(address, Lane::Bulk, Waiter::Caller(1000), nothing, t0);
+    assert_eq!(
+        q.bulk.stalled(t0),
+        None,
+        "something new within a look's reach"
+    );
+    assert_eq!(names(&q.take_ready(500, &budget, t0)), ["adc-a"]);
+    assert!(q.bulk.stalled(t0).is_some(), "the routes still wait");
+
+    // A retry put back at the front of the lane ends the stall as well.
+    q.bulk.push_front(Target::route("adc-95"));
+    assert_eq!(q.bulk.stalled(t0), None);
+}
