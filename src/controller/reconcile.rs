@@ -356,11 +356,14 @@ async fn apply_object<K: Kind>(api: &Api<K>, object: &K, ctx: &Context) -> Resul
         return Ok(Action::requeue(step.requeue));
     }
     if !changes.is_empty() {
-        // The inventory's events requeue the object as its operations finish; the delete of
-        // a twinned route's original names no owner, so an adopting object looks again soon.
+        // The inventory's events requeue the object when the last of its operations finishes
+        // (or one fails, or waits for a retry), so the requeue here is only a safety net: a
+        // short one re-planned every object of a rollout's backlog every 30 s while its work
+        // waited its turn. The delete of a twinned route's original names no owner, so an
+        // adopting object looks again soon.
         let phase = super::apply::applying_phase(&progress);
         report_full(api, object, phase, Some(reported), plan_status.clone()).await?;
-        let again = if changes.adoptions.is_empty() { 30 } else { 3 };
+        let again = if changes.adoptions.is_empty() { 300 } else { 3 };
         return Ok(Action::requeue(Duration::from_secs(again)));
     }
     report_full(

@@ -266,7 +266,8 @@ impl Engine {
     /// Starts a mutation without waiting for it: a reconcile hands its work over and returns,
     /// so a later change of the same object (a failover) is never stuck behind its own bulk
     /// work. The outcome shows in the inventory (done) or in [`Engine::failure`] (a final
-    /// error); either way an [`InventoryEvent::Resource`](super::InventoryEvent) announces it.
+    /// error); [`InventoryEvent::Completed`](super::InventoryEvent) or
+    /// [`InventoryEvent::Resource`](super::InventoryEvent) announces it.
     /// Identical pending work is joined. Returns whether the mutation was new work rather than
     /// joined to what was already pending for the resource.
     pub fn begin(&self, mutation: Mutation, lane: Lane) -> bool {
@@ -305,6 +306,12 @@ impl Engine {
     /// queued or in flight.
     pub fn pending_inserts(&self, collection: Collection, prefix: &str) -> Vec<Target> {
         lock(&self.shared.queue).pending_inserts(collection, prefix)
+    }
+
+    /// Whether any route or firewall rule named under `prefix` (one object's) has work queued
+    /// or in flight.
+    pub fn has_global_work(&self, prefix: &str) -> bool {
+        lock(&self.shared.queue).has_global_work(prefix)
     }
 
     /// The last error of work for `target` that is being retried (still pending).

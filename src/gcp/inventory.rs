@@ -390,8 +390,11 @@ fn address_target(location: &str, name: &str) -> Target {
 pub enum InventoryEvent {
     /// A full refresh finished.
     Refreshed,
-    /// A resource of the operator's appeared, disappeared or changed (drift, or our own work).
+    /// A resource of the operator's appeared, disappeared or changed (drift found by a refresh),
+    /// or work for it failed or waits (announced by the engine).
     Resource(Target),
+    /// A mutation of the operator's completed: the inventory holds its result.
+    Completed(Target),
     /// An instance's status changed (a service engine stopped or came back).
     Instance {
         zone: String,
@@ -517,7 +520,7 @@ impl Inventory {
         });
         let _ = self
             .events
-            .send(InventoryEvent::Resource(mutation.target.clone()));
+            .send(InventoryEvent::Completed(mutation.target.clone()));
     }
 
     /// Replaces the view with a fresh full load and announces what changed.

@@ -60,7 +60,7 @@ fn applied_mutations_update_the_view_and_announce_it() {
     );
     assert_eq!(
         events.try_recv().unwrap(),
-        InventoryEvent::Resource(Target::route("adc-r"))
+        InventoryEvent::Completed(Target::route("adc-r"))
     );
     inventory.apply(&Mutation::delete(Target::route("adc-r"), None));
     assert!(inventory.snapshot().routes.is_empty());

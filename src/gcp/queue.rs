@@ -616,10 +616,15 @@ impl Queue {
                 self.retry_later(&mut effects, dispatch, err, budget, now);
             }
             outcome => {
-                self.retrying.remove(&dispatch.target);
+                let was_retrying = self.retrying.remove(&dispatch.target).is_some();
                 let Some(mut work) = slot.works.pop_front() else {
                     return effects;
                 };
+                if was_retrying && outcome.is_ok() {
+                    // Its object showed the retry: it looks again even while more of its work
+                    // waits (a plain completion requeues it only at its last).
+                    effects.push(Effect::Announce(dispatch.target.clone()));
+                }
                 let outcome = match outcome {
                     Err(err) if err.is_retryable() => Err(GcpError::Exhausted {
                         attempts: work.attempts + 1,
@@ -732,6 +737,25 @@ impl Queue {
             .filter(|(_, slot)| slot.works.iter().any(|w| w.mutation.is_insert()))
             .map(|(t, _)| t.clone())
             .collect()
+    }
+
+    /// Whether any route or firewall rule whose name starts with `prefix` (one object's) has
+    /// work queued or in flight.
+    pub fn has_global_work(&self, prefix: &str) -> bool {
+        [Collection::Routes, Collection::Firewalls]
+            .into_iter()
+            .any(|collection| {
+                let from = Target {
+                    collection,
+                    location: String::new(),
+                    name: prefix.to_string(),
+                };
+                self.slots.range(from..).next().is_some_and(|(t, _)| {
+                    t.collection == collection
+                        && t.location.is_empty()
+                        && t.name.starts_with(prefix)
+                })
+            })
     }
 
     /// Mutations queued or in flight.

@@ -436,6 +436,11 @@ fn retries_keep_the_request_id_until_an_operation_failed() {
     let effects = q.finish(&third, Ok(()), &budget, due);
     assert_eq!(answers(&effects), [(vec![1], Ok(()))]);
     assert!(q.retrying(&Target::route("adc-1")).is_none());
+    assert_eq!(
+        announced(&effects),
+        [Target::route("adc-1")],
+        "the end of the spell is shown too"
+    );
 }
 
 #[test]
@@ -905,4 +910,28 @@ fn a_short_stalled_lane_looks_again_when_another_groups_work_arrives() {
     // A retry put back at the front of the lane ends the stall as well.
     q.bulk.push_front(Target::route("adc-95"));
     assert_eq!(q.bulk.stalled(t0), None);
+}
+
+#[test]
+fn an_objects_global_work_is_found_by_its_name_prefix() {
+    let t0 = Instant::now();
+    let mut q = queue();
+    assert!(!q.has_global_work("adc-1"));
+    q.enqueue(insert(12), Lane::Bulk, Waiter::Caller(1), nothing, t0);
+    let rule = Mutation::insert(
+        Target::firewall("adc-3-f"),
+        json!({"name": "adc-3-f", "description": OURS}),
+    );
+    q.enqueue(rule, Lane::Bulk, Waiter::Caller(2), nothing, t0);
+    assert!(q.has_global_work("adc-1"), "a route");
+    assert!(q.has_global_work("adc-3-"), "a firewall rule");
+    assert!(!q.has_global_work("adc-2"), "nothing of adc-2");
+    assert!(!q.has_global_work("adc-13"), "a name that only shares a shorter prefix");
+    // Sent and done: nothing left.
+    let budget = budget(t0, 1500);
+    for dispatch in q.take_ready(10, &budget, t0).dispatches {
+        q.finish(&dispatch, Ok(()), &budget, t0);
+    }
+    assert!(!q.has_global_work("adc-1"));
+    assert!(!q.has_global_work("adc-3-"));
 }

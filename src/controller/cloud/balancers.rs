@@ -87,7 +87,7 @@ pub(super) fn run_balancers(ctx: &Context, runtime: &Arc<CloudRuntime>) {
             let read_health = tokio::select! {
                 _ = ticks.tick() => true,
                 event = events.recv() => match event {
-                    Ok(InventoryEvent::Resource(target)) if !matches!(target.collection,
+                    Ok(InventoryEvent::Resource(target) | InventoryEvent::Completed(target)) if !matches!(target.collection,
                         Collection::InstanceGroups | Collection::BackendServices
                         | Collection::ForwardingRules | Collection::Firewalls) => continue,
                     Ok(InventoryEvent::Instance { .. }) => true,

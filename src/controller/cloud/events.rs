@@ -99,12 +99,13 @@ pub(super) fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime
             let Some(runtime) = weak.upgrade() else {
                 return;
             };
+            let completed = matches!(event, InventoryEvent::Completed(_));
             match event {
                 InventoryEvent::Instance { zone, name, .. } => {
                     withdraw_at_once(&runtime, &triggers.virtual_services, &cluster, &zone, &name);
                     triggers.requeue_instance_users(&zone, &name);
                 }
-                InventoryEvent::Resource(target) => {
+                InventoryEvent::Resource(target) | InventoryEvent::Completed(target) => {
                     if target.collection == crate::plan::resource::Collection::Routes {
                         withdraw_if_its_engine_stopped(
                             &runtime,
@@ -119,16 +120,27 @@ pub(super) fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime
                         .engine
                         .inventory()
                         .read(|s| s.description_of(&target).map(str::to_string));
-                    match description.as_deref().map(Owner::parse) {
+                    let owner = description.as_deref().map(Owner::parse);
+                    // Of an object's own work, only the last completion requeues it: each one
+                    // before would be a reconcile that finds it half done (at 10,000 objects,
+                    // most of a rollout's reconciles). Failures, retries and drift always do.
+                    let prefix = match &owner {
+                        Some(Some(owner)) => owner.name_prefix(&runtime.view.resource_prefix),
+                        _ => format!(
+                            "{}{}-",
+                            runtime.view.resource_prefix,
+                            object_hash(&runtime.view.resource_prefix, &target.name)
+                        ),
+                    };
+                    if completed && runtime.engine.has_global_work(&prefix) {
+                        continue;
+                    }
+                    match owner {
                         Some(Some(owner)) => triggers.requeue_owner(&owner),
                         Some(None) => {}
                         None => {
                             // Gone: its owner is found by the object hash in its name.
-                            let hash = target
-                                .name
-                                .strip_prefix(&runtime.view.resource_prefix)
-                                .and_then(|rest| rest.split('-').next())
-                                .unwrap_or_default();
+                            let hash = object_hash(&runtime.view.resource_prefix, &target.name);
                             index.refresh_if_missing(
                                 hash,
                                 &cluster,
@@ -148,6 +160,14 @@ pub(super) fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime
             }
         }
     });
+}
+
+/// The object hash in a resource's name (`{prefix}{hash}-{suffix}`); empty for a name of
+/// another form.
+fn object_hash<'a>(resource_prefix: &str, name: &'a str) -> &'a str {
+    name.strip_prefix(resource_prefix)
+        .and_then(|rest| rest.split('-').next())
+        .unwrap_or_default()
 }
 
 /// When the instance `zone/name` is not RUNNING, deletes at once (urgent lane) every route of a

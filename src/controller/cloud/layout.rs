@@ -57,7 +57,8 @@ pub(super) fn run_layout(ctx: &Context, runtime: &Arc<CloudRuntime>) {
             tokio::select! {
                 () = wake.notified() => {}
                 event = events.recv() => match event {
-                    Ok(InventoryEvent::Resource(target)) if !target.name.starts_with(&prefix) => continue,
+                    Ok(InventoryEvent::Resource(target) | InventoryEvent::Completed(target))
+                        if !target.name.starts_with(&prefix) => continue,
                     Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                 },
