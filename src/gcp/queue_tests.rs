@@ -926,7 +926,10 @@ fn an_objects_global_work_is_found_by_its_name_prefix() {
     assert!(q.has_global_work("adc-1"), "a route");
     assert!(q.has_global_work("adc-3-"), "a firewall rule");
     assert!(!q.has_global_work("adc-2"), "nothing of adc-2");
-    assert!(!q.has_global_work("adc-13"), "a name that only shares a shorter prefix");
+    assert!(
+        !q.has_global_work("adc-13"),
+        "a name that only shares a shorter prefix"
+    );
     // Sent and done: nothing left.
     let budget = budget(t0, 1500);
     for dispatch in q.take_ready(10, &budget, t0).dispatches {
