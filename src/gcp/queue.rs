@@ -724,19 +724,27 @@ impl Queue {
     /// Global resources of `collection` whose names start with `prefix` and whose insert is
     /// queued or in flight.
     pub fn pending_inserts(&self, collection: Collection, prefix: &str) -> Vec<Target> {
+        self.global_slots(collection, prefix)
+            .filter(|(_, slot)| slot.works.iter().any(|w| w.mutation.is_insert()))
+            .map(|(t, _)| t.clone())
+            .collect()
+    }
+
+    /// The slots of global resources of `collection` whose names start with `prefix`: a range,
+    /// since slots are ordered by collection, location and name.
+    fn global_slots<'a>(
+        &'a self,
+        collection: Collection,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (&'a Target, &'a Slot)> {
         let from = Target {
             collection,
             location: String::new(),
             name: prefix.to_string(),
         };
-        self.slots
-            .range(from..)
-            .take_while(|(t, _)| {
-                t.collection == collection && t.location.is_empty() && t.name.starts_with(prefix)
-            })
-            .filter(|(_, slot)| slot.works.iter().any(|w| w.mutation.is_insert()))
-            .map(|(t, _)| t.clone())
-            .collect()
+        self.slots.range(from..).take_while(move |(t, _)| {
+            t.collection == collection && t.location.is_empty() && t.name.starts_with(prefix)
+        })
     }
 
     /// Whether any route or firewall rule whose name starts with `prefix` (one object's) has
@@ -744,18 +752,7 @@ impl Queue {
     pub fn has_global_work(&self, prefix: &str) -> bool {
         [Collection::Routes, Collection::Firewalls]
             .into_iter()
-            .any(|collection| {
-                let from = Target {
-                    collection,
-                    location: String::new(),
-                    name: prefix.to_string(),
-                };
-                self.slots.range(from..).next().is_some_and(|(t, _)| {
-                    t.collection == collection
-                        && t.location.is_empty()
-                        && t.name.starts_with(prefix)
-                })
-            })
+            .any(|collection| self.global_slots(collection, prefix).next().is_some())
     }
 
     /// Mutations queued or in flight.

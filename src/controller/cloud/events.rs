@@ -124,15 +124,13 @@ pub(super) fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime
                     // Of an object's own work, only the last completion requeues it: each one
                     // before would be a reconcile that finds it half done (at 10,000 objects,
                     // most of a rollout's reconciles). Failures, retries and drift always do.
-                    let prefix = match &owner {
-                        Some(Some(owner)) => owner.name_prefix(&runtime.view.resource_prefix),
-                        _ => format!(
-                            "{}{}-",
-                            runtime.view.resource_prefix,
-                            object_hash(&runtime.view.resource_prefix, &target.name)
-                        ),
-                    };
-                    if completed && runtime.engine.has_global_work(&prefix) {
+                    if completed
+                        && runtime.engine.has_global_work(&owner_prefix(
+                            &runtime.view.resource_prefix,
+                            owner.as_ref().and_then(Option::as_ref),
+                            &target.name,
+                        ))
+                    {
                         continue;
                     }
                     match owner {
@@ -160,6 +158,15 @@ pub(super) fn forward_inventory_events(ctx: &Context, runtime: &Arc<CloudRuntime
             }
         }
     });
+}
+
+/// The name prefix of the object a resource belongs to: its owner's, or (a resource that
+/// vanished) the one its own name carries.
+fn owner_prefix(resource_prefix: &str, owner: Option<&Owner>, name: &str) -> String {
+    match owner {
+        Some(owner) => owner.name_prefix(resource_prefix),
+        None => format!("{resource_prefix}{}-", object_hash(resource_prefix, name)),
+    }
 }
 
 /// The object hash in a resource's name (`{prefix}{hash}-{suffix}`); empty for a name of
