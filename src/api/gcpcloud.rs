@@ -209,7 +209,9 @@ pub struct GcpCloudSpec {
     pub adoption: AdoptionSpec,
 
     /// How often the operator re-reads the network's inventory to detect drift, as a duration
-    /// such as `30s`, `5m` or `1h` (default `5m`).
+    /// such as `30s`, `5m` or `1h` (default `5m`). Between whole lists (the first resync, then
+    /// at least hourly), routes and firewall rules are read back only where the project's
+    /// operations log shows a change; an interval of `45m` or more lists them whole every time.
     #[schemars(regex(pattern = crate::api::DURATION_PATTERN), length(max = 32))]
     #[serde(default = "default_resync_interval")]
     pub resync_interval: String,

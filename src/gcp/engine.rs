@@ -43,6 +43,8 @@ struct Shared {
     list_balancers: std::sync::atomic::AtomicBool,
     reader: Arc<Reader>,
     inventory: Inventory,
+    /// Where the next resync's read of the operations log starts (`changelog.rs`).
+    changelog: Mutex<super::changelog::ChangeLog>,
     tracker: Arc<Tracker>,
     queue: Mutex<Queue>,
     /// The callers of [`Engine::submit`] still waiting, by the id the queue knows them by.
@@ -120,6 +122,7 @@ impl Engine {
             list_balancers: std::sync::atomic::AtomicBool::new(false),
             reader,
             inventory: Inventory::new(),
+            changelog: Mutex::default(),
             tracker: Arc::new(Tracker::new()),
             queue: Mutex::new(queue),
             waiters: Mutex::new(HashMap::new()),
@@ -171,6 +174,7 @@ impl Engine {
         Source {
             reader: &self.shared.reader,
             inventory: &self.shared.inventory,
+            changelog: &self.shared.changelog,
             settings: &self.shared.settings,
             started: self.shared.started,
             balancers: self

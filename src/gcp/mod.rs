@@ -8,6 +8,7 @@
 pub mod auth;
 pub mod budget;
 pub mod calls;
+pub(crate) mod changelog;
 pub mod client;
 pub mod engine;
 pub mod error;

@@ -1,5 +1,7 @@
 //! Loading the inventory: paged list calls (500 per page) of every collection the operator
-//! writes (by its name prefix; firewall rules whole, and routes too when the cloud adopts),
+//! writes (by its name prefix; firewall rules whole, and routes too when the cloud adopts;
+//! between whole lists, only the routes and rules the operations log names, see
+//! `changelog.rs`),
 //! the subnetworks of its regions and the instances of the zones
 //! objects name, all through the read path, pages of every collection travelling together.
 
@@ -9,6 +11,9 @@ use serde_json::value::RawValue;
 use std::sync::Arc;
 
 use super::budget::{Lane, RateGroup};
+use super::changelog::{
+    ChangeLog, Horizon, LogRead, Logged, MAX_LOG_PAGES, NAMES_PER_READ, Reread, Resync, reread,
+};
 use super::client::Call;
 use super::error::GcpError;
 use super::inventory::{ByLocation, Inventory, Snapshot};
@@ -25,6 +30,8 @@ use super::types::{
 pub(crate) struct Source<'a> {
     pub reader: &'a Reader,
     pub inventory: &'a Inventory,
+    /// Where the next read of the operations log starts.
+    pub changelog: &'a std::sync::Mutex<ChangeLog>,
     pub settings: &'a EngineSettings,
     /// When the engine started: operations inserted before it are not its own.
     pub started: std::time::SystemTime,
@@ -58,7 +65,7 @@ const INSTANCE_FIELDS: &str = "items(name,zone,status,canIpForward,selfLink,netw
 const AGGREGATED_INSTANCE_FIELDS: &str = "items/*/instances(name,zone,status,canIpForward,selfLink,networkInterfaces(network,subnetwork,networkIP)),nextPageToken";
 /// Names per `name eq (a|b|…)` filter: a URL stays well under its limits (names are at most
 /// 63 characters).
-const MAX_NAMES_PER_FILTER: usize = 30;
+const MAX_NAMES_PER_FILTER: usize = NAMES_PER_READ;
 /// The instances the poll lists every time: those not RUNNING (AIP-160).
 const NOT_RUNNING: &str = "status != RUNNING";
 
@@ -85,6 +92,8 @@ enum Listed {
     Balancers(Collection),
     /// Operations in flight: counted, not kept.
     Operations,
+    /// The operations log, newest first: read for what changed (`changelog.rs`).
+    Log,
 }
 
 impl Listed {
@@ -101,6 +110,7 @@ impl Listed {
             "compute.instanceGroups.aggregatedList" => Self::Balancers(Collection::InstanceGroups),
             "compute.regionHealthChecks.list" => Self::Balancers(Collection::HealthChecks),
             "compute.regionBackendServices.list" => Self::Balancers(Collection::BackendServices),
+            "compute.globalOperations.list" => Self::Log,
             // compute.globalOperations.aggregatedList, the only other list a refresh makes.
             _ => Self::Operations,
         }
@@ -130,7 +140,22 @@ struct Listing {
     /// Items of its pages that did not decode (skipped), and the first one's error.
     skipped: usize,
     first_skip: Option<String>,
+    /// Items per page.
+    max_results: usize,
+    /// A read of the operations log: where it stops, and what it found.
+    log: Option<Box<LogListing>>,
 }
+
+/// A read of the operations log in progress.
+struct LogListing {
+    horizon: Horizon,
+    /// Pages read at most.
+    max_pages: usize,
+    read: LogRead,
+}
+
+/// What a read of the operations log asks for of each operation.
+const LOG_FIELDS: &str = "items(name,targetLink,insertTime,status),nextPageToken";
 
 impl Listing {
     fn new(path: String, location: &str, filtered: bool, method_name: &'static str) -> Self {
@@ -149,6 +174,27 @@ impl Listing {
             scope: String::new(),
             skipped: 0,
             first_skip: None,
+            max_results: 500,
+            log: None,
+        }
+    }
+
+    /// The global operations of `project` newest first, back to `horizon` or `max_pages`
+    /// pages: what changed routes and firewall rules.
+    fn log(project: &str, horizon: Horizon, max_pages: usize) -> Self {
+        Self {
+            fields: Some(LOG_FIELDS),
+            log: Some(Box::new(LogListing {
+                horizon,
+                max_pages,
+                read: LogRead::default(),
+            })),
+            ..Self::new(
+                format!("projects/{project}/global/operations"),
+                "",
+                false,
+                "compute.globalOperations.list",
+            )
         }
     }
 
@@ -182,7 +228,10 @@ impl Listing {
     }
 
     fn call(&self, filter: &str) -> Call {
-        let mut query = vec![("maxResults".to_string(), "500".to_string())];
+        let mut query = vec![("maxResults".to_string(), self.max_results.to_string())];
+        if self.log.is_some() {
+            query.push(("orderBy".to_string(), "creationTimestamp desc".to_string()));
+        }
         if let Some(own) = &self.own_filter {
             query.push(("filter".to_string(), own.clone()));
         } else if self.filtered {
@@ -243,7 +292,10 @@ fn operations_in_flight(project: &str) -> Listing {
 }
 
 /// Loads every collection by pages; the pages of all collections travel together, a round at a
-/// time. With `operations`, also counts the operations still running on resources of the
+/// time. Routes and firewall rules are listed whole when the change log says so
+/// (`changelog.rs`: the first resync, every hour, after a busy spell); otherwise the project's
+/// operations log, newest first, names the ones listed again (by name), and the rest are the
+/// inventory's. With `operations`, also counts the operations still running on resources of the
 /// operator's prefix that were sent before this engine started (a former leader's or
 /// incarnation's): a resource they insert is not listed until they finish, so the caller
 /// refreshes again soon.
@@ -261,29 +313,26 @@ pub(crate) async fn refresh(
         scope: host_scope.clone(),
         ..listing
     };
-    let mut listings = vec![
-        in_host(Listing::new(
-            format!("projects/{host}/global/routes"),
-            "",
-            !source.settings.list_foreign,
-            "compute.routes.list",
-        )),
-        in_host(Listing::new(
-            format!("projects/{host}/global/firewalls"),
-            "",
-            // Every rule, whatever its name: an adopted rule keeps the name it was made
-            // with, and stays the operator's after adoption is turned off. A project holds
-            // a few hundred rules (its FIREWALLS quota): a page or two.
-            false,
-            "compute.firewalls.list",
-        )),
-        Listing::new(
-            format!("projects/{project}/global/addresses"),
-            "",
-            true,
-            "compute.globalAddresses.list",
-        ),
-    ];
+    // Routes and rules by the name prefix, or whole (every rule, whatever its name: an adopted
+    // rule keeps the name it was made with, and stays the operator's after adoption is turned
+    // off; a project holds a few hundred rules, its FIREWALLS quota).
+    let routes_path = format!("projects/{host}/global/routes");
+    let firewalls_path = format!("projects/{host}/global/firewalls");
+    let whole = |path: &str, filtered: bool, method_name| {
+        in_host(Listing::new(path.to_string(), "", filtered, method_name))
+    };
+    let by_name = |path: &str, names: &[String], method_name| {
+        in_host(Listing {
+            own_filter: names_filter(names),
+            ..Listing::new(path.to_string(), "", false, method_name)
+        })
+    };
+    let mut listings = vec![Listing::new(
+        format!("projects/{project}/global/addresses"),
+        "",
+        true,
+        "compute.globalAddresses.list",
+    )];
     for region in &source.settings.regions {
         listings.push(Listing::new(
             format!("projects/{project}/regions/{region}/addresses"),
@@ -356,21 +405,132 @@ pub(crate) async fn refresh(
             listings.push(in_host(operations_in_flight(host)));
         }
     }
+    let started = std::time::Instant::now();
+    let resync = lock(source.changelog).plan(started);
     let ticket = source.inventory.begin_refresh();
     let mut in_flight = 0;
-    let fresh = load(
-        source,
-        listings,
-        Lane::Bulk,
-        Snapshot {
-            loaded: true,
-            ..Snapshot::default()
-        },
-        &mut in_flight,
-    )
-    .await?;
+    let empty = Snapshot {
+        loaded: true,
+        ..Snapshot::default()
+    };
+    let (mut fresh, full, read) = match resync {
+        Resync::Full => {
+            // One page of the log first: what it shows done is in the whole lists after it,
+            // what it shows running is read again at the next resync.
+            let (_, ended) = load_listings(
+                source,
+                vec![in_host(Listing::log(host, Horizon::default(), 1))],
+                Lane::Bulk,
+                Snapshot::default(),
+                &mut 0,
+            )
+            .await?;
+            listings.push(whole(
+                &routes_path,
+                !source.settings.list_foreign,
+                "compute.routes.list",
+            ));
+            listings.push(whole(&firewalls_path, false, "compute.firewalls.list"));
+            let fresh = load(source, listings, Lane::Bulk, empty, &mut in_flight).await?;
+            (fresh, true, log_read(ended))
+        }
+        Resync::Changes(horizon) => {
+            listings.push(in_host(Listing::log(host, horizon, MAX_LOG_PAGES)));
+            let (fresh, ended) =
+                load_listings(source, listings, Lane::Bulk, empty, &mut in_flight).await?;
+            let read = log_read(ended);
+            let prefix = source.settings.resource_prefix.as_str();
+            let touched_routes: std::collections::BTreeSet<String> = read
+                .routes
+                .iter()
+                .filter(|name| source.settings.list_foreign || name.starts_with(prefix))
+                .cloned()
+                .collect();
+            let (held_routes, held_firewalls) = source
+                .inventory
+                .read(|held| (held.routes.len(), held.firewalls.len()));
+            let routes = reread(&touched_routes, held_routes, read.complete);
+            let firewalls = reread(&read.firewalls, held_firewalls, read.complete);
+            let mut again = Vec::new();
+            match &routes {
+                Reread::Keep => {}
+                Reread::Whole => again.push(whole(
+                    &routes_path,
+                    !source.settings.list_foreign,
+                    "compute.routes.list",
+                )),
+                Reread::Names(names) => again.extend(
+                    names
+                        .chunks(NAMES_PER_READ)
+                        .map(|chunk| by_name(&routes_path, chunk, "compute.routes.list")),
+                ),
+            }
+            match &firewalls {
+                Reread::Keep => {}
+                Reread::Whole => {
+                    again.push(whole(&firewalls_path, false, "compute.firewalls.list"))
+                }
+                Reread::Names(names) => again.extend(
+                    names
+                        .chunks(NAMES_PER_READ)
+                        .map(|chunk| by_name(&firewalls_path, chunk, "compute.firewalls.list")),
+                ),
+            }
+            let mut fresh = if again.is_empty() {
+                fresh
+            } else {
+                load(source, again, Lane::Bulk, fresh, &mut in_flight).await?
+            };
+            source.inventory.read(|held| {
+                carry(&mut fresh.routes, &held.routes, &routes);
+                carry(&mut fresh.firewalls, &held.firewalls, &firewalls);
+            });
+            let full = routes == Reread::Whole && firewalls == Reread::Whole;
+            (fresh, full, read)
+        }
+    };
+    fresh.adopted_firewalls = adopted_firewalls(&fresh, &source.settings.resource_prefix);
     source.inventory.replace(fresh, &ticket);
+    lock(source.changelog).record(started, &read, full);
     Ok(in_flight)
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match mutex.lock() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
+/// What the log listing among `listings` found (nothing when there was none).
+fn log_read(listings: Vec<Listing>) -> LogRead {
+    listings
+        .into_iter()
+        .find_map(|listing| listing.log)
+        .map(|log| log.read)
+        .unwrap_or_default()
+}
+
+/// Completes a collection of a resync of changes from what the inventory `held`: all of it
+/// when nothing changed, all but the names read again otherwise (a name read again and not
+/// found is gone). A collection listed whole stands as listed.
+fn carry<T>(
+    fresh: &mut std::collections::BTreeMap<String, Arc<T>>,
+    held: &std::collections::BTreeMap<String, Arc<T>>,
+    how: &Reread,
+) {
+    match how {
+        Reread::Whole => {}
+        Reread::Keep => *fresh = held.clone(),
+        Reread::Names(names) => {
+            let mut kept = held.clone();
+            for name in names {
+                kept.remove(name);
+            }
+            kept.append(fresh);
+            *fresh = kept;
+        }
+    }
 }
 
 /// Reloads only the instances of `zones` (one paged, trimmed list per zone) and announces the
@@ -479,11 +639,24 @@ fn to_confirm(
 /// client's batching, and files what they found into `into`.
 async fn load(
     source: &Source<'_>,
+    listings: Vec<Listing>,
+    lane: Lane,
+    into: Snapshot,
+    operations_in_flight: &mut usize,
+) -> Result<Snapshot, GcpError> {
+    load_listings(source, listings, lane, into, operations_in_flight)
+        .await
+        .map(|(snapshot, _)| snapshot)
+}
+
+/// [`load`], also returning the listings as they ended (a log read's findings are in them).
+async fn load_listings(
+    source: &Source<'_>,
     mut listings: Vec<Listing>,
     lane: Lane,
     mut into: Snapshot,
     operations_in_flight: &mut usize,
-) -> Result<Snapshot, GcpError> {
+) -> Result<(Snapshot, Vec<Listing>), GcpError> {
     let reader = source.reader;
     let filter = prefix_filter(&source.settings.resource_prefix);
     let ours = (source.settings.resource_prefix.as_str(), source.started);
@@ -563,17 +736,20 @@ async fn load(
             );
         }
     }
-    let prefix = &source.settings.resource_prefix;
-    into.adopted_firewalls = into
+    into.adopted_firewalls = adopted_firewalls(&into, &source.settings.resource_prefix);
+    Ok((into, listings))
+}
+
+/// Firewall rules named outside `prefix` that carry an ownership marker.
+fn adopted_firewalls(snapshot: &Snapshot, prefix: &str) -> std::collections::BTreeSet<String> {
+    snapshot
         .firewalls
         .iter()
         .filter(|(name, f)| {
-            !name.starts_with(prefix.as_str())
-                && crate::plan::owner::marker(&f.description).is_some()
+            !name.starts_with(prefix) && crate::plan::owner::marker(&f.description).is_some()
         })
         .map(|(name, _)| name.clone())
-        .collect();
-    Ok(into)
+        .collect()
 }
 
 /// `fresh`, as the `held` one when they are the same: an unchanged resource is not kept twice.
@@ -595,6 +771,19 @@ fn file_page(
     (into, previous): (&mut Snapshot, Option<&Snapshot>),
     operations_in_flight: &mut usize,
 ) -> Result<Option<String>, serde_json::Error> {
+    if let Some(log) = listing.log.as_mut() {
+        let page: RawPage = serde_json::from_slice(body)?;
+        let last = page.next_page_token.as_deref().is_none_or(str::is_empty);
+        let operations = page
+            .items
+            .iter()
+            .filter_map(|raw| decode::<Logged>(raw).ok());
+        let complete = log.read.file(operations, &log.horizon, last);
+        if complete || log.read.pages >= log.max_pages {
+            return Ok(None);
+        }
+        return Ok(page.next_page_token);
+    }
     let (items, next) = match listing.aggregated {
         Some(key) => {
             let page: AggregatedPage = serde_json::from_slice(body)?;
@@ -655,6 +844,8 @@ fn file_page(
                     body,
                 );
             }),
+            // Filed above, page by page.
+            Listed::Log => Ok(()),
             Listed::Operations => decode(raw).map(|op: OperationInFlight| {
                 if last_segment(&op.target_link).starts_with(prefix)
                     && sent_before(op.insert_time.as_deref(), started)

@@ -744,3 +744,93 @@ async fn the_instance_poll_is_one_aggregated_list_for_every_zone() {
             if name == "se-2" && status == "RUNNING"
     ));
 }
+
+/// A resync between whole lists reads the project's operations log, not its routes and rules:
+/// a route deleted and one added behind the engine's back, and a rule added, are read back by
+/// name, and the inventory ends as Compute has it; a resync with nothing new lists neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_reads_back_only_what_the_operations_log_names() {
+    let emulator = start(&world(100_000, ""), &[]);
+    let (engine, _) = engine(&emulator, DispatchMode::Batched, |_| {});
+    let zones = ["us-central1-a".to_string()];
+    // More than a page of routes: reading two by name is one call, listing whole two.
+    let outcomes = insert_all(&engine, 600).await;
+    assert!(outcomes.iter().all(Result::is_ok));
+    let calls = |stats: &Value, method: &str| stats["callsByMethod"][method].as_u64().unwrap_or(0);
+    let first = admin(&emulator, "stats").await;
+    engine.refresh_inventory(&zones).await.unwrap();
+    let listed = admin(&emulator, "stats").await;
+    assert_eq!(
+        calls(&listed, "compute.routes.list") - calls(&first, "compute.routes.list"),
+        2,
+        "the first resync lists whole"
+    );
+
+    // Behind the engine's back: one of its routes deleted, a route and a rule with its prefix
+    // added, all through Compute (each an operation in the log).
+    let http = reqwest::Client::new();
+    let base = format!("{}/compute/v1/projects/{PROJECT}/global", emulator.base_url);
+    let sent = [
+        http.delete(format!("{base}/routes/adc-r-00007")),
+        http.post(format!("{base}/routes")).json(&json!({
+            "name": "adc-r-by-hand", "network": "global/networks/default",
+            "destRange": "172.31.0.1/32", "priority": 1000, "nextHopIp": "10.128.0.10",
+        })),
+        http.post(format!("{base}/firewalls")).json(&json!({
+            "name": "adc-fw-by-hand", "network": "global/networks/default",
+            "allowed": [{"IPProtocol": "tcp", "ports": ["443"]}],
+            "sourceRanges": ["0.0.0.0/0"],
+        })),
+    ];
+    for request in sent {
+        let answer = request.send().await.unwrap();
+        assert!(answer.status().is_success(), "{:?}", answer.text().await);
+    }
+    eventually_quiet(&emulator).await;
+
+    let before = admin(&emulator, "stats").await;
+    engine.refresh_inventory(&zones).await.unwrap();
+    let after = admin(&emulator, "stats").await;
+    let new = |method: &str| calls(&after, method) - calls(&before, method);
+    assert_eq!(
+        new("compute.globalOperations.list"),
+        1,
+        "one page of the log"
+    );
+    assert_eq!(new("compute.routes.list"), 1, "two routes read by name");
+    assert_eq!(new("compute.firewalls.list"), 1, "one rule read by name");
+    let snapshot = engine.inventory().snapshot();
+    let held: Vec<String> = snapshot.routes().keys().cloned().collect();
+    let mut table: Vec<String> = route_table(&emulator)
+        .await
+        .into_iter()
+        .map(|r| r.0)
+        .collect();
+    table.sort();
+    assert_eq!(held, table, "the inventory holds the routes Compute has");
+    assert_eq!(held.len(), 600);
+    assert!(!snapshot.routes().contains_key("adc-r-00007"));
+    assert!(snapshot.routes().contains_key("adc-r-by-hand"));
+    assert!(snapshot.firewalls().contains_key("adc-fw-by-hand"));
+
+    // Nothing new: the log's page says so, and neither collection is listed.
+    let before = admin(&emulator, "stats").await;
+    engine.refresh_inventory(&zones).await.unwrap();
+    let after = admin(&emulator, "stats").await;
+    let new = |method: &str| calls(&after, method) - calls(&before, method);
+    assert_eq!(new("compute.globalOperations.list"), 1);
+    assert_eq!(new("compute.routes.list"), 0);
+    assert_eq!(new("compute.firewalls.list"), 0);
+    assert_eq!(engine.inventory().snapshot().routes().len(), 600);
+}
+
+/// Waits until the emulator has no operation pending.
+async fn eventually_quiet(emulator: &EmulatorProcess) {
+    for _ in 0..200 {
+        if admin(emulator, "stats").await["operationsPending"].as_u64() == Some(0) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("operations still pending after 10 s");
+}

@@ -47,3 +47,46 @@ def test_regional_operation_wait(gcp_compute, gcp_emulator):
     assert got["insertTime"] <= got["startTime"] <= got["endTime"]
     rule = compute.forwardingRules().get(project=project, region=REGION, forwardingRule="fid-slow-fr").execute()
     assert rule["portRange"] in ("443", "443-443")
+
+
+def test_the_log_newest_first_names_what_changed(gcp_compute, gcp_emulator):
+    """The operator's resync reads global operations newest first, trimmed to four fields, and
+    stops at the first operation older than where its last read ended."""
+    compute, project = gcp_compute, gcp_emulator.project
+    inserted = compute.routes().insert(
+        project=project, body=route_body(project, "fid-log-1", "192.168.71.0/24")
+    ).execute()
+    wait_done(compute, project, inserted, timeout=20)
+    deleted = compute.routes().delete(project=project, route="fid-log-1").execute()
+    rule = compute.firewalls().insert(
+        project=project,
+        body={
+            "name": "fid-log-fw",
+            "network": f"projects/{project}/global/networks/default",
+            "allowed": [{"IPProtocol": "tcp", "ports": ["443"]}],
+            "sourceRanges": ["0.0.0.0/0"],
+        },
+    ).execute()
+    fields = "items(name,targetLink,insertTime,status),nextPageToken"
+    page = compute.globalOperations().list(
+        project=project, orderBy="creationTimestamp desc", maxResults=2, fields=fields
+    ).execute()
+    items = page["items"]
+    # Newest first: the rule's insert, then the route's delete (the insert is on the next page).
+    assert [o["name"] for o in items] == [rule["name"], deleted["name"]]
+    assert all(set(o) == {"name", "targetLink", "insertTime", "status"} for o in items), items
+    assert items[0]["targetLink"].endswith(f"/projects/{project}/global/firewalls/fid-log-fw")
+    assert items[1]["targetLink"].endswith(f"/projects/{project}/global/routes/fid-log-1")
+    assert items[0]["insertTime"] >= items[1]["insertTime"]
+    assert set(page) == {"items", "nextPageToken"}
+    following = compute.globalOperations().list(
+        project=project,
+        orderBy="creationTimestamp desc",
+        maxResults=2,
+        fields=fields,
+        pageToken=page["nextPageToken"],
+    ).execute()
+    assert following["items"][0]["name"] == inserted["name"]
+    assert following["items"][0]["status"] == "DONE"
+    wait_done(compute, project, rule, timeout=20)
+    wait_done(compute, project, deleted, timeout=20)
