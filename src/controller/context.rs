@@ -384,9 +384,13 @@ pub async fn mark_abandoned(ctx: &Context, cloud: &str, owner: &Owner) -> Result
             "metadata": {"resourceVersion": current.resource_version()},
             "status": {"abandoned": list},
         });
-        match api
-            .patch_status(cloud, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
+        match super::status::patch_status(
+            &api,
+            cloud,
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
+        .await
         {
             Ok(_) => return Ok(()),
             Err(kube::Error::Api(status)) if status.code == 409 => continue,

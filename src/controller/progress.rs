@@ -190,10 +190,7 @@ pub fn watch(ctx: &Arc<Context>, runtime: &Arc<CloudRuntime>, stored: Option<Clo
                 field_manager: Some(FIELD_MANAGER.to_string()),
                 ..PatchParams::default()
             };
-            match api
-                .patch_status(&cloud, &params, &Patch::Merge(&patch))
-                .await
-            {
+            match super::status::patch_status(&api, &cloud, &params, &Patch::Merge(&patch)).await {
                 Ok(_) => written = Some(progress),
                 Err(kube::Error::Api(status)) if status.code == 404 => break,
                 Err(err) => {
