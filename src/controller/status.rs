@@ -149,6 +149,28 @@ where
     Ok(())
 }
 
+/// `Api::patch` without decoding the answer, as [`patch_status`].
+pub async fn patch_object<K, P>(
+    api: &Api<K>,
+    name: &str,
+    params: &PatchParams,
+    patch: &Patch<P>,
+) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    P: Serialize + std::fmt::Debug,
+{
+    let mut request = kube::core::Request::new(api.resource_url())
+        .patch(name, params, patch)
+        .map_err(kube::Error::BuildRequest)?;
+    request.extensions_mut().insert("patch");
+    api.clone()
+        .into_client()
+        .request::<serde::de::IgnoredAny>(request)
+        .await?;
+    Ok(())
+}
+
 /// Whether `conditions` say Ready=True for `generation`.
 pub fn ready_for_generation(conditions: Option<&[Condition]>, generation: Option<i64>) -> bool {
     conditions

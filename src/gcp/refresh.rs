@@ -2,8 +2,9 @@
 //! writes (by its name prefix; firewall rules whole, and routes too when the cloud adopts;
 //! between whole lists, only the routes and rules the operations log names, see
 //! `changelog.rs`),
-//! the subnetworks of its regions and the instances of the zones
-//! objects name, all through the read path, pages of every collection travelling together.
+//! the subnetworks of its regions and the instances and target instances of the zones objects
+//! name (one aggregated list each, for every zone), all through the read path, pages of every
+//! collection travelling together.
 
 use reqwest::Method;
 use serde::Deserialize;
@@ -104,7 +105,9 @@ impl Listed {
             "compute.firewalls.list" => Self::Firewalls,
             "compute.addresses.list" | "compute.globalAddresses.list" => Self::Addresses,
             "compute.forwardingRules.list" => Self::ForwardingRules,
-            "compute.targetInstances.list" => Self::TargetInstances,
+            "compute.targetInstances.list" | "compute.targetInstances.aggregatedList" => {
+                Self::TargetInstances
+            }
             "compute.subnetworks.list" => Self::Subnetworks,
             "compute.instances.list" | "compute.instances.aggregatedList" => Self::Instances,
             "compute.instanceGroups.aggregatedList" => Self::Balancers(Collection::InstanceGroups),
@@ -127,8 +130,6 @@ struct Listing {
     /// A partial-response `fields` selection.
     fields: Option<&'static str>,
     method_name: &'static str,
-    /// A 404 means an empty listing (a zone no object should name), not a failed refresh.
-    missing_ok: bool,
     /// A filter of its own instead of the resource-prefix one.
     own_filter: Option<String>,
     /// An `aggregatedList`: its pages hold scoped lists, the items under this key.
@@ -166,7 +167,6 @@ impl Listing {
             filtered,
             fields: None,
             method_name,
-            missing_ok: false,
             own_filter: None,
             aggregated: None,
             token: None,
@@ -369,21 +369,19 @@ pub(crate) async fn refresh(
             "compute.subnetworks.list",
         )));
     }
-    for zone in zones {
-        // Zones come from what objects name; one object's unknown zone must not fail the
-        // refresh of the whole cloud.
+    // The instances and target instances of every zone in one aggregated list each (a call
+    // per page for all zones, not one per zone); only the zones objects use are kept. A zone
+    // Compute does not know (an object's typo) holds nothing: the object that names it stalls
+    // on its own.
+    if !zones.is_empty() {
         listings.push(Listing {
-            missing_ok: true,
+            aggregated: Some("targetInstances"),
             ..Listing::new(
-                format!("projects/{project}/zones/{zone}/targetInstances"),
-                zone,
+                format!("projects/{project}/aggregated/targetInstances"),
+                "",
                 true,
-                "compute.targetInstances.list",
+                "compute.targetInstances.aggregatedList",
             )
-        });
-        listings.push(Listing {
-            missing_ok: true,
-            ..Listing::instances(project, zone)
         });
     }
     // ILB mode's groups, every zone at once: one call per page.
@@ -431,11 +429,21 @@ pub(crate) async fn refresh(
                 "compute.routes.list",
             ));
             listings.push(whole(&firewalls_path, false, "compute.firewalls.list"));
+            if !zones.is_empty() {
+                listings.push(Listing::aggregated_instances(project, None));
+            }
             let fresh = load(source, listings, Lane::Bulk, empty, &mut in_flight).await?;
             (fresh, true, log_read(ended))
         }
         Resync::Changes(horizon) => {
             listings.push(in_host(Listing::log(host, horizon, MAX_LOG_PAGES)));
+            // Between whole lists the instance poll keeps the instances objects use current
+            // (a stop, a start, a deletion, a new one named): none is listed unless the poll
+            // runs less often than the resync.
+            let polled = source.settings.instances_polled;
+            if !polled && !zones.is_empty() {
+                listings.push(Listing::aggregated_instances(project, None));
+            }
             let (fresh, ended) =
                 load_listings(source, listings, Lane::Bulk, empty, &mut in_flight).await?;
             let read = log_read(ended);
@@ -484,12 +492,20 @@ pub(crate) async fn refresh(
             source.inventory.read(|held| {
                 carry(&mut fresh.routes, &held.routes, &routes);
                 carry(&mut fresh.firewalls, &held.firewalls, &firewalls);
+                if polled {
+                    fresh.instances = held.instances.clone();
+                }
             });
             let full = routes == Reread::Whole && firewalls == Reread::Whole;
             (fresh, full, read)
         }
     };
     fresh.adopted_firewalls = adopted_firewalls(&fresh, &source.settings.resource_prefix);
+    // The aggregated lists bring every zone; the inventory holds the zones in use.
+    fresh.instances.retain(|(zone, _), _| zones.contains(zone));
+    fresh
+        .target_instances
+        .retain(|(zone, _), _| zones.contains(zone));
     source.inventory.replace(fresh, &ticket);
     lock(source.changelog).record(started, &read, full);
     Ok(in_flight)
@@ -710,12 +726,6 @@ async fn load_listings(
                         _ => listing.done = true,
                     }
                 }
-                Err(err) if err.is_not_found() && listing.missing_ok => {
-                    // A zone Compute does not know (an object's typo) holds nothing: the
-                    // object that names it stalls on its own, the cloud's inventory goes on.
-                    failures[index] = 0;
-                    listing.done = true;
-                }
                 Err(err) => {
                     // The round's pause is its longest one.
                     let wait = reader.after_failure(err, &mut failures[index])?;
@@ -813,7 +823,12 @@ fn file_page(
                 into.forwarding_rules.insert(at(&f.name), f);
             }),
             Listed::TargetInstances => decode(raw).map(|t: TargetInstance| {
-                into.target_instances.insert(at(&t.name), t);
+                // From an aggregated list: the zone is the item's own.
+                let zone = match t.zone.as_deref() {
+                    Some(zone) if location.is_empty() => last_segment(zone).to_string(),
+                    _ => location.to_string(),
+                };
+                into.target_instances.insert((zone, t.name.clone()), t);
             }),
             Listed::Subnetworks => decode(raw).map(|s: Subnetwork| {
                 into.subnetworks.insert(at(&s.name), s);

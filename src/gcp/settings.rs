@@ -48,6 +48,9 @@ pub struct EngineSettings {
     /// what others made), not only those with the resource prefix. Firewall rules are always
     /// listed whole.
     pub list_foreign: bool,
+    /// An instance poll keeps the instances objects use current at least as often as the
+    /// resync: a resync between whole lists reads no instance (the hourly whole one does).
+    pub instances_polled: bool,
     /// Writes are sent only while this gate is open (sharding: while this replica holds the
     /// cloud's Lease with time to spare). None: always.
     pub write_gate: Option<WriteGate>,
@@ -112,6 +115,7 @@ impl EngineSettings {
             max_attempts: 12,
             read_only: false,
             list_foreign: false,
+            instances_polled: false,
             write_gate: None,
         }
     }

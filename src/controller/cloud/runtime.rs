@@ -125,6 +125,10 @@ fn runtime_with(
         .filter(|host| *host != spec.project);
     settings.read_only = read_only;
     settings.list_foreign = spec.adoption.enabled;
+    // The poll runs only for a cloud that writes (not under `adc-operator plan`).
+    settings.instances_polled = !read_only
+        && super::instances::instance_poll_period(spec, ctx.settings.gcp_time_scale)
+            <= parse_duration(&spec.resync_interval).unwrap_or(Duration::from_secs(300));
     if let Some(shards) = &ctx.shards
         && !read_only
     {
