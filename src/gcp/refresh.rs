@@ -1047,6 +1047,69 @@ mod tests {
     }
 
     #[test]
+    fn target_instances_of_an_aggregated_list_are_filed_by_their_own_zone() {
+        let mut into = Snapshot::default();
+        let mut listing = Listing {
+            aggregated: Some("targetInstances"),
+            ..Listing::new(
+                "projects/p/aggregated/targetInstances".into(),
+                "",
+                true,
+                "compute.targetInstances.aggregatedList",
+            )
+        };
+        let body = serde_json::json!({"items": {
+            "zones/us-central1-a": {"targetInstances": [{"name": "adc-ti-1",
+                "instance": "zones/us-central1-a/instances/se-1",
+                "zone": "https://x/projects/p/zones/us-central1-a"}]},
+            "zones/us-central1-c": {"targetInstances": [{"name": "adc-ti-2",
+                "instance": "zones/us-central1-c/instances/se-3",
+                "zone": "https://x/projects/p/zones/us-central1-c"}]},
+            "zones/us-central1-b": {"warning": {"code": "NO_RESULTS_ON_PAGE"}}
+        }})
+        .to_string();
+        assert_eq!(file(&mut listing, &body, &mut into), None);
+        let keys: Vec<_> = into.target_instances.keys().cloned().collect();
+        assert_eq!(
+            keys,
+            [
+                ("us-central1-a".to_string(), "adc-ti-1".to_string()),
+                ("us-central1-c".to_string(), "adc-ti-2".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_log_listing_reads_newest_first_and_stops_at_the_horizon() {
+        let horizon = Horizon {
+            since: Some("2026-12-07T10:00:00Z".parse().unwrap()),
+            seen: Default::default(),
+        };
+        let mut listing = Listing::log("p", horizon, 4);
+        let call = listing.call("-");
+        let query: std::collections::HashMap<_, _> = call.query.iter().cloned().collect();
+        assert_eq!(call.path, "projects/p/global/operations");
+        assert_eq!(call.method_name, "compute.globalOperations.list");
+        assert_eq!(query["orderBy"], "creationTimestamp desc");
+        assert_eq!(query["fields"], LOG_FIELDS);
+        assert!(!query.contains_key("filter"), "the log is not filtered");
+        let mut into = Snapshot::default();
+        // A page that does not reach the horizon: the next one is asked for.
+        let page = r#"{"items": [{"name": "o2", "targetLink": "projects/p/global/routes/adc-a",
+            "insertTime": "2026-12-07T10:05:00Z", "status": "DONE"}], "nextPageToken": "t2"}"#;
+        assert_eq!(file(&mut listing, page, &mut into), Some("t2".to_string()));
+        // One that does: the read ends though Compute has more.
+        let page = r#"{"items": [{"name": "o1", "targetLink": "projects/p/global/firewalls/adc-f",
+            "insertTime": "2026-12-07T09:05:00Z", "status": "DONE"}], "nextPageToken": "t3"}"#;
+        assert_eq!(file(&mut listing, page, &mut into), None);
+        let read = log_read(vec![listing]);
+        assert!(read.complete);
+        assert_eq!(read.routes.len(), 1);
+        assert!(read.firewalls.is_empty(), "older than the horizon");
+        assert!(into.routes.is_empty(), "a log page files no resource");
+    }
+
+    #[test]
     fn operations_count_as_earlier_by_their_insert_time() {
         let started =
             std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_800_000_000);
