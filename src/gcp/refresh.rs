@@ -145,6 +145,8 @@ struct Listing {
     max_results: usize,
     /// A read of the operations log: where it stops, and what it found.
     log: Option<Box<LogListing>>,
+    /// The rate group its calls are charged to.
+    group: RateGroup,
 }
 
 /// A read of the operations log in progress.
@@ -176,6 +178,7 @@ impl Listing {
             first_skip: None,
             max_results: 500,
             log: None,
+            group: RateGroup::Read,
         }
     }
 
@@ -189,6 +192,7 @@ impl Listing {
                 max_pages,
                 read: LogRead::default(),
             })),
+            group: RateGroup::OperationRead,
             ..Self::new(
                 format!("projects/{project}/global/operations"),
                 "",
@@ -252,7 +256,7 @@ impl Listing {
             path: self.path.clone(),
             query,
             body: None,
-            group: RateGroup::Read,
+            group: self.group,
             method_name: self.method_name,
         }
     }
@@ -687,17 +691,23 @@ async fn load_listings(
         let mut round: Vec<usize> = Vec::new();
         let scopes: std::collections::BTreeSet<&str> =
             open.iter().map(|i| listings[*i].scope.as_str()).collect();
+        // A list of operations is an operation read, not a read.
         for scope in scopes {
-            let of_scope: Vec<usize> = open
-                .iter()
-                .copied()
-                .filter(|i| listings[*i].scope == scope)
-                .collect();
-            let granted = reader
-                .budget
-                .acquire(RateGroup::Read, scope, of_scope.len(), lane)
-                .await;
-            round.extend(of_scope.into_iter().take(granted));
+            for group in [RateGroup::Read, RateGroup::OperationRead] {
+                let of_scope: Vec<usize> = open
+                    .iter()
+                    .copied()
+                    .filter(|i| listings[*i].scope == scope && listings[*i].group == group)
+                    .collect();
+                if of_scope.is_empty() {
+                    continue;
+                }
+                let granted = reader
+                    .budget
+                    .acquire(group, scope, of_scope.len(), lane)
+                    .await;
+                round.extend(of_scope.into_iter().take(granted));
+            }
         }
         let calls: Vec<Call> = round.iter().map(|i| listings[*i].call(&filter)).collect();
         let answers = reader.exchange(calls).await;
@@ -1093,6 +1103,11 @@ mod tests {
         assert_eq!(query["orderBy"], "creationTimestamp desc");
         assert_eq!(query["fields"], LOG_FIELDS);
         assert!(!query.contains_key("filter"), "the log is not filtered");
+        assert_eq!(
+            call.group,
+            RateGroup::OperationRead,
+            "as Compute charges it"
+        );
         let mut into = Snapshot::default();
         // A page that does not reach the horizon: the next one is asked for.
         let page = r#"{"items": [{"name": "o2", "targetLink": "projects/p/global/routes/adc-a",
