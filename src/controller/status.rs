@@ -138,15 +138,7 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
     P: Serialize + std::fmt::Debug,
 {
-    let mut request = kube::core::Request::new(api.resource_url())
-        .patch_subresource("status", name, params, patch)
-        .map_err(kube::Error::BuildRequest)?;
-    request.extensions_mut().insert("patch_status");
-    api.clone()
-        .into_client()
-        .request::<serde::de::IgnoredAny>(request)
-        .await?;
-    Ok(())
+    patch_unread(api, Some("status"), name, params, patch).await
 }
 
 /// `Api::patch` without decoding the answer, as [`patch_status`].
@@ -160,10 +152,31 @@ where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
     P: Serialize + std::fmt::Debug,
 {
-    let mut request = kube::core::Request::new(api.resource_url())
-        .patch(name, params, patch)
-        .map_err(kube::Error::BuildRequest)?;
-    request.extensions_mut().insert("patch");
+    patch_unread(api, None, name, params, patch).await
+}
+
+/// A patch of the object, or of its `subresource`, whose answer is read into `IgnoredAny`.
+async fn patch_unread<K, P>(
+    api: &Api<K>,
+    subresource: Option<&str>,
+    name: &str,
+    params: &PatchParams,
+    patch: &Patch<P>,
+) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+    P: Serialize + std::fmt::Debug,
+{
+    let builder = kube::core::Request::new(api.resource_url());
+    let (request, verb) = match subresource {
+        Some(sub) => (
+            builder.patch_subresource(sub, name, params, patch),
+            "patch_status",
+        ),
+        None => (builder.patch(name, params, patch), "patch"),
+    };
+    let mut request = request.map_err(kube::Error::BuildRequest)?;
+    request.extensions_mut().insert(verb);
     api.clone()
         .into_client()
         .request::<serde::de::IgnoredAny>(request)

@@ -64,9 +64,6 @@ fn escape_regex(text: &str) -> String {
 const INSTANCE_FIELDS: &str = "items(name,zone,status,canIpForward,selfLink,networkInterfaces(network,subnetwork,networkIP)),nextPageToken";
 /// The same for an `instances.aggregatedList` (`*` is every scope).
 const AGGREGATED_INSTANCE_FIELDS: &str = "items/*/instances(name,zone,status,canIpForward,selfLink,networkInterfaces(network,subnetwork,networkIP)),nextPageToken";
-/// Names per `name eq (a|b|…)` filter: a URL stays well under its limits (names are at most
-/// 63 characters).
-const MAX_NAMES_PER_FILTER: usize = NAMES_PER_READ;
 /// The instances the poll lists every time: those not RUNNING (AIP-160).
 const NOT_RUNNING: &str = "status != RUNNING";
 
@@ -606,7 +603,7 @@ pub(crate) async fn poll_instances(
     let mut confirmed = ByLocation::new();
     if !unsure.is_empty() {
         let listings = unsure
-            .chunks(MAX_NAMES_PER_FILTER)
+            .chunks(NAMES_PER_READ)
             .map(|chunk| Listing::aggregated_instances(project, names_filter(chunk)))
             .collect();
         confirmed = load(source, listings, Lane::Urgent, Snapshot::default(), &mut 0)
