@@ -163,6 +163,17 @@ impl Clock {
     }
 }
 
+impl Clock {
+    /// Milliseconds since the Unix epoch of the wall time [`Clock::timestamp`] stamps: the
+    /// stamps of two instants compare as these do.
+    pub fn millis(&self, at: Instant) -> i64 {
+        let elapsed = at.saturating_duration_since(self.origin);
+        let wall = self.origin_wall
+            + chrono::Duration::from_std(elapsed).unwrap_or_else(|_| chrono::Duration::zero());
+        wall.timestamp_millis()
+    }
+}
+
 impl Default for Clock {
     fn default() -> Self {
         Self::new()
