@@ -8,7 +8,9 @@
 //! rules those operations name, by name. Routes and rules are still listed whole at the first
 //! resync, at least every [`FULL_EVERY`], when the last read of the log is older than
 //! [`LOG_TRUSTED_FOR`], and when the log holds more than [`MAX_LOG_PAGES`] pages since the last
-//! read (a rollout: listing whole is cheaper then).
+//! read (a rollout: listing whole is cheaper then). An engine that completed more route and
+//! rule changes itself since the last read than those pages hold knows the log overflows before
+//! reading it, and lists whole after one page.
 //!
 //! Where a read of the log starts: at the oldest operation that was still running when the
 //! last read saw it (it may have changed its target since), or else at the newest one it saw,
@@ -55,6 +57,12 @@ pub(crate) struct ChangeLog {
     read_at: Option<Instant>,
     /// When routes and firewall rules were last both listed whole.
     full_at: Option<Instant>,
+    /// Route and rule changes this engine completed, counted as they land.
+    own: u64,
+    /// `own` when the last recorded resync was planned.
+    own_at_read: u64,
+    /// `own` when the resync in progress was planned.
+    own_at_plan: u64,
 }
 
 /// How a resync reads routes and firewall rules.
@@ -68,19 +76,32 @@ pub(crate) enum Resync {
 
 impl ChangeLog {
     /// How the resync starting at `now` reads routes and rules.
-    pub(crate) fn plan(&self, now: Instant) -> Resync {
+    pub(crate) fn plan(&mut self, now: Instant) -> Resync {
+        self.own_at_plan = self.own;
         let older_than =
             |at: Option<Instant>, age| at.is_none_or(|at| now.saturating_duration_since(at) >= age);
-        if older_than(self.full_at, FULL_EVERY) || older_than(self.read_at, LOG_TRUSTED_FOR) {
+        // The log holds at least the engine's own changes since: past the pages a read takes,
+        // it would end in whole lists anyway, after more pages.
+        let overflows = self.own.saturating_sub(self.own_at_read) > (MAX_LOG_PAGES * PAGE) as u64;
+        if older_than(self.full_at, FULL_EVERY)
+            || older_than(self.read_at, LOG_TRUSTED_FOR)
+            || overflows
+        {
             return Resync::Full;
         }
         Resync::Changes(self.horizon.clone())
+    }
+
+    /// Counts a route or firewall rule change this engine completed (an operation of the log).
+    pub(crate) fn completed_own(&mut self) {
+        self.own += 1;
     }
 
     /// Records a resync that started at `started`, read the log as `read` says, and listed
     /// routes and rules whole when `full`. Only a resync that completed is recorded.
     pub(crate) fn record(&mut self, started: Instant, read: &LogRead, full: bool) {
         self.read_at = Some(started);
+        self.own_at_read = self.own_at_plan;
         if full {
             self.full_at = Some(started);
         }
@@ -391,6 +412,33 @@ mod tests {
         };
         assert!(!read.file(page(), &Horizon::default(), false));
         assert!(read.file(page(), &Horizon::default(), true));
+    }
+
+    #[test]
+    fn an_engine_that_changed_more_than_the_pages_hold_lists_whole_without_reading_them() {
+        let start = Instant::now();
+        let mut log = ChangeLog::default();
+        assert_eq!(log.plan(start), Resync::Full);
+        log.record(start, &LogRead::default(), true);
+        let later = start + Duration::from_secs(60);
+        for _ in 0..MAX_LOG_PAGES * PAGE {
+            log.completed_own();
+        }
+        // Exactly what the pages hold: the log may still reach back.
+        assert!(matches!(log.plan(later), Resync::Changes(_)));
+        log.completed_own();
+        assert_eq!(log.plan(later), Resync::Full);
+        // Changes landing while that resync runs count toward the next one.
+        log.completed_own();
+        log.record(later, &LogRead::default(), true);
+        assert!(matches!(
+            log.plan(later + Duration::from_secs(60)),
+            Resync::Changes(_)
+        ));
+        for _ in 0..MAX_LOG_PAGES * PAGE {
+            log.completed_own();
+        }
+        assert_eq!(log.plan(later + Duration::from_secs(60)), Resync::Full);
     }
 
     #[test]

@@ -532,7 +532,15 @@ impl Shared {
         for effect in effects {
             match effect {
                 Effect::Answer { waiters, outcome } => self.answer(waiters, &outcome),
-                Effect::Apply(mutation) => self.inventory.apply(&mutation),
+                Effect::Apply(mutation) => {
+                    if matches!(
+                        mutation.target.collection,
+                        Collection::Routes | Collection::Firewalls
+                    ) {
+                        lock(&self.changelog).completed_own();
+                    }
+                    self.inventory.apply(&mutation)
+                }
                 Effect::Announce(target) => self.inventory.announce_failure(target),
                 Effect::Retried(err) => self.reader.metrics.retry(&err.label()),
                 Effect::RateWaited { group, waited } => self
