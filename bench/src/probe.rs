@@ -250,6 +250,35 @@ impl OperatorProcess {
     }
 }
 
+/// The processes whose command name (`/proc/PID/comm`, at most 15 bytes) is `comm`: the
+/// kube-apiserver, etcd and emulator the benchmark started, to say where the cores went.
+pub fn processes_named(comm: &str) -> Vec<OperatorProcess> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|name| name.trim_end() == comm)
+        })
+        .map(|pid| OperatorProcess {
+            pid,
+            metrics_url: String::new(),
+        })
+        .collect()
+}
+
+/// CPU seconds used so far by every process named `comm` (0 when none runs).
+pub fn cpu_of(comm: &str) -> f64 {
+    processes_named(comm)
+        .iter()
+        .filter_map(|p| p.reading().ok())
+        .map(|r| r.cpu_seconds)
+        .sum()
+}
+
 /// Sums the samples of `family` (with or without the `_total` suffix) whose label text passes
 /// `keep`.
 pub fn sum_samples(text: &str, family: &str, keep: impl Fn(&str) -> bool) -> f64 {

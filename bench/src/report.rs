@@ -229,9 +229,24 @@ pub fn markdown(config: &Config, when: &str, measures: &[Measure]) -> String {
                 )
             })
             .collect();
+        let others: Vec<String> = d["other_cpu_seconds"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(comm, used)| format!("{comm} {} CPU s", figure(used, 1)))
+            .collect();
+        let cores = if others.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; beside them, over {} s wall: {}",
+                figure(&d["wall_seconds"], 1),
+                others.join(", ")
+            )
+        };
         let _ = writeln!(
             text,
-            "- shards, N={} over {} clouds in {} projects on {} replicas: Ready in {:.1} s, {:.2}× the slowest project's bound ({:.1} s); {} of {} clouds moved off the killed replica ({} Ready at the kill, {} operations in flight), held again {} s (wall) after the kill; {} inserts for {} resources; {} ms operator CPU per object in all; {}",
+            "- shards, N={} over {} clouds in {} projects on {} replicas: Ready in {:.1} s, {:.2}× the slowest project's bound ({:.1} s); {} of {} clouds moved off the killed replica ({} Ready at the kill, {} operations in flight), held again {} s (wall) after the kill; {} inserts for {} resources; {} ms operator CPU per object in all; {}{}",
             m.n,
             d["clouds"],
             d["clouds"],
@@ -248,6 +263,7 @@ pub fn markdown(config: &Config, when: &str, measures: &[Measure]) -> String {
             m.writes_needed,
             figure(&d["cpu_ms_per_object"], 2),
             replicas.join("; "),
+            cores,
         );
     }
     for m in measures.iter().filter(|m| m.scenario == "rollout") {

@@ -21,7 +21,7 @@ use crate::bounds::bound_for_writes;
 use crate::cluster::{self, Readiness};
 use crate::config::{Config, INSTANCE_POLL_GCP_SECONDS, RESYNC_GCP_SECONDS};
 use crate::fleet::Fleet;
-use crate::probe::{Emulator, OperatorProcess};
+use crate::probe::{Emulator, OperatorProcess, cpu_of};
 use crate::scenarios::Measure;
 
 const LEASE: &str = "adc-bench-shards";
@@ -191,6 +191,9 @@ pub async fn run(
         .map(|r| r.process.reading())
         .collect::<anyhow::Result<_>>()?;
     let counts_before = probe.counts().await?;
+    // The rest of the two cores: the emulator, kube-apiserver and etcd.
+    let others = ["gce-emulator", "kube-apiserver", "etcd"];
+    let others_before: Vec<f64> = others.iter().map(|comm| cpu_of(comm)).collect();
 
     let started = Instant::now();
     let applies: Vec<_> = (0..clouds)
@@ -303,6 +306,11 @@ pub async fn run(
             "cpu_seconds": used,
         }));
     }
+    let others_cpu: serde_json::Map<String, serde_json::Value> = others
+        .iter()
+        .zip(&others_before)
+        .map(|(comm, before)| (comm.to_string(), json!(cpu_of(comm) - before)))
+        .collect();
     let inserts = counts
         .by_method
         .iter()
@@ -322,6 +330,8 @@ pub async fn run(
         "inserts": inserts,
         "operations_in_flight_at_kill": in_flight,
         "cpu_ms_per_object": cpu * 1000.0 / n as f64,
+        "wall_seconds": wall.as_secs_f64(),
+        "other_cpu_seconds": others_cpu,
     });
     let rollout = Measure {
         scenario: "shards-rollout",
