@@ -143,6 +143,8 @@ pub struct Context {
     pub shards: Option<Arc<crate::shard::Shards>>,
     /// The GcpClouds, as the cloud controller's watch sees them.
     pub gcp_clouds: Store<crate::api::GcpCloud>,
+    /// Finalizers this replica added that its store has not shown yet.
+    pub finalizing: super::reconcile::Finalizing,
 }
 
 fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {

@@ -410,6 +410,7 @@ pub async fn run(
         reconcile_metrics: Arc::clone(&reconcile_metrics),
         shards,
         gcp_clouds: cloud_store.clone(),
+        finalizing: Default::default(),
     });
 
     tokio::spawn(requeue_unjudged(Arc::downgrade(&ctx), listed));

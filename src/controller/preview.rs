@@ -216,6 +216,7 @@ async fn read_context(
         shards: None,
         // Only sharding reads it, and plan does not shard.
         gcp_clouds: store_of::<GcpCloud>(&[]),
+        finalizing: Default::default(),
     })
 }
 

@@ -160,10 +160,11 @@ pub async fn reconcile<K: Kind>(object: Arc<K>, ctx: Arc<Context>) -> Result<Act
     {
         return Ok(held);
     }
-    if object.meta().deletion_timestamp.is_none()
-        && !object.finalizers().iter().any(|f| f == FINALIZER)
-    {
-        return add_finalizer(&api, &*object).await;
+    let finalized = object.finalizers().iter().any(|f| f == FINALIZER);
+    if finalized {
+        ctx.finalizing.seen(object.meta().uid.as_deref());
+    } else if object.meta().deletion_timestamp.is_none() {
+        return add_finalizer(&api, &*object, &ctx.finalizing).await;
     }
     let outcome = finalizer(&api, FINALIZER, object, |event| async {
         match event {
@@ -193,7 +194,19 @@ pub async fn reconcile<K: Kind>(object: Arc<K>, ctx: Arc<Context>) -> Result<Act
 /// per object of a rollout (bench/README.md, "The fourth pass"). The list is written whole at
 /// the resourceVersion read, so a finalizer another controller added meanwhile is not lost: the
 /// API server refuses the stale write (409), and the object is looked at again.
-async fn add_finalizer<K: Kind>(api: &Api<K>, object: &K) -> Result<Action, Error> {
+///
+/// A reconcile that starts before the watch has brought the finalizer back (another trigger of
+/// the object: its engine's inventory, its cloud) reads the version the finalizer was written
+/// from. It writes nothing: the watch's next event of the object reconciles it (`finalizing`).
+async fn add_finalizer<K: Kind>(
+    api: &Api<K>,
+    object: &K,
+    finalizing: &Finalizing,
+) -> Result<Action, Error> {
+    let (uid, version) = (object.meta().uid.as_deref(), object.resource_version());
+    if finalizing.written_from(uid, version.as_deref()) {
+        return Ok(Action::await_change());
+    }
     let mut finalizers = object.finalizers().to_vec();
     finalizers.push(FINALIZER.to_string());
     let patch = serde_json::json!({
@@ -210,11 +223,73 @@ async fn add_finalizer<K: Kind>(api: &Api<K>, object: &K) -> Result<Action, Erro
     )
     .await
     {
-        Ok(()) => Ok(Action::await_change()),
+        Ok(()) => {
+            finalizing.wrote(uid, version);
+            Ok(Action::await_change())
+        }
         Err(kube::Error::Api(status)) if status.code == 409 => Err(Error::Conflict(status.message)),
         // Deleted meanwhile: its deletion event says what is left to do.
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(Action::await_change()),
         Err(err) => Err(err.into()),
+    }
+}
+
+/// Finalizers this replica added whose object its store still shows without one, by uid: the
+/// resourceVersion each was written from. Under load the watch trails the writes by seconds,
+/// and a second trigger of a new object in that time found the version without a finalizer
+/// and wrote it again, refused with a 409 the API server still had to work out, then retried
+/// every two seconds until the watch caught up: 0.4 refused writes per object of the 50,000
+/// rollout (bench/README.md, "The fifth pass").
+#[derive(Debug, Default)]
+pub struct Finalizing(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl Finalizing {
+    /// Entries kept at most: an object deleted (or its cloud handed to another replica) before
+    /// its store showed the finalizer is never seen again, and a full map is cleared (what is
+    /// lost costs one refused write each).
+    const MAX: usize = 100_000;
+
+    fn entries(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, String>> {
+        match self.0.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Whether the finalizer was written from exactly this version of the object.
+    pub fn written_from(&self, uid: Option<&str>, version: Option<&str>) -> bool {
+        let (Some(uid), Some(version)) = (uid, version) else {
+            return false;
+        };
+        self.entries().get(uid).is_some_and(|v| v == version)
+    }
+
+    /// The finalizer was written from `version`.
+    pub fn wrote(&self, uid: Option<&str>, version: Option<String>) {
+        let (Some(uid), Some(version)) = (uid, version) else {
+            return;
+        };
+        let mut entries = self.entries();
+        if entries.len() >= Self::MAX {
+            entries.clear();
+        }
+        entries.insert(uid.to_string(), version);
+    }
+
+    /// The store shows the object with its finalizer.
+    pub fn seen(&self, uid: Option<&str>) {
+        if let Some(uid) = uid {
+            let mut entries = self.entries();
+            if !entries.is_empty() {
+                entries.remove(uid);
+            }
+        }
+    }
+
+    /// Entries held (for tests).
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.entries().len()
     }
 }
 
@@ -745,5 +820,49 @@ async fn deletion_held<K: Kind>(
             .await?;
             Ok(Some(Action::requeue(Duration::from_secs(300))))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Finalizing;
+
+    #[test]
+    fn a_finalizer_written_from_a_version_is_not_written_again_from_it() {
+        let finalizing = Finalizing::default();
+        assert!(!finalizing.written_from(Some("u1"), Some("10")));
+        finalizing.wrote(Some("u1"), Some("10".into()));
+        // The store still shows version 10: the watch has not brought the finalizer back.
+        assert!(finalizing.written_from(Some("u1"), Some("10")));
+        // A newer version without it (someone removed it, or the object was recreated under
+        // the name with another uid) is written again.
+        assert!(!finalizing.written_from(Some("u1"), Some("12")));
+        assert!(!finalizing.written_from(Some("u2"), Some("10")));
+        // Seen with its finalizer: forgotten.
+        finalizing.seen(Some("u1"));
+        assert!(!finalizing.written_from(Some("u1"), Some("10")));
+        assert_eq!(finalizing.len(), 0);
+    }
+
+    #[test]
+    fn an_object_without_uid_or_version_is_never_taken_for_written() {
+        let finalizing = Finalizing::default();
+        finalizing.wrote(None, Some("10".into()));
+        finalizing.wrote(Some("u1"), None);
+        assert_eq!(finalizing.len(), 0);
+        assert!(!finalizing.written_from(None, None));
+    }
+
+    #[test]
+    fn a_full_map_starts_over() {
+        let finalizing = Finalizing::default();
+        for i in 0..Finalizing::MAX {
+            finalizing.wrote(Some(&format!("u{i}")), Some("1".into()));
+        }
+        assert_eq!(finalizing.len(), Finalizing::MAX);
+        finalizing.wrote(Some("last"), Some("1".into()));
+        assert_eq!(finalizing.len(), 1);
+        assert!(finalizing.written_from(Some("last"), Some("1")));
+        assert!(!finalizing.written_from(Some("u0"), Some("1")));
     }
 }
