@@ -15,6 +15,7 @@ use super::{
     ItemText, ListParams, Phase, Slot, State, base64url, ordered_object, text, unbase64url,
 };
 use crate::error::ApiError;
+use crate::filter::Filter;
 use crate::kinds::{Aggregated, CollectionKey, Placement};
 use crate::names::link;
 use crate::operation::{Clock, Operation};
@@ -28,12 +29,15 @@ enum Source<'a> {
 
 impl<'a> Source<'a> {
     /// The visible items whose name sorts after `after`, in name order, rendered lazily.
+    /// Operations `filter` rejects on the fields it reads are not rendered (the caller still
+    /// applies it to what comes back).
     fn items_after(
         self,
         after: Option<&str>,
         project_id: &'a str,
         now: Instant,
-        clock: Clock,
+        clock: &'a Clock,
+        filter: Option<&'a Filter>,
     ) -> Box<dyn Iterator<Item = (&'a str, ItemText<'a>)> + 'a> {
         let lower = after.map_or(Bound::Unbounded, Bound::Excluded);
         match self {
@@ -43,15 +47,19 @@ impl<'a> Source<'a> {
                     .filter(|(_, slot)| slot.phase != Phase::Creating)
                     .map(|(name, slot)| (name.as_str(), ItemText::Raw(&slot.json))),
             ),
-            Source::Operations(ops) => Box::new(
-                ops.range::<str, _>((lower, Bound::Unbounded))
-                    .map(move |(name, op)| {
-                        (
-                            name.as_str(),
-                            ItemText::Value(op.to_json(project_id, now, &clock)),
-                        )
-                    }),
-            ),
+            Source::Operations(ops) => {
+                let selects = super::selector(filter, project_id, now, clock);
+                Box::new(
+                    ops.range::<str, _>((lower, Bound::Unbounded))
+                        .filter(move |(_, op)| selects(op))
+                        .map(move |(name, op)| {
+                            (
+                                name.as_str(),
+                                ItemText::Value(op.to_json(project_id, now, clock)),
+                            )
+                        }),
+                )
+            }
         }
     }
 }
@@ -173,7 +181,9 @@ impl State {
             let mut all: Vec<Picked<'_>> = Vec::new();
             for (scope, source) in &scopes {
                 let Some(source) = source else { continue };
-                for (name, item) in source.items_after(None, project_id, now, clock) {
+                for (name, item) in
+                    source.items_after(None, project_id, now, &clock, params.filter.as_ref())
+                {
                     let parsed = Some(parse(&item));
                     if matches(&parsed) {
                         all.push((scope.as_str(), name, item, parsed));
@@ -216,7 +226,9 @@ impl State {
                     Some((at, name)) if scope.as_str() == at => Some(name),
                     _ => None,
                 };
-                for (name, item) in source.items_after(after, project_id, now, clock) {
+                for (name, item) in
+                    source.items_after(after, project_id, now, &clock, params.filter.as_ref())
+                {
                     let parsed = filter.map(|_| parse(&item));
                     if !matches(&parsed) {
                         continue;

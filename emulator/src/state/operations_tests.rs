@@ -147,3 +147,32 @@ fn newest_first_rejects_a_token_it_did_not_issue() {
         .unwrap_err();
     assert_eq!(err.code, 400);
 }
+
+#[test]
+fn a_filter_on_insert_time_and_status_selects_as_on_the_whole_operation() {
+    let (mut state, now) = state_with(20);
+    let mut all = ListParams {
+        max_results: 500,
+        ..Default::default()
+    };
+    let every: Vec<Value> = pages(&mut state, now, &mut all).concat();
+    assert_eq!(every.len(), 20);
+    let since = every[9]["insertTime"].as_str().unwrap().to_string();
+    let text = format!("(status = DONE) AND (insertTime >= \"{since}\")");
+    let want: Vec<String> = every
+        .iter()
+        .filter(|op| op["status"] == "DONE" && op["insertTime"].as_str().unwrap() >= since.as_str())
+        .map(|op| op["name"].as_str().unwrap().to_string())
+        .collect();
+    assert!(want.len() >= 10 && want.len() < 20, "{}", want.len());
+    let mut params = ListParams {
+        max_results: 4,
+        filter: Some(Filter::parse(&text).unwrap()),
+        ..Default::default()
+    };
+    let got = pages(&mut state, now, &mut params);
+    assert_eq!(names(&got), want);
+    // What comes back is each operation whole, not the fields the filter read.
+    assert!(got[0][0].get("selfLink").is_some());
+    assert!(got[0][0].get("targetLink").is_some());
+}
