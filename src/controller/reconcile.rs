@@ -238,8 +238,8 @@ async fn add_finalizer<K: Kind>(
 /// resourceVersion each was written from. Under load the watch trails the writes by seconds,
 /// and a second trigger of a new object in that time found the version without a finalizer
 /// and wrote it again, refused with a 409 the API server still had to work out, then retried
-/// every two seconds until the watch caught up: 0.4 refused writes per object of the 50,000
-/// rollout (bench/README.md, "The fifth pass").
+/// every two seconds until the watch caught up: 0.4 refused writes per object in the sharded
+/// rollouts (bench/README.md, "The fifth pass").
 #[derive(Debug, Default)]
 pub struct Finalizing(std::sync::Mutex<std::collections::HashMap<String, String>>);
 
