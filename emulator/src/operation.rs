@@ -158,9 +158,7 @@ impl Clock {
     /// RFC 3339 with milliseconds in a Pacific offset, as Compute's own timestamps look
     /// (`2016-03-24T14:53:37.170-07:00`; the offset is fixed at -07:00).
     pub fn timestamp(&self, at: Instant) -> String {
-        let elapsed = at.saturating_duration_since(self.origin);
-        let wall = self.origin_wall
-            + chrono::Duration::from_std(elapsed).unwrap_or_else(|_| chrono::Duration::zero());
+        let wall = self.wall(at);
         let pacific = chrono::FixedOffset::west_opt(7 * 3600).unwrap_or_else(|| {
             chrono::FixedOffset::east_opt(0).unwrap_or_else(|| unreachable!("zero offset"))
         });
@@ -168,16 +166,18 @@ impl Clock {
             .format_with_items(STAMP.iter())
             .to_string()
     }
-}
 
-impl Clock {
     /// Milliseconds since the Unix epoch of the wall time [`Clock::timestamp`] stamps: the
     /// stamps of two instants compare as these do.
     pub fn millis(&self, at: Instant) -> i64 {
+        self.wall(at).timestamp_millis()
+    }
+
+    /// The wall time of `at`.
+    fn wall(&self, at: Instant) -> chrono::DateTime<chrono::Utc> {
         let elapsed = at.saturating_duration_since(self.origin);
-        let wall = self.origin_wall
-            + chrono::Duration::from_std(elapsed).unwrap_or_else(|_| chrono::Duration::zero());
-        wall.timestamp_millis()
+        self.origin_wall
+            + chrono::Duration::from_std(elapsed).unwrap_or_else(|_| chrono::Duration::zero())
     }
 }
 

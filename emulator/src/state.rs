@@ -133,6 +133,11 @@ pub struct Counts {
     pub operations_pending: usize,
 }
 
+/// The answer to a page token the list did not issue.
+fn bad_token(token: &str) -> ApiError {
+    ApiError::invalid_field("pageToken", token, "The page token is not valid.")
+}
+
 fn base64url(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
@@ -1338,9 +1343,7 @@ fn render_list<'a>(
     let mut selected: Vec<(&str, ItemText<'a>, Option<Value>)> = Vec::new();
     let after = match &params.page_token {
         None => None,
-        Some(token) => Some(unbase64url(token).ok_or_else(|| {
-            ApiError::invalid_field("pageToken", token, "The page token is not valid.")
-        })?),
+        Some(token) => Some(unbase64url(token).ok_or_else(|| bad_token(token))?),
     };
     let by_creation = params.order_by_creation_desc;
     for (name, item) in items {
@@ -1424,9 +1427,7 @@ fn newest_first(
             .as_deref()
             .and_then(|t| t.strip_prefix("offset:"))
             .and_then(|n| n.parse().ok())
-            .ok_or_else(|| {
-                ApiError::invalid_field("pageToken", token, "The page token is not valid.")
-            })?,
+            .ok_or_else(|| bad_token(token))?,
     };
     let mut order: Vec<(i64, &str, &Operation)> = ops
         .iter()

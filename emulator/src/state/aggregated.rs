@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::{
-    ItemText, ListParams, Phase, Slot, State, base64url, ordered_object, text, unbase64url,
+    ItemText, ListParams, Phase, Slot, State, bad_token, base64url, ordered_object, text,
+    unbase64url,
 };
 use crate::error::ApiError;
 use crate::filter::Filter;
@@ -79,10 +80,6 @@ fn parse(item: &ItemText<'_>) -> Value {
         ItemText::Text(text) => serde_json::from_str(text).unwrap_or(Value::Null),
         ItemText::Value(value) => value.clone(),
     }
-}
-
-fn bad_token(token: &str) -> ApiError {
-    ApiError::invalid_field("pageToken", token, "The page token is not valid.")
 }
 
 /// The warning that stands for the list of a scope with nothing on this page.
