@@ -230,6 +230,14 @@ fn invoked_as_plugin() -> bool {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, read before `main`: one arena rather than four per CPU. The operator's
+/// tasks move between the runtime's threads, and with an arena per thread a buffer allocated on
+/// one was freed into another; one arena peaked at 128 MiB in the rollout of 10,000 against
+/// 138–141 MiB with the default, for the same CPU within the runs' spread (bench/README.md,
+/// "The sixth pass"). `_RJEM_MALLOC_CONF` in the environment still overrides it.
+#[unsafe(export_name = "_rjem_malloc_conf")]
+static MALLOC_CONF: &[u8; 10] = b"narenas:1\0";
+
 fn main() -> anyhow::Result<()> {
     if invoked_as_plugin() {
         return plugin(PluginCli::parse());
@@ -237,11 +245,19 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Version => println!("adc-operator {}", adc_operator::VERSION),
         Command::Crdgen(args) => crdgen(args)?,
-        Command::Run(args) => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .context("starting the tokio runtime")?
-            .block_on(run(args))?,
+        // The operator's body runs as a task on the runtime's workers, not on the main thread
+        // that `block_on` polls: its controllers spawn a reconcile per object and are woken by
+        // each one's end, and between a worker and the main thread each of those is a thread
+        // wake-up (bench/README.md, "The sixth pass").
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the tokio runtime")?;
+            runtime
+                .block_on(runtime.spawn(run(args)))
+                .context("the operator's task ended abnormally")??;
+        }
         Command::Import(args) => {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
