@@ -19,6 +19,13 @@
 //! through (a blip, or another client's burst) only pauses the group for a moment: closing the
 //! group for up to a minute on each one would stall the whole fleet on noise.
 //!
+//! A budget made in the middle of a window ([`Budget::probing_first_window`], as an engine's is)
+//! does not know what that window has spent: the replica that held the cloud before a takeover,
+//! or the pod before a rolling update, may have sent its burst at the window's start. Until one
+//! write of the window is answered without a rate limit ([`Budget::confirm`]), bulk work sends
+//! only [`PROBE_CALLS`] writes: if the window is spent, they are refused, the refusals close it,
+//! and the rest waits for the next window instead of being refused too.
+//!
 //! §N in this file are sections of docs/compute-api.md.
 
 use std::collections::HashMap;
@@ -37,6 +44,10 @@ pub const GUARD_FRACTION: u32 = 60;
 /// time scale: taking budget, building a batch and its reaching the server take about as long
 /// in a compressed window as in a real one.
 pub const MIN_GUARD: Duration = Duration::from_millis(100);
+
+/// The writes bulk work sends in a budget's first window before one is answered: enough for
+/// their refusals to show a spent window (three, see [`Budget::penalize`]).
+pub const PROBE_CALLS: u64 = 5;
 
 /// How far from a boundary of a window of `window` bulk work keeps.
 fn guard_for(window: Duration) -> Duration {
@@ -57,6 +68,11 @@ pub enum RateGroup {
 }
 
 impl RateGroup {
+    /// Whether calls of the group are writes (what a burst spends).
+    pub fn is_write(self) -> bool {
+        matches!(self, RateGroup::Write | RateGroup::RegionalWrite)
+    }
+
     /// Metrics label.
     pub fn label(self) -> &'static str {
         match self {
@@ -146,6 +162,7 @@ impl Default for RateLimits {
 
 #[derive(Debug)]
 struct Group {
+    group: RateGroup,
     limit: u64,
     /// Calls of each window bulk work leaves to urgent work until the release.
     reserve: u64,
@@ -154,6 +171,9 @@ struct Group {
     blocked_until: Option<Instant>,
     /// Calls of this window GCP refused as rate-limited.
     refused: u64,
+    /// A call of this window was answered without a rate limit (what the window had spent before
+    /// this budget was made no longer matters: GCP has room).
+    confirmed: bool,
 }
 
 /// The budget of one project. Every method takes the time it is asked at (`now`): the budget
@@ -165,6 +185,9 @@ pub struct Budget {
     /// One instant and the wall-clock time at it, in milliseconds since the Unix epoch: windows
     /// are aligned to wall-clock minutes like GCP's.
     anchor: (Instant, u128),
+    /// The window this budget was made in, when its writes probe it first
+    /// ([`Budget::probing_first_window`]).
+    probe_window: Option<u64>,
     groups: Mutex<HashMap<(RateGroup, String), Group>>,
 }
 
@@ -183,8 +206,32 @@ impl Budget {
             limits,
             window: window.max(Duration::from_millis(10)),
             anchor: (at, unix_millis),
+            probe_window: None,
             groups: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// This budget's writes probe the window it was made in (see the module doc): someone else
+    /// may have spent it. An engine's budget does; tests that choose their instant do not.
+    pub fn probing_first_window(mut self) -> Self {
+        let (at, _) = self.anchor;
+        self.probe_window = Some(self.window_index(at));
+        self
+    }
+
+    /// A call of `group` was answered without a rate limit: the window `now` is in has room,
+    /// and writes no longer probe it. Returns whether writes were held for it.
+    pub fn confirm(&self, group: RateGroup, region: &str, now: Instant) -> bool {
+        self.with_group(group, region, now, |state| {
+            let held = self.probing(state);
+            state.confirmed = true;
+            held
+        })
+    }
+
+    /// Whether bulk writes of the group are held to [`PROBE_CALLS`] in its window.
+    fn probing(&self, state: &Group) -> bool {
+        state.group.is_write() && !state.confirmed && self.probe_window == Some(state.window_index)
     }
 
     /// The length of a rate window.
@@ -250,17 +297,20 @@ impl Budget {
         let state = groups
             .entry((group, region.to_string()))
             .or_insert_with(|| Group {
+                group,
                 limit,
                 reserve,
                 window_index: index,
                 used: 0,
                 blocked_until: None,
                 refused: 0,
+                confirmed: false,
             });
         if state.window_index != index {
             state.window_index = index;
             state.used = 0;
             state.refused = 0;
+            state.confirmed = false;
         }
         f(state)
     }
@@ -279,6 +329,10 @@ impl Budget {
             Lane::Bulk if self.near_boundary(now) => return 0,
             Lane::Bulk if now < self.release_at(now) => state.limit - state.reserve,
             _ => state.limit,
+        };
+        let ceiling = match lane {
+            Lane::Bulk if self.probing(state) => ceiling.min(PROBE_CALLS),
+            _ => ceiling,
         };
         ceiling.saturating_sub(state.used)
     }
@@ -325,6 +379,11 @@ impl Budget {
             }
             if self.room(state, lane, now) > 0 {
                 return now;
+            }
+            if lane == Lane::Bulk && self.probing(state) && state.used < state.limit {
+                // The probe's answers confirm the window (and the engine wakes its queue then);
+                // a probe that got no answer at all is looked at again after a pause.
+                return now + self.window / 120;
             }
             let end = self.window_end(now);
             let guard = match lane {
@@ -602,6 +661,67 @@ mod tests {
         assert!(!spent(&budget, t0));
         budget.penalize(RateGroup::Write, "", None, 0.5, t0);
         assert!(spent(&budget, t0));
+    }
+
+    #[test]
+    fn writes_probe_the_window_a_budget_is_made_in() {
+        let window = Duration::from_secs(60);
+        let half = window / 2;
+        // Made in the middle of a window: five bulk writes, then nothing until one is answered.
+        let t0 = Instant::now();
+        let budget =
+            Budget::anchored(limits(1500), window, t0, half.as_millis()).probing_first_window();
+        assert_eq!(
+            budget.take(RateGroup::Write, "", 500, Lane::Bulk, t0),
+            PROBE_CALLS as usize
+        );
+        assert_eq!(budget.take(RateGroup::Write, "", 1, Lane::Bulk, t0), 0);
+        assert_eq!(budget.bulk_room(RateGroup::Write, "", t0), 0);
+        assert_eq!(
+            budget.next_chance(RateGroup::Write, "", Lane::Bulk, t0),
+            t0 + window / 120,
+            "held for the probe's answer, looked at again soon"
+        );
+        // Urgent work, reads and other regions' writes are not held.
+        assert_eq!(budget.take(RateGroup::Write, "", 10, Lane::Urgent, t0), 10);
+        assert_eq!(budget.take(RateGroup::Read, "", 100, Lane::Bulk, t0), 100);
+        assert_eq!(
+            budget.take(RateGroup::RegionalWrite, "r1", 100, Lane::Bulk, t0),
+            PROBE_CALLS as usize
+        );
+        // An answer with room: the rest of the window's bulk share goes.
+        assert!(budget.confirm(RateGroup::Write, "", t0));
+        assert!(!budget.confirm(RateGroup::Write, "", t0), "confirmed once");
+        assert_eq!(
+            budget.take(RateGroup::Write, "", 5000, Lane::Bulk, t0),
+            1350 - 15
+        );
+
+        // The window was spent before: the probe is refused, the refusals close the window, and
+        // the next one is burst into without a probe.
+        let budget =
+            Budget::anchored(limits(1500), window, t0, half.as_millis()).probing_first_window();
+        let granted = budget.take(RateGroup::Write, "", 500, Lane::Bulk, t0);
+        for _ in 0..granted {
+            budget.penalize(RateGroup::Write, "", None, 0.0, t0);
+        }
+        let next_window = t0 + half;
+        assert_eq!(
+            budget.next_chance(RateGroup::Write, "", Lane::Bulk, t0),
+            next_window
+        );
+        let opens = next_window + guard_for(window);
+        assert_eq!(
+            budget.take(RateGroup::Write, "", 5000, Lane::Bulk, opens),
+            1350
+        );
+
+        // A budget that does not probe (chosen instants in tests) bursts at once.
+        let budget = Budget::anchored(limits(1500), window, t0, half.as_millis());
+        assert_eq!(
+            budget.take(RateGroup::Write, "", 5000, Lane::Bulk, t0),
+            1350
+        );
     }
 
     #[test]

@@ -96,10 +96,13 @@ impl Engine {
             DispatchMode::Concurrent => (settings.max_in_flight * 8).max(1),
             DispatchMode::PerObject { workers } => workers.max(1),
         };
+        // Made at start-up or at a takeover, in a window another replica (or the pod before this
+        // one) may have spent: its writes probe that window first.
         let budget = Budget::new(
             settings.rate_limits,
             settings.scaled(Duration::from_secs(60)),
-        );
+        )
+        .probing_first_window();
         let reader = Arc::new(Reader::new(
             client,
             budget,
@@ -645,6 +648,13 @@ impl Shared {
         dispatch: Dispatch,
         answer: Result<super::client::Answer, GcpError>,
     ) {
+        if answer
+            .as_ref()
+            .err()
+            .is_none_or(GcpError::answered_with_room)
+        {
+            self.confirm_window(&dispatch);
+        }
         match answer.and_then(|a| {
             serde_json::from_slice::<Operation>(&a.body)
                 .map_err(|err| GcpError::Decode(format!("operation: {err}")))
@@ -658,6 +668,16 @@ impl Shared {
                 self.tracker.track(op, scope, dispatch);
             }
             Err(err) => self.finish(&dispatch, Err(err)),
+        }
+    }
+
+    /// A write of `dispatch`'s group was answered without a rate limit: its window has room,
+    /// and work held for the answer ([`Budget::confirm`]) may go now.
+    fn confirm_window(&self, dispatch: &Dispatch) {
+        let (group, region) =
+            Queue::write_group(&self.settings.host_scope(), &dispatch.mutation.target);
+        if self.reader.budget.confirm(group, &region, Instant::now()) {
+            self.wake.notify_one();
         }
     }
 
@@ -759,6 +779,13 @@ async fn per_object_worker(shared: Arc<Shared>) {
             &dispatch,
         )
         .await;
+        if outcome
+            .as_ref()
+            .err()
+            .is_none_or(GcpError::answered_with_room)
+        {
+            shared.confirm_window(&dispatch);
+        }
         shared.finish(&dispatch, outcome);
     }
 }

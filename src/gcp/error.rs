@@ -105,6 +105,13 @@ const RETRYABLE_OPERATION_CODES: [&str; 4] = [
 ];
 
 impl GcpError {
+    /// Whether GCP answered the call and had quota for it: an answer that is not a rate
+    /// limit (an error answer or a failed operation counts; a lost request or no token does
+    /// not).
+    pub fn answered_with_room(&self) -> bool {
+        matches!(self, GcpError::Api { .. } | GcpError::Operation { .. }) && !self.is_rate_limited()
+    }
+
     /// Parses an error answer: Google's JSON envelope when present, the status line otherwise.
     pub fn from_response(status: u16, body: &[u8], retry_after: Option<Duration>) -> Self {
         let parsed: Option<Value> = serde_json::from_slice(body).ok();
@@ -257,6 +264,11 @@ mod tests {
         assert!(api(404, "notFound").is_not_found());
         assert!(!api(404, "notFound").is_retryable());
         assert!(GcpError::Transport("reset".into()).is_retryable());
+        // What tells a probing budget that its window has room (`Budget::confirm`).
+        assert!(api(409, "alreadyExists").answered_with_room());
+        assert!(!api(429, "RESOURCE_EXHAUSTED").answered_with_room());
+        assert!(!api(403, "rateLimitExceeded").answered_with_room());
+        assert!(!GcpError::Transport("reset".into()).answered_with_room());
         let quota = GcpError::Operation {
             code: "QUOTA_EXCEEDED".into(),
             message: "Quota 'ROUTES' exceeded.".into(),

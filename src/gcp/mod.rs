@@ -26,7 +26,7 @@ pub mod types;
 
 pub use crate::plan::resource::{Change, Collection, Mutation, Target};
 pub use auth::Credentials;
-pub use budget::{RateGroup, RateLimits, Reserve};
+pub use budget::{PROBE_CALLS, RateGroup, RateLimits, Reserve};
 pub use engine::{Engine, EngineProgress};
 pub use error::GcpError;
 pub use inventory::{Inventory, InventoryEvent, Snapshot};

@@ -312,7 +312,7 @@ impl Queue {
     /// An empty queue; `seed` drives its jitter and request ids.
     /// The budget group and scope a write of `target` is charged to: its collection's, in the
     /// host project's own scope for a Shared VPC network's routes and firewall rules.
-    fn write_group(host_scope: &Option<String>, target: &Target) -> (RateGroup, String) {
+    pub(crate) fn write_group(host_scope: &Option<String>, target: &Target) -> (RateGroup, String) {
         let (group, region) = target.collection.write_group(&target.location);
         match host_scope {
             Some(host) if target.collection.in_network_project() => (group, host.clone()),

@@ -167,8 +167,9 @@ async fn every_dispatch_mode_reaches_the_same_route_table() {
         );
         if mode == DispatchMode::Batched {
             let requests = stats["httpRequests"].as_u64().unwrap();
-            // 5000/500 full batches of inserts; the operations were DONE in their answers.
-            assert_eq!(requests, 10, "{label}: HTTP requests");
+            // The probe of the window the engine started in (`PROBE_CALLS` inserts), then the
+            // other 4,995 in full batches of 500; the operations were DONE in their answers.
+            assert_eq!(requests, 1 + 10, "{label}: HTTP requests");
         }
         tables.push((label, route_table(&emulator).await));
         engine.shutdown();
@@ -833,4 +834,96 @@ async fn eventually_quiet(emulator: &EmulatorProcess) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("operations still pending after 10 s");
+}
+
+/// A takeover in a window the former holder spent: the new engine's writes probe the window
+/// with a few calls, their refusals close it, and the rest goes in the next window instead of
+/// being refused too (`Budget::probing_first_window`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_started_in_a_spent_window_probes_it_before_bursting() {
+    const QUOTA: u64 = 100;
+    const N: usize = 60;
+    // Windows of 6 s, aligned to the wall clock like Compute's.
+    const SCALE: f64 = 0.1;
+    let window_ms: u128 = 6_000;
+    let emulator = start(
+        &world(
+            100_000,
+            &format!(
+                "rateLimits: {{writesPerMinute: {QUOTA}, readsPerMinute: 100000, operationReadsPerMinute: 100000}}"
+            ),
+        ),
+        &["--profile", "gcp", "--time-scale", &SCALE.to_string()],
+    );
+    // The former holder's burst, at the start of a window: until the window refuses.
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis()
+    };
+    let into = unix_ms() % window_ms;
+    tokio::time::sleep(Duration::from_millis(
+        u64::try_from(window_ms - into).unwrap() + 200,
+    ))
+    .await;
+    let spent_in = unix_ms() / window_ms;
+    let http = reqwest::Client::new();
+    let mut theirs = 0;
+    loop {
+        let Change::Insert(body) = route(1000 + theirs).change else {
+            unreachable!("route() is an insert")
+        };
+        let answer = http
+            .post(format!(
+                "{}/compute/v1/projects/{PROJECT}/global/routes",
+                emulator.base_url
+            ))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        if !answer.status().is_success() {
+            break;
+        }
+        theirs += 1;
+    }
+    assert_eq!(theirs as u64, QUOTA, "the former holder spent the window");
+    let before = admin(&emulator, "stats").await;
+    let refused_before = before["rateLimited"].as_u64().unwrap();
+
+    let (engine, _) = engine(&emulator, DispatchMode::Batched, |s| {
+        s.time_scale = SCALE;
+        s.rate_limits.writes_per_minute = QUOTA;
+    });
+    assert_eq!(
+        unix_ms() / window_ms,
+        spent_in,
+        "the engine starts in the window the former holder spent"
+    );
+    let outcomes = insert_all(&engine, N).await;
+    assert!(
+        outcomes.iter().all(Result::is_ok),
+        "{:?}",
+        outcomes.iter().find(|o| o.is_err())
+    );
+    let after = admin(&emulator, "stats").await;
+    let refused = after["rateLimited"].as_u64().unwrap() - refused_before;
+    let attempted = after["callsByMethod"]["compute.routes.insert"]
+        .as_u64()
+        .unwrap()
+        - before["callsByMethod"]["compute.routes.insert"]
+            .as_u64()
+            .unwrap();
+    assert!(
+        refused <= adc_operator::gcp::PROBE_CALLS,
+        "{refused} of the engine's writes refused (a probe is {})",
+        adc_operator::gcp::PROBE_CALLS
+    );
+    assert_eq!(
+        attempted,
+        N as u64 + refused,
+        "one accepted insert per route"
+    );
+    assert_eq!(route_table(&emulator).await.len(), N + theirs);
 }
