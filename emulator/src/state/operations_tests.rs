@@ -157,7 +157,13 @@ fn a_filter_on_insert_time_and_status_selects_as_on_the_whole_operation() {
     };
     let every: Vec<Value> = pages(&mut state, now, &mut all).concat();
     assert_eq!(every.len(), 20);
-    let since = every[9]["insertTime"].as_str().unwrap().to_string();
+    // The tenth insert time (the list is in name order, and names do not follow time).
+    let mut times: Vec<&str> = every
+        .iter()
+        .map(|op| op["insertTime"].as_str().unwrap())
+        .collect();
+    times.sort_unstable();
+    let since = times[9].to_string();
     let text = format!("(status = DONE) AND (insertTime >= \"{since}\")");
     let want: Vec<String> = every
         .iter()
