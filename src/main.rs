@@ -230,11 +230,11 @@ fn invoked_as_plugin() -> bool {
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
-/// jemalloc's options, read before `main`: one arena rather than four per CPU. The operator's
-/// tasks move between the runtime's threads, and with an arena per thread a buffer allocated on
-/// one was freed into another; one arena peaked at 128 MiB in the rollout of 10,000 against
-/// 138–141 MiB with the default, for the same CPU within the runs' spread (bench/README.md,
-/// "The sixth pass"). `_RJEM_MALLOC_CONF` in the environment still overrides it.
+/// jemalloc's options, read before `main`: one arena rather than four per CPU. Since the
+/// operator's tasks move between the runtime's worker threads, the default's arenas peaked at
+/// 138–141 MiB in the rollout of 10,000; one arena at 127–128 MiB, for 4–10 % more CPU
+/// (bench/README.md, "The sixth pass"). `_RJEM_MALLOC_CONF` in the environment still overrides
+/// it.
 #[unsafe(export_name = "_rjem_malloc_conf")]
 static MALLOC_CONF: &[u8; 10] = b"narenas:1\0";
 
