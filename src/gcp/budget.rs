@@ -229,6 +229,11 @@ impl Budget {
         })
     }
 
+    /// Whether `now` is in the window this budget probes (writes may be held to a probe).
+    pub fn probes_at(&self, now: Instant) -> bool {
+        self.probe_window == Some(self.window_index(now))
+    }
+
     /// Whether bulk writes of the group are held to [`PROBE_CALLS`] in its window.
     fn probing(&self, state: &Group) -> bool {
         state.group.is_write() && !state.confirmed && self.probe_window == Some(state.window_index)
@@ -711,6 +716,7 @@ mod tests {
             next_window
         );
         let opens = next_window + guard_for(window);
+        assert!(budget.probes_at(t0) && !budget.probes_at(opens));
         assert_eq!(
             budget.take(RateGroup::Write, "", 5000, Lane::Bulk, opens),
             1350

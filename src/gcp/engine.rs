@@ -648,13 +648,7 @@ impl Shared {
         dispatch: Dispatch,
         answer: Result<super::client::Answer, GcpError>,
     ) {
-        if answer
-            .as_ref()
-            .err()
-            .is_none_or(GcpError::answered_with_room)
-        {
-            self.confirm_window(&dispatch);
-        }
+        self.confirm_window(&dispatch, answer.as_ref().err());
         match answer.and_then(|a| {
             serde_json::from_slice::<Operation>(&a.body)
                 .map_err(|err| GcpError::Decode(format!("operation: {err}")))
@@ -671,12 +665,17 @@ impl Shared {
         }
     }
 
-    /// A write of `dispatch`'s group was answered without a rate limit: its window has room,
-    /// and work held for the answer ([`Budget::confirm`]) may go now.
-    fn confirm_window(&self, dispatch: &Dispatch) {
+    /// The write of `dispatch` was answered (`failed`: with that error): when it was answered
+    /// without a rate limit, its group's window has room, and work held for the answer
+    /// ([`Budget::confirm`]) may go now. Outside the window a budget probes, nothing to do.
+    fn confirm_window(&self, dispatch: &Dispatch, failed: Option<&GcpError>) {
+        let now = Instant::now();
+        if !self.reader.budget.probes_at(now) || failed.is_some_and(|e| !e.answered_with_room()) {
+            return;
+        }
         let (group, region) =
             Queue::write_group(&self.settings.host_scope(), &dispatch.mutation.target);
-        if self.reader.budget.confirm(group, &region, Instant::now()) {
+        if self.reader.budget.confirm(group, &region, now) {
             self.wake.notify_one();
         }
     }
@@ -779,13 +778,7 @@ async fn per_object_worker(shared: Arc<Shared>) {
             &dispatch,
         )
         .await;
-        if outcome
-            .as_ref()
-            .err()
-            .is_none_or(GcpError::answered_with_room)
-        {
-            shared.confirm_window(&dispatch);
-        }
+        shared.confirm_window(&dispatch, outcome.as_ref().err());
         shared.finish(&dispatch, outcome);
     }
 }

@@ -396,6 +396,25 @@ async fn a_retry_after_a_lost_answer_acts_once() {
     assert_eq!(route_table(&emulator).await.len(), N);
 }
 
+/// Sends the insert of [`route`] `i` straight to the emulator's API, as another client would.
+async fn post_route(
+    http: &reqwest::Client,
+    emulator: &EmulatorProcess,
+    i: usize,
+) -> reqwest::Response {
+    let Change::Insert(body) = route(i).change else {
+        unreachable!("route() is an insert")
+    };
+    http.post(format!(
+        "{}/compute/v1/projects/{PROJECT}/global/routes",
+        emulator.base_url
+    ))
+    .json(&body)
+    .send()
+    .await
+    .unwrap()
+}
+
 /// Inserts routes as a former leader would have: straight to the API, their operations left
 /// running (the emulator's `gcp` profile must be on).
 async fn insert_behind_the_engines_back(
@@ -404,18 +423,7 @@ async fn insert_behind_the_engines_back(
 ) {
     let http = reqwest::Client::new();
     for i in routes {
-        let Change::Insert(body) = route(i).change else {
-            unreachable!("route() is an insert")
-        };
-        let answer = http
-            .post(format!(
-                "{}/compute/v1/projects/{PROJECT}/global/routes",
-                emulator.base_url
-            ))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let answer = post_route(&http, emulator, i).await;
         assert!(answer.status().is_success(), "{:?}", answer.text().await);
         let op: Value = answer.json().await.unwrap();
         assert_ne!(
@@ -871,18 +879,7 @@ async fn an_engine_started_in_a_spent_window_probes_it_before_bursting() {
     let http = reqwest::Client::new();
     let mut theirs = 0;
     loop {
-        let Change::Insert(body) = route(1000 + theirs).change else {
-            unreachable!("route() is an insert")
-        };
-        let answer = http
-            .post(format!(
-                "{}/compute/v1/projects/{PROJECT}/global/routes",
-                emulator.base_url
-            ))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let answer = post_route(&http, &emulator, 1000 + theirs).await;
         if !answer.status().is_success() {
             break;
         }
